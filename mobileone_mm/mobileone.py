@@ -1,0 +1,381 @@
+"""MobileOne: An Improved One millisecond Mobile Backbone (Vasu et al., CVPR 2023,
+arXiv 2206.04040), as a multi-scale backbone for OpenMMLab detection and segmentation.
+
+Reading order: the arch table, the block (train form: several branches summed; deploy
+form: one conv), then the backbone (a stem block and four stages of depthwise /
+pointwise block pairs). State-dict keys are those of mmpretrain's MobileOne in both forms,
+so its ImageNet checkpoints load unchanged.
+"""
+import warnings
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import ConvModule, build_activation_layer, build_norm_layer
+from mmengine.model import BaseModule, Sequential
+from mmengine.utils import is_seq_of
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .reparam import fuse_branches
+from .registry import MODELS
+
+# Stage widths are BASE_WIDTHS x width_factor; the stem has min(64, 64 x factor[0]).
+# Every stage downsamples by 2 in its first block; SE sits on the last blocks of a stage.
+BASE_WIDTHS = (64, 128, 256, 512)
+ARCH_SETTINGS: Dict[str, dict] = {
+    #              num_blocks       width_factor           conv branches  SE blocks
+    's0': dict(num_blocks=[2, 8, 10, 1], width_factor=[0.75, 1.0, 1.0, 2.0],
+               num_conv_branches=[4, 4, 4, 4], num_se_blocks=[0, 0, 0, 0]),
+    's1': dict(num_blocks=[2, 8, 10, 1], width_factor=[1.5, 1.5, 2.0, 2.5],
+               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0]),
+    's2': dict(num_blocks=[2, 8, 10, 1], width_factor=[1.5, 2.0, 2.5, 4.0],
+               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0]),
+    's3': dict(num_blocks=[2, 8, 10, 1], width_factor=[2.0, 2.5, 3.0, 4.0],
+               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0]),
+    's4': dict(num_blocks=[2, 8, 10, 1], width_factor=[3.0, 3.5, 3.5, 4.0],
+               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 5, 1]),
+}
+NUM_STAGES = 4
+
+
+def stem_channels(arch: dict) -> int:
+    return min(64, int(BASE_WIDTHS[0] * arch['width_factor'][0]))
+
+
+def stage_channels(arch: dict) -> list:
+    """Output channels of stage1..stage4 (the backbone's out_indices 0..3)."""
+    return [int(base * factor) for base, factor in zip(BASE_WIDTHS, arch['width_factor'])]
+
+
+def resolve_arch(arch: Union[str, dict]) -> dict:
+    """'s0'..'s4' or a dict with the four keys of ARCH_SETTINGS, each four numbers."""
+    if isinstance(arch, str):
+        if arch not in ARCH_SETTINGS:
+            raise KeyError(f'Unknown MobileOne arch {arch!r}: use one of '
+                           f'{sorted(ARCH_SETTINGS)} or a dict with keys '
+                           f'{sorted(ARCH_SETTINGS["s0"])}.')
+        return {k: list(v) for k, v in ARCH_SETTINGS[arch].items()}
+    if not isinstance(arch, dict):
+        raise TypeError(f'MobileOne arch must be a name or a dict, got {type(arch).__name__}.')
+    expected = set(ARCH_SETTINGS['s0'])
+    if set(arch) != expected:
+        raise ValueError(f'MobileOne dict arch needs exactly the keys {sorted(expected)}; '
+                         f'missing {sorted(expected - set(arch))}, '
+                         f'unknown {sorted(set(arch) - expected)}.')
+    for key, values in arch.items():
+        if not is_seq_of(values, (int, float)) or len(values) != NUM_STAGES:
+            raise ValueError(f'MobileOne arch[{key!r}] must be {NUM_STAGES} numbers '
+                             f'(one per stage), got {values!r}.')
+        if key != 'width_factor' and not all(isinstance(v, int) for v in values):
+            raise ValueError(f'MobileOne arch[{key!r}] must be integers, got {values!r}.')
+    arch = {k: list(v) for k, v in arch.items()}
+    for i in range(NUM_STAGES):
+        if arch['num_blocks'][i] < 1 or arch['num_conv_branches'][i] < 1:
+            raise ValueError(f'MobileOne arch: stage {i + 1} needs at least one block and '
+                             f'one conv branch, got {arch!r}.')
+        if not 0 <= arch['num_se_blocks'][i] <= arch['num_blocks'][i]:
+            raise ValueError(f'MobileOne arch: stage {i + 1} has '
+                             f'{arch["num_se_blocks"][i]} SE blocks but '
+                             f'{arch["num_blocks"][i]} blocks.')
+        if int(BASE_WIDTHS[i] * arch['width_factor'][i]) < 1:
+            raise ValueError(f'MobileOne arch: width_factor {arch["width_factor"][i]} '
+                             f'gives stage {i + 1} no channels.')
+    return arch
+
+
+def arch_name(arch: dict) -> str:
+    """'s0'..'s4' when the dict is one of the table, else a compact description."""
+    for name, settings in ARCH_SETTINGS.items():
+        if all(list(settings[k]) == list(arch[k]) for k in settings):
+            return name
+    return 'custom(' + ', '.join(f'{k}={list(v)}' for k, v in arch.items()) + ')'
+
+
+def make_divisible(value: float, divisor: int) -> int:
+    """Round to the nearest multiple of divisor, at least divisor, losing <= 10%."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class SqueezeExcite(BaseModule):
+    """Squeeze-and-excitation gate: x * sigmoid(conv2(relu(conv1(mean(x))))).
+
+    Parameter names (conv1.conv, conv2.conv) and the squeeze width
+    (channels // ratio rounded to a multiple of divisor) follow mmpretrain's SELayer.
+    """
+
+    def __init__(self, channels: int, ratio: int = 16, divisor: int = 8,
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        squeeze = make_divisible(channels // ratio, divisor)
+        self.conv1 = ConvModule(channels, squeeze, 1, act_cfg=dict(type='ReLU'))
+        self.conv2 = ConvModule(squeeze, channels, 1, act_cfg=dict(type='Sigmoid'))
+
+    def forward(self, x):
+        return x * self.conv2(self.conv1(F.adaptive_avg_pool2d(x, 1)))
+
+
+class MobileOneBlock(BaseModule):
+    """One MobileOne block: act(se(sum of branches)).
+
+    Train form, all branches with the block's stride and groups:
+      * ``branch_conv_list``: num_branches x (k x k conv + BN), dilated
+      * ``branch_scale``: 1 x 1 conv + BN, when k > 1
+      * ``branch_norm``: BN of the input (identity), when the block keeps the shape
+    Deploy form: ``branch_reparam``, one k x k conv with bias (see reparam.py).
+
+    Args:
+        identity (bool, optional): whether to build the identity branch. Default: when
+            in_channels == out_channels and stride == 1. The backbone passes it
+            explicitly so that a stage made to stop striding (output stride 8/16) keeps
+            the structure, and so the weights, of its ImageNet checkpoint.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: int,
+                 stride: int = 1,
+                 dilation: int = 1,
+                 groups: int = 1,
+                 num_branches: int = 1,
+                 identity: Optional[bool] = None,
+                 se_cfg: Optional[dict] = None,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 deploy: bool = False,
+                 with_cp: bool = False,
+                 init_cfg=None):
+        super().__init__(init_cfg)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.padding = dilation * (kernel_size // 2)
+        self.groups = groups
+        self.deploy = deploy
+        self.with_cp = with_cp
+
+        if deploy:
+            self.branch_reparam = self._conv(kernel_size, bias=True)
+        else:
+            self.branch_conv_list = nn.ModuleList(
+                self._conv_norm(kernel_size, norm_cfg) for _ in range(num_branches))
+            self.branch_scale = self._conv_norm(1, norm_cfg) if kernel_size > 1 else None
+            if identity is None:
+                identity = in_channels == out_channels and stride == 1
+            self.branch_norm = build_norm_layer(norm_cfg, in_channels)[1] if identity else None
+        self.se = SqueezeExcite(out_channels, **se_cfg) if se_cfg else nn.Identity()
+        self.act = build_activation_layer(act_cfg)
+
+    def _conv(self, kernel_size: int, bias: bool) -> nn.Conv2d:
+        dilation = self.dilation if kernel_size > 1 else 1
+        return nn.Conv2d(self.in_channels, self.out_channels, kernel_size, self.stride,
+                         padding=dilation * (kernel_size // 2), dilation=dilation,
+                         groups=self.groups, bias=bias)
+
+    def _conv_norm(self, kernel_size: int, norm_cfg: dict) -> Sequential:
+        conv_norm = Sequential()
+        conv_norm.add_module('conv', self._conv(kernel_size, bias=False))
+        conv_norm.add_module('norm', build_norm_layer(norm_cfg, self.out_channels)[1])
+        return conv_norm
+
+    def sum_branches(self, x):
+        """The block before SE and activation: the part that fusion replaces."""
+        if self.deploy:
+            return self.branch_reparam(x)
+        out = self.branch_norm(x) if self.branch_norm is not None else 0
+        if self.branch_scale is not None:
+            out = out + self.branch_scale(x)
+        for branch in self.branch_conv_list:
+            out = out + branch(x)
+        return out
+
+    def forward(self, x):
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(self.sum_branches, x, use_reentrant=False)
+        else:
+            out = self.sum_branches(x)
+        return self.act(self.se(out))
+
+    def switch_to_deploy(self):
+        """Fuse all branches into ``branch_reparam``, in place. Uses the BN running
+        statistics, as eval mode does; idempotent."""
+        if self.deploy:
+            return
+        if self.training:
+            warnings.warn('MobileOneBlock.switch_to_deploy() in train mode: the fused conv '
+                          'uses the BN running statistics (eval-mode behaviour).')
+        reference = self.branch_conv_list[0].conv
+        branches = list(self.branch_conv_list)
+        if self.branch_scale is not None:
+            branches.append(self.branch_scale)
+        weight, bias = fuse_branches(((b.conv, b.norm) for b in branches), self.branch_norm,
+                                     self.in_channels, self.groups, self.kernel_size,
+                                     reference.weight.dtype)
+        self.branch_reparam = self._conv(self.kernel_size, bias=True).to(reference.weight)
+        with torch.no_grad():
+            self.branch_reparam.weight.copy_(weight)
+            self.branch_reparam.bias.copy_(bias)
+        del self.branch_conv_list, self.branch_scale, self.branch_norm
+        self.deploy = True
+
+
+@MODELS.register_module()
+class MobileOne(BaseModule):
+    """MobileOne backbone with multi-scale outputs.
+
+    Args:
+        arch (str | dict): 's0'..'s4', or a dict with the keys of ``ARCH_SETTINGS``
+            (num_blocks, width_factor, num_conv_branches, num_se_blocks; four values each).
+        in_channels (int): input image channels. Default: 3.
+        out_indices (int | Sequence[int]): stages to output, 0..3 = stage1..stage4
+            (strides 4, 8, 16, 32); negative values count from the end. Default: (3,).
+        strides (Sequence[int]): stride of the first block of each stage. Default: (2, 2,
+            2, 2). Output stride 16: (2, 2, 2, 1); 8: (2, 2, 1, 1).
+        dilations (Sequence[int]): dilation of each stage's k x k depthwise branches
+            (padding = dilation). Default (1, 1, 1, 1); OS16: (1, 1, 1, 2); OS8: (1, 1, 2, 4).
+        frozen_stages (int): -1 freezes nothing, 0 the stem, i the stem and stages 1..i.
+        norm_eval (bool): keep BN layers in eval mode while training. Default: False.
+        norm_cfg (dict): norm layers, e.g. dict(type='SyncBN'). Default: BN.
+        act_cfg (dict): activation after each block. Default: ReLU.
+        se_cfg (dict): squeeze-excite settings of the SE blocks. Default: dict(ratio=16).
+        deploy (bool): build the fused (single-conv) form directly. Default: False.
+        with_cp (bool): gradient checkpointing of each block's branches. Default: False.
+        init_cfg (dict | list[dict]): mmengine init config. ``dict(type='Pretrained',
+            checkpoint=PATH_OR_URL)`` accepts mmpretrain, Apple (fused / unfused) and timm
+            ImageNet checkpoints and converts them on load (see weights.py).
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = 's0',
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = (3, ),
+                 strides: Sequence[int] = (2, 2, 2, 2),
+                 dilations: Sequence[int] = (1, 1, 1, 1),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 norm_cfg: dict = dict(type='BN'),
+                 act_cfg: dict = dict(type='ReLU'),
+                 se_cfg: dict = dict(ratio=16),
+                 deploy: bool = False,
+                 with_cp: bool = False,
+                 init_cfg=(dict(type='Kaiming', layer='Conv2d'),
+                           dict(type='Constant', val=1, layer='_BatchNorm'))):
+        super().__init__(init_cfg=list(init_cfg) if isinstance(init_cfg, tuple) else init_cfg)
+        self.arch = resolve_arch(arch)
+        self.arch_name = arch_name(self.arch)
+        self.in_channels = in_channels
+        self.out_indices = self._check_out_indices(out_indices)
+        self.strides = self._check_per_stage('strides', strides, (1, 2))
+        self.dilations = self._check_per_stage('dilations', dilations, None)
+        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= NUM_STAGES):
+            raise ValueError(f'frozen_stages must be -1 (none), 0 (stem) .. {NUM_STAGES}, '
+                             f'got {frozen_stages!r}.')
+        if not (isinstance(in_channels, int) and in_channels > 0):
+            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}.')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.deploy = deploy
+        self.out_channels = [stage_channels(self.arch)[i] for i in self.out_indices]
+
+        block = dict(norm_cfg=norm_cfg, act_cfg=act_cfg, deploy=deploy, with_cp=with_cp)
+        channels = stem_channels(self.arch)
+        self.stage0 = MobileOneBlock(in_channels, channels, 3, stride=2, **block)
+        for i, out_channels in enumerate(stage_channels(self.arch)):
+            num_blocks = self.arch['num_blocks'][i]
+            first_se = num_blocks - self.arch['num_se_blocks'][i]
+            blocks = []
+            for j in range(num_blocks):
+                # The first block of a stage is the downsampling one in the ImageNet
+                # model: it has no identity branch even when made to stop striding.
+                common = dict(block, num_branches=self.arch['num_conv_branches'][i],
+                              se_cfg=se_cfg if j >= first_se else None)
+                blocks.append(MobileOneBlock(  # depthwise k x k
+                    channels, channels, 3, stride=self.strides[i] if j == 0 else 1,
+                    dilation=self.dilations[i], groups=channels, identity=j > 0, **common))
+                blocks.append(MobileOneBlock(  # pointwise 1 x 1
+                    channels, out_channels, 1, **common))
+                channels = out_channels
+            self.add_module(f'stage{i + 1}', Sequential(*blocks))
+
+    @staticmethod
+    def _check_out_indices(out_indices) -> list:
+        indices = [out_indices] if isinstance(out_indices, int) else out_indices
+        if not is_seq_of(indices, int) or not indices:
+            raise TypeError(f'out_indices must be an int or a non-empty sequence of ints '
+                            f'in -{NUM_STAGES}..{NUM_STAGES - 1}, got {out_indices!r}.')
+        bad = [i for i in indices if not -NUM_STAGES <= i < NUM_STAGES]
+        if bad:
+            raise ValueError(f'out_indices {bad} out of range: 0..{NUM_STAGES - 1} select '
+                             f'stage1..stage{NUM_STAGES} (strides 4..32), negatives count '
+                             f'from the end.')
+        resolved = sorted({i % NUM_STAGES for i in indices})
+        if len(resolved) != len(indices):
+            raise ValueError(f'out_indices {list(indices)} name a stage twice.')
+        return resolved
+
+    @staticmethod
+    def _check_per_stage(name: str, values, allowed) -> list:
+        if not is_seq_of(values, int) or len(values) != NUM_STAGES:
+            raise ValueError(f'{name} must be {NUM_STAGES} ints (one per stage), got '
+                             f'{values!r}.')
+        bad = [v for v in values if v < 1 or (allowed is not None and v not in allowed)]
+        if bad:
+            raise ValueError(f'{name} {list(values)}: values must be '
+                             f'{"in " + str(allowed) if allowed else ">= 1"}.')
+        return list(values)
+
+    @property
+    def stages(self) -> list:
+        return [getattr(self, f'stage{i}') for i in range(NUM_STAGES + 1)]
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'MobileOne expects input (N, {self.in_channels}, H, W), got '
+                             f'{tuple(x.shape)}.')
+        x = self.stage0(x)
+        outs = []
+        for i, stage in enumerate(self.stages[1:]):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for stage in self.stages[:self.frozen_stages + 1]:
+            stage.eval()
+            for param in stage.parameters():
+                param.requires_grad = False
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def switch_to_deploy(self):
+        """Fuse every block into one conv, in place; outputs are unchanged (eval mode)."""
+        for m in self.modules():
+            if isinstance(m, MobileOneBlock):
+                m.switch_to_deploy()
+        self.deploy = True
+
+    def init_weights(self):
+        """mmengine initialisation, except that a ``Pretrained`` init_cfg goes through
+        weights.load_pretrained: any published checkpoint format, safe loading, arch
+        check, missing / unexpected keys reported by name."""
+        original = self.init_cfg
+        cfgs = original if isinstance(original, list) else [original]
+        pretrained = [c for c in cfgs if c and c.get('type') == 'Pretrained']
+        if not pretrained:
+            super().init_weights()
+            return
+        from .weights import load_pretrained  # weights.py imports this module
+        self.init_cfg = [c for c in cfgs if c and c.get('type') != 'Pretrained']
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = original
+        for cfg in pretrained:
+            load_pretrained(self, **{k: v for k, v in cfg.items() if k != 'type'})
