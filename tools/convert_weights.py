@@ -1,0 +1,33 @@
+"""Convert a MobileOne ImageNet checkpoint (mmpretrain, Apple fused / unfused, timm) to
+mmpretrain's classifier layout, which our backbone, mmpretrain and the configs load.
+
+    python tools/convert_weights.py mobileone_s0_unfused.pth.tar mobileone-s0.pth --arch s0
+"""
+import argparse
+import sys
+
+from mobileone_mm import CheckpointError, convert_state_dict, load_checkpoint_file, save_checkpoint
+from mobileone_mm.weights import backbone_state_dict, describe_arch, infer_arch, state_dict_of
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('src', help='checkpoint in any supported format')
+    parser.add_argument('dst', help='output .pth (written atomically)')
+    parser.add_argument('--arch', help='s0..s4: refuse weights of another arch')
+    args = parser.parse_args()
+    try:
+        state_dict, fmt = convert_state_dict(state_dict_of(load_checkpoint_file(args.src)),
+                                             arch=args.arch)
+        arch = describe_arch(infer_arch(backbone_state_dict(state_dict)))
+        save_checkpoint(dict(state_dict=state_dict,
+                             meta=dict(source_format=fmt, arch=arch, source=args.src)),
+                        args.dst)
+    except (CheckpointError, KeyError) as error:
+        sys.exit(f'convert_weights: {error}')
+    print(f'{args.src}: {fmt} format, {arch}, {len(state_dict)} tensors -> {args.dst}')
+
+
+if __name__ == '__main__':
+    main()
