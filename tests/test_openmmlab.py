@@ -75,6 +75,7 @@ def test_fused_classifier_parameter_counts(arch, params):
     from mmpretrain.models import build_classifier
 
     from mobileone_mm import MobileOne, reparameterize_model
+    init_default_scope('mmpretrain')
     width = MobileOne(arch).out_channels[-1]
     model = build_classifier(dict(
         type='ImageClassifier',

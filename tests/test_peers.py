@@ -31,7 +31,9 @@ def test_mmpretrain_state_dict_loads_strictly_and_matches(arch, randomize_bn, re
 def _timm_pair(arch, randomize_bn):
     """A timm MobileOne with random weights and our classifier loaded from its state dict."""
     import timm
+    from mmengine.registry import init_default_scope
     from mmpretrain.models import build_classifier
+    init_default_scope('mmpretrain')  # another test's Runner may have left 'mmengine'
     peer = randomize_bn(timm.create_model(f'mobileone_{arch}', pretrained=False)).eval()
     converted, fmt = convert_state_dict(peer.state_dict())
     assert fmt == 'timm'
