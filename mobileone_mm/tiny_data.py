@@ -1,0 +1,363 @@
+"""Small, seeded, learnable synthetic data sets in the on-disk formats of COCO, ADE20K and
+Pascal VOC 2012 (+ SBD aug), for the tests and the demo (no real data set can be fetched).
+
+One renderer draws every scene: a two-region background ("sky" above a slanted horizon,
+"ground" below; grey-tinted, smooth and fine noise textures) and 0..4 non-overlapping
+objects. Each object class has its own polygon shape, colour and texture, and a random
+size (20..60 % of the short side; 20..50 % in the COCO set, whose images are smaller),
+position and rotation; about one image in ten has no object. The writers only encode a scene in each format:
+
+* ``make_tiny_coco``: ``annotations/instances_{train,val}2017.json`` (boxes, polygons,
+  areas), ``{train,val}2017/*.jpg``, as mmdet's ``CocoDataset`` reads them.
+* ``make_tiny_ade20k``: ``ADEChallengeData2016/{images,annotations}/{training,validation}``
+  (.jpg / .png; 0 = "other", ignored by ``reduce_zero_label``, on the horizon line; sky,
+  floor and the object classes keep their ADE20K ids), as mmseg's ``ADE20KDataset``.
+* ``make_tiny_voc``: ``VOC2012/{JPEGImages,SegmentationClass,
+  SegmentationClassAug,ImageSets/Segmentation/{train,val,aug}.txt}`` (palette .png with a
+  255 "void" border around objects as in VOC; grey-scale aug labels without border as in
+  SBD; aug.txt = train + aug-only images), as mmseg's ``PascalVOCDataset``.
+* ``make_tiny_flowers``: ``jpg/*.jpg`` and ``{train,val}.txt`` (``path label`` lines), one
+  large object per image whose class is the label, as mmpretrain's ``CustomDataset`` reads
+  the Flowers102 config's data.
+
+Image ``i`` of a split depends only on ``(seed, split, i)``, so changing the number of
+images does not change the others.
+"""
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ('disk', 'square', 'triangle', 'star')
+# per class: RGB colour and texture
+CLASS_LOOKS = {'disk': ((215, 45, 40), 'noise'), 'square': ((40, 170, 60), 'stripes'),
+               'triangle': ((45, 80, 215), 'checker'), 'star': ((225, 195, 35), 'dots')}
+# Label ids written for background regions and classes (ADE20K: 1-based ids of its 150
+# classes, i.e. the .png values; VOC: 0 = background, 1..20).
+ADE20K_IDS = {'sky': 3, 'ground': 4, 'disk': 13, 'square': 16, 'triangle': 20, 'star': 21}
+VOC_IDS = {'sky': 0, 'ground': 0, 'disk': 5, 'square': 9, 'triangle': 11, 'star': 15}
+VOC_IGNORE = 255
+SPLIT_CODES = {'train': 0, 'val': 1, 'aug': 2}
+# Object radius range, as fractions of the image's short side (segmentation sets). At least
+# 10 %: the tiny DeepLabV3 configs see ~128-pixel images at output stride 8, where smaller
+# shapes span one or two feature cells and are learnt last (with (0.06, 0.225) the shorter
+# 400-iteration runs left some shape classes at ~0 IoU).
+RADIUS_RANGE = (0.1, 0.3)
+# Detection: larger objects on small images. The tiny SSDLite config trains at 128x128
+# from scratch in ~10 CPU minutes; its first feature map has stride 16 (an 8x8 grid), so
+# objects of 20..50 % of the side are ones it can place; smaller ones it cannot localise
+# to the IoU 0.5..0.95 that COCO mAP asks for.
+COCO_IMAGE_SIZE = (128, 128)
+COCO_RADIUS_RANGE = (0.1, 0.25)
+
+
+class Instance(NamedTuple):
+    category: str              # one of CLASSES
+    polygon: np.ndarray        # (n, 2) x, y in pixels
+    mask: np.ndarray           # (h, w) bool
+
+
+class Scene(NamedTuple):
+    image: np.ndarray          # (h, w, 3) uint8 RGB
+    sky: np.ndarray            # (h, w) bool: the upper background region
+    instances: List[Instance]
+
+    def label_map(self, ids: Dict[str, int]) -> np.ndarray:
+        """Semantic label map with ``ids`` for 'sky', 'ground' and each class."""
+        labels = np.where(self.sky, ids['sky'], ids['ground']).astype(np.uint8)
+        for instance in self.instances:
+            labels[instance.mask] = ids[instance.category]
+        return labels
+
+
+# ---------------------------------------------------------------------------- renderer
+def _polygon(rng, shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    angle = rng.uniform(0, 2 * np.pi)
+    if shape == 'disk':
+        t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+        radii = np.full(32, r)
+    elif shape == 'star':
+        t = np.linspace(0, 2 * np.pi, 10, endpoint=False) + angle
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+    else:
+        corners = {'square': 4, 'triangle': 3}[shape]
+        t = np.linspace(0, 2 * np.pi, corners, endpoint=False) + angle
+        radii = np.full(corners, r)
+    return np.stack([cx + radii * np.cos(t), cy + radii * np.sin(t)], axis=1)
+
+
+def _fill(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
+    canvas = Image.new('L', (width, height))
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in polygon], fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _smooth_noise(rng, height: int, width: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: a random coarse grid, bilinearly upsampled."""
+    grid = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8))
+    return np.asarray(grid.resize((width, height), Image.BILINEAR), np.float32) / 255
+
+
+def _texture(rng, kind: str, colour, height: int, width: int) -> np.ndarray:
+    """A (h, w, 3) float texture of one colour: the pattern modulates its brightness."""
+    y, x = np.mgrid[:height, :width].astype(np.float32)
+    period = rng.uniform(5, 10)
+    if kind == 'stripes':
+        angle = rng.uniform(0, np.pi)
+        pattern = np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period) > 0
+    elif kind == 'checker':
+        pattern = (np.floor(x / period) + np.floor(y / period)) % 2 == 0
+    elif kind == 'dots':
+        pattern = np.hypot(x % period - period / 2, y % period - period / 2) < period / 4
+    else:  # 'noise'
+        pattern = rng.random((height, width)) < 0.5
+    brightness = np.where(pattern, 1.0, 0.6)[..., None]
+    return np.clip(np.asarray(colour, np.float32) * brightness, 0, 255)
+
+
+def _background(rng, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Grey-tinted sky (smooth, bright) above a slanted horizon, ground (fine noise) below."""
+    y, x = np.mgrid[:height, :width]
+    horizon = height * rng.uniform(0.3, 0.7) + (x - width / 2) * rng.uniform(-0.3, 0.3)
+    sky = y < horizon
+    tint = rng.uniform(0.85, 1.15, size=3)
+    sky_tone = 170 + 60 * _smooth_noise(rng, height, width, 4)
+    ground_tone = 70 + 50 * _smooth_noise(rng, height, width, 8) + rng.normal(0, 18, (height, width))
+    image = np.where(sky, sky_tone, ground_tone)[..., None] * tint
+    return image, sky
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int, max_objects: int = 4,
+                 empty_prob: float = 0.1,
+                 radius_range: Tuple[float, float] = RADIUS_RANGE) -> Scene:
+    """One scene: background and up to ``max_objects`` objects that do not overlap, of
+    radius ``radius_range`` x the short side."""
+    image, sky = _background(rng, height, width)
+    count = 0 if rng.random() < empty_prob else int(rng.integers(1, max_objects + 1))
+    instances, boxes = [], []
+    for _ in range(count):
+        for _attempt in range(30):  # rejection sampling: objects never overlap
+            r = rng.uniform(*radius_range) * min(height, width)
+            cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
+            box = (cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2)
+            if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1]
+                   for b in boxes):
+                break
+        else:
+            continue
+        category = CLASSES[rng.integers(len(CLASSES))]
+        polygon = _polygon(rng, category, cx, cy, r)
+        mask = _fill(polygon, height, width)
+        colour, kind = CLASS_LOOKS[category]
+        colour = np.clip(np.asarray(colour) + rng.integers(-25, 26, size=3), 0, 255)
+        image[mask] = _texture(rng, kind, colour, height, width)[mask]
+        boxes.append(box)
+        instances.append(Instance(category, polygon, mask))
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    return Scene(image, sky, instances)
+
+
+def render_split(seed: int, split: str, index: int, image_size: Tuple[int, int],
+                 radius_range: Tuple[float, float] = RADIUS_RANGE) -> Scene:
+    """Image ``index`` of ``split``; sides drawn in [0.75, 1] x ``image_size`` (h, w)."""
+    rng = np.random.default_rng((seed, SPLIT_CODES[split], index))
+    height, width = (int(rng.uniform(0.75, 1.0) * side) for side in image_size)
+    return render_scene(rng, height, width, radius_range=radius_range)
+
+
+def boundary(labels: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within ``width`` (Chebyshev distance) of a pixel with another label."""
+    padded = np.pad(labels, width, mode='edge')
+    height, w = labels.shape
+    edge = np.zeros(labels.shape, bool)
+    for dy in range(2 * width + 1):
+        for dx in range(2 * width + 1):
+            edge |= padded[dy:dy + height, dx:dx + w] != labels
+    return edge
+
+
+# ----------------------------------------------------------------------------- writers
+def _check_args(num_train: int, num_val: int, image_size: Sequence[int]):
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f'Need at least one train and one val image, got num_train='
+                         f'{num_train}, num_val={num_val}.')
+    if len(image_size) != 2 or min(image_size) < 32:
+        raise ValueError(f'image_size must be (height, width), both >= 32, got {image_size}.')
+
+
+def _clear(paths: Sequence[Path], overwrite: bool):
+    """Refuse to mix with an existing data set (stale files would join the splits)."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f'{existing[0]} already exists: choose another output folder '
+                              f'or pass overwrite=True (--overwrite) to replace it.')
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _save_jpg(image: np.ndarray, path: Path):
+    Image.fromarray(image).save(path, quality=95)
+
+
+def make_tiny_coco(out_dir, seed: int = 0, num_train: int = 320, num_val: int = 80,
+                   image_size: Tuple[int, int] = COCO_IMAGE_SIZE,
+                   radius_range: Tuple[float, float] = COCO_RADIUS_RANGE,
+                   overwrite: bool = False) -> Path:
+    """Write a COCO-format detection set into ``out_dir``; returns ``out_dir``.
+
+    Categories are ``CLASSES`` with ids 1..4 (configs set ``metainfo=dict(classes=...)``).
+    """
+    _check_args(num_train, num_val, image_size)
+    root = Path(out_dir)
+    splits = {'train': num_train, 'val': num_val}
+    _clear([root / 'annotations' / f'instances_{s}2017.json' for s in splits]
+           + [root / f'{s}2017' for s in splits], overwrite)
+    (root / 'annotations').mkdir(parents=True, exist_ok=True)
+    categories = [dict(id=i + 1, name=name, supercategory='shape')
+                  for i, name in enumerate(CLASSES)]
+    for split, count in splits.items():
+        (root / f'{split}2017').mkdir()
+        images, annotations = [], []
+        for index in range(count):
+            scene = render_split(seed, split, index, image_size, radius_range)
+            image_id = index + 1
+            file_name = f'{image_id:012d}.jpg'
+            _save_jpg(scene.image, root / f'{split}2017' / file_name)
+            height, width = scene.image.shape[:2]
+            images.append(dict(id=image_id, file_name=file_name, height=height, width=width))
+            for instance in scene.instances:
+                ys, xs = np.nonzero(instance.mask)
+                x0, y0 = float(xs.min()), float(ys.min())
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=image_id, iscrowd=0,
+                    category_id=CLASSES.index(instance.category) + 1,
+                    bbox=[x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
+                    area=float(instance.mask.sum()),
+                    segmentation=[np.round(instance.polygon, 2).ravel().tolist()]))
+        with open(root / 'annotations' / f'instances_{split}2017.json', 'w') as f:
+            json.dump(dict(info=dict(description=f'tiny synthetic COCO, seed {seed}'),
+                           licenses=[], images=images, annotations=annotations,
+                           categories=categories), f)
+    return root
+
+
+def make_tiny_ade20k(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 50,
+                     image_size: Tuple[int, int] = (256, 320), overwrite: bool = False) -> Path:
+    """Write an ADE20K-format segmentation set; returns ``out_dir/ADEChallengeData2016``.
+
+    Labels: ``ADE20K_IDS`` (sky 3, floor 4, four object classes), 0 ("other") on a 1-pixel
+    band along the horizon.
+    """
+    _check_args(num_train, num_val, image_size)
+    root = Path(out_dir) / 'ADEChallengeData2016'
+    _clear([root], overwrite)
+    background = (ADE20K_IDS['sky'], ADE20K_IDS['ground'])
+    for split, folder, count in (('train', 'training', num_train),
+                                 ('val', 'validation', num_val)):
+        (root / 'images' / folder).mkdir(parents=True)
+        (root / 'annotations' / folder).mkdir(parents=True)
+        for index in range(count):
+            scene = render_split(seed, split, index, image_size)
+            labels = scene.label_map(ADE20K_IDS)
+            labels[boundary(scene.sky, 1) & np.isin(labels, background)] = 0
+            name = f'ADE_{split}_{index + 1:08d}'
+            _save_jpg(scene.image, root / 'images' / folder / f'{name}.jpg')
+            Image.fromarray(labels).save(root / 'annotations' / folder / f'{name}.png')
+    return root
+
+
+def _voc_palette() -> List[int]:
+    """Pascal VOC's colour map (bit-interleaved class index), 256 RGB entries."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        for bit in range(8):
+            r |= ((index >> 0) & 1) << (7 - bit)
+            g |= ((index >> 1) & 1) << (7 - bit)
+            b |= ((index >> 2) & 1) << (7 - bit)
+            index >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def make_tiny_voc(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 50,
+                  num_aug: int = 100, image_size: Tuple[int, int] = (256, 320),
+                  overwrite: bool = False) -> Path:
+    """Write a Pascal VOC 2012 (+ SBD aug) segmentation set; returns
+    ``out_dir/VOC2012`` (``out_dir`` plays ``VOCdevkit``).
+
+    train / val images have ``SegmentationClass`` (palette, 255 border) and
+    ``SegmentationClassAug`` labels; ``num_aug`` more images have aug labels only.
+    """
+    _check_args(num_train, num_val, image_size)
+    if num_aug < 0:
+        raise ValueError(f'num_aug must be >= 0, got {num_aug}.')
+    root = Path(out_dir) / 'VOC2012'
+    _clear([root], overwrite)
+    for folder in ('JPEGImages', 'SegmentationClass', 'SegmentationClassAug',
+                   'ImageSets/Segmentation'):
+        (root / folder).mkdir(parents=True)
+    palette = _voc_palette()
+    names = {}
+    for split, count in (('train', num_train), ('val', num_val), ('aug', num_aug)):
+        names[split] = [f'2012_{SPLIT_CODES[split]}{i:05d}' for i in range(count)]
+        for index, name in enumerate(names[split]):
+            scene = render_split(seed, split, index, image_size)
+            labels = scene.label_map(VOC_IDS)
+            _save_jpg(scene.image, root / 'JPEGImages' / f'{name}.jpg')
+            Image.fromarray(labels).save(root / 'SegmentationClassAug' / f'{name}.png')
+            if split != 'aug':
+                labels[boundary(labels, 1)] = VOC_IGNORE  # the void outline of VOC
+                annotation = Image.frombytes('P', labels.shape[::-1], labels.tobytes())
+                annotation.putpalette(palette)
+                annotation.save(root / 'SegmentationClass' / f'{name}.png')
+    lists = {'train': names['train'], 'val': names['val'],
+             'aug': names['train'] + names['aug']}
+    for split, split_names in lists.items():
+        (root / 'ImageSets' / 'Segmentation' / f'{split}.txt').write_text(
+            ''.join(f'{n}\n' for n in split_names))
+    return root
+
+
+def render_flower(seed: int, split: str, index: int, category: str,
+                  image_size: Tuple[int, int]) -> np.ndarray:
+    """One classification image: the scene background and one large object of
+    ``category`` (radius 20..35 % of the short side), drawn as ``render_scene`` draws it."""
+    rng = np.random.default_rng((seed, SPLIT_CODES[split], index))
+    height, width = (int(rng.uniform(0.75, 1.0) * side) for side in image_size)
+    image, _ = _background(rng, height, width)
+    r = rng.uniform(0.2, 0.35) * min(height, width)
+    cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
+    mask = _fill(_polygon(rng, category, cx, cy, r), height, width)
+    colour, kind = CLASS_LOOKS[category]
+    colour = np.clip(np.asarray(colour) + rng.integers(-25, 26, size=3), 0, 255)
+    image[mask] = _texture(rng, kind, colour, height, width)[mask]
+    return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+
+
+def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int = 40,
+                      image_size: Tuple[int, int] = (80, 80), overwrite: bool = False) -> Path:
+    """Write a classification set in mmpretrain's ``CustomDataset`` layout with annotation
+    lists, as the Flowers102 config reads it; returns ``out_dir``.
+
+    ``jpg/{split}_{i:05d}.jpg`` and ``{train,val}.txt`` with lines ``jpg/<name>.jpg <label>``;
+    the classes are ``CLASSES`` (label = index in it), balanced: image ``i`` is of class
+    ``i % 4``.
+    """
+    _check_args(num_train, num_val, image_size)
+    root = Path(out_dir)
+    _clear([root / 'jpg', root / 'train.txt', root / 'val.txt'], overwrite)
+    (root / 'jpg').mkdir(parents=True)
+    for split, count in (('train', num_train), ('val', num_val)):
+        lines = []
+        for index in range(count):
+            label = index % len(CLASSES)
+            name = f'jpg/{split}_{index:05d}.jpg'
+            _save_jpg(render_flower(seed, split, index, CLASSES[label], image_size),
+                      root / name)
+            lines.append(f'{name} {label}\n')
+        (root / f'{split}.txt').write_text(''.join(lines))
+    return root

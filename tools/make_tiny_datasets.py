@@ -1,0 +1,41 @@
+"""Write a small synthetic data set (seeded shapes on textured backgrounds) in the layout
+mmdet / mmseg / mmpretrain read, for the tiny-data configs, the tests and the demo.
+
+    python tools/make_tiny_datasets.py coco --out data/tiny_coco
+    python tools/make_tiny_datasets.py ade20k --out data/tiny_ade20k --num-train 100
+    python tools/make_tiny_datasets.py voc --out data/VOCdevkit --seed 1
+    python tools/make_tiny_datasets.py flowers --out data/tiny_flowers
+"""
+import argparse
+import sys
+
+from mobileone_mm.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
+                                    make_tiny_voc)
+
+WRITERS = {'coco': make_tiny_coco, 'ade20k': make_tiny_ade20k, 'voc': make_tiny_voc,
+           'flowers': make_tiny_flowers}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('format', choices=sorted(WRITERS))
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--num-train', type=int, help='train images (default: per format)')
+    parser.add_argument('--num-val', type=int, help='val images (default: per format)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace a data set already written there')
+    args = parser.parse_args()
+    counts = {k: v for k, v in (('num_train', args.num_train), ('num_val', args.num_val))
+              if v is not None}
+    try:
+        root = WRITERS[args.format](args.out, seed=args.seed, overwrite=args.overwrite,
+                                    **counts)
+    except (ValueError, FileExistsError) as error:
+        sys.exit(f'make_tiny_datasets: {error}')
+    print(f'tiny {args.format} data set (seed {args.seed}) written to {root}')
+
+
+if __name__ == '__main__':
+    main()
