@@ -1,0 +1,288 @@
+"""Deploy form of trained models: fuse every MobileOne block of an mmdet detector, mmseg
+segmentor or mmpretrain classifier, write the deploy checkpoint and config, and check on
+real inputs that the outputs did not change.
+
+    result = reparameterize_checkpoint('configs/.../tiny-coco.py', 'work_dirs/epoch_10.pth',
+                                       'work_dirs/deploy.pth')
+    # -> work_dirs/deploy.pth (meta + fused state_dict) and work_dirs/deploy.py (the same
+    #    config with model.backbone.deploy=True), result.rel_diff ~ 1e-7
+
+The codebase (mmdet / mmseg / mmpretrain) comes from the config's ``default_scope`` (or,
+without one, from the registry that knows ``model.type``); it is imported only here, so
+the rest of the package does not need it.
+"""
+import copy
+import importlib
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import CheckpointLoader, load_state_dict
+
+from .reparam import reparameterize_model
+from .weights import CheckpointError, is_fused, save_checkpoint, state_dict_of
+
+CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
+
+
+class DeployError(ValueError):
+    """A config / model that cannot be re-parameterized, or outputs that changed."""
+
+
+@dataclass
+class ReparamResult:
+    task: str                          # 'mmdet', 'mmseg' or 'mmpretrain'
+    already_fused: bool                # the checkpoint was fused: nothing written
+    params_train: int                  # parameters of the model in each form
+    params_deploy: int
+    out_checkpoint: Optional[str] = None
+    out_config: Optional[str] = None
+    inputs: str = ''                   # what the outputs were compared on
+    max_abs_diff: Optional[float] = None
+    output_scale: Optional[float] = None  # max |output| of the train form
+
+    @property
+    def rel_diff(self) -> Optional[float]:
+        """max |deploy - train| / max |train| over all raw outputs (mode='tensor')."""
+        if self.max_abs_diff is None:
+            return None
+        return self.max_abs_diff / max(self.output_scale, 1e-12)
+
+
+# ------------------------------------------------------------------ config and model
+def load_config(config) -> Config:
+    if isinstance(config, Config):
+        return config
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f'Config {config!r} does not exist.')
+    return Config.fromfile(config)
+
+
+def codebase_of(cfg: Config) -> str:
+    """'mmdet', 'mmseg' or 'mmpretrain', from default_scope, else from model.type."""
+    scope = cfg.get('default_scope')
+    if scope in CODEBASES:
+        return scope
+    model_type = cfg.get('model', {}).get('type')
+    for codebase in CODEBASES:
+        if _registry(codebase, 'MODELS').get(model_type) is not None:
+            return codebase
+    raise DeployError(f'Cannot tell which codebase the config is for: default_scope is '
+                      f'{scope!r} and model type {model_type!r} is in none of '
+                      f'{", ".join(CODEBASES)}. Set default_scope in the config.')
+
+
+def _registry(codebase: str, name: str):
+    init_default_scope(codebase)
+    return getattr(importlib.import_module(f'{codebase}.registry'), name)
+
+
+def build_model(cfg: Config) -> Tuple[nn.Module, str]:
+    """(model in eval mode on the CPU, codebase), built as mmengine's Runner builds it."""
+    codebase = codebase_of(cfg)
+    model_cfg = copy.deepcopy(cfg.model)
+    if cfg.get('data_preprocessor') is not None:  # the Runner merges it the same way
+        model_cfg.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
+    return _registry(codebase, 'MODELS').build(model_cfg).eval(), codebase
+
+
+def deploy_config(cfg: Config) -> Config:
+    """The same config with ``model.backbone.deploy=True``."""
+    if not isinstance(cfg.model.get('backbone'), dict):
+        raise DeployError(f'The config\'s model ({cfg.model.get("type")}) has no backbone '
+                          f'to switch to deploy form.')
+    deploy = copy.deepcopy(cfg)
+    deploy.model.backbone.deploy = True
+    return deploy
+
+
+def _check_reparameterizable(model: nn.Module, cfg: Config):
+    if not any(callable(getattr(m, 'switch_to_deploy', None)) for m in model.modules()):
+        backbone = cfg.model.get('backbone', {}).get('type')
+        raise DeployError(f'The model ({cfg.model.get("type")} with backbone {backbone}) '
+                          f'has no re-parameterizable block: this tool is for models with '
+                          f"a MobileOne backbone (type='mobileone_mm.MobileOne').")
+
+
+def load_strict(model: nn.Module, state_dict: dict, what: str):
+    """Load every tensor, or CheckpointError naming the keys and shapes that differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and 'num_batches_tracked' not in k]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k} {tuple(v.shape)} (model {tuple(own[k].shape)})'
+              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    problems = [f'{len(keys)} {name}: {", ".join(keys[:3])}{", ..." * (len(keys) > 3)}'
+                for name, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                                   ('shape mismatches', shapes)) if keys]
+    if problems:
+        hint = ''
+        if is_fused(state_dict) != is_fused(own):
+            hint = (' The checkpoint is in ' + ('deploy' if is_fused(state_dict) else 'train')
+                    + ' form and the model in the other one.')
+        raise CheckpointError(f'{what} does not fit the model: ' + '; '.join(problems)
+                              + f'.{hint} Is it the checkpoint of another config?')
+    load_state_dict(model, state_dict, strict=True)
+
+
+def load_model(config, checkpoint: str) -> Tuple[nn.Module, Config, dict]:
+    """(eval-mode model with the checkpoint loaded strictly, config, checkpoint dict).
+
+    A fused checkpoint is loaded into the deploy form of the config, a train-form one into
+    the train form (a deploy config's backbone is switched back for it).
+    """
+    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    cfg = load_config(config)
+    state_dict = state_dict_of(ckpt)
+    fused = is_fused(state_dict)
+    if not fused and cfg.model.get('backbone', {}).get('deploy'):
+        cfg = copy.deepcopy(cfg)
+        cfg.model.backbone.deploy = False
+    model, _ = build_model(deploy_config(cfg) if fused else cfg)
+    _check_reparameterizable(model, cfg)
+    load_strict(model, state_dict, f'Checkpoint {checkpoint!r}')
+    return model, cfg, ckpt
+
+
+# ------------------------------------------------------------------------ inputs
+def _input_size(cfg: Config) -> int:
+    """The square side of the val pipeline's last fixed size (crop or resize), or 224."""
+    size = 224
+    for transform in cfg.get('val_dataloader', {}).get('dataset', {}).get('pipeline', []):
+        scale = transform.get('crop_size', transform.get('scale'))
+        if scale is not None:
+            size = min(scale) if isinstance(scale, (tuple, list)) else scale
+    return size
+
+
+def input_shape_of(cfg: Config) -> Tuple[int, int]:
+    size = _input_size(cfg)
+    return size, size
+
+
+def val_image_paths(cfg: Config, num_images: int) -> List[str]:
+    """The first ``num_images`` image files of the val set, or [] when it is not on disk."""
+    try:
+        dataset = _registry(codebase_of(cfg), 'DATASETS').build(cfg.val_dataloader.dataset)
+    except (FileNotFoundError, AttributeError):
+        return []
+    return [dataset.get_data_info(i)['img_path'] for i in range(min(num_images, len(dataset)))]
+
+
+def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
+                  ) -> Tuple[List[dict], str]:
+    """Model inputs, one image each: the first ``num_images`` of the config's val set through
+    its pipeline and the model's data_preprocessor when the data is on disk, else random
+    normalised images of the pipeline's size. Returns (inputs, description)."""
+    reason = 'the config has no val_dataloader'
+    if cfg.get('val_dataloader'):
+        try:
+            dataset = _registry(codebase_of(cfg), 'DATASETS').build(
+                cfg.val_dataloader.dataset)
+        except FileNotFoundError as error:
+            reason = f'val set not found: {error}'
+        else:
+            count = min(num_images, len(dataset))
+            with torch.no_grad():
+                inputs = [model.data_preprocessor(dict(inputs=[d['inputs']],
+                                                       data_samples=[d['data_samples']]),
+                                                  False)
+                          for d in (dataset[i] for i in range(count))]
+            return inputs, f'{count} val images'
+    size = _input_size(cfg)
+    generator = torch.Generator().manual_seed(0)
+    inputs = [dict(inputs=torch.randn(1, 3, size, size, generator=generator))
+              for _ in range(num_images)]
+    return inputs, f'{num_images} random {size}x{size} images ({reason})'
+
+
+def _tensors(output) -> List[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    return [t for item in output for t in _tensors(item)]
+
+
+@torch.no_grad()
+def raw_outputs(model: nn.Module, inputs: List[dict]) -> List[List[torch.Tensor]]:
+    """The model's raw outputs (mode='tensor': logits, box / class maps) for each input."""
+    return [_tensors(model(data['inputs'], data.get('data_samples'), mode='tensor'))
+            for data in inputs]
+
+
+def compare(reference, outputs) -> Tuple[float, float]:
+    """(max |outputs - reference|, max |reference|) over all tensors."""
+    pairs = [(r, o) for ref, out in zip(reference, outputs) for r, o in zip(ref, out)]
+    return (max((r - o).abs().max().item() for r, o in pairs),
+            max(r.abs().max().item() for r, _ in pairs))
+
+
+# ---------------------------------------------------------------------- the switch
+def _write_text(text: str, path: str):
+    """Write through a temp file and an atomic rename, like save_checkpoint."""
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
+                              verify: bool = True, num_images: int = 4,
+                              tolerance: float = 1e-4) -> ReparamResult:
+    """Fuse a trained model's MobileOne blocks and write the deploy checkpoint
+    (``meta`` and the fused ``state_dict``; optimizer and scheduler state dropped) and the
+    deploy config (``out_checkpoint`` with extension ``.py``), both atomically.
+
+    The deploy config is built and the fused weights are loaded into it strictly before
+    anything is written. With ``verify``, raw outputs of both forms are compared on
+    ``num_images`` inputs (see ``sample_inputs``); DeployError when
+    max |difference| / max |output| exceeds ``tolerance``. A checkpoint that is already
+    fused is only checked against the deploy form of the config, and nothing is written.
+    """
+    out_config = os.path.splitext(os.fspath(out_checkpoint))[0] + '.py'
+    for given, written in ((checkpoint, out_checkpoint), (config, out_config)):
+        if isinstance(given, (str, os.PathLike)) and os.path.exists(given) and \
+                os.path.exists(written) and os.path.samefile(given, written):
+            raise DeployError(f'Writing {written!r} would overwrite the input {given!r}: '
+                              f'choose another output checkpoint name.')
+    model, cfg, ckpt = load_model(config, checkpoint)
+    if is_fused(state_dict_of(ckpt)):
+        params = _num_params(model)
+        return ReparamResult(codebase_of(cfg), True, params, params)
+
+    result = ReparamResult(codebase_of(cfg), False, _num_params(model), 0)
+    if verify:
+        inputs, result.inputs = sample_inputs(cfg, model, num_images)
+        reference = raw_outputs(model, inputs)
+    reparameterize_model(model)
+    text = deploy_config(cfg).pretty_text
+    deploy_model, _ = build_model(Config.fromstring(text, '.py'))
+    load_strict(deploy_model, model.state_dict(), 'The fused model')
+    result.params_deploy = _num_params(deploy_model)
+    if verify:
+        result.max_abs_diff, result.output_scale = compare(
+            reference, raw_outputs(deploy_model, inputs))
+        if result.rel_diff > tolerance:
+            raise DeployError(f'The deploy form changes the outputs: max |difference| '
+                              f'{result.max_abs_diff:.3g} = {result.rel_diff:.3g} x max '
+                              f'|output| (tolerance {tolerance:g}). Nothing written.')
+
+    result.out_checkpoint, result.out_config = os.fspath(out_checkpoint), out_config
+    save_checkpoint(dict(meta=ckpt.get('meta', {}), state_dict=deploy_model.state_dict()),
+                    result.out_checkpoint)
+    _write_text(text, result.out_config)
+    return result
