@@ -1,12 +1,20 @@
-"""The backbone demo: for each arch, load ImageNet-format weights, fuse, check the
-outputs are unchanged, and compare train form and fused form.
+"""The end-to-end demo on built-in synthetic data (`make demo`), every step a command
+of the README:
 
-No weights can be downloaded here, so each arch's "ImageNet checkpoint" is a timm
-MobileOne with random weights saved in timm's format: the same loading path a real
-download takes (format detection, conversion, arch check).
+1. backbones: each arch loads ImageNet-format weights (a timm checkpoint with random
+   weights: nothing can be downloaded here), fuses, and is checked unchanged; params,
+   GMACs and latency of train form vs fused form.
+2. detection: tiny COCO set -> `mim train mmdet` SSDLite-S0 -> `mim test` -> deploy form
+   (tools/reparameterize.py) -> `mim test` again -> ONNX with --verify -> onnx_infer.py.
+3. segmentation: the same with DeepLabV3-S0 on tiny ADE20K.
+4. a summary table.
 """
 import argparse
+import re
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -15,37 +23,120 @@ from mobileone_mm import ARCH_SETTINGS, MobileOne
 from mobileone_mm.analysis import compare_forms
 from mobileone_mm.weights import load_pretrained
 
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TASKS = {
+    'detection': dict(
+        codebase='mmdet', data=('coco', 'data/tiny_coco'),
+        config='configs/detection/ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py',
+        metric=r'coco/bbox_mAP: ([\d.]+)', metric_name='bbox mAP',
+        image='data/tiny_coco/val2017'),
+    'segmentation': dict(
+        codebase='mmseg', data=('ade20k', 'data/ade'),
+        config='configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
+        metric=r'mIoU: ([\d.]+)', metric_name='mIoU',
+        image='data/ade/ADEChallengeData2016/images/validation'),
+}
 
-def timm_checkpoint(arch: str, folder: Path) -> Path:
-    import timm
-    path = folder / f'mobileone_{arch}_timm.pth'
-    torch.save(timm.create_model(f'mobileone_{arch}').state_dict(), path)
-    return path
+
+def step(text: str):
+    print(f'\n==> [demo {time.strftime("%H:%M:%S")}] {text}', flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--archs', nargs='+', default=sorted(ARCH_SETTINGS))
-    parser.add_argument('--size', type=int, nargs=2, default=(224, 224))
-    parser.add_argument('--runs', type=int, default=20)
-    args = parser.parse_args()
-    print(f'MobileOne backbones at {args.size[0]}x{args.size[1]}, batch 1, '
-          f'{torch.get_num_threads()} threads, latency = median of {args.runs} runs')
+def run(*command: str) -> str:
+    """Run a command from the repository root, echo its output, return it."""
+    print('$ ' + ' '.join(command), flush=True)
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    print(done.stdout[-3000:], flush=True)
+    if done.returncode:
+        sys.exit(f'demo: {command[0]} failed (exit {done.returncode})')
+    return done.stdout
+
+
+def backbones(archs, runs: int):
+    print(f'MobileOne backbones at 224x224, batch 1, {torch.get_num_threads()} threads, '
+          f'latency = median of {runs} runs')
     header = (f'{"arch":5} {"params train":>13} {"params fused":>13} {"GMACs train":>12} '
               f'{"GMACs fused":>12} {"ms train":>9} {"ms fused":>9} {"speed-up":>9} '
               f'{"max rel diff":>13}')
     print(header + '\n' + '-' * len(header))
+    import timm
     with tempfile.TemporaryDirectory() as folder:
-        for arch in args.archs:
-            checkpoint = timm_checkpoint(arch, Path(folder))
+        for arch in archs:
+            checkpoint = Path(folder) / f'mobileone_{arch}_timm.pth'
+            torch.save(timm.create_model(f'mobileone_{arch}').state_dict(), checkpoint)
             backbone = MobileOne(arch, out_indices=(0, 1, 2, 3))
             load_pretrained(backbone, str(checkpoint))  # what init_cfg=Pretrained runs
-            row = compare_forms(backbone, tuple(args.size), runs=args.runs)
+            row = compare_forms(backbone, (224, 224), runs=runs)
             assert row['max_rel_diff'] <= 1e-5, f'{arch}: fused outputs differ {row}'
             print(f'{arch:5} {row["train_params"]:>13,} {row["fused_params"]:>13,} '
                   f'{row["train_gmacs"]:>12.3f} {row["fused_gmacs"]:>12.3f} '
                   f'{row["train_ms"]:>9.1f} {row["fused_ms"]:>9.1f} '
                   f'{row["train_ms"] / row["fused_ms"]:>8.1f}x {row["max_rel_diff"]:>13.1e}')
+
+
+def task(name: str, settings: dict) -> dict:
+    """Train, test, fuse, test, export and draw one task; returns its summary row."""
+    python, mim = str(BIN / 'python'), str(BIN / 'mim')
+    work = REPO / 'work_dirs' / f'demo_{name}'
+    config, codebase = settings['config'], settings['codebase']
+    kind, data_dir = settings['data']
+    step(f'{name}: synthetic data set')
+    run(python, 'tools/make_tiny_datasets.py', kind, '--out', data_dir, '--overwrite')
+    step(f'{name}: mim train {codebase} (minutes on a 2-core CPU)')
+    start = time.time()
+    run(mim, 'train', codebase, config, '--work-dir', str(work))
+    train_minutes = (time.time() - start) / 60
+    checkpoint = (work / 'last_checkpoint').read_text().strip()
+    best = sorted(work.glob('best_*.pth'))
+    checkpoint = str(best[-1]) if best else checkpoint
+
+    def metric(config_path, weights):
+        output = run(mim, 'test', codebase, config_path, '--checkpoint', weights,
+                     '--work-dir', str(work / 'test'))
+        return float(re.findall(settings['metric'], output)[-1])
+
+    step(f'{name}: mim test, train form')
+    train_metric = metric(config, checkpoint)
+    step(f'{name}: re-parameterize (tools/reparameterize.py), then mim test, deploy form')
+    deploy = str(work / 'deploy.pth')
+    run(python, 'tools/reparameterize.py', config, checkpoint, deploy)
+    deploy_metric = metric(str(work / 'deploy.py'), deploy)
+    step(f'{name}: ONNX export with --verify, and onnx_infer.py on a val image')
+    onnx_file = str(work / f'{name}.onnx')
+    output = run(python, 'tools/export_onnx.py', config, checkpoint, onnx_file, '--verify')
+    times = dict(re.findall(r'(torch_ms|onnx_ms) ([\d.]+)', output))
+    image = str(sorted((REPO / settings['image']).glob('*.jpg'))[0])
+    picture = str(work / 'vis.png')
+    run(python, 'tools/onnx_infer.py', onnx_file, image, '--out', picture)
+    return dict(task=name, metric=settings['metric_name'], train=train_metric,
+                deploy=deploy_metric, torch_ms=float(times['torch_ms']),
+                onnx_ms=float(times['onnx_ms']), minutes=train_minutes,
+                files=[checkpoint, deploy, str(work / 'deploy.py'), onnx_file, picture])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--archs', nargs='+', default=sorted(ARCH_SETTINGS))
+    parser.add_argument('--runs', type=int, default=20, help='latency runs per model')
+    parser.add_argument('--tasks', nargs='*', default=list(TASKS), choices=list(TASKS),
+                        help='end-to-end tasks to run (none: backbones only)')
+    args = parser.parse_args()
+    start = time.time()
+    step('backbones: load, fuse, compare')
+    backbones(args.archs, args.runs)
+    rows = [task(name, TASKS[name]) for name in args.tasks]
+    if rows:
+        step(f'summary ({(time.time() - start) / 60:.0f} minutes in all)')
+        print(f'| task | metric | train form | deploy form | train min | PyTorch ms | '
+              f'onnxruntime ms |\n|---|---|---|---|---|---|---|')
+        for r in rows:
+            print(f'| {r["task"]} | {r["metric"]} | {r["train"]:.4f} | {r["deploy"]:.4f} | '
+                  f'{r["minutes"]:.1f} | {r["torch_ms"]:.1f} | {r["onnx_ms"]:.1f} |')
+        for r in rows:
+            print(f'{r["task"]} files: ' + ', '.join(r['files']))
 
 
 if __name__ == '__main__':
