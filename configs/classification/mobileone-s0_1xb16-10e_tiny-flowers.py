@@ -1,4 +1,4 @@
-# The Flowers-102 config on the synthetic tiny set, sized for a 2-core CPU (2-3 minutes):
+# The Flowers-102 config on the synthetic tiny set, sized for a 2-core CPU (a few minutes):
 #   python tools/make_tiny_datasets.py flowers --out data/tiny_flowers
 #   mim train mmpretrain configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py \
 #       --work-dir work_dirs/tiny_flowers
