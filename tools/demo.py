@@ -30,11 +30,14 @@ TASKS = {
         codebase='mmdet', data=('coco', 'data/tiny_coco'),
         config='configs/detection/ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py',
         metric=r'coco/bbox_mAP: ([\d.]+)', metric_name='bbox mAP',
+        quick=['train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
         image='data/tiny_coco/val2017'),
     'segmentation': dict(
         codebase='mmseg', data=('ade20k', 'data/ade'),
         config='configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
         metric=r'mIoU: ([\d.]+)', metric_name='mIoU',
+        quick=['train_cfg.max_iters=10', 'train_cfg.val_interval=10',
+               'default_hooks.checkpoint.interval=10'],
         image='data/ade/ADEChallengeData2016/images/validation'),
 }
 
@@ -76,8 +79,9 @@ def backbones(archs, runs: int):
                   f'{row["train_ms"] / row["fused_ms"]:>8.1f}x {row["max_rel_diff"]:>13.1e}')
 
 
-def task(name: str, settings: dict) -> dict:
-    """Train, test, fuse, test, export and draw one task; returns its summary row."""
+def task(name: str, settings: dict, quick: bool = False) -> dict:
+    """Train, test, fuse, test, export and draw one task; returns its summary row.
+    ``quick`` trains a few iterations only: a smoke test of the whole path."""
     python, mim = str(BIN / 'python'), str(BIN / 'mim')
     work = REPO / 'work_dirs' / f'demo_{name}'
     config, codebase = settings['config'], settings['codebase']
@@ -86,7 +90,8 @@ def task(name: str, settings: dict) -> dict:
     run(python, 'tools/make_tiny_datasets.py', kind, '--out', data_dir, '--overwrite')
     step(f'{name}: mim train {codebase} (minutes on a 2-core CPU)')
     start = time.time()
-    run(mim, 'train', codebase, config, '--work-dir', str(work))
+    run(mim, 'train', codebase, config, '--work-dir', str(work),
+        *(['--cfg-options', *settings['quick']] if quick else []))
     train_minutes = (time.time() - start) / 60
     checkpoint = (work / 'last_checkpoint').read_text().strip()
     best = sorted(work.glob('best_*.pth'))
@@ -123,11 +128,13 @@ def main():
     parser.add_argument('--runs', type=int, default=20, help='latency runs per model')
     parser.add_argument('--tasks', nargs='*', default=list(TASKS), choices=list(TASKS),
                         help='end-to-end tasks to run (none: backbones only)')
+    parser.add_argument('--quick', action='store_true',
+                        help='train a few iterations only (checks the path, not the metric)')
     args = parser.parse_args()
     start = time.time()
     step('backbones: load, fuse, compare')
     backbones(args.archs, args.runs)
-    rows = [task(name, TASKS[name]) for name in args.tasks]
+    rows = [task(name, TASKS[name], args.quick) for name in args.tasks]
     if rows:
         step(f'summary ({(time.time() - start) / 60:.0f} minutes in all)')
         print(f'| task | metric | train form | deploy form | train min | PyTorch ms | '
