@@ -14,7 +14,6 @@ the rest of the package does not need it.
 import copy
 import importlib
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -25,7 +24,8 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import CheckpointLoader, load_state_dict
 
 from .reparam import reparameterize_model
-from .weights import CheckpointError, is_fused, save_checkpoint, state_dict_of
+from .weights import (CheckpointError, atomic_file, is_fused, save_checkpoint,
+                      state_dict_of)
 
 CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -223,19 +223,6 @@ def compare(reference, outputs) -> Tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- the switch
-def _write_text(text: str, path: str):
-    """Write through a temp file and an atomic rename, like save_checkpoint."""
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -284,5 +271,6 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
     result.out_checkpoint, result.out_config = os.fspath(out_checkpoint), out_config
     save_checkpoint(dict(meta=ckpt.get('meta', {}), state_dict=deploy_model.state_dict()),
                     result.out_checkpoint)
-    _write_text(text, result.out_config)
+    with atomic_file(result.out_config, 'w') as f:
+        f.write(text)
     return result

@@ -14,9 +14,8 @@ BGR->RGB) is part of the graph. Outputs:
   mmcv's NMS in tie-breaking; a 40-line numpy copy of mmdet's test-time steps keeps the
   detections identical. Their settings travel in the ONNX file's metadata.
 """
+import io
 import json
-import os
-import tempfile
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from .analysis import measure_latency
 from .reparam import reparameterize_model
+from .weights import atomic_file
 
 
 class Normalize(nn.Module):
@@ -120,7 +120,7 @@ WRAPPERS = dict(classification=ClassifierForExport, segmentation=SegmentorForExp
 
 def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 320),
                 dynamic: bool = False, metadata: Dict[str, object] = None) -> dict:
-    """Fuse (if needed) and export ``model`` to ``path`` (written atomically).
+    """Fuse ``model`` in place (if needed) and export it to ``path`` (written atomically).
 
     ``dynamic`` makes the batch size (and, for classifiers and segmentors, the image
     size) free. Returns what was exported: task, output names, conv counts of the fused
@@ -144,23 +144,16 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 
                     iou_threshold=test_cfg['nms']['iou_threshold'],
                     min_bbox_size=test_cfg.get('min_bbox_size', -1),
                     max_per_img=test_cfg.get('max_per_img', 100))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.onnx', dir=directory)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(wrapper, (example, ), tmp, dynamo=False, opset_version=17,
-                              input_names=['image'], output_names=wrapper.output_names,
-                              dynamic_axes=dynamic_axes)
-        graph = onnx.load(tmp)
-        for key, value in meta.items():
-            graph.metadata_props.add(key=key, value=json.dumps(value))
-        onnx.save(graph, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(wrapper, (example, ), buffer, dynamo=False, opset_version=17,
+                          input_names=['image'], output_names=wrapper.output_names,
+                          dynamic_axes=dynamic_axes)
+    graph = onnx.load_from_string(buffer.getvalue())
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=json.dumps(value))
+    with atomic_file(path) as f:
+        f.write(graph.SerializeToString())
     return dict(task=task, path=path, outputs=wrapper.output_names, metadata=meta,
                 torch_convs=count_conv_calls(wrapper, example),
                 onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node))

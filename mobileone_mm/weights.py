@@ -19,6 +19,7 @@ for our loader only. Importing ``mobileone_mm`` registers that loader for mmengi
 and http(s) schemes, so ``load_from``, ``--resume``, ``init_cfg=Pretrained`` and
 ``mim test --checkpoint`` work on torch >= 2.6 without ever unpickling arbitrary objects.
 """
+import contextlib
 import os
 import pickle
 import re
@@ -144,22 +145,30 @@ def register_safe_checkpoint_loader():
                                      force=True)
 
 
-def save_checkpoint(checkpoint: dict, path: str):
-    """torch.save through a temp file in the same folder and an atomic rename: readers
-    see the old file or the new one, never a torn one."""
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = 'wb'):
+    """Open a temp file beside ``path``; on success it is flushed, synced and renamed to
+    ``path``: readers see the old file or the new one, never a torn one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(checkpoint, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def save_checkpoint(checkpoint: dict, path: str):
+    """torch.save, atomically (see atomic_file)."""
+    with atomic_file(path) as f:
+        torch.save(checkpoint, f)
 
 
 def state_dict_of(checkpoint: dict) -> StateDict:

@@ -137,8 +137,8 @@ def main():
     rows = [task(name, TASKS[name], args.quick) for name in args.tasks]
     if rows:
         step(f'summary ({(time.time() - start) / 60:.0f} minutes in all)')
-        print(f'| task | metric | train form | deploy form | train min | PyTorch ms | '
-              f'onnxruntime ms |\n|---|---|---|---|---|---|---|')
+        print('| task | metric | train form | deploy form | train min | PyTorch ms | '
+              'onnxruntime ms |\n|---|---|---|---|---|---|---|')
         for r in rows:
             print(f'| {r["task"]} | {r["metric"]} | {r["train"]:.4f} | {r["deploy"]:.4f} | '
                   f'{r["minutes"]:.1f} | {r["torch_ms"]:.1f} | {r["onnx_ms"]:.1f} |')

@@ -3,10 +3,12 @@
     python tools/onnx_infer.py work_dirs/ssdlite.onnx data/tiny_coco/val2017/000000.jpg --out vis.png
 """
 import argparse
+import os
 
 import cv2
 
 from mobileone_mm.export import draw_result, load_session, read_image
+from mobileone_mm.weights import atomic_file
 
 
 def main():
@@ -24,7 +26,9 @@ def main():
     print(f'{meta["task"]} on {args.image} ({meta["input_shape"][0]}x{meta["input_shape"][1]}):')
     print('\n'.join(f'  {line}' for line in lines) or '  nothing above the threshold')
     if args.out:
-        cv2.imwrite(args.out, picture)
+        encoded = cv2.imencode(os.path.splitext(args.out)[1] or '.png', picture)[1]
+        with atomic_file(args.out) as f:
+            f.write(encoded.tobytes())
         print(f'picture: {args.out}')
 
 
