@@ -33,8 +33,8 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-from .mobileone import (BASE_WIDTHS, NUM_STAGES, MobileOne, arch_name, resolve_arch,
-                        stem_channels)
+from .mobileone import (ARCH_SETTINGS, BASE_WIDTHS, NUM_STAGES, MobileOne, arch_name,
+                        resolve_arch, stem_channels)
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -292,10 +292,17 @@ def infer_arch(backbone: StateDict) -> dict:
     return arch
 
 
+def arch_matches(found: dict, arch: dict) -> bool:
+    """Whether an inferred arch is ``arch``; a fused state dict (num_conv_branches None)
+    says nothing about the branch counts, so they are not compared then."""
+    return all(found[k] == arch[k] for k in found
+               if not (k == 'num_conv_branches' and None in found[k]))
+
+
 def describe_arch(arch: dict) -> str:
     if None in arch['num_conv_branches']:  # fused: name the table arch it can be
-        for name, settings in ((n, resolve_arch(n)) for n in ('s0', 's1', 's2', 's3', 's4')):
-            if all(settings[k] == arch[k] for k in arch if k != 'num_conv_branches'):
+        for name in ARCH_SETTINGS:
+            if arch_matches(arch, resolve_arch(name)):
                 return f'MobileOne-{name} (fused)'
     return f'MobileOne-{arch_name(arch)}'
 
@@ -303,11 +310,9 @@ def describe_arch(arch: dict) -> str:
 def check_arch(backbone: StateDict, model_arch: dict):
     """CheckpointError naming both archs when the weights are not of ``model_arch``."""
     found = infer_arch(backbone)
-    keys = [k for k in found if found['num_conv_branches'][0] is not None
-            or k != 'num_conv_branches']
     stem = backbone.get('stage0.branch_reparam.weight',
                         backbone.get('stage0.branch_conv_list.0.conv.weight'))
-    if any(found[k] != model_arch[k] for k in keys) or (
+    if not arch_matches(found, model_arch) or (
             stem is not None and stem.shape[0] != stem_channels(model_arch)):
         raise CheckpointError(
             f'The checkpoint holds {describe_arch(found)} weights but the model is '
