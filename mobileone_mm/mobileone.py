@@ -99,6 +99,15 @@ def make_divisible(value: float, divisor: int) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+def _local_batch_norm(module: nn.Module) -> bool:
+    """A BN layer in training mode whose batch statistics come from this process alone."""
+    if not (isinstance(module, _BatchNorm) and module.training):
+        return False
+    synced = isinstance(module, nn.SyncBatchNorm) or type(module).__name__ == 'CPUSyncBatchNorm'
+    return not (synced and torch.distributed.is_available()
+                and torch.distributed.is_initialized())
+
+
 class SqueezeExcite(BaseModule):
     """Squeeze-and-excitation gate: x * sigmoid(conv2(relu(conv1(mean(x))))).
 
@@ -149,12 +158,17 @@ class MobileOneBlock(BaseModule):
                  with_cp: bool = False,
                  init_cfg=None):
         super().__init__(init_cfg)
+        if identity is None:
+            identity = in_channels == out_channels and stride == 1
+        self._check_args(in_channels, out_channels, kernel_size, stride, dilation, groups,
+                         num_branches, identity)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.padding = dilation * (kernel_size // 2)
         self.groups = groups
         self.deploy = deploy
         self.with_cp = with_cp
+        self.norm_cfg = norm_cfg
 
         if deploy:
             self.branch_reparam = self._conv(kernel_size, bias=True)
@@ -162,11 +176,28 @@ class MobileOneBlock(BaseModule):
             self.branch_conv_list = nn.ModuleList(
                 self._conv_norm(kernel_size, norm_cfg) for _ in range(num_branches))
             self.branch_scale = self._conv_norm(1, norm_cfg) if kernel_size > 1 else None
-            if identity is None:
-                identity = in_channels == out_channels and stride == 1
             self.branch_norm = build_norm_layer(norm_cfg, in_channels)[1] if identity else None
         self.se = SqueezeExcite(out_channels, **se_cfg) if se_cfg else nn.Identity()
         self.act = build_activation_layer(act_cfg)
+
+    @staticmethod
+    def _check_args(in_channels, out_channels, kernel_size, stride, dilation, groups,
+                    num_branches, identity):
+        positive = dict(in_channels=in_channels, out_channels=out_channels, stride=stride,
+                        dilation=dilation, groups=groups, num_branches=num_branches)
+        bad = {k: v for k, v in positive.items() if not (isinstance(v, int) and v >= 1)}
+        if bad:
+            raise ValueError(f'MobileOneBlock: {bad} must be positive ints.')
+        if not (isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2):
+            raise ValueError(f'MobileOneBlock: kernel_size must be an odd positive int (the '
+                             f'branches are centred on one tap), got {kernel_size!r}.')
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f'MobileOneBlock: groups={groups} must divide in_channels='
+                             f'{in_channels} and out_channels={out_channels}.')
+        if identity and (in_channels != out_channels or stride != 1):
+            raise ValueError(f'MobileOneBlock: an identity branch needs in_channels == '
+                             f'out_channels and stride 1, got {in_channels} -> '
+                             f'{out_channels}, stride {stride}: pass identity=False.')
 
     def _conv(self, kernel_size: int, bias: bool) -> nn.Conv2d:
         dilation = self.dilation if kernel_size > 1 else 1
@@ -197,6 +228,55 @@ class MobileOneBlock(BaseModule):
         else:
             out = self.sum_branches(x)
         return self.act(self.se(out))
+
+    BRANCHES = ('branch_conv_list.', 'branch_scale.', 'branch_norm.')
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        """Train-form weights into a deploy-form block are fused on load (``load_state_dict``,
+        mmengine's ``load_from``, ``mim test --checkpoint``); deploy-form weights into a
+        train-form block are refused with the fix, since fusion cannot be undone (a
+        non-strict load would otherwise leave the block at its random init silently)."""
+        fused = prefix + 'branch_reparam.weight' in state_dict
+        branch_keys = [k for k in state_dict
+                       if k.startswith(prefix) and k[len(prefix):].startswith(self.BRANCHES)]
+        if self.deploy and not fused and branch_keys:
+            self._fuse_on_load(state_dict, prefix, branch_keys)
+        elif not self.deploy and fused:
+            from .weights import CheckpointError  # weights.py imports this module
+            raise CheckpointError(
+                f'{prefix}branch_reparam: the weights are in deploy (fused) form but the '
+                f'model is in train form, and fused weights cannot be split back into '
+                f'branches. Build the model with deploy=True (model.backbone.deploy=True, '
+                f'as in the config tools/reparameterize.py writes), or load the train-form '
+                f'checkpoint.')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    def _fuse_on_load(self, state_dict, prefix, branch_keys):
+        local = {k[len(prefix):]: state_dict[k] for k in branch_keys}
+        num_branches = len({k.split('.')[1] for k in local
+                            if k.startswith('branch_conv_list.')})
+        if not num_branches:
+            raise ValueError(f'{prefix}: train-form weights without branch_conv_list: '
+                             f'{sorted(local)[:4]}')
+        train_form = MobileOneBlock(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride,
+            self.dilation, self.groups, num_branches,
+            identity=any(k.startswith('branch_norm.') for k in local),
+            norm_cfg=self.norm_cfg)
+        missing, unexpected = train_form.load_state_dict(local, strict=False)
+        missing = [k for k in missing if not k.endswith('num_batches_tracked')]
+        if missing or unexpected:
+            raise ValueError(f'{prefix}: train-form weights that do not fit a '
+                             f'{self.kernel_size}x{self.kernel_size} block of '
+                             f'{self.in_channels}->{self.out_channels} channels: missing '
+                             f'{missing}, unexpected {unexpected}.')
+        train_form.eval().switch_to_deploy()
+        for key in branch_keys:
+            del state_dict[key]
+        state_dict[prefix + 'branch_reparam.weight'] = train_form.branch_reparam.weight.data
+        state_dict[prefix + 'branch_reparam.bias'] = train_form.branch_reparam.bias.data
 
     def switch_to_deploy(self):
         """Fuse all branches into ``branch_reparam``, in place. Uses the BN running
@@ -330,10 +410,44 @@ class MobileOne(BaseModule):
     def stages(self) -> list:
         return [getattr(self, f'stage{i}') for i in range(NUM_STAGES + 1)]
 
-    def forward(self, x):
+    @property
+    def stage_strides(self) -> list:
+        """Cumulative stride after the stem and after each stage (2, 4, 8, 16, 32 at OS32)."""
+        total, out = 2, [2]
+        for stride in self.strides:
+            total *= stride
+            out.append(total)
+        return out
+
+    def _check_input(self, x):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
+            hint = (f' (or build the backbone with in_channels={x.shape[1]})'
+                    if x.dim() == 4 else '')
             raise ValueError(f'MobileOne expects input (N, {self.in_channels}, H, W), got '
-                             f'{tuple(x.shape)}.')
+                             f'{tuple(x.shape)}{hint}.')
+        n, _, h, w = x.shape
+        if n < 1 or h < 1 or w < 1:
+            raise ValueError(f'MobileOne got an empty input {tuple(x.shape)}: batch, height '
+                             f'and width must be at least 1.')
+        if self.training and not self.deploy:
+            self._check_train_size(n, h, w)
+
+    def _check_train_size(self, n, h, w):
+        """BN in training mode needs more than one value per channel; the stride-s feature
+        map of an h x w input is ceil(h / s) x ceil(w / s)."""
+        for i, stride in reversed(list(enumerate(self.stage_strides))):
+            values = n * -(-h // stride) * -(-w // stride)
+            if values > 1:
+                return
+            if any(_local_batch_norm(m) for m in self.stages[i].modules()):
+                raise ValueError(
+                    f'MobileOne in training mode got {n} x {h} x {w} (batch x H x W): stage'
+                    f'{i} (stride {stride}) sees a 1 x 1 map, and its BatchNorm needs more than '
+                    f'one value per channel. Use a batch of 2 or more, or inputs larger than '
+                    f'{stride} x {stride} (height or width > {stride}), or eval mode.')
+
+    def forward(self, x):
+        self._check_input(x)
         x = self.stage0(x)
         outs = []
         for i, stage in enumerate(self.stages[1:]):

@@ -28,6 +28,11 @@ Tensor = torch.Tensor
 
 def fuse_conv_bn(weight: Tensor, norm: _BatchNorm) -> Tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm (BN, SyncBN, ...) into the conv weight before it."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError(f'Cannot fuse {norm}: it keeps no running statistics '
+                         f'(track_running_stats=False), so eval mode normalises with each '
+                         f'batch\'s own statistics, which no fixed conv can reproduce. Train '
+                         f'with track_running_stats=True to re-parameterize.')
     std = (norm.running_var.double() + norm.eps).sqrt()
     gamma = norm.weight.double() if norm.affine else torch.ones_like(std)
     beta = norm.bias.double() if norm.affine else torch.zeros_like(std)

@@ -23,6 +23,7 @@ import contextlib
 import os
 import pickle
 import re
+import socket
 import tempfile
 import zipfile
 from typing import Dict, Optional, Tuple
@@ -81,6 +82,23 @@ def _unreadable(path: str, error: Exception) -> CheckpointError:
                            f'{str(error).strip().splitlines()[-1]}). Fetch or write it again.')
 
 
+def _refused_by_weights_only(message: str) -> Optional[str]:
+    """What torch's weights-only unpickler refused ('asks for `os.system`', ...), or None
+    when the error is not a refusal (a truncated or foreign file)."""
+    unsafe = re.search(r"(?:GLOBAL |got <class ')([\w.]+)", message)
+    if unsafe:
+        return f'asks for `{unsafe.group(1)}`'
+    call = re.search(r'call reduce for unrecognized function (<[^>]*>|\S+)', message)
+    if call:
+        return f'calls `{call.group(1)}`'
+    detail = message.split('WeightsUnpickler error:', 1)
+    if len(detail) == 2:
+        line = next((l.strip() for l in detail[1].splitlines() if l.strip()), '')
+        if line.startswith(('Can only', 'Trying to', 'Unsupported global')):
+            return f'asks for what the weights-only loader does not allow ({line[:160]})'
+    return None
+
+
 def load_checkpoint_file(path: str, map_location='cpu') -> dict:
     """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``).
 
@@ -106,13 +124,13 @@ def load_checkpoint_file(path: str, map_location='cpu') -> dict:
         with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"(?:GLOBAL |got <class ')([\w.]+)", str(error))
-        if unsafe:
+        refused = _refused_by_weights_only(str(error))
+        if refused:
             raise CheckpointError(
-                f'Refusing to load {path!r}: its pickle asks for `{unsafe.group(1)}`, which '
-                f'a weights file never needs (it may carry code). Checkpoints are loaded with '
-                f'weights_only=True; re-save the state dict from a trusted source with '
-                f'torch.save(model.state_dict(), ...).') from error
+                f'Refusing to load {path!r}: its pickle {refused}, which a weights file '
+                f'never needs (it may carry code; nothing of it was run). Checkpoints are '
+                f'loaded with weights_only=True; re-save the state dict from a trusted '
+                f'source with torch.save(model.state_dict(), ...).') from error
         raise _unreadable(path, error) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
             IndexError) as error:
@@ -145,14 +163,59 @@ def register_safe_checkpoint_loader():
                                      force=True)
 
 
+TEMP_MARK = '.tmp-'  # temp files: .<name>.tmp-<host>-<pid>-<random>
+
+
+def _temp_prefix(path: str) -> str:
+    return '.' + os.path.basename(path) + TEMP_MARK
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str) -> list:
+    """Remove the temp files that writers of ``path`` on this host left when they were
+    killed (their process is gone); returns the removed paths. Temp files of live writers
+    and of other hosts (a shared file system) are left alone."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path) + socket.gethostname() + '-'
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split('-')[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_file(path: str, mode: str = 'wb'):
     """Open a temp file beside ``path``; on success it is flushed, synced and renamed to
-    ``path``: readers see the old file or the new one, never a torn one."""
+    ``path``: readers see the old file or the new one, never a torn one.
+
+    The temp file is ``.<name>.tmp-<host>-<pid>-<random>`` in the same folder. An error
+    removes it; a writer killed outright (SIGKILL, power loss) cannot, so each write first
+    removes what killed writers of the same file left (``remove_stale_temp_files``)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f'{_temp_prefix(path)}{socket.gethostname()}-{os.getpid()}-', dir=directory)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -163,6 +226,21 @@ def atomic_file(path: str, mode: str = 'wb'):
     except BaseException:
         os.unlink(tmp)
         raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str):
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(checkpoint: dict, path: str):
