@@ -1,8 +1,10 @@
 """Model size, compute and latency, measured the same way for every model we compare."""
+import contextlib
 import copy
+import random
 import statistics
 import time
-from typing import Dict
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -39,19 +41,53 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return total
 
 
+def latency_stats(times_ms: Sequence[float]) -> Dict[str, float]:
+    """Median and spread (10th / 90th percentile) of wall times in ms."""
+    if len(times_ms) < 2:
+        deciles = [times_ms[0]] * 9
+    else:
+        deciles = statistics.quantiles(times_ms, n=10, method='inclusive')
+    return dict(median_ms=statistics.median(times_ms), p10_ms=deciles[0], p90_ms=deciles[-1],
+                runs=len(times_ms), threads=torch.get_num_threads())
+
+
+def measure_interleaved(fns: Dict[str, Callable], example, warmup: int = 5, runs: int = 20,
+                        budget_s: Optional[float] = None, min_runs: int = 5,
+                        inference: bool = True) -> Dict[str, Dict[str, float]]:
+    """Wall time of several callables on the same input, interleaved: each round calls
+    every one of them once, in a new (seeded) random order, so that drifts of the machine
+    (another job, clock changes) and what one call leaves behind for the next (caches,
+    spinning thread pools) hit them all alike.
+
+    ``budget_s`` caps the timed rounds: after warm-up, as many rounds as fit in it (at
+    least ``min_runs``, at most ``runs``). ``inference=False`` keeps autograd on (a
+    training step). Returns name -> latency_stats.
+    """
+    names = list(fns)
+    times = {name: [] for name in names}
+    context = torch.inference_mode if inference else contextlib.nullcontext
+    with context():
+        round_s = 0.0
+        for _ in range(warmup):
+            start = time.perf_counter()
+            for name in names:
+                fns[name](example)
+            round_s = time.perf_counter() - start
+        if budget_s is not None and round_s > 0:
+            runs = max(min(runs, int(budget_s / round_s)), min(min_runs, runs))
+        order = random.Random(0)
+        for _ in range(runs):
+            for name in order.sample(names, len(names)):
+                start = time.perf_counter()
+                fns[name](example)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: latency_stats(times[name]) for name in names}
+
+
 def measure_latency(fn, example: torch.Tensor, warmup: int = 5, runs: int = 20
                     ) -> Dict[str, float]:
     """Median and spread (10th / 90th percentile) of wall time in ms, after warm-up."""
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            fn(example)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-    deciles = statistics.quantiles(times, n=10)
-    return dict(median_ms=statistics.median(times), p10_ms=deciles[0], p90_ms=deciles[-1],
-                runs=runs, threads=torch.get_num_threads())
+    return measure_interleaved(dict(fn=fn), example, warmup, runs)['fn']
 
 
 def compare_forms(backbone: nn.Module, size=(224, 224), runs: int = 20) -> dict:

@@ -16,7 +16,7 @@ BGR->RGB) is part of the graph. Outputs:
 """
 import io
 import json
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -172,10 +172,21 @@ def count_conv_calls(module: nn.Module, example: torch.Tensor) -> int:
 
 
 # ------------------------------------------------------------------- onnxruntime side
-def load_session(path: str):
-    """An onnxruntime CPU session and the export metadata."""
+def make_session(model, threads: Optional[int] = None):
+    """An onnxruntime CPU session for an ONNX file path or serialized model (bytes), all
+    graph optimisations on; ``threads`` sets its intra-op threads (default: onnxruntime's
+    choice, one per physical core)."""
     import onnxruntime as ort
-    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
+
+
+def load_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session (see ``make_session``) and the export metadata."""
+    session = make_session(path, threads)
     meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     return session, meta
 

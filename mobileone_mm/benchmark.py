@@ -1,0 +1,546 @@
+"""CPU benchmark: our MobileOne against timm's, mmpretrain's and mmdet's MobileNetV2,
+whole SSDLite / DeepLabV3 models, a training step, and the machine's fp32 peak.
+
+Everything runs in one process, on the same inputs, interleaved (``measure_interleaved``:
+each round calls every model of a group once), with the thread count stated. Latency is
+the median of the rounds after warm-up, with the 10th / 90th percentiles; compute is
+``count_macs`` (multiply-adds of convs and linears), achieved GFLOP/s = 2 x MACs / time,
+shown against the measured fp32 peak (``peak_gflops``: a large ``torch.mm`` and a
+large conv). ``run_benchmark`` returns
+a JSON-able dict; ``write_report`` writes it as JSON, a markdown table and a PNG plot.
+Used by tools/benchmark.py. Weights are random (nothing is downloaded): latency does not
+depend on them; the output checks use realistic BN statistics.
+"""
+import copy
+import io
+import json
+import os
+import logging
+import platform
+import tempfile
+import warnings
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .analysis import count_macs, count_params, measure_interleaved
+from .inference import optimize_for_inference
+from .mobileone import MobileOne
+from .reparam import reparameterize_model
+from .weights import atomic_file
+
+ARCHS = ('s0', 's1', 's2', 's3', 's4')
+REPO = Path(__file__).resolve().parents[1]
+WHOLE_MODEL_CONFIGS = dict(
+    ssdlite='configs/detection/ssdlite_mobileone-s0_8xb24-600e_coco.py',
+    deeplabv3='configs/segmentation/deeplabv3_mobileone-s0-d8_4xb4-160k_ade20k-512x512.py')
+BUSY_LOAD = 0.5  # load average above which the report says the timings are not clean
+OUTPUT_STRIDES = {16: ((2, 2, 2, 1), (1, 1, 1, 2)), 8: ((2, 2, 1, 1), (1, 1, 2, 4))}
+
+# Full: about 6-9 minutes on 2 idle cores (estimated). Quick: under a minute when idle.
+PRESETS = dict(
+    full=dict(archs=ARCHS, sizes=(224, 320, 512), dilated_size=512, runs=40, warmup=3,
+              group_budget_s=8.0, min_runs=10,
+              whole_models=dict(ssdlite=320, deeplabv3=512), whole_runs=8,
+              train_archs=('s0', 's1'), train_batch=4, train_size=224, train_runs=6),
+    quick=dict(archs=('s0', 's1'), sizes=(320, ), dilated_size=None, runs=10, warmup=2,
+               group_budget_s=3.0, min_runs=5,
+               whole_models=dict(ssdlite=320, deeplabv3=256), whole_runs=3,
+               train_archs=('s0', ), train_batch=2, train_size=224, train_runs=3),
+)
+
+# name in the results -> column title
+BACKBONE_FORMS = dict(ours_train='ours train', ours_fused='ours fused',
+                      ours_optimized='ours optimized', timm_fused='timm fused',
+                      mmpretrain_fused='mmpretrain fused')
+TARGETS_TEXT = dict(
+    fused_vs_timm='ours fused / timm fused <= 1.0 (every arch, {size})',
+    fused_vs_mmpretrain='ours fused / mmpretrain fused <= 1.0 (every arch, {size})',
+    mobilenetv2_vs_s0='MobileNetV2 (BN folded) / ours fused S0 >= 2.5 ({size})',
+    train_vs_fused_s0='ours train / ours fused, S0 >= 4 ({size})',
+    optimized_vs_peers='ours optimized / timm and mmpretrain fused <= 0.6 (S0, S1, {size})',
+)
+
+
+# ---------------------------------------------------------------------- machine
+def _best_seconds(fn: Callable, runs: int) -> float:
+    for _ in range(2):
+        fn()
+    best = float('inf')
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peak_gflops(runs: int = 10) -> Dict[str, float]:
+    """fp32 GFLOP/s, current threads, best of ``runs``: a 2048^3 ``torch.mm`` (MKL) and a
+    3x3 conv 256 -> 256 channels on 64x64 (oneDNN); ``peak`` is the larger. On this
+    project's AMD EPYC, MKL's sgemm reaches ~25 % less than oneDNN's conv, so the matmul
+    alone would understate what the hardware does."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
+    x = torch.randn(1, 256, 64, 64)
+    with torch.no_grad():
+        result = dict(matmul=2 * n ** 3 / _best_seconds(lambda: torch.mm(a, b), runs) / 1e9,
+                      conv3x3=2 * x.numel() * 256 * 9 / _best_seconds(lambda: conv(x), runs)
+                      / 1e9)
+    result['peak'] = max(result.values())
+    return result
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f
+                       if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
+                torch=torch.__version__)
+    try:
+        import onnxruntime
+        info['onnxruntime'] = onnxruntime.__version__
+    except ImportError:
+        info['onnxruntime'] = None
+    return info
+
+
+def load_average() -> Optional[float]:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------ models
+def realistic_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BN statistics and affine values of a trained model's order of magnitude, so that
+    activations neither vanish nor blow up through 20+ random blocks."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm) and m.running_var is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=generator) * 2 + 1)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.25)
+                    m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+def build_backbones(arch: str, example: torch.Tensor, with_mobilenetv2: bool = False
+                    ) -> Dict[str, dict]:
+    """name -> dict(fn, module) for one arch: our train / fused / optimized forms and
+    mmpretrain's fused MobileOne on the same weights, timm's fused MobileOne, and
+    (``with_mobilenetv2``) mmdet's MobileNetV2 as mmdet builds it and with BN folded."""
+    import timm
+    import timm.utils
+    from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
+    peer = realistic_bn(MMPretrainMobileOne(arch, out_indices=(3, )))
+    peer.eval()  # mmpretrain's train() returns None
+    ours = MobileOne(arch, out_indices=(3, )).eval()
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    peer.switch_to_deploy()
+    fused = reparameterize_model(copy.deepcopy(ours))
+    optimized = optimize_for_inference(fused, example)
+    timm_model = timm.create_model(f'mobileone_{arch}', pretrained=False, num_classes=0,
+                                   global_pool='')
+    timm_model = timm.utils.reparameterize_model(realistic_bn(timm_model).eval())
+    models = dict(
+        ours_train=dict(fn=ours, module=ours),
+        ours_fused=dict(fn=fused, module=fused),
+        ours_optimized=dict(fn=optimized, module=fused, backend=optimized.backend,
+                            rel_diff=optimized.check.get('rel_diff')),
+        timm_fused=dict(fn=timm_model.forward_features, module=timm_model),
+        mmpretrain_fused=dict(fn=peer, module=peer))
+    if with_mobilenetv2:
+        from mmcv.cnn import fuse_conv_bn
+        from mmdet.models.backbones import MobileNetV2
+        mobilenet = realistic_bn(MobileNetV2(out_indices=(7, )))
+        mobilenet.eval()
+        folded = fuse_conv_bn(copy.deepcopy(mobilenet))
+        models.update(mobilenetv2=dict(fn=mobilenet, module=mobilenet),
+                      mobilenetv2_folded=dict(fn=folded, module=folded))
+    return models
+
+
+def build_dilated(arch: str, example: torch.Tensor) -> Dict[str, dict]:
+    """Our fused backbone at output strides 32 / 16 / 8, and the optimized OS16 / OS8."""
+    models = {}
+    for os_ in (32, 16, 8):
+        strides, dilations = OUTPUT_STRIDES.get(os_, ((2, 2, 2, 2), (1, 1, 1, 1)))
+        backbone = realistic_bn(MobileOne(arch, out_indices=(3, ), strides=strides,
+                                          dilations=dilations)).eval()
+        fused = reparameterize_model(backbone)
+        models[f'ours_fused_os{os_}'] = dict(fn=fused, module=fused)
+        if os_ != 32:
+            optimized = optimize_for_inference(fused, example)
+            models[f'ours_optimized_os{os_}'] = dict(
+                fn=optimized, module=fused, backend=optimized.backend,
+                rel_diff=optimized.check.get('rel_diff'))
+    return models
+
+
+def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[str, dict]:
+    """An SSDLite or DeepLabV3 model with a fused MobileOne-S0 (config's init_cfg removed:
+    random weights): its tensor forward in PyTorch, optimize_for_inference of it, and
+    onnxruntime on the graph ``export_onnx`` writes (normalisation and, for SSDLite, box
+    decoding included)."""
+    from .deploy import build_model, load_config
+    from .export import export_onnx, load_session
+    cfg = load_config(str(REPO / WHOLE_MODEL_CONFIGS[name]))
+    cfg.model.backbone.init_cfg = None  # nothing can be downloaded
+    from mmengine.logging import MMLogger
+    model, _ = build_model(cfg)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    model = reparameterize_model(realistic_bn(model).eval())
+    example = torch.randn(1, 3, size, size)
+    optimized = optimize_for_inference(model, example)
+    path = os.path.join(workdir, f'{name}_{size}.onnx')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # TracerWarnings of shape checks
+        export_onnx(model, path, (size, size))
+    session, _ = load_session(path, threads)
+    return dict(
+        pytorch_fused=dict(fn=model, module=model),
+        optimized=dict(fn=optimized, module=model, backend=optimized.backend,
+                       rel_diff=optimized.check.get('rel_diff')),
+        onnxruntime_export=dict(fn=lambda x: session.run(None, {'image': x.numpy()}),
+                                module=model))
+
+
+def train_step(model: nn.Module) -> Callable:
+    """One forward + backward of a train-mode model (gradients reset first)."""
+    def step(x):
+        model.zero_grad(set_to_none=True)
+        outputs = model(x)
+        sum(o.mean() for o in outputs).backward()
+    return step
+
+
+# --------------------------------------------------------------------- measuring
+def _rows(section: str, models: Dict[str, dict], stats: Dict[str, dict],
+          example: torch.Tensor, peak: float, **common) -> List[dict]:
+    rows = []
+    macs_cache = {}
+    for name, model in models.items():
+        module = model['module']
+        if id(module) not in macs_cache:
+            macs_cache[id(module)] = count_macs(module, example)
+        macs = macs_cache[id(module)]
+        row = dict(section=section, form=name, **common, params=count_params(module),
+                   gmacs=macs / 1e9, **stats[name])
+        row['gflops'] = 2 * macs / (row['median_ms'] / 1e3) / 1e9
+        row['peak_pct'] = 100 * row['gflops'] / peak
+        for key in ('backend', 'rel_diff'):
+            if key in model:
+                row[key] = model[key]
+        rows.append(row)
+    return rows
+
+
+def run_benchmark(preset: str = 'full', threads: Optional[int] = None,
+                  log: Callable[[str], None] = print, **overrides) -> dict:
+    """Measure everything ``preset`` ('full' or 'quick', see PRESETS) lists; keyword
+    arguments override its settings. Returns dict(machine, settings, rows, targets)."""
+    settings = dict(PRESETS[preset], **overrides)
+    previous_threads = torch.get_num_threads()
+    threads = threads or previous_threads
+    torch.set_num_threads(threads)
+    started = time.time()
+    try:
+        result = dict(machine=machine_info(), settings=dict(settings, preset=preset),
+                      threads=threads, load_average_start=load_average())
+        result['peak'] = peak_gflops()
+        peak = result['peak_gflops'] = result['peak']['peak']
+        log(f'fp32 peak: {peak:.0f} GFLOP/s with {threads} thread(s) (matmul '
+            f'{result["peak"]["matmul"]:.0f}, 3x3 conv {result["peak"]["conv3x3"]:.0f}); '
+            f'load average {_load(result["load_average_start"])}')
+        timing = dict(warmup=settings['warmup'], runs=settings['runs'],
+                      budget_s=settings['group_budget_s'], min_runs=settings['min_runs'])
+        rows = []
+        archs, sizes = list(settings['archs']), list(settings['sizes'])
+        for arch in archs:
+            for size in sizes:
+                example = torch.randn(1, 3, size, size)
+                models = build_backbones(arch, example, with_mobilenetv2=arch == archs[0])
+                stats = measure_interleaved({k: m['fn'] for k, m in models.items()},
+                                            example, **timing)
+                rows += _rows('backbone', models, stats, example, peak, arch=arch, size=size)
+                log(_progress(arch, size, stats))
+            if settings.get('dilated_size'):
+                size = settings['dilated_size']
+                example = torch.randn(1, 3, size, size)
+                models = build_dilated(arch, example)
+                stats = measure_interleaved(  # OS8 is heavy: fewer rounds at least
+                    {k: m['fn'] for k, m in models.items()}, example,
+                    **dict(timing, warmup=1, min_runs=min(5, timing['min_runs'])))
+                rows += _rows('dilated', models, stats, example, peak, arch=arch, size=size)
+                log(_progress(arch, f'{size} dilated', stats))
+        with tempfile.TemporaryDirectory() as workdir:
+            for name, size in settings['whole_models'].items():
+                models = build_whole_model(name, size, threads, workdir)
+                example = torch.randn(1, 3, size, size)
+                stats = measure_interleaved(
+                    {k: m['fn'] for k, m in models.items()}, example,
+                    warmup=1, runs=settings['whole_runs'], min_runs=settings['whole_runs'])
+                rows += _rows('whole_model', models, stats, example, peak, arch='s0',
+                              size=size, model=name)
+                log(_progress(name, size, stats))
+        from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
+        for arch in settings['train_archs']:
+            size, batch = settings['train_size'], settings['train_batch']
+            example = torch.randn(batch, 3, size, size)
+            ours = MobileOne(arch, out_indices=(3, )).train()
+            peer = MMPretrainMobileOne(arch, out_indices=(3, ))
+            peer.train()
+            models = dict(ours_train_step=dict(fn=train_step(ours), module=ours),
+                          mmpretrain_train_step=dict(fn=train_step(peer),
+                                                     module=peer))
+            stats = measure_interleaved({k: m['fn'] for k, m in models.items()}, example,
+                                        warmup=1, runs=settings['train_runs'],
+                                        min_runs=settings['train_runs'], inference=False)
+            for row in _rows('train_step', models, stats, example, peak, arch=arch,
+                             size=size, batch=batch):
+                row['gflops'] *= 3  # forward + backward ~ 3 x the forward's work
+                row['peak_pct'] *= 3
+                rows.append(row)
+            log(_progress(arch, f'{size} train step x{batch}', stats))
+        result['rows'] = rows
+        result['load_average_end'] = load_average()
+        result['duration_s'] = time.time() - started
+        result['targets'] = evaluate_targets(result)
+        return result
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _progress(what, size, stats) -> str:
+    return f'{what} {size}: ' + ', '.join(f'{k} {v["median_ms"]:.1f} ms'
+                                          for k, v in stats.items())
+
+
+# ----------------------------------------------------------------------- targets
+def _lookup(rows, section, **keys) -> Dict[str, dict]:
+    return {r['form']: r for r in rows if r['section'] == section
+            and all(r.get(k) == v for k, v in keys.items())}
+
+
+def target_size(result: dict) -> int:
+    sizes = list(result['settings']['sizes'])
+    return 320 if 320 in sizes else sizes[len(sizes) // 2]
+
+
+def evaluate_targets(result: dict) -> List[dict]:
+    """The project's speed targets at 320x320 (or the middle size measured), each
+    with the measured value(s) and pass / fail; a target whose models were not measured
+    is left out."""
+    rows, size = result['rows'], target_size(result)
+    groups = {arch: _lookup(rows, 'backbone', arch=arch, size=size)
+              for arch in result['settings']['archs']}
+    ratio = lambda g, a, b: g[a]['median_ms'] / g[b]['median_ms']  # noqa: E731
+    targets = []
+
+    def add(key, values, passed):
+        targets.append(dict(key=key, target=TARGETS_TEXT[key].format(size=f'{size}x{size}'),
+                            values=values, passed=bool(passed)))
+
+    for key, peer in (('fused_vs_timm', 'timm_fused'),
+                      ('fused_vs_mmpretrain', 'mmpretrain_fused')):
+        values = {a: ratio(g, 'ours_fused', peer) for a, g in groups.items()}
+        add(key, values, all(v <= 1.0 for v in values.values()))
+    if 's0' in groups and 'mobilenetv2_folded' in groups['s0']:
+        g = groups['s0']
+        value = ratio(g, 'mobilenetv2_folded', 'ours_fused')
+        add('mobilenetv2_vs_s0', dict(s0=value, unfolded=ratio(g, 'mobilenetv2', 'ours_fused')),
+            value >= 2.5)
+    if 's0' in groups:
+        value = ratio(groups['s0'], 'ours_train', 'ours_fused')
+        add('train_vs_fused_s0', dict(s0=value), value >= 4)
+    values = {}
+    for arch in ('s0', 's1'):
+        if arch in groups:
+            for peer in ('timm_fused', 'mmpretrain_fused'):
+                values[f'{arch} / {peer}'] = ratio(groups[arch], 'ours_optimized', peer)
+    if values:
+        add('optimized_vs_peers', values, all(v <= 0.6 for v in values.values()))
+    return targets
+
+
+# ----------------------------------------------------------------------- reports
+def _load(load: Optional[float]) -> str:
+    return 'unknown' if load is None else f'{load:.2f}'
+
+
+def _ms(row: Optional[dict]) -> str:
+    return '–' if row is None else f'{row["median_ms"]:.1f}'
+
+
+def to_markdown(result: dict) -> str:
+    """The README's benchmark section: settings, tables, targets."""
+    m, rows = result['machine'], result['rows']
+    peak = result['peak_gflops']
+    runs = sorted({r['runs'] for r in rows if r['section'] in ('backbone', 'dilated')})
+    lines = [
+        f'Measured on {m["cpu"]} ({m["cores"]} cores), **{result["threads"]} thread(s)**, '
+        f'torch {m["torch"]}, onnxruntime {m["onnxruntime"]}; load average '
+        f'{_load(result["load_average_start"])} at the start, '
+        f'{_load(result["load_average_end"])} at the end; '
+        f'{result["duration_s"] / 60:.1f} minutes. fp32 peak, same threads: **{peak:.0f} '
+        f'GFLOP/s** (the better of torch.mm 2048x2048x2048, {result["peak"]["matmul"]:.0f}, '
+        f'and a 3x3 conv 256->256 on 64x64, {result["peak"]["conv3x3"]:.0f}). Batch 1, milliseconds: median of '
+        f'{"-".join(map(str, dict.fromkeys((runs[0], runs[-1]))))} interleaved runs '
+        f'after warm-up (10th / 90th percentiles in '
+        f'the JSON). Random weights, same weights for ours and mmpretrain\'s.',
+        '',
+    ]
+    busiest = max((load for load in (result['load_average_start'], result['load_average_end'])
+                   if load is not None), default=0)
+    if busiest > BUSY_LOAD:
+        lines += [f'**Other jobs shared the CPU (load average up to {busiest:.1f}): these '
+                  f'timings are not representative; rerun on an idle machine.**', '']
+    lines += [
+        '### Backbones (stage-4 output)',
+        '',
+        '| arch | input | params (M) | GMACs | ' + ' | '.join(BACKBONE_FORMS.values())
+        + ' | fused / timm | fused / mmpretrain | optimized / best peer | fp32 bound '
+        '/ best peer | optimized GFLOP/s (% peak) |',
+        '|---' * (9 + len(BACKBONE_FORMS) - 0) + '|',
+    ]
+    keys = sorted({(r['arch'], r['size']) for r in rows if r['section'] == 'backbone'},
+                  key=lambda k: (k[1], k[0]))
+    for arch, size in keys:
+        g = _lookup(rows, 'backbone', arch=arch, size=size)
+        fused, opt = g['ours_fused'], g['ours_optimized']
+        best = min(g['timm_fused']['median_ms'], g['mmpretrain_fused']['median_ms'])
+        bound = 2 * fused['gmacs'] / peak * 1e3  # ms at the fp32 peak
+        lines.append(
+            f'| {arch.upper()} | {size} | {fused["params"] / 1e6:.2f} | {fused["gmacs"]:.2f} | '
+            + ' | '.join(_ms(g.get(k)) for k in BACKBONE_FORMS)
+            + f' | {fused["median_ms"] / g["timm_fused"]["median_ms"]:.2f}'
+            f' | {fused["median_ms"] / g["mmpretrain_fused"]["median_ms"]:.2f}'
+            f' | {opt["median_ms"] / best:.2f} | {bound / best:.2f}'
+            f' | {opt["gflops"]:.0f} ({opt["peak_pct"]:.0f} %) |')
+    mobilenet = [r for r in rows if r['form'].startswith('mobilenetv2')]
+    if mobilenet:
+        lines += ['', '### mmdet MobileNetV2 (out_indices=(7,)) against MobileOne-S0', '',
+                  '| model | input | params (M) | GMACs | ms | GFLOP/s (% peak) | / ours fused |',
+                  '|---|---|---|---|---|---|---|']
+        for r in mobilenet + [r for r in rows if r['section'] == 'backbone'
+                              and r['form'] in ('ours_fused', 'ours_optimized')
+                              and r['arch'] == mobilenet[0]['arch']]:
+            fused = _lookup(rows, 'backbone', arch=r['arch'], size=r['size'])['ours_fused']
+            label = dict(mobilenetv2='MobileNetV2 (as mmdet builds it)',
+                         mobilenetv2_folded='MobileNetV2, BN folded',
+                         ours_fused=f'MobileOne-{r["arch"].upper()} fused',
+                         ours_optimized=f'MobileOne-{r["arch"].upper()} optimized'
+                         ).get(r['form'])
+            lines.append(f'| {label} | {r["size"]} | {r["params"] / 1e6:.2f} | '
+                         f'{r["gmacs"]:.2f} | {r["median_ms"]:.1f} | {r["gflops"]:.0f} '
+                         f'({r["peak_pct"]:.0f} %) | {r["median_ms"] / fused["median_ms"]:.2f} |')
+    dilated = [r for r in rows if r['section'] == 'dilated']
+    if dilated:
+        forms = ['ours_fused_os32', 'ours_fused_os16', 'ours_fused_os8',
+                 'ours_optimized_os16', 'ours_optimized_os8']
+        lines += ['', f'### Dilated backbones (DeepLabV3 output strides), '
+                      f'{dilated[0]["size"]}x{dilated[0]["size"]}', '',
+                  '| arch | GMACs OS32 / OS16 / OS8 | ' + ' | '.join(
+                      f.replace('ours_', '').replace('_os', ' OS') for f in forms) + ' |',
+                  '|---' * (2 + len(forms)) + '|']
+        for arch in dict.fromkeys(r['arch'] for r in dilated):
+            g = _lookup(rows, 'dilated', arch=arch)
+            lines.append(f'| {arch.upper()} | ' + ' / '.join(
+                f'{g[f"ours_fused_os{s}"]["gmacs"]:.1f}' for s in (32, 16, 8)) + ' | '
+                + ' | '.join(_ms(g.get(f)) for f in forms) + ' |')
+    whole = [r for r in rows if r['section'] == 'whole_model']
+    if whole:
+        lines += ['', '### Whole models, MobileOne-S0, fused', '',
+                  '| model | input | GMACs | PyTorch (tensor forward) | optimize_for_inference '
+                  '| onnxruntime (export_onnx graph) | optimized / PyTorch |',
+                  '|---|---|---|---|---|---|---|']
+        for name in dict.fromkeys(r['model'] for r in whole):
+            g = _lookup(rows, 'whole_model', model=name)
+            pt = g['pytorch_fused']
+            lines.append(f'| {dict(ssdlite="SSDLite", deeplabv3="DeepLabV3 (OS8)")[name]} | '
+                         f'{pt["size"]} | {pt["gmacs"]:.1f} | {_ms(pt)} | '
+                         f'{_ms(g["optimized"])} ({g["optimized"]["backend"]}) | '
+                         f'{_ms(g["onnxruntime_export"])} | '
+                         f'{g["optimized"]["median_ms"] / pt["median_ms"]:.2f} |')
+    train = [r for r in rows if r['section'] == 'train_step']
+    if train:
+        lines += ['', f'### One training step (forward + backward, train form, batch '
+                      f'{train[0]["batch"]}, {train[0]["size"]}x{train[0]["size"]})', '',
+                  '| arch | ours ms | mmpretrain ms | ours / mmpretrain |', '|---|---|---|---|']
+        for arch in dict.fromkeys(r['arch'] for r in train):
+            ours, peer = (_lookup(rows, 'train_step', arch=arch)[f'{who}_train_step']
+                          for who in ('ours', 'mmpretrain'))
+            lines.append(f'| {arch.upper()} | {_ms(ours)} | {_ms(peer)} | '
+                         f'{ours["median_ms"] / peer["median_ms"]:.2f} |')
+    lines += ['', '### Targets', '', '| target | measured | |', '|---|---|---|']
+    for t in result['targets']:
+        values = ', '.join(f'{k} {v:.2f}' for k, v in t['values'].items())
+        lines.append(f'| {t["target"]} | {values} | {"PASS" if t["passed"] else "FAIL"} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(result: dict, path: str):
+    """Latency at the target size against parameters (fused), one line per form."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows, size = result['rows'], target_size(result)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    archs = [a for a in result['settings']['archs']
+             if _lookup(rows, 'backbone', arch=a, size=size)]
+    for form, label in BACKBONE_FORMS.items():
+        points = []
+        for arch in archs:
+            g = _lookup(rows, 'backbone', arch=arch, size=size)
+            points.append((g['ours_fused']['params'] / 1e6, g[form]['median_ms']))
+        ax.plot(*zip(*points), marker='o', label=label)
+        if form == 'ours_fused':
+            for arch, (x, y) in zip(archs, points):
+                ax.annotate(arch.upper(), (x, y), textcoords='offset points', xytext=(4, -10))
+    for r in rows:
+        if r['section'] == 'backbone' and r['size'] == size and \
+                r['form'].startswith('mobilenetv2'):
+            ax.plot(r['params'] / 1e6, r['median_ms'], marker='s', linestyle='none',
+                    label='mmdet MobileNetV2' + (', BN folded' if 'folded' in r['form'] else ''))
+    ax.set_xlabel('parameters (M, fused backbone)')
+    ax.set_ylabel(f'latency (ms), batch 1, {size}x{size}')
+    ax.set_title(f'{result["machine"]["cpu"]}, {result["threads"]} thread(s), load average '
+                 f'{_load(result["load_average_start"])} at the start', fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png')
+    plt.close(fig)
+    with atomic_file(path) as f:
+        f.write(buffer.getvalue())
+
+
+def write_report(result: dict, out_dir: str) -> Dict[str, str]:
+    """benchmark.json, benchmark.md and benchmark.png in ``out_dir``, each atomically."""
+    paths = {ext: os.path.join(out_dir, f'benchmark.{ext}') for ext in ('json', 'md', 'png')}
+    with atomic_file(paths['json'], 'w') as f:
+        json.dump(result, f, indent=1)
+    with atomic_file(paths['md'], 'w') as f:
+        f.write(to_markdown(result))
+    plot(result, paths['png'])
+    return paths

@@ -1,0 +1,154 @@
+"""optimize_for_inference gives the model's outputs; the benchmark writes its reports.
+No timing is asserted here: the speed targets are checked by tools/benchmark.py."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mobileone_mm import MobileOne, optimize_for_inference, reparameterize_model
+from mobileone_mm.inference import BACKENDS, flatten, unflatten
+
+TOLERANCE = 1e-5  # max |difference| / max |output|, all outputs together
+
+
+def _max_rel(actual, expected) -> float:
+    actual, expected = flatten(actual)[0], flatten(expected)[0]
+    assert [a.shape for a in actual] == [e.shape for e in expected]
+    scale = max(e.abs().max().item() for e in expected)
+    return max((a - e).abs().max().item() for a, e in zip(actual, expected)) / scale
+
+
+def _backbone(randomize_bn, **kwargs):
+    return randomize_bn(MobileOne('s0', **kwargs)).eval()
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_every_backend_gives_the_train_and_fused_outputs(backend, randomize_bn):
+    train_form = _backbone(randomize_bn)
+    fused = reparameterize_model(copy.deepcopy(train_form))
+    x = torch.randn(2, 3, 96, 128)
+    optimized = optimize_for_inference(train_form, x, backend=backend)
+    assert optimized.backend == backend and optimized.check['passed']
+    with torch.no_grad():
+        out = optimized(x)
+        assert isinstance(out, tuple) and len(out) == 1
+        assert _max_rel(out, fused(x)) <= TOLERANCE
+        assert _max_rel(out, train_form(x)) <= TOLERANCE
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(out_indices=(2, 3)),
+    dict(out_indices=(0, 1, 2, 3), strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4)),
+    dict(out_indices=(2, 3), strides=(2, 2, 2, 1), dilations=(1, 1, 1, 2)),
+], ids=['two-outputs', 'os8-four-outputs', 'os16'])
+def test_multi_output_and_dilated_backbones(kwargs, randomize_bn):
+    train_form = _backbone(randomize_bn, **kwargs)
+    x = torch.randn(1, 3, 128, 96)
+    optimized = optimize_for_inference(train_form, x)
+    assert optimized.backend == 'onnxruntime', optimized.skipped
+    with torch.no_grad():
+        expected = train_form(x)
+        out = optimized(x)
+    assert len(out) == len(kwargs['out_indices'])
+    assert _max_rel(out, expected) <= TOLERANCE
+
+
+def test_caller_model_is_untouched_and_new_shapes_work(randomize_bn):
+    model = _backbone(randomize_bn, out_indices=(2, 3)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimized = optimize_for_inference(model, torch.randn(1, 3, 64, 64))
+    assert model.training and not model.deploy
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert hasattr(model.stage0, 'branch_conv_list')
+    x = torch.randn(3, 3, 80, 112)  # another batch and size: a second graph, checked too
+    with torch.no_grad():
+        assert _max_rel(optimized(x), model.eval()(x)) <= TOLERANCE
+    assert len(optimized.runners) == 2
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return dict(maps=[y, y.relu()], pooled=(y.mean((2, 3)), ))
+
+
+def test_nested_outputs_keep_their_structure():
+    model = Nested().eval()
+    x = torch.randn(1, 3, 16, 16)
+    out = optimize_for_inference(model, x)(x)
+    assert isinstance(out, dict) and list(out) == ['maps', 'pooled']
+    assert isinstance(out['maps'], list) and isinstance(out['pooled'], tuple)
+    with torch.no_grad():
+        assert _max_rel(out, model(x)) <= TOLERANCE
+    leaves, spec = flatten(out)
+    assert len(leaves) == 3 and flatten(unflatten(leaves, spec))[1] == spec
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match='Unknown backend'):
+        optimize_for_inference(Nested(), torch.randn(1, 3, 8, 8), backend='tensorrt')
+    optimized = optimize_for_inference(Nested(), torch.randn(1, 3, 8, 8), backend='eager')
+    with pytest.raises(TypeError, match='float32'):
+        optimized(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+
+
+def test_a_failing_check_moves_on_to_the_next_backend(monkeypatch):
+    from mobileone_mm import inference
+    real = inference.BUILDERS['onnxruntime']
+
+    def wrong(*args):  # a backend that builds but computes something else
+        run = real(*args)
+        return lambda x: [t + 1 for t in run(x)]
+    monkeypatch.setitem(inference.BUILDERS, 'onnxruntime', wrong)
+    x = torch.randn(1, 3, 8, 8)
+    optimized = optimize_for_inference(Nested(), x)
+    assert optimized.backend == 'torchscript'
+    assert 'OutputMismatch' in optimized.skipped['onnxruntime']
+    with pytest.raises(inference.OutputMismatch):
+        optimize_for_inference(Nested(), x, backend='onnxruntime')
+
+
+@pytest.mark.slow
+def test_benchmark_writes_json_markdown_and_png(tmp_path):
+    from mobileone_mm.benchmark import run_benchmark, write_report
+    result = run_benchmark(
+        'quick', threads=1, log=lambda _: None, archs=('s0', ), sizes=(64, ),
+        dilated_size=64, runs=2, warmup=1, min_runs=2, group_budget_s=0.01,
+        whole_models=dict(ssdlite=128, deeplabv3=64), whole_runs=2, train_archs=('s0', ),
+        train_batch=2, train_size=64, train_runs=2)
+    paths = write_report(result, str(tmp_path / 'out'))
+    data = json.loads(open(paths['json']).read())
+    forms = {(r['section'], r['form']) for r in data['rows']}
+    assert {('backbone', f) for f in ('ours_train', 'ours_fused', 'ours_optimized',
+                                      'timm_fused', 'mmpretrain_fused', 'mobilenetv2',
+                                      'mobilenetv2_folded')} <= forms
+    assert {('dilated', f'ours_fused_os{s}') for s in (32, 16, 8)} <= forms
+    assert {('whole_model', f) for f in ('pytorch_fused', 'optimized',
+                                         'onnxruntime_export')} <= forms
+    assert {('train_step', 'ours_train_step'), ('train_step', 'mmpretrain_train_step')} <= forms
+    assert {r['model'] for r in data['rows'] if r['section'] == 'whole_model'} == \
+        {'ssdlite', 'deeplabv3'}
+    for row in data['rows']:
+        assert row['p10_ms'] <= row['median_ms'] <= row['p90_ms'] and row['threads'] == 1
+        assert row['gmacs'] > 0 and row['params'] > 0
+    optimized = [r for r in data['rows'] if 'optimized' in r['form']]
+    assert all(r['rel_diff'] <= TOLERANCE for r in optimized)
+    assert data['peak_gflops'] == max(data['peak']['matmul'], data['peak']['conv3x3']) > 0
+    assert {t['key'] for t in data['targets']} == {
+        'fused_vs_timm', 'fused_vs_mmpretrain', 'mobilenetv2_vs_s0', 'train_vs_fused_s0',
+        'optimized_vs_peers'}
+    markdown = open(paths['md']).read()
+    for heading in ('### Backbones', '### mmdet MobileNetV2', '### Dilated backbones',
+                    '### Whole models', '### One training step', '### Targets'):
+        assert heading in markdown
+    assert markdown.count('PASS') + markdown.count('FAIL') == 5
+    with open(paths['png'], 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'

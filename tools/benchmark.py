@@ -1,0 +1,53 @@
+"""CPU latency of MobileOne (ours: train, fused, optimize_for_inference) against timm's
+and mmpretrain's fused MobileOne and mmdet's MobileNetV2, whole SSDLite / DeepLabV3
+models (PyTorch and onnxruntime), a training step, and the machine's fp32 peak.
+Writes OUT/benchmark.json, benchmark.md (the README table) and benchmark.png, and prints
+the table with PASS / FAIL for each speed target.
+
+    python tools/benchmark.py [--quick] [--threads N] [--out DIR] [--archs s0 s1] [--sizes 320]
+
+Run it on an otherwise idle machine: the full run takes about 6-9 minutes on 2 cores
+(estimated from its parts), --quick under a minute (3 minutes while other jobs ran).
+"""
+import argparse
+import os
+
+from mobileone_mm.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--quick', action='store_true',
+                        help='S0 and S1 at 320x320, few runs, small DeepLabV3 input')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch and onnxruntime threads (default: torch\'s, '
+                             f'{os.cpu_count()} here)')
+    parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
+    parser.add_argument('--archs', nargs='+', choices=ARCHS, help='override the preset')
+    parser.add_argument('--sizes', nargs='+', type=int, help='override the preset')
+    parser.add_argument('--runs', type=int, help='most timed rounds per group')
+    args = parser.parse_args()
+    overrides = {k: v for k, v in dict(archs=args.archs, sizes=args.sizes,
+                                       runs=args.runs).items() if v}
+    if args.sizes and PRESETS['quick' if args.quick else 'full']['dilated_size'] \
+            not in args.sizes:
+        overrides['dilated_size'] = None
+    load = load_average()
+    if load is not None and load > 0.5:
+        print(f'warning: load average {load:.2f}: other jobs share the CPU and the '
+              f'timings will be noisy and slow (with --threads equal to the cores, PyTorch\'s '
+              f'OpenMP pool slows down far more than onnxruntime; --threads 1 suffers less).')
+    result = run_benchmark('quick' if args.quick else 'full', threads=args.threads,
+                           **overrides)
+    paths = write_report(result, args.out)
+    with open(paths['md']) as f:
+        print('\n' + f.read())
+    print('written: ' + ', '.join(paths.values()))
+    failed = [t['key'] for t in result['targets'] if not t['passed']]
+    print(f'targets: {len(result["targets"]) - len(failed)} passed'
+          + (f', failed: {", ".join(failed)}' if failed else ''))
+
+
+if __name__ == '__main__':
+    main()
