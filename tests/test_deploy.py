@@ -40,8 +40,8 @@ METRIC = {'mmpretrain': 'accuracy/top1', 'mmdet': 'coco/bbox_mAP', 'mmseg': 'mIo
 
 def runner(config, work_dir, **options) -> Runner:
     cfg = Config.fromfile(str(config))
-    cfg.merge_from_dict(dict(options, work_dir=str(work_dir), **{
-        'train_cfg.val_interval': 1000, 'default_hooks.logger.interval': 1}))
+    cfg.merge_from_dict({'train_cfg.val_interval': 1000, 'default_hooks.logger.interval': 1,
+                         **options, 'work_dir': str(work_dir)})
     return Runner.from_cfg(cfg)
 
 
@@ -90,6 +90,34 @@ def test_trained_model_reparameterizes_and_evaluates_the_same(task, tmp_path, mo
     trained = evaluate(CONFIGS[task], checkpoint, tmp_path / 'test_train')
     fused = evaluate(result.out_config, out, tmp_path / 'test_deploy')
     assert round(fused[METRIC[task]], 4) == round(trained[METRIC[task]], 4)
+
+
+@pytest.mark.slow
+def test_hook_saves_the_deploy_form_of_each_best_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    DATA['mmpretrain']()
+    work_dir = tmp_path / 'train'
+    runner(CONFIGS['mmpretrain'], work_dir, **{
+        **SHORT['mmpretrain'], 'train_cfg.max_epochs': 2, 'train_cfg.val_interval': 1,
+        'default_hooks.checkpoint.save_best': 'accuracy/top1',
+        'default_hooks.checkpoint.rule': 'greater',
+        'custom_hooks': [dict(type='EMAHook', momentum=0.5),
+                         dict(type='mobileone_mm.SaveDeployCheckpointHook')]}).train()
+    best = [p for p in work_dir.glob('best_*.pth') if not p.stem.endswith('_deploy')]
+    assert len(best) == 1
+    deploy_ckpt = best[0].with_name(best[0].stem + '_deploy.pth')
+    deploy_cfg = deploy_ckpt.with_suffix('.py')
+    # one deploy form, of the current best (an earlier best's files are removed)
+    assert sorted(work_dir.glob('*_deploy.*')) == sorted([deploy_ckpt, deploy_cfg])
+
+    # It is the fused form of the best checkpoint's (EMA) weights: same outputs.
+    trained, _, _ = load_model(CONFIGS['mmpretrain'], str(best[0]))
+    fused, _, _ = load_model(str(deploy_cfg), str(deploy_ckpt))
+    assert fused.backbone.deploy and not trained.backbone.deploy
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, found = trained(x, mode='tensor'), fused(x, mode='tensor')
+    assert ((found - expected).abs().max() / expected.abs().max()) < 1e-5
 
 
 # ------------------------------------------------- quick ones: random models, no data
