@@ -10,6 +10,7 @@ of the README:
 4. a summary table.
 """
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -47,14 +48,18 @@ def step(text: str):
 
 
 def run(*command: str) -> str:
-    """Run a command from the repository root, echo its output, return it."""
+    """Run a command from the repository root, echo its output as it comes, return it."""
     print('$ ' + ' '.join(command), flush=True)
-    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-    print(done.stdout[-3000:], flush=True)
-    if done.returncode:
-        sys.exit(f'demo: {command[0]} failed (exit {done.returncode})')
-    return done.stdout
+    lines = []
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=dict(os.environ, PYTHONUNBUFFERED='1')) as process:
+        for line in process.stdout:
+            print(line, end='', flush=True)
+            lines.append(line)
+    if process.returncode:
+        sys.exit(f'demo: {command[0]} failed (exit {process.returncode})')
+    return ''.join(lines)
 
 
 def backbones(archs, runs: int):
