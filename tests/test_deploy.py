@@ -18,7 +18,7 @@ from mobileone_mm.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_f
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     'mmpretrain': REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
-    'mmdet': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py',
+    'mmdet': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
     'mmseg': REPO / 'configs/segmentation/'
                     'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
 }

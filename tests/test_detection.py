@@ -17,7 +17,7 @@ from mobileone_mm.weights import MMPRETRAIN_URLS, backbone_state_dict
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs' / 'detection'
 ARCHS = ['s0', 's1', 's2', 's3', 's4']
-TINY_CONFIG = CONFIGS / 'ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py'
+TINY_CONFIG = CONFIGS / 'ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'
 
 
 def coco_config(arch):

@@ -189,7 +189,7 @@ def test_mim_train_mmdet_with_two_cpu_processes(tmp_path):
     from mobileone_mm.tiny_data import make_tiny_coco
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=2)
     probes = mim_train_two_processes(
-        'mmdet', REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py',
+        'mmdet', REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
         ['mobileone_mm', 'mobileone_mm.ssd_head'], tmp_path,
         ['train_dataloader.batch_size=2', 'train_cfg.max_epochs=1',
          'train_cfg.val_interval=100', 'default_hooks.checkpoint.save_best=None'])

@@ -12,7 +12,7 @@ from mobileone_mm.export import export_onnx, postprocess_detections, verify_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
-    'detection': 'configs/detection/ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py',
+    'detection': 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
     'segmentation':
     'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
     'classification': 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',

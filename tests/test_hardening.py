@@ -596,7 +596,7 @@ def mmdet_train_command(*args):
     import mmdet
     script = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py'
     return [sys.executable, str(script), str(REPO / 'configs' / 'detection' /
-                                             'ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py'),
+                                             'ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'),
             *map(str, args)]
 
 

@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 TASKS = {
     'detection': dict(
         codebase='mmdet', data=('coco', 'data/tiny_coco'),
-        config='configs/detection/ssdlite_mobileone-s0_1xb8-10e_tiny-coco.py',
+        config='configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
         metric=r'coco/bbox_mAP: ([\d.]+)', metric_name='bbox mAP',
         quick=['train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
         image='data/tiny_coco/val2017'),
