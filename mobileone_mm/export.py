@@ -178,6 +178,9 @@ def make_session(model, threads: Optional[int] = None):
     choice, one per physical core)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
+    # Idle workers sleep instead of spinning: spinning ones would steal the cores from
+    # whatever runs next in the process (PyTorch, in the benchmark's interleaved runs).
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

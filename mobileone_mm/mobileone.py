@@ -153,7 +153,7 @@ class MobileOneBlock(BaseModule):
                  identity: Optional[bool] = None,
                  se_cfg: Optional[dict] = None,
                  norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='ReLU'),
+                 act_cfg: dict = dict(type='ReLU', inplace=True),
                  deploy: bool = False,
                  with_cp: bool = False,
                  init_cfg=None):
@@ -318,7 +318,8 @@ class MobileOne(BaseModule):
         frozen_stages (int): -1 freezes nothing, 0 the stem, i the stem and stages 1..i.
         norm_eval (bool): keep BN layers in eval mode while training. Default: False.
         norm_cfg (dict): norm layers, e.g. dict(type='SyncBN'). Default: BN.
-        act_cfg (dict): activation after each block. Default: ReLU.
+        act_cfg (dict): activation after each block. Default: ReLU (in place: the sum or SE
+            product it follows is not needed for backward; a few % faster).
         se_cfg (dict): squeeze-excite settings of the SE blocks. Default: dict(ratio=16).
         deploy (bool): build the fused (single-conv) form directly. Default: False.
         with_cp (bool): gradient checkpointing of each block's branches. Default: False.
@@ -336,7 +337,7 @@ class MobileOne(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='ReLU'),
+                 act_cfg: dict = dict(type='ReLU', inplace=True),
                  se_cfg: dict = dict(ratio=16),
                  deploy: bool = False,
                  with_cp: bool = False,
