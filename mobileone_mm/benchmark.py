@@ -41,7 +41,7 @@ WHOLE_MODEL_CONFIGS = dict(
 BUSY_LOAD = 0.5  # load average above which the report says the timings are not clean
 OUTPUT_STRIDES = {16: ((2, 2, 2, 1), (1, 1, 1, 2)), 8: ((2, 2, 1, 1), (1, 1, 2, 4))}
 
-# Full: about 6-9 minutes on 2 idle cores (estimated). Quick: under a minute when idle.
+# Full: about 6 minutes on 2 idle cores (measured: 5.5). Quick: under a minute when idle.
 PRESETS = dict(
     full=dict(archs=ARCHS, sizes=(224, 320, 512), dilated_size=512, runs=40, warmup=3,
               group_budget_s=8.0, min_runs=10,

