@@ -227,6 +227,22 @@ def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def deploy_config_path(out_checkpoint) -> str:
+    """Where the deploy config of ``out_checkpoint`` goes: beside it, extension ``.py``."""
+    return os.path.splitext(os.fspath(out_checkpoint))[0] + '.py'
+
+
+def write_deploy_files(state_dict: dict, meta: dict, config_text: str,
+                       out_checkpoint) -> Tuple[str, str]:
+    """Write the deploy checkpoint (``meta`` and the fused ``state_dict``) and the deploy
+    config beside it, both atomically; returns (checkpoint path, config path)."""
+    out_checkpoint, out_config = os.fspath(out_checkpoint), deploy_config_path(out_checkpoint)
+    save_checkpoint(dict(meta=meta, state_dict=state_dict), out_checkpoint)
+    with atomic_file(out_config, 'w') as f:
+        f.write(config_text)
+    return out_checkpoint, out_config
+
+
 def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
                               verify: bool = True, num_images: int = 4,
                               tolerance: float = 1e-4) -> ReparamResult:
@@ -240,7 +256,7 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
     max |difference| / max |output| exceeds ``tolerance``. A checkpoint that is already
     fused is only checked against the deploy form of the config, and nothing is written.
     """
-    out_config = os.path.splitext(os.fspath(out_checkpoint))[0] + '.py'
+    out_config = deploy_config_path(out_checkpoint)
     for given, written in ((checkpoint, out_checkpoint), (config, out_config)):
         if isinstance(given, (str, os.PathLike)) and os.path.exists(given) and \
                 os.path.exists(written) and os.path.samefile(given, written):
@@ -268,9 +284,6 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
                               f'{result.max_abs_diff:.3g} = {result.rel_diff:.3g} x max '
                               f'|output| (tolerance {tolerance:g}). Nothing written.')
 
-    result.out_checkpoint, result.out_config = os.fspath(out_checkpoint), out_config
-    save_checkpoint(dict(meta=ckpt.get('meta', {}), state_dict=deploy_model.state_dict()),
-                    result.out_checkpoint)
-    with atomic_file(result.out_config, 'w') as f:
-        f.write(text)
+    result.out_checkpoint, result.out_config = write_deploy_files(
+        deploy_model.state_dict(), ckpt.get('meta', {}), text, out_checkpoint)
     return result

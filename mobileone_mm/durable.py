@@ -105,9 +105,7 @@ def _atomic_put(self, obj: bytes, filepath):
 
 
 def _atomic_put_text(self, obj: str, filepath, encoding: str = 'utf-8'):
-    from .weights import atomic_file
-    with atomic_file(os.fspath(filepath), 'wb') as f:
-        f.write(obj.encode(encoding))
+    _atomic_put(self, obj.encode(encoding), filepath)
 
 
 def enable_durable_checkpoints() -> bool:

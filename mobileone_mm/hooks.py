@@ -20,7 +20,7 @@ from mmengine.runner import load_state_dict
 
 from .registry import HOOKS
 from .reparam import reparameterize_model
-from .weights import atomic_file, load_checkpoint_file, save_checkpoint, state_dict_of
+from .weights import load_checkpoint_file, state_dict_of
 
 
 @HOOKS.register_module()
@@ -35,24 +35,26 @@ class SaveDeployCheckpointHook(Hook):
         if not best_ckpt or best_ckpt == self.best_ckpt or not is_main_process():
             return
         # Deferred: deploy.py imports the codebases only when it is used.
-        from .deploy import deploy_config
+        from .deploy import deploy_config, deploy_config_path, write_deploy_files
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         # The weights of the file just written (EMA weights, where an EMAHook swapped them
         # in for saving), not the live ones.
         model = copy.deepcopy(model).cpu().eval()
         load_state_dict(model, state_dict_of(load_checkpoint_file(best_ckpt)), strict=True)
         fused = reparameterize_model(model)
-        stem = os.path.splitext(best_ckpt)[0] + '_deploy'
-        save_checkpoint(dict(meta=dict(epoch=runner.epoch, iter=runner.iter,
-                                       source=os.path.basename(best_ckpt)),
-                             state_dict=fused.state_dict()), stem + '.pth')
-        with atomic_file(stem + '.py', 'w') as f:
-            f.write(deploy_config(runner.cfg).pretty_text)
+        meta = dict(epoch=runner.epoch, iter=runner.iter, source=os.path.basename(best_ckpt))
+        checkpoint, config = write_deploy_files(
+            fused.state_dict(), meta, deploy_config(runner.cfg).pretty_text,
+            self.deploy_checkpoint(best_ckpt))
         if self.best_ckpt is not None:
-            old_stem = os.path.splitext(self.best_ckpt)[0] + '_deploy'
-            for path in (old_stem + '.pth', old_stem + '.py'):
+            old_checkpoint = self.deploy_checkpoint(self.best_ckpt)
+            for path in (old_checkpoint, deploy_config_path(old_checkpoint)):
                 if os.path.exists(path):
                     os.remove(path)
         self.best_ckpt = best_ckpt
-        runner.logger.info(f'The deploy form of {best_ckpt} is saved to {stem}.pth '
-                           f'(config {stem}.py).')
+        runner.logger.info(f'The deploy form of {best_ckpt} is saved to {checkpoint} '
+                           f'(config {config}).')
+
+    @staticmethod
+    def deploy_checkpoint(best_ckpt: str) -> str:
+        return os.path.splitext(best_ckpt)[0] + '_deploy.pth'

@@ -18,6 +18,7 @@ from mmengine.model import BaseModule, Sequential
 from mmengine.utils import is_seq_of
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .cpu_dist import CPUSyncBatchNorm
 from .reparam import fuse_branches
 from .registry import MODELS
 
@@ -103,7 +104,7 @@ def _local_batch_norm(module: nn.Module) -> bool:
     """A BN layer in training mode whose batch statistics come from this process alone."""
     if not (isinstance(module, _BatchNorm) and module.training):
         return False
-    synced = isinstance(module, nn.SyncBatchNorm) or type(module).__name__ == 'CPUSyncBatchNorm'
+    synced = isinstance(module, (nn.SyncBatchNorm, CPUSyncBatchNorm))
     return not (synced and torch.distributed.is_available()
                 and torch.distributed.is_initialized())
 
