@@ -2,15 +2,27 @@ from setuptools import find_packages, setup
 
 setup(
     name='mobileone-mm',
-    version='0.1.0',
+    version='0.2.0',
     description='MobileOne re-parameterizable backbone for OpenMMLab detection and '
     'segmentation',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mobileone_mm', 'mobileone_mm.*']),
     python_requires='>=3.8',
-    # torch and mmengine are the only runtime needs of the library; mmdet / mmseg /
-    # mmpretrain are used by the configs and tests (installed by tools/install.sh).
-    install_requires=['torch', 'mmengine'],
+    # What `import mobileone_mm` imports. mmcv 2.1.0 has no wheel for recent torch: it is
+    # compiled from source (tools/install.sh, docs/stack.md); mmdet 3.3 / mmseg 1.2 refuse
+    # mmcv >= 2.2.
+    install_requires=['torch>=2.0', 'mmengine>=0.10.0,<1.0.0', 'mmcv>=2.0.0,<2.2.0', 'numpy'],
+    extras_require={
+        # the codebases whose configs we ship (configs/detection, segmentation, classification)
+        'mmdet': ['mmdet==3.3.0'],
+        'mmseg': ['mmsegmentation==1.2.2', 'ftfy', 'regex'],
+        'mmpretrain': ['mmpretrain==1.2.0'],
+        # tools/export_onnx.py, onnx_infer.py, optimize_for_inference's fastest backend
+        'onnx': ['onnx', 'onnxruntime'],
+        # tools/ (tiny data sets, benchmark's peer rows) and the test suite
+        'tools': ['Pillow', 'timm'],
+        'tests': ['pytest', 'hypothesis', 'timm'],
+    },
     license='Apache-2.0',
 )

@@ -1,28 +1,19 @@
-"""mobileone-mm: MobileOne as a re-parameterizable backbone for OpenMMLab."""
-from .cpu_dist import enable_cpu_distributed
-from .durable import enable_durable_checkpoints
-from .hooks import SaveDeployCheckpointHook
-from .inference import optimize_for_inference
-from .mobileone import ARCH_SETTINGS, MobileOne, MobileOneBlock
+"""mobileone-mm: MobileOne as a re-parameterizable backbone for OpenMMLab.
+
+Importing the package registers its modules (``mobileone_mm.MobileOne``,
+``mobileone_mm.SaveDeployCheckpointHook``) and changes nothing else. The stack fixes
+are opt-in modules of ``mobileone_mm.fixes``, listed in a config's ``custom_imports``.
+"""
+from .checkpoints import (CheckpointError, convert_state_dict, load_checkpoint_file,
+                          save_checkpoint)
+from .deploy import SaveDeployCheckpointHook, optimize_for_inference
+from .models import (ARCH_SETTINGS, MobileOne, MobileOneBlock, atrous_settings,
+                     check_arch, reparameterize_model)
 from .registry import HOOKS, MODELS
-from .reparam import reparameterize_model
-from .weights import (CheckpointError, convert_state_dict, load_checkpoint_file,
-                      register_safe_checkpoint_loader, save_checkpoint)
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
-# mmengine on torch >= 2.6 cannot load its own training checkpoints (weights_only);
-# importing this package (as configs do through custom_imports) makes it load them
-# safely, with an allow-list, instead of unpickling anything.
-register_safe_checkpoint_loader()
-# `--launcher pytorch` on a machine without a GPU: gloo, no device_ids, SyncBN over gloo
-# (cpu_dist.py says what mmengine would trip on). Does nothing when CUDA is available.
-enable_cpu_distributed()
-# A training run killed at any moment leaves a work dir that --resume continues from
-# (durable.py: atomic checkpoint writes, old checkpoints deleted only after the new one).
-enable_durable_checkpoints()
-
-__all__ = ['ARCH_SETTINGS', 'MODELS', 'MobileOne', 'MobileOneBlock', 'CheckpointError',
+__all__ = ['ARCH_SETTINGS', 'HOOKS', 'MODELS', 'CheckpointError', 'MobileOne',
+           'MobileOneBlock', 'SaveDeployCheckpointHook', 'atrous_settings', 'check_arch',
            'convert_state_dict', 'load_checkpoint_file', 'optimize_for_inference',
-           'reparameterize_model',
-           'SaveDeployCheckpointHook', 'save_checkpoint', '__version__']
+           'reparameterize_model', 'save_checkpoint', '__version__']

@@ -1,22 +1,12 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every BN layer non-trivial statistics and affine values, so that fusion
-    errors (wrong mean / var / eps / gamma handling) show up in the outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.25)
-                if m.affine:
-                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                    m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-    return model
+# Developer tooling (tools/devkit: tiny data sets, benchmark) is not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
+from devkit import analysis  # noqa: E402
 
 
 def _rel_error(actual, expected) -> float:
@@ -26,7 +16,8 @@ def _rel_error(actual, expected) -> float:
 
 @pytest.fixture
 def randomize_bn():
-    return _randomize_bn
+    """devkit.analysis.randomize_bn: non-trivial BN statistics and affine values."""
+    return analysis.randomize_bn
 
 
 @pytest.fixture

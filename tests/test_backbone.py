@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from mobileone_mm import MobileOne, MobileOneBlock, reparameterize_model
-from mobileone_mm.mobileone import ARCH_SETTINGS, stage_channels
+from mobileone_mm.models.arch import ARCH_SETTINGS, stage_channels
 
 ARCHS = sorted(ARCH_SETTINGS)
 OUTPUT_STRIDES = {32: dict(strides=(2, 2, 2, 2), dilations=(1, 1, 1, 1)),

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from mobileone_mm import MobileOne, optimize_for_inference, reparameterize_model
-from mobileone_mm.inference import BACKENDS, flatten, unflatten
+from mobileone_mm.deploy.inference import BACKENDS, flatten, unflatten
 
 TOLERANCE = 1e-5  # max |difference| / max |output|, all outputs together
 
@@ -101,7 +101,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_a_failing_check_moves_on_to_the_next_backend(monkeypatch):
-    from mobileone_mm import inference
+    from mobileone_mm.deploy import inference
     real = inference.BUILDERS['onnxruntime']
 
     def wrong(*args):  # a backend that builds but computes something else
@@ -118,7 +118,7 @@ def test_a_failing_check_moves_on_to_the_next_backend(monkeypatch):
 
 @pytest.mark.slow
 def test_benchmark_writes_json_markdown_and_png(tmp_path):
-    from mobileone_mm.benchmark import run_benchmark, write_report
+    from devkit.benchmark import run_benchmark, write_report
     result = run_benchmark(
         'quick', threads=1, log=lambda _: None, archs=('s0', ), sizes=(64, ),
         dilated_size=64, runs=2, warmup=1, min_runs=2, group_budget_s=0.01,

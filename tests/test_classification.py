@@ -8,10 +8,12 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from PIL import Image
+
+from devkit.tiny_data import CLASS_LOOKS, CLASSES, make_tiny_flowers
 from mobileone_mm import MobileOne
-from mobileone_mm.deploy import build_model
-from mobileone_mm.tiny_data import CLASSES, make_tiny_flowers
-from mobileone_mm.weights import MMPRETRAIN_URLS
+from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS
+from mobileone_mm.deploy.reparameterize import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWERS = REPO / 'configs/classification/mobileone-s0_1xb32-flowers102.py'
@@ -48,6 +50,26 @@ def test_tiny_flowers_read_by_mmpretrain(tmp_path, monkeypatch):
             [i % len(CLASSES) for i in range(count)]
         sample = dataset[0]
         assert sample['inputs'].shape == (3, 64, 64)
+
+
+def test_tiny_flowers_images_show_one_large_object_of_their_label(tmp_path, monkeypatch):
+    """Judged from the JPEGs alone: the saturated pixels (the backgrounds are grey) take
+    the colour of the label's class, and cover a large part of the image."""
+    from mmpretrain.registry import DATASETS
+    monkeypatch.chdir(tmp_path)
+    make_tiny_flowers('data/tiny_flowers', num_train=4, num_val=12)
+    dataset = DATASETS.build(Config.fromfile(str(TINY)).val_dataloader.dataset)
+    looks = np.array([CLASS_LOOKS[c][0] for c in CLASSES], float)
+    looks /= np.linalg.norm(looks, axis=1, keepdims=True)
+    for index in range(len(dataset)):
+        info = dataset.get_data_info(index)
+        pixels = np.asarray(Image.open(info['img_path']), float).reshape(-1, 3)
+        saturated = pixels[pixels.max(1) - pixels.min(1) > 80]
+        hues = saturated / np.linalg.norm(saturated, axis=1, keepdims=True)
+        votes = np.bincount((hues @ looks.T).argmax(1), minlength=len(CLASSES))
+        assert votes.argmax() == info['gt_label'], (info['img_path'], votes)
+        assert votes.max() >= 0.95 * votes.sum()  # no object of another class
+        assert len(saturated) >= 0.03 * len(pixels)  # one large object
 
 
 def test_tiny_flowers_seeded_and_refuses_to_mix(tmp_path):

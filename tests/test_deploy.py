@@ -11,9 +11,9 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mobileone_mm import CheckpointError, load_checkpoint_file
-from mobileone_mm.deploy import (DeployError, build_model, codebase_of, load_model,
+from mobileone_mm.deploy.reparameterize import (DeployError, build_model, codebase_of, load_model,
                                  reparameterize_checkpoint)
-from mobileone_mm.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
+from devkit.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -149,8 +149,8 @@ def test_random_inputs_without_data_and_fused_checkpoint_left_alone(
 
 def test_changed_outputs_are_refused_and_nothing_written(classifier_checkpoint, tmp_path,
                                                          monkeypatch):
-    import mobileone_mm.deploy as deploy
-    from mobileone_mm.reparam import reparameterize_model
+    import mobileone_mm.deploy.reparameterize as deploy
+    from mobileone_mm.models.reparam import reparameterize_model
 
     def broken_fusion(model):
         reparameterize_model(model)

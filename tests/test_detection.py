@@ -11,8 +11,8 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from mobileone_mm import MobileOne, convert_state_dict
-from mobileone_mm.tiny_data import make_tiny_coco
-from mobileone_mm.weights import MMPRETRAIN_URLS, backbone_state_dict
+from devkit.tiny_data import make_tiny_coco
+from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs' / 'detection'

@@ -1,6 +1,6 @@
 """Multi-process training on the CPU (gloo): `mim train ... --launcher pytorch` for the
 tiny detection and segmentation (SyncBN) configs, and the SyncBN replacement that makes
-the latter possible (mobileone_mm.cpu_dist)."""
+the latter possible (mobileone_mm.fixes.cpu_distributed)."""
 import json
 import os
 import socket
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mobileone_mm.cpu_dist import CPUSyncBatchNorm, convert_to_cpu_sync_batchnorm
+from mobileone_mm.models.sync_batchnorm import CPUSyncBatchNorm, convert_to_cpu_sync_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
 MIM = Path(sys.executable).parent / 'mim'
@@ -52,10 +52,10 @@ SYNC_BN_CHECK = textwrap.dedent('''
     """Two gloo processes, each with half a batch, against BN on the whole batch."""
     import json, os, sys
     import torch, torch.nn as nn, torch.distributed as dist
-    import mobileone_mm  # noqa: F401  (adapts mmengine to a CPU-only torch)
+    import mobileone_mm.fixes.cpu_distributed  # noqa: F401  (adapts mmengine to a CPU-only torch)
     from mmengine.dist import init_dist
     from mmengine.model import MMDistributedDataParallel
-    from mobileone_mm.cpu_dist import CPUSyncBatchNorm
+    from mobileone_mm.models.sync_batchnorm import CPUSyncBatchNorm
 
     init_dist('pytorch', backend='nccl')  # what the configs ask for
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -186,11 +186,11 @@ def mim_train_two_processes(codebase, base_config, imports, tmp_path, options) -
 @pytest.mark.slow
 def test_mim_train_mmdet_with_two_cpu_processes(tmp_path):
     """Tiny SSDLite, one epoch, two processes: each sees half of the batches."""
-    from mobileone_mm.tiny_data import make_tiny_coco
+    from devkit.tiny_data import make_tiny_coco
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=2)
     probes = mim_train_two_processes(
         'mmdet', REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
-        ['mobileone_mm', 'mobileone_mm.ssd_head'], tmp_path,
+        ['mobileone_mm', 'mobileone_mm.models.ssd_head'], tmp_path,
         ['train_dataloader.batch_size=2', 'train_cfg.max_epochs=1',
          'train_cfg.val_interval=100', 'default_hooks.checkpoint.save_best=None'])
     assert probes[0]['norms'] == ['BatchNorm2d']
@@ -203,7 +203,7 @@ def test_mim_train_mmseg_syncbn_with_two_cpu_processes(tmp_path):
     """Tiny DeepLabV3 (SyncBN in backbone and heads), two iterations, two processes: the
     SyncBN layers run as CPUSyncBatchNorm and their running statistics, computed over
     both processes' batches, are the same on both ranks."""
-    from mobileone_mm.tiny_data import make_tiny_ade20k
+    from devkit.tiny_data import make_tiny_ade20k
     make_tiny_ade20k(tmp_path / 'data' / 'ade', num_train=4, num_val=1, image_size=(96, 128))
     probes = mim_train_two_processes(
         'mmseg', REPO / 'configs/segmentation/'

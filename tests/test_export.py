@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mobileone_mm.deploy import build_model, load_config
-from mobileone_mm.export import export_onnx, postprocess_detections, verify_onnx
+from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.deploy.export import export_onnx
+from mobileone_mm.deploy.predict import postprocess_detections
+from mobileone_mm.deploy.verify import verify_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {

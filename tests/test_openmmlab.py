@@ -89,7 +89,7 @@ def test_fused_classifier_parameter_counts(arch, params):
 def _train_toy_runner(work_dir, max_epochs, resume=False, load_from=None):
     """mmengine's Runner on a one-layer model: its checkpoints hold numpy scalars and
     HistoryBuffers, the objects torch >= 2.6 refuses to unpickle by default."""
-    import mobileone_mm  # noqa: F401  (registers the safe loader)
+    import mobileone_mm.fixes.safe_loading  # noqa: F401  (registers the safe loader)
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
 

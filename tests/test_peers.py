@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from mobileone_mm import MobileOne, convert_state_dict, reparameterize_model
-from mobileone_mm.weights import backbone_state_dict
+from mobileone_mm import MobileOne, check_arch, convert_state_dict, reparameterize_model
+from mobileone_mm.checkpoints.formats import backbone_state_dict
 
 ARCHS = ['s0', 's1', 's2', 's3', 's4']
 # S0 (four conv branches) and S4 (SE) run in the fast set too: a developer running the
@@ -60,7 +60,8 @@ def test_timm_weights_give_same_logits(arch, randomize_bn, rel_error):
         assert rel_error(ours(x, mode='tensor'), peer(x)) <= 1e-5
         # fused: timm fuses itself, we convert its fused state dict
         peer = timm.utils.reparameterize_model(peer)
-        converted, _ = convert_state_dict(peer.state_dict(), arch=arch)
+        converted, _ = convert_state_dict(peer.state_dict())
+        check_arch(backbone_state_dict(converted), MobileOne(arch).arch)
         fused = MobileOne(arch, deploy=True).eval()
         fused.load_state_dict(backbone_state_dict(converted), strict=True)
         reparameterize_model(ours)

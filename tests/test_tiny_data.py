@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobileone_mm.tiny_data import (ADE20K_IDS, CLASSES, VOC_IDS, make_tiny_ade20k,
-                                    make_tiny_coco, make_tiny_voc, render_split)
+from devkit.tiny_data import (ADE20K_IDS, CLASSES, VOC_IDS, make_tiny_ade20k, make_tiny_coco,
+                              make_tiny_voc, render_split)
 
 REPO = Path(__file__).resolve().parents[1]
 

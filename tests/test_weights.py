@@ -12,9 +12,12 @@ import torch
 from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader
 
-from mobileone_mm import (CheckpointError, MobileOne, convert_state_dict,
+import mobileone_mm.fixes.safe_loading  # noqa: F401  (mmengine through our loader)
+
+from mobileone_mm import (CheckpointError, check_arch, MobileOne, convert_state_dict,
                           load_checkpoint_file, save_checkpoint)
-from mobileone_mm.weights import backbone_state_dict, infer_arch
+from mobileone_mm.checkpoints.formats import backbone_state_dict
+from mobileone_mm.models.arch import infer_arch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +70,8 @@ def test_foreign_model_and_wrong_arch_are_refused(randomize_bn):
     with pytest.raises(CheckpointError, match='Not a MobileOne checkpoint.*another model'):
         convert_state_dict({'conv1.weight': torch.zeros(1), 'layer1.0.bn1.weight': torch.zeros(1)})
     with pytest.raises(CheckpointError, match='MobileOne-s1 weights but the model is MobileOne-s0'):
-        convert_state_dict(classifier_state_dict('s1', randomize_bn), arch='s0')
+        converted, _ = convert_state_dict(classifier_state_dict('s1', randomize_bn))
+        check_arch(backbone_state_dict(converted), MobileOne('s0').arch)
 
 
 def pretrained(path, **kwargs):

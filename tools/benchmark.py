@@ -6,13 +6,12 @@ the table with PASS / FAIL for each speed target.
 
     python tools/benchmark.py [--quick] [--threads N] [--out DIR] [--archs s0 s1] [--sizes 320]
 
-Run it on an otherwise idle machine: the full run takes about 6 minutes on 2 cores
-(5.5 minutes measured), --quick under a minute (3 minutes while other jobs ran).
+Run it on an otherwise idle machine (how long it takes: the README's "Speed on a CPU").
 """
 import argparse
 import os
 
-from mobileone_mm.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
+from devkit.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
 
 
 def main():

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from devkit.analysis import compare_forms
 from mobileone_mm import ARCH_SETTINGS, MobileOne
-from mobileone_mm.analysis import compare_forms
-from mobileone_mm.weights import load_pretrained
+from mobileone_mm.models.pretrained import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

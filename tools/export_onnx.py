@@ -2,18 +2,38 @@
 and check it in onnxruntime against PyTorch.
 
     python tools/export_onnx.py CONFIG CHECKPOINT OUT.onnx [--shape H W] [--dynamic] [--verify]
+
+The graph carries what tools/onnx_infer.py needs in its metadata: the task, the class names
+(the checkpoint's meta, else the config's), the config's test-pipeline resizing and the
+detector's post-process settings. With --verify, nothing is written unless onnxruntime
+and PyTorch agree.
 """
 import argparse
 import sys
 
 import numpy as np
+import torch
 
+from devkit.analysis import measure_latency
 from mobileone_mm import CheckpointError
-from mobileone_mm.deploy import DeployError, input_shape_of, load_model, val_image_paths
-from mobileone_mm.export import export_onnx, read_image, verify_onnx
+from mobileone_mm.checkpoints.io import atomic_file
+from mobileone_mm.checkpoints.paths import PathError, check_extension, plan_outputs
+from mobileone_mm.deploy.export import build_onnx, load_session
+from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
+from mobileone_mm.deploy.predict import PredictError, read_image
+from mobileone_mm.deploy.reparameterize import (DeployError, input_shape_of, load_model,
+                                                val_image_paths)
+from mobileone_mm.deploy.verify import torch_reference, verify_onnx
 
 THRESHOLDS = 'logits <= 1e-4 relative, labels >= 99.9% equal, detections matched ' \
              '(IoU >= 0.99, score within 1e-4)'
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be 1 or more, got {text}')
+    return value
 
 
 def main():
@@ -22,47 +42,68 @@ def main():
     parser.add_argument('config')
     parser.add_argument('checkpoint', help='training (train-form) or deploy checkpoint')
     parser.add_argument('out', help='.onnx file (written atomically)')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="input size (default: the config's test size)")
     parser.add_argument('--dynamic', action='store_true',
                         help='free batch size (and image size for classifiers/segmentors)')
     parser.add_argument('--verify', action='store_true',
                         help='compare onnxruntime with PyTorch on val images')
-    parser.add_argument('--num-images', type=int, default=8)
+    parser.add_argument('--num-images', type=positive_int, default=8)
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detections compared by --verify')
     args = parser.parse_args()
     try:
-        model, cfg, _ = load_model(args.config, args.checkpoint)
-    except (FileNotFoundError, CheckpointError, DeployError) as error:
+        check_extension(args.out, ['.onnx'], 'ONNX output')
+        plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},
+                     outputs={'ONNX model': args.out})
+        model, cfg, ckpt = load_model(args.config, args.checkpoint)
+        metadata = export_metadata(cfg, ckpt, model, args.config)
+        shape = args.shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg)
+        graph, info = build_onnx(model, shape, dynamic=args.dynamic, metadata=metadata)
+        print(f'{info["task"]}: input {shape[0]}x{shape[1]}'
+              f'{" (dynamic)" if args.dynamic else ""}, outputs {info["outputs"]}; '
+              f'convs: fused PyTorch {info["torch_convs"]}, ONNX {info["onnx_convs"]}; '
+              f'classes: {len(metadata["classes"]) or "numbers only"}')
+        for note in metadata['notes']:
+            print(f'  note: {note}')
+        if info['torch_convs'] != info['onnx_convs']:
+            sys.exit('export_onnx: the graph has another number of convolutions than the '
+                     'fused model: some branch structure was not fused. Nothing written.')
+        if args.verify:
+            verify(args, model, cfg, graph, shape)
+    except (FileNotFoundError, CheckpointError, DeployError, PathError,
+            PredictError) as error:
         sys.exit(f'export_onnx: {error}')
-    shape = args.shape or input_shape_of(cfg)
-    classes = (model.dataset_meta or {}).get('classes') if hasattr(model, 'dataset_meta') \
-        else None
-    info = export_onnx(model, args.out, shape, dynamic=args.dynamic,
-                       metadata=dict(classes=list(classes or []), config=args.config))
-    print(f'{info["task"]}: {args.out}, input {shape[0]}x{shape[1]}'
-          f'{" (dynamic)" if args.dynamic else ""}, outputs {info["outputs"]}; '
-          f'convs: fused PyTorch {info["torch_convs"]}, ONNX {info["onnx_convs"]}')
-    if info['torch_convs'] != info['onnx_convs']:
-        sys.exit('export_onnx: the graph has another number of convolutions than the '
-                 'fused model: some branch structure was not fused.')
-    if args.verify:
-        paths = val_image_paths(cfg, args.num_images)
-        if paths:
-            images, source = [read_image(p, shape) for p in paths], f'{len(paths)} val images'
-        else:
-            rng = np.random.RandomState(0)
-            images = [rng.randint(0, 256, (1, 3, *shape)).astype(np.float32)
-                      for _ in range(args.num_images)]
-            source = f'{args.num_images} random images (val set not on disk)'
-        report = verify_onnx(model, args.out, images, score_thr=args.score_thr)
-        print(f'verify on {source}: ' +
-              ', '.join(f'{k} {v:.1f}' if k.endswith('_ms') else
-                        f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
-                        for k, v in report.items()))
-        if not report['passed']:
-            sys.exit(f'export_onnx: onnxruntime and PyTorch disagree ({THRESHOLDS}).')
+    with atomic_file(args.out) as f:
+        f.write(graph)
+    print(f'written: {args.out}')
+
+
+def verify(args, model, cfg, graph: bytes, shape):
+    paths = val_image_paths(cfg, args.num_images)
+    if paths:
+        images, source = [read_image(p, shape) for p in paths], f'{len(paths)} val images'
+    else:
+        rng = np.random.RandomState(0)
+        images = [rng.randint(0, 256, (1, 3, *shape)).astype(np.float32)
+                  for _ in range(args.num_images)]
+        source = f'{args.num_images} random images (val set not on disk)'
+    report = verify_onnx(model, graph, images, score_thr=args.score_thr)
+    session, meta = load_session(graph)
+    example = torch.from_numpy(images[0])
+    report['torch_ms'] = measure_latency(
+        lambda x: torch_reference(model, meta['task'], x), example, warmup=2,
+        runs=10)['median_ms']
+    report['onnx_ms'] = measure_latency(
+        lambda x: session.run(None, {'image': x.numpy()}), example, warmup=2,
+        runs=10)['median_ms']
+    print(f'verify on {source}: ' +
+          ', '.join(f'{k} {v:.1f}' if k.endswith('_ms') else
+                    f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
+                    for k, v in report.items()))
+    if not report['passed']:
+        sys.exit(f'export_onnx: onnxruntime and PyTorch disagree ({THRESHOLDS}). '
+                 f'Nothing written.')
 
 
 if __name__ == '__main__':

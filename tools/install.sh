@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the pinned OpenMMLab stack and mobileone-mm (the fixes are explained in STACK.md).
+# Install the pinned OpenMMLab stack and mobileone-mm (every trap it works around is explained in docs/stack.md).
 #
 #   tools/install.sh           install if needed (a second run installs nothing)
 #   tools/install.sh --python  print the interpreter the Makefile should use, install nothing

@@ -9,8 +9,8 @@ mmdet / mmseg / mmpretrain read, for the tiny-data configs, the tests and the de
 import argparse
 import sys
 
-from mobileone_mm.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
-                                    make_tiny_voc)
+from devkit.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
+                              make_tiny_voc)
 
 WRITERS = {'coco': make_tiny_coco, 'ade20k': make_tiny_ade20k, 'voc': make_tiny_voc,
            'flowers': make_tiny_flowers}

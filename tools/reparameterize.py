@@ -11,8 +11,15 @@ are relative to, so that the check uses val images (random inputs otherwise).
 import argparse
 import sys
 
-from mobileone_mm.deploy import DeployError, reparameterize_checkpoint
-from mobileone_mm.weights import CheckpointError
+from mobileone_mm.checkpoints.io import CheckpointError
+from mobileone_mm.deploy.reparameterize import DeployError, reparameterize_checkpoint
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be 1 or more, got {text}')
+    return value
 
 
 def main():
@@ -20,10 +27,11 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='training config (mmdet, mmseg or mmpretrain)')
     parser.add_argument('checkpoint', help='training checkpoint of that config')
-    parser.add_argument('out_checkpoint', help='deploy checkpoint to write')
+    parser.add_argument('out_checkpoint', help='deploy checkpoint to write (.pth; the deploy '
+                        'config goes beside it, .py; never over an input)')
     parser.add_argument('--no-verify', action='store_true',
                         help='skip comparing the outputs of both forms')
-    parser.add_argument('--num-images', type=int, default=4,
+    parser.add_argument('--num-images', type=positive_int, default=4,
                         help='images compared (default: 4)')
     args = parser.parse_args()
     try:

@@ -5,7 +5,7 @@
 _base_ = './mobileone-s0_1xb32-flowers102.py'
 
 data_root = 'data/tiny_flowers'
-metainfo = dict(classes=('disk', 'square', 'triangle', 'star'))  # mobileone_mm.tiny_data
+metainfo = dict(classes=('disk', 'square', 'triangle', 'star'))  # devkit.tiny_data
 size = 64  # 224 in the recipe
 
 data_preprocessor = dict(num_classes=4)

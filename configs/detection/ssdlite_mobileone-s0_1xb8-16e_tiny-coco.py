@@ -6,7 +6,7 @@
 _base_ = './ssdlite_mobileone-s0_8xb24-600e_coco.py'
 
 data_root = 'data/tiny_coco/'
-metainfo = dict(classes=('disk', 'square', 'triangle', 'star'))  # mobileone_mm.tiny_data
+metainfo = dict(classes=('disk', 'square', 'triangle', 'star'))  # devkit.tiny_data
 # 320 in the COCO recipe. The tiny images are 96..128 px (make_tiny_coco's default), so
 # little is resized; their objects are 20..70 px here, which the anchors below cover
 # (the recipe's, scaled by 0.4: 19..70 px on levels 0-2).

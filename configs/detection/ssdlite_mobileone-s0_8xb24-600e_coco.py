@@ -2,8 +2,14 @@
 # recipe (320x320, SGD, 600 epochs), only the backbone changed. See README.md.
 _base_ = 'mmdet::ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py'
 
-custom_imports = dict(imports=['mobileone_mm', 'mobileone_mm.ssd_head'],
-                      allow_failed_imports=False)
+custom_imports = dict(imports=[
+    'mobileone_mm',  # registers mobileone_mm.MobileOne
+    'mobileone_mm.models.ssd_head',  # mmdet 3.3's SSDHead, able to predict
+    # the stack fixes (docs/stack.md): drop a line to leave that fix out
+    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
+    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
+    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
+], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

@@ -2,7 +2,13 @@
 # recipe (heads, data, 40k schedule) with the backbone swapped; the other archs inherit
 # this delta.
 _base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb4-40k_voc12aug-512x512.py'
-custom_imports = dict(imports=['mobileone_mm'], allow_failed_imports=False)
+custom_imports = dict(imports=[
+    'mobileone_mm',  # registers mobileone_mm.MobileOne
+    # the stack fixes (docs/stack.md): drop a line to leave that fix out
+    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
+    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
+    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
+], allow_failed_imports=False)
 model = dict(
     pretrained=None,
     backbone=dict(

@@ -15,9 +15,10 @@ mmengine 0.10.7 can lose every checkpoint of a run killed at the wrong moment:
    a kill in between (or during that write) leaves it missing, stale or empty, and
    ``--resume`` starts over or fails.
 
-``enable_durable_checkpoints()``, run when ``mobileone_mm`` is imported (configs do,
-through ``custom_imports``), makes local ``put`` / ``put_text`` atomic (temp file, fsync,
-rename: ``weights.atomic_file``), defers the hook's deletions until the new checkpoint
+Importing this module (a config lists it in ``custom_imports``; ``import mobileone_mm``
+alone does not) runs ``enable_durable_checkpoints()``, which makes local ``put`` /
+``put_text`` atomic (temp file, fsync, rename: ``checkpoints.io.atomic_file``; every local
+write of mmengine's file backend, checkpoints and logs alike), defers the hook's deletions until the new checkpoint
 and ``last_checkpoint`` are written, and lets ``--resume`` fall back to the newest
 complete ``epoch_*.pth`` / ``iter_*.pth`` of the work dir when ``last_checkpoint`` is
 missing, empty or names a file that is gone. Nothing in site-packages is edited.
@@ -27,6 +28,8 @@ import logging
 import os
 import re
 from typing import Optional
+
+from ..checkpoints.io import atomic_file
 
 _ENABLED = False
 CHECKPOINT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
@@ -99,7 +102,6 @@ def _defer_removals(method):
 
 
 def _atomic_put(self, obj: bytes, filepath):
-    from .weights import atomic_file
     with atomic_file(os.fspath(filepath), 'wb') as f:
         f.write(obj)
 
@@ -126,3 +128,6 @@ def enable_durable_checkpoints() -> bool:
     runner_module.find_latest_checkpoint = find_latest_checkpoint
     _ENABLED = True
     return True
+
+
+enable_durable_checkpoints()

@@ -1,5 +1,5 @@
 """mmdet 3.3.0's SSDHead, able to predict. Needs mmdet; configs import it through
-``custom_imports=dict(imports=['mobileone_mm', 'mobileone_mm.ssd_head'])`` and use
+``custom_imports=dict(imports=['mobileone_mm', 'mobileone_mm.models.ssd_head'])`` and use
 ``bbox_head=dict(type='mobileone_mm.SSDHead', ...)`` with SSDHead's arguments.
 
 The bug (mmdet issues 11063, 11305, 11780; unmerged fix PR 11524): ``SSDHead`` skips
@@ -11,7 +11,7 @@ class channels. Validation, ``mim test`` and inference of every SSD model then f
 """
 from mmdet.models.dense_heads import SSDHead as MMDetSSDHead
 
-from .registry import MODELS
+from ..registry import MODELS
 
 
 @MODELS.register_module()

@@ -1,6 +1,7 @@
 """Model size, compute and latency, measured the same way for every model we compare."""
 import contextlib
 import copy
+import math
 import random
 import statistics
 import time
@@ -8,12 +9,33 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .reparam import reparameterize_model
+from mobileone_mm import reparameterize_model
+from mobileone_mm.deploy.reparameterize import count_params
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def randomize_bn(model: nn.Module, seed: int = 0, mean_std: float = 0.5,
+                 var_range=(0.25, 1.75), gamma_range=(0.5, 1.5),
+                 beta_std: float = 0.2) -> nn.Module:
+    """Give every BN layer random running statistics and affine values, in place, so that
+    fusion errors (wrong mean / var / eps / gamma handling) show in the outputs: means
+    ~ N(0, mean_std), variances log-uniform over var_range, gammas uniform over
+    gamma_range (a negative lower end gives either sign), betas ~ N(0, beta_std)."""
+    generator = torch.Generator().manual_seed(seed)
+    log_lo, log_hi = math.log(var_range[0]), math.log(var_range[1])
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm) and m.running_var is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=generator) * mean_std)
+                m.running_var.copy_(torch.exp(
+                    log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator)))
+                if m.affine:
+                    lo, hi = gamma_range
+                    m.weight.copy_(lo + (hi - lo) * torch.rand(n, generator=generator))
+                    m.bias.copy_(torch.randn(n, generator=generator) * beta_std)
+    return model
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -58,8 +80,8 @@ def measure_interleaved(fns: Dict[str, Callable], example, warmup: int = 5, runs
     every one of them, in a new (seeded) random order, so that drifts of the machine
     (another job, clock changes) hit them all alike. Each timed call follows an untimed
     call of the same callable: what the previous one left behind (PyTorch's OpenMP workers
-    still spinning, which took the cores from an onnxruntime run next: S0 at 320x320 timed
-    11.4 ms that way, 6.2-6.6 ms alone) is not charged to it.
+    still spinning, which took the cores from an onnxruntime run next) is not charged to
+    it; how much that mattered is in the README's "Speed on a CPU".
 
     ``budget_s`` caps the timed rounds: after warm-up, as many rounds as fit in it (at
     least ``min_runs``, at most ``runs``). ``inference=False`` keeps autograd on (a

@@ -5,7 +5,9 @@ One renderer draws every scene: a two-region background ("sky" above a slanted h
 "ground" below; grey-tinted, smooth and fine noise textures) and 0..4 non-overlapping
 objects. Each object class has its own polygon shape, colour and texture, and a random
 size (20..60 % of the short side; 20..50 % in the COCO set, whose images are smaller),
-position and rotation; about one image in ten has no object. The writers only encode a scene in each format:
+position and rotation; about one image in ten has no object. The flowers set asks the
+renderer for one object of a given class (40..70 % of the short side) instead. The writers
+only encode a scene in each format:
 
 * ``make_tiny_coco``: ``annotations/instances_{train,val}2017.json`` (boxes, polygons,
   areas), ``{train,val}2017/*.jpg``, as mmdet's ``CocoDataset`` reads them.
@@ -26,7 +28,7 @@ images does not change the others.
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -47,11 +49,13 @@ SPLIT_CODES = {'train': 0, 'val': 1, 'aug': 2}
 # 400-iteration runs left some shape classes at ~0 IoU).
 RADIUS_RANGE = (0.1, 0.3)
 # Detection: larger objects on small images. The tiny SSDLite config trains at 128x128
-# from scratch in ~10 CPU minutes; its first feature map has stride 16 (an 8x8 grid), so
+# from scratch on a CPU; its first feature map has stride 16 (an 8x8 grid), so
 # objects of 20..50 % of the side are ones it can place; smaller ones it cannot localise
 # to the IoU 0.5..0.95 that COCO mAP asks for.
 COCO_IMAGE_SIZE = (128, 128)
 COCO_RADIUS_RANGE = (0.1, 0.25)
+# Classification: one large object per image, the class to tell.
+FLOWERS_RADIUS_RANGE = (0.2, 0.35)
 
 
 class Instance(NamedTuple):
@@ -132,11 +136,16 @@ def _background(rng, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
 
 def render_scene(rng: np.random.Generator, height: int, width: int, max_objects: int = 4,
                  empty_prob: float = 0.1,
-                 radius_range: Tuple[float, float] = RADIUS_RANGE) -> Scene:
-    """One scene: background and up to ``max_objects`` objects that do not overlap, of
-    radius ``radius_range`` x the short side."""
+                 radius_range: Tuple[float, float] = RADIUS_RANGE,
+                 category: Optional[str] = None) -> Scene:
+    """One scene: background and up to ``max_objects`` objects of random classes that do
+    not overlap, of radius ``radius_range`` x the short side; with ``category``, exactly
+    one object, of that class (an image to classify)."""
     image, sky = _background(rng, height, width)
-    count = 0 if rng.random() < empty_prob else int(rng.integers(1, max_objects + 1))
+    if category is not None:
+        count = 1
+    else:
+        count = 0 if rng.random() < empty_prob else int(rng.integers(1, max_objects + 1))
     instances, boxes = [], []
     for _ in range(count):
         for _attempt in range(30):  # rejection sampling: objects never overlap
@@ -148,24 +157,26 @@ def render_scene(rng: np.random.Generator, height: int, width: int, max_objects:
                 break
         else:
             continue
-        category = CLASSES[rng.integers(len(CLASSES))]
-        polygon = _polygon(rng, category, cx, cy, r)
+        shape = category or CLASSES[rng.integers(len(CLASSES))]
+        polygon = _polygon(rng, shape, cx, cy, r)
         mask = _fill(polygon, height, width)
-        colour, kind = CLASS_LOOKS[category]
+        colour, kind = CLASS_LOOKS[shape]
         colour = np.clip(np.asarray(colour) + rng.integers(-25, 26, size=3), 0, 255)
         image[mask] = _texture(rng, kind, colour, height, width)[mask]
         boxes.append(box)
-        instances.append(Instance(category, polygon, mask))
+        instances.append(Instance(shape, polygon, mask))
     image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
     return Scene(image, sky, instances)
 
 
 def render_split(seed: int, split: str, index: int, image_size: Tuple[int, int],
-                 radius_range: Tuple[float, float] = RADIUS_RANGE) -> Scene:
-    """Image ``index`` of ``split``; sides drawn in [0.75, 1] x ``image_size`` (h, w)."""
+                 radius_range: Tuple[float, float] = RADIUS_RANGE,
+                 category: Optional[str] = None) -> Scene:
+    """Image ``index`` of ``split``; sides drawn in [0.75, 1] x ``image_size`` (h, w);
+    ``category``: one object of that class (see ``render_scene``)."""
     rng = np.random.default_rng((seed, SPLIT_CODES[split], index))
     height, width = (int(rng.uniform(0.75, 1.0) * side) for side in image_size)
-    return render_scene(rng, height, width, radius_range=radius_range)
+    return render_scene(rng, height, width, radius_range=radius_range, category=category)
 
 
 def boundary(labels: np.ndarray, width: int) -> np.ndarray:
@@ -322,22 +333,6 @@ def make_tiny_voc(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 5
     return root
 
 
-def render_flower(seed: int, split: str, index: int, category: str,
-                  image_size: Tuple[int, int]) -> np.ndarray:
-    """One classification image: the scene background and one large object of
-    ``category`` (radius 20..35 % of the short side), drawn as ``render_scene`` draws it."""
-    rng = np.random.default_rng((seed, SPLIT_CODES[split], index))
-    height, width = (int(rng.uniform(0.75, 1.0) * side) for side in image_size)
-    image, _ = _background(rng, height, width)
-    r = rng.uniform(0.2, 0.35) * min(height, width)
-    cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
-    mask = _fill(_polygon(rng, category, cx, cy, r), height, width)
-    colour, kind = CLASS_LOOKS[category]
-    colour = np.clip(np.asarray(colour) + rng.integers(-25, 26, size=3), 0, 255)
-    image[mask] = _texture(rng, kind, colour, height, width)[mask]
-    return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
-
-
 def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int = 40,
                       image_size: Tuple[int, int] = (80, 80), overwrite: bool = False) -> Path:
     """Write a classification set in mmpretrain's ``CustomDataset`` layout with annotation
@@ -356,8 +351,9 @@ def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int
         for index in range(count):
             label = index % len(CLASSES)
             name = f'jpg/{split}_{index:05d}.jpg'
-            _save_jpg(render_flower(seed, split, index, CLASSES[label], image_size),
-                      root / name)
+            scene = render_split(seed, split, index, image_size, FLOWERS_RADIUS_RANGE,
+                                 category=CLASSES[label])
+            _save_jpg(scene.image, root / name)
             lines.append(f'{name} {label}\n')
         (root / f'{split}.txt').write_text(''.join(lines))
     return root

@@ -14,34 +14,33 @@ depend on them; the output checks use realistic BN statistics.
 import copy
 import io
 import json
-import os
 import logging
+import os
 import platform
 import tempfile
-import warnings
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .analysis import count_macs, count_params, measure_interleaved
-from .inference import optimize_for_inference
-from .mobileone import MobileOne
-from .reparam import reparameterize_model
-from .weights import atomic_file
+from mobileone_mm import (MobileOne, atrous_settings, optimize_for_inference,
+                          reparameterize_model)
+from mobileone_mm.checkpoints.io import atomic_file
+from mobileone_mm.deploy.reparameterize import count_params
+
+from .analysis import count_macs, measure_interleaved, randomize_bn
 
 ARCHS = ('s0', 's1', 's2', 's3', 's4')
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tools/devkit/ -> the checkout
 WHOLE_MODEL_CONFIGS = dict(
     ssdlite='configs/detection/ssdlite_mobileone-s0_8xb24-600e_coco.py',
     deeplabv3='configs/segmentation/deeplabv3_mobileone-s0-d8_4xb4-160k_ade20k-512x512.py')
 BUSY_LOAD = 0.5  # load average above which the report says the timings are not clean
-OUTPUT_STRIDES = {16: ((2, 2, 2, 1), (1, 1, 1, 2)), 8: ((2, 2, 1, 1), (1, 1, 2, 4))}
 
-# Full: about 6 minutes on 2 idle cores (measured: 5.5). Quick: under a minute when idle.
+# How long each takes on one machine: the README's "Speed on a CPU".
 PRESETS = dict(
     full=dict(archs=ARCHS, sizes=(224, 320, 512), dilated_size=512, runs=40, warmup=3,
               group_budget_s=8.0, min_runs=10,
@@ -80,9 +79,9 @@ def _best_seconds(fn: Callable, runs: int) -> float:
 
 def peak_gflops(runs: int = 10) -> Dict[str, float]:
     """fp32 GFLOP/s, current threads, best of ``runs``: a 2048^3 ``torch.mm`` (MKL) and a
-    3x3 conv 256 -> 256 channels on 64x64 (oneDNN); ``peak`` is the larger. On this
-    project's AMD EPYC, MKL's sgemm reaches ~25 % less than oneDNN's conv, so the matmul
-    alone would understate what the hardware does."""
+    3x3 conv 256 -> 256 channels on 64x64 (oneDNN); ``peak`` is the larger: on some CPUs
+    MKL's sgemm falls well short of oneDNN's conv (tools/results/benchmark.json), so the
+    matmul alone would understate what the hardware does."""
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
@@ -124,17 +123,8 @@ def load_average() -> Optional[float]:
 def realistic_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """BN statistics and affine values of a trained model's order of magnitude, so that
     activations neither vanish nor blow up through 20+ random blocks."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm) and m.running_var is not None:
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=generator) * 2 + 1)
-                if m.affine:
-                    m.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.25)
-                    m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-    return model
+    return randomize_bn(model, seed, mean_std=0.1, var_range=(1.0, 3.0),
+                        gamma_range=(0.25, 0.75), beta_std=0.1)
 
 
 def build_backbones(arch: str, example: torch.Tensor, with_mobilenetv2: bool = False
@@ -177,9 +167,8 @@ def build_dilated(arch: str, example: torch.Tensor) -> Dict[str, dict]:
     """Our fused backbone at output strides 32 / 16 / 8, and the optimized OS16 / OS8."""
     models = {}
     for os_ in (32, 16, 8):
-        strides, dilations = OUTPUT_STRIDES.get(os_, ((2, 2, 2, 2), (1, 1, 1, 1)))
-        backbone = realistic_bn(MobileOne(arch, out_indices=(3, ), strides=strides,
-                                          dilations=dilations)).eval()
+        backbone = realistic_bn(MobileOne(arch, out_indices=(3, ),
+                                          **atrous_settings(os_))).eval()
         fused = reparameterize_model(backbone)
         models[f'ours_fused_os{os_}'] = dict(fn=fused, module=fused)
         if os_ != 32:
@@ -195,8 +184,8 @@ def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[
     random weights): its tensor forward in PyTorch, optimize_for_inference of it, and
     onnxruntime on the graph ``export_onnx`` writes (normalisation and, for SSDLite, box
     decoding included)."""
-    from .deploy import build_model, load_config
-    from .export import export_onnx, load_session
+    from mobileone_mm.deploy.export import export_onnx, load_session
+    from mobileone_mm.deploy.reparameterize import build_model, load_config
     cfg = load_config(str(REPO / WHOLE_MODEL_CONFIGS[name]))
     cfg.model.backbone.init_cfg = None  # nothing can be downloaded
     from mmengine.logging import MMLogger
@@ -234,8 +223,12 @@ def train_step(model: nn.Module) -> Callable:
 
 
 # --------------------------------------------------------------------- measuring
-def _rows(section: str, models: Dict[str, dict], stats: Dict[str, dict],
-          example: torch.Tensor, peak: float, **common) -> List[dict]:
+def _measure(section: str, models: Dict[str, dict], example: torch.Tensor, peak: float,
+             timing: dict, log: Callable[[str], None], what: str, **common) -> List[dict]:
+    """Time ``models`` interleaved on ``example`` (``timing``: measure_interleaved's
+    settings), log their medians and return their rows: ``common`` keys, params, GMACs,
+    latency, achieved GFLOP/s and % of ``peak``, and backend / rel_diff where given."""
+    stats = measure_interleaved({k: m['fn'] for k, m in models.items()}, example, **timing)
     rows = []
     macs_cache = {}
     for name, model in models.items():
@@ -251,6 +244,7 @@ def _rows(section: str, models: Dict[str, dict], stats: Dict[str, dict],
             if key in model:
                 row[key] = model[key]
         rows.append(row)
+    log(f'{what}: ' + ', '.join(f'{k} {v["median_ms"]:.1f} ms' for k, v in stats.items()))
     return rows
 
 
@@ -271,57 +265,9 @@ def run_benchmark(preset: str = 'full', threads: Optional[int] = None,
         log(f'fp32 peak: {peak:.0f} GFLOP/s with {threads} thread(s) (matmul '
             f'{result["peak"]["matmul"]:.0f}, 3x3 conv {result["peak"]["conv3x3"]:.0f}); '
             f'load average {_load(result["load_average_start"])}')
-        timing = dict(warmup=settings['warmup'], runs=settings['runs'],
-                      budget_s=settings['group_budget_s'], min_runs=settings['min_runs'])
-        rows = []
-        archs, sizes = list(settings['archs']), list(settings['sizes'])
-        for arch in archs:
-            for size in sizes:
-                example = torch.randn(1, 3, size, size)
-                models = build_backbones(arch, example, with_mobilenetv2=arch == archs[0])
-                stats = measure_interleaved({k: m['fn'] for k, m in models.items()},
-                                            example, **timing)
-                rows += _rows('backbone', models, stats, example, peak, arch=arch, size=size)
-                log(_progress(arch, size, stats))
-            if settings.get('dilated_size'):
-                size = settings['dilated_size']
-                example = torch.randn(1, 3, size, size)
-                models = build_dilated(arch, example)
-                stats = measure_interleaved(  # OS8 is heavy: fewer rounds at least
-                    {k: m['fn'] for k, m in models.items()}, example,
-                    **dict(timing, warmup=1, min_runs=min(5, timing['min_runs'])))
-                rows += _rows('dilated', models, stats, example, peak, arch=arch, size=size)
-                log(_progress(arch, f'{size} dilated', stats))
-        with tempfile.TemporaryDirectory() as workdir:
-            for name, size in settings['whole_models'].items():
-                models = build_whole_model(name, size, threads, workdir)
-                example = torch.randn(1, 3, size, size)
-                stats = measure_interleaved(
-                    {k: m['fn'] for k, m in models.items()}, example,
-                    warmup=1, runs=settings['whole_runs'], min_runs=settings['whole_runs'])
-                rows += _rows('whole_model', models, stats, example, peak, arch='s0',
-                              size=size, model=name)
-                log(_progress(name, size, stats))
-        from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
-        for arch in settings['train_archs']:
-            size, batch = settings['train_size'], settings['train_batch']
-            example = torch.randn(batch, 3, size, size)
-            ours = MobileOne(arch, out_indices=(3, )).train()
-            peer = MMPretrainMobileOne(arch, out_indices=(3, ))
-            peer.train()
-            models = dict(ours_train_step=dict(fn=train_step(ours), module=ours),
-                          mmpretrain_train_step=dict(fn=train_step(peer),
-                                                     module=peer))
-            stats = measure_interleaved({k: m['fn'] for k, m in models.items()}, example,
-                                        warmup=1, runs=settings['train_runs'],
-                                        min_runs=settings['train_runs'], inference=False)
-            for row in _rows('train_step', models, stats, example, peak, arch=arch,
-                             size=size, batch=batch):
-                row['gflops'] *= 3  # forward + backward ~ 3 x the forward's work
-                row['peak_pct'] *= 3
-                rows.append(row)
-            log(_progress(arch, f'{size} train step x{batch}', stats))
-        result['rows'] = rows
+        result['rows'] = (_measure_backbones(settings, peak, log)
+                          + _measure_whole_models(settings, threads, peak, log)
+                          + _measure_train_steps(settings, peak, log))
         result['load_average_end'] = load_average()
         result['duration_s'] = time.time() - started
         result['targets'] = evaluate_targets(result)
@@ -330,9 +276,61 @@ def run_benchmark(preset: str = 'full', threads: Optional[int] = None,
         torch.set_num_threads(previous_threads)
 
 
-def _progress(what, size, stats) -> str:
-    return f'{what} {size}: ' + ', '.join(f'{k} {v["median_ms"]:.1f} ms'
-                                          for k, v in stats.items())
+def _measure_backbones(settings: dict, peak: float, log) -> List[dict]:
+    """Each arch at each size (the first arch with mmdet's MobileNetV2 beside it), then
+    dilated at ``dilated_size`` if set."""
+    timing = dict(warmup=settings['warmup'], runs=settings['runs'],
+                  budget_s=settings['group_budget_s'], min_runs=settings['min_runs'])
+    rows = []
+    archs = list(settings['archs'])
+    for arch in archs:
+        for size in settings['sizes']:
+            example = torch.randn(1, 3, size, size)
+            models = build_backbones(arch, example, with_mobilenetv2=arch == archs[0])
+            rows += _measure('backbone', models, example, peak, timing, log, f'{arch} {size}',
+                             arch=arch, size=size)
+        if settings.get('dilated_size'):
+            size = settings['dilated_size']
+            example = torch.randn(1, 3, size, size)
+            heavy = dict(timing, warmup=1, min_runs=min(5, timing['min_runs']))  # OS8
+            rows += _measure('dilated', build_dilated(arch, example), example, peak, heavy,
+                             log, f'{arch} {size} dilated', arch=arch, size=size)
+    return rows
+
+
+def _measure_whole_models(settings: dict, threads: int, peak: float, log) -> List[dict]:
+    """SSDLite / DeepLabV3 with MobileOne-S0 (``whole_models``: name -> input size)."""
+    timing = dict(warmup=1, runs=settings['whole_runs'], min_runs=settings['whole_runs'])
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, size in settings['whole_models'].items():
+            models = build_whole_model(name, size, threads, workdir)
+            rows += _measure('whole_model', models, torch.randn(1, 3, size, size), peak,
+                             timing, log, f'{name} {size}', arch='s0', size=size, model=name)
+    return rows
+
+
+def _measure_train_steps(settings: dict, peak: float, log) -> List[dict]:
+    """One training step of ours and of mmpretrain's MobileOne, each of ``train_archs``."""
+    from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
+    size, batch = settings['train_size'], settings['train_batch']
+    timing = dict(warmup=1, runs=settings['train_runs'], min_runs=settings['train_runs'],
+                  inference=False)
+    rows = []
+    for arch in settings['train_archs']:
+        example = torch.randn(batch, 3, size, size)
+        ours = MobileOne(arch, out_indices=(3, )).train()
+        peer = MMPretrainMobileOne(arch, out_indices=(3, ))
+        peer.train()
+        models = dict(ours_train_step=dict(fn=train_step(ours), module=ours),
+                      mmpretrain_train_step=dict(fn=train_step(peer), module=peer))
+        for row in _measure('train_step', models, example, peak, timing, log,
+                            f'{arch} {size} train step x{batch}', arch=arch, size=size,
+                            batch=batch):
+            row['gflops'] *= 3  # forward + backward ~ 3 x the forward's work
+            row['peak_pct'] *= 3
+            rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------- targets
@@ -391,111 +389,153 @@ def _ms(row: Optional[dict]) -> str:
     return '–' if row is None else f'{row["median_ms"]:.1f}'
 
 
-def to_markdown(result: dict) -> str:
-    """The README's benchmark section: settings, tables, targets."""
-    m, rows = result['machine'], result['rows']
-    peak = result['peak_gflops']
-    runs = sorted({r['runs'] for r in rows if r['section'] in ('backbone', 'dilated')})
-    lines = [
+def _row(cells: Sequence) -> str:
+    return '| ' + ' | '.join(map(str, cells)) + ' |'
+
+
+def _table(title: str, header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A markdown table under a ``### title`` heading."""
+    return '\n'.join([f'### {title}', '', _row(header), '|---' * len(header) + '|']
+                     + [_row(cells) for cells in rows])
+
+
+def _summary(result: dict) -> str:
+    """How it was measured: machine, threads, load, fp32 peak, runs per median."""
+    m, peak = result['machine'], result['peak_gflops']
+    runs = sorted({r['runs'] for r in result['rows'] if r['section'] in ('backbone', 'dilated')})
+    text = (
         f'Measured on {m["cpu"]} ({m["cores"]} cores), **{result["threads"]} thread(s)**, '
         f'torch {m["torch"]}, onnxruntime {m["onnxruntime"]}; load average '
         f'{_load(result["load_average_start"])} at the start, '
         f'{_load(result["load_average_end"])} at the end; '
         f'{result["duration_s"] / 60:.1f} minutes. fp32 peak, same threads: **{peak:.0f} '
         f'GFLOP/s** (the better of torch.mm 2048x2048x2048, {result["peak"]["matmul"]:.0f}, '
-        f'and a 3x3 conv 256->256 on 64x64, {result["peak"]["conv3x3"]:.0f}). Batch 1, milliseconds: median of '
-        f'{"-".join(map(str, dict.fromkeys((runs[0], runs[-1]))))} interleaved runs '
-        f'after warm-up (10th / 90th percentiles in '
-        f'the JSON). Random weights, same weights for ours and mmpretrain\'s.',
-        '',
-    ]
+        f'and a 3x3 conv 256->256 on 64x64, {result["peak"]["conv3x3"]:.0f}). Batch 1, '
+        f'milliseconds: median of {"-".join(map(str, dict.fromkeys((runs[0], runs[-1]))))} '
+        f'interleaved runs after warm-up (10th / 90th percentiles in the JSON). Random '
+        f'weights, same weights for ours and mmpretrain\'s.')
     # At the end the load average counts the benchmark's own threads: only the start tells.
     busiest = result['load_average_start'] or 0
     if busiest > BUSY_LOAD:
-        lines += [f'**Other jobs shared the CPU (load average {busiest:.1f}): these '
-                  f'timings are not representative; rerun on an idle machine.**', '']
-    lines += [
-        '### Backbones (stage-4 output)',
-        '',
-        '| arch | input | params (M) | GMACs | ' + ' | '.join(BACKBONE_FORMS.values())
-        + ' | fused / timm | fused / mmpretrain | optimized / best peer | fp32 bound '
-        '/ best peer | optimized GFLOP/s (% peak) |',
-        '|---' * (9 + len(BACKBONE_FORMS) - 0) + '|',
-    ]
+        text += (f'\n\n**Other jobs shared the CPU (load average {busiest:.1f}): these '
+                 f'timings are not representative; rerun on an idle machine.**')
+    return text
+
+
+def _backbones_table(result: dict) -> str:
+    rows, peak = result['rows'], result['peak_gflops']
     keys = sorted({(r['arch'], r['size']) for r in rows if r['section'] == 'backbone'},
                   key=lambda k: (k[1], k[0]))
+    cells = []
     for arch, size in keys:
         g = _lookup(rows, 'backbone', arch=arch, size=size)
         fused, opt = g['ours_fused'], g['ours_optimized']
-        best = min(g['timm_fused']['median_ms'], g['mmpretrain_fused']['median_ms'])
+        timm, mmpretrain = g['timm_fused']['median_ms'], g['mmpretrain_fused']['median_ms']
+        best = min(timm, mmpretrain)
         bound = 2 * fused['gmacs'] / peak * 1e3  # ms at the fp32 peak
-        lines.append(
-            f'| {arch.upper()} | {size} | {fused["params"] / 1e6:.2f} | {fused["gmacs"]:.2f} | '
-            + ' | '.join(_ms(g.get(k)) for k in BACKBONE_FORMS)
-            + f' | {fused["median_ms"] / g["timm_fused"]["median_ms"]:.2f}'
-            f' | {fused["median_ms"] / g["mmpretrain_fused"]["median_ms"]:.2f}'
-            f' | {opt["median_ms"] / best:.2f} | {bound / best:.2f}'
-            f' | {opt["gflops"]:.0f} ({opt["peak_pct"]:.0f} %) |')
+        cells.append([arch.upper(), size, f'{fused["params"] / 1e6:.2f}',
+                      f'{fused["gmacs"]:.2f}', *(_ms(g.get(k)) for k in BACKBONE_FORMS),
+                      f'{fused["median_ms"] / timm:.2f}',
+                      f'{fused["median_ms"] / mmpretrain:.2f}',
+                      f'{opt["median_ms"] / best:.2f}', f'{bound / best:.2f}',
+                      f'{opt["gflops"]:.0f} ({opt["peak_pct"]:.0f} %)'])
+    return _table('Backbones (stage-4 output)',
+                  ['arch', 'input', 'params (M)', 'GMACs', *BACKBONE_FORMS.values(),
+                   'fused / timm', 'fused / mmpretrain', 'optimized / best peer',
+                   'fp32 bound / best peer', 'optimized GFLOP/s (% peak)'], cells)
+
+
+def _mobilenet_table(result: dict) -> Optional[str]:
+    rows = result['rows']
     mobilenet = [r for r in rows if r['form'].startswith('mobilenetv2')]
-    if mobilenet:
-        lines += ['', '### mmdet MobileNetV2 (out_indices=(7,)) against MobileOne-S0', '',
-                  '| model | input | params (M) | GMACs | ms | GFLOP/s (% peak) | / ours fused |',
-                  '|---|---|---|---|---|---|---|']
-        for r in mobilenet + [r for r in rows if r['section'] == 'backbone'
-                              and r['form'] in ('ours_fused', 'ours_optimized')
-                              and r['arch'] == mobilenet[0]['arch']]:
-            fused = _lookup(rows, 'backbone', arch=r['arch'], size=r['size'])['ours_fused']
-            label = dict(mobilenetv2='MobileNetV2 (as mmdet builds it)',
-                         mobilenetv2_folded='MobileNetV2, BN folded',
-                         ours_fused=f'MobileOne-{r["arch"].upper()} fused',
-                         ours_optimized=f'MobileOne-{r["arch"].upper()} optimized'
-                         ).get(r['form'])
-            lines.append(f'| {label} | {r["size"]} | {r["params"] / 1e6:.2f} | '
-                         f'{r["gmacs"]:.2f} | {r["median_ms"]:.1f} | {r["gflops"]:.0f} '
-                         f'({r["peak_pct"]:.0f} %) | {r["median_ms"] / fused["median_ms"]:.2f} |')
+    if not mobilenet:
+        return None
+    arch = mobilenet[0]['arch']
+    ours = [r for r in rows if r['section'] == 'backbone' and r['arch'] == arch
+            and r['form'] in ('ours_fused', 'ours_optimized')]
+    labels = dict(mobilenetv2='MobileNetV2 (as mmdet builds it)',
+                  mobilenetv2_folded='MobileNetV2, BN folded',
+                  ours_fused=f'MobileOne-{arch.upper()} fused',
+                  ours_optimized=f'MobileOne-{arch.upper()} optimized')
+    cells = []
+    for r in mobilenet + ours:
+        fused = _lookup(rows, 'backbone', arch=arch, size=r['size'])['ours_fused']
+        cells.append([labels[r['form']], r['size'], f'{r["params"] / 1e6:.2f}',
+                      f'{r["gmacs"]:.2f}', f'{r["median_ms"]:.1f}',
+                      f'{r["gflops"]:.0f} ({r["peak_pct"]:.0f} %)',
+                      f'{r["median_ms"] / fused["median_ms"]:.2f}'])
+    return _table(f'mmdet MobileNetV2 (out_indices=(7,)) against MobileOne-{arch.upper()}',
+                  ['model', 'input', 'params (M)', 'GMACs', 'ms', 'GFLOP/s (% peak)',
+                   '/ ours fused'], cells)
+
+
+def _dilated_table(result: dict) -> Optional[str]:
+    rows = result['rows']
     dilated = [r for r in rows if r['section'] == 'dilated']
-    if dilated:
-        forms = ['ours_fused_os32', 'ours_fused_os16', 'ours_fused_os8',
-                 'ours_optimized_os16', 'ours_optimized_os8']
-        lines += ['', f'### Dilated backbones (DeepLabV3 output strides), '
-                      f'{dilated[0]["size"]}x{dilated[0]["size"]}', '',
-                  '| arch | GMACs OS32 / OS16 / OS8 | ' + ' | '.join(
-                      f.replace('ours_', '').replace('_os', ' OS') for f in forms) + ' |',
-                  '|---' * (2 + len(forms)) + '|']
-        for arch in dict.fromkeys(r['arch'] for r in dilated):
-            g = _lookup(rows, 'dilated', arch=arch)
-            lines.append(f'| {arch.upper()} | ' + ' / '.join(
-                f'{g[f"ours_fused_os{s}"]["gmacs"]:.1f}' for s in (32, 16, 8)) + ' | '
-                + ' | '.join(_ms(g.get(f)) for f in forms) + ' |')
-    whole = [r for r in rows if r['section'] == 'whole_model']
-    if whole:
-        lines += ['', '### Whole models, MobileOne-S0, fused', '',
-                  '| model | input | GMACs | PyTorch (tensor forward) | optimize_for_inference '
-                  '| onnxruntime (export_onnx graph) | optimized / PyTorch |',
-                  '|---|---|---|---|---|---|---|']
-        for name in dict.fromkeys(r['model'] for r in whole):
-            g = _lookup(rows, 'whole_model', model=name)
-            pt = g['pytorch_fused']
-            lines.append(f'| {dict(ssdlite="SSDLite", deeplabv3="DeepLabV3 (OS8)")[name]} | '
-                         f'{pt["size"]} | {pt["gmacs"]:.1f} | {_ms(pt)} | '
-                         f'{_ms(g["optimized"])} ({g["optimized"]["backend"]}) | '
-                         f'{_ms(g["onnxruntime_export"])} | '
-                         f'{g["optimized"]["median_ms"] / pt["median_ms"]:.2f} |')
+    if not dilated:
+        return None
+    forms = ['ours_fused_os32', 'ours_fused_os16', 'ours_fused_os8',
+             'ours_optimized_os16', 'ours_optimized_os8']
+    cells = []
+    for arch in dict.fromkeys(r['arch'] for r in dilated):
+        g = _lookup(rows, 'dilated', arch=arch)
+        cells.append([arch.upper(), ' / '.join(f'{g[f"ours_fused_os{s}"]["gmacs"]:.1f}'
+                                               for s in (32, 16, 8)),
+                      *(_ms(g.get(f)) for f in forms)])
+    size = dilated[0]['size']
+    return _table(f'Dilated backbones (DeepLabV3 output strides), {size}x{size}',
+                  ['arch', 'GMACs OS32 / OS16 / OS8',
+                   *(f.replace('ours_', '').replace('_os', ' OS') for f in forms)], cells)
+
+
+def _whole_models_table(result: dict) -> Optional[str]:
+    rows = result['rows']
+    names = dict.fromkeys(r['model'] for r in rows if r['section'] == 'whole_model')
+    if not names:
+        return None
+    cells = []
+    for name in names:
+        g = _lookup(rows, 'whole_model', model=name)
+        pt, opt = g['pytorch_fused'], g['optimized']
+        cells.append([dict(ssdlite='SSDLite', deeplabv3='DeepLabV3 (OS8)')[name], pt['size'],
+                      f'{pt["gmacs"]:.1f}', _ms(pt), f'{_ms(opt)} ({opt["backend"]})',
+                      _ms(g['onnxruntime_export']),
+                      f'{opt["median_ms"] / pt["median_ms"]:.2f}'])
+    return _table('Whole models, MobileOne-S0, fused',
+                  ['model', 'input', 'GMACs', 'PyTorch (tensor forward)',
+                   'optimize_for_inference', 'onnxruntime (export_onnx graph)',
+                   'optimized / PyTorch'], cells)
+
+
+def _train_step_table(result: dict) -> Optional[str]:
+    rows = result['rows']
     train = [r for r in rows if r['section'] == 'train_step']
-    if train:
-        lines += ['', f'### One training step (forward + backward, train form, batch '
-                      f'{train[0]["batch"]}, {train[0]["size"]}x{train[0]["size"]})', '',
-                  '| arch | ours ms | mmpretrain ms | ours / mmpretrain |', '|---|---|---|---|']
-        for arch in dict.fromkeys(r['arch'] for r in train):
-            ours, peer = (_lookup(rows, 'train_step', arch=arch)[f'{who}_train_step']
-                          for who in ('ours', 'mmpretrain'))
-            lines.append(f'| {arch.upper()} | {_ms(ours)} | {_ms(peer)} | '
-                         f'{ours["median_ms"] / peer["median_ms"]:.2f} |')
-    lines += ['', '### Targets', '', '| target | measured | |', '|---|---|---|']
-    for t in result['targets']:
-        values = ', '.join(f'{k} {v:.2f}' for k, v in t['values'].items())
-        lines.append(f'| {t["target"]} | {values} | {"PASS" if t["passed"] else "FAIL"} |')
-    return '\n'.join(lines) + '\n'
+    if not train:
+        return None
+    cells = []
+    for arch in dict.fromkeys(r['arch'] for r in train):
+        g = _lookup(rows, 'train_step', arch=arch)
+        ours, peer = g['ours_train_step'], g['mmpretrain_train_step']
+        cells.append([arch.upper(), _ms(ours), _ms(peer),
+                      f'{ours["median_ms"] / peer["median_ms"]:.2f}'])
+    size, batch = train[0]['size'], train[0]['batch']
+    return _table(f'One training step (forward + backward, train form, batch {batch}, '
+                  f'{size}x{size})', ['arch', 'ours ms', 'mmpretrain ms', 'ours / mmpretrain'],
+                  cells)
+
+
+TABLES = (_backbones_table, _mobilenet_table, _dilated_table, _whole_models_table,
+          _train_step_table)
+
+
+def to_markdown(result: dict) -> str:
+    """The README's benchmark section: how it was measured, a table for each part
+    measured, the targets."""
+    tables = [table(result) for table in TABLES]
+    targets = _table('Targets', ['target', 'measured', 'result'], (
+        [t['target'], ', '.join(f'{k} {v:.2f}' for k, v in t['values'].items()),
+         'PASS' if t['passed'] else 'FAIL'] for t in result['targets']))
+    return '\n\n'.join([_summary(result), *filter(None, tables), targets]) + '\n'
 
 
 def plot(result: dict, path: str):

@@ -51,48 +51,32 @@ error. A backend that fails it is skipped (``auto``) or raises (named backend).
 import copy
 import io
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
-from .reparam import reparameterize_model
+from ..models.reparam import reparameterize_model
 
 BACKENDS = ('onnxruntime', 'torchscript', 'eager')
 FLOAT32_NOISE_FACTOR = 4.0
 
 
 # ------------------------------------------------------------ nested outputs, flat
-def flatten(output) -> Tuple[List[torch.Tensor], object]:
-    """The tensors of a nested output (tensor / tuple / list / dict) and its structure."""
-    if isinstance(output, torch.Tensor):
-        return [output], None
-    if isinstance(output, dict):
-        keys = list(output)
-        leaves, specs = flatten([output[k] for k in keys])
-        return leaves, ('dict', keys, specs)
-    if isinstance(output, (tuple, list)):
-        leaves, specs = [], []
-        for item in output:
-            item_leaves, spec = flatten(item)
-            leaves += item_leaves
-            specs.append((len(item_leaves), spec))
-        return leaves, (type(output).__name__, specs)
-    raise TypeError(f'Model outputs must be tensors, or tuples / lists / dicts of them; '
-                    f'got {type(output).__name__}.')
+def flatten(output) -> Tuple[List[torch.Tensor], pytree.TreeSpec]:
+    """The tensors of a nested output (tensor / tuple / list / dict) and its structure
+    (torch's pytree); ``unflatten(leaves, spec)`` rebuilds it."""
+    leaves, spec = pytree.tree_flatten(output)
+    other = sorted({type(leaf).__name__ for leaf in leaves
+                    if not isinstance(leaf, torch.Tensor)})
+    if other:
+        raise TypeError(f'Model outputs must be tensors, or tuples / lists / dicts of them; '
+                        f'got {", ".join(other)}.')
+    return leaves, spec
 
 
-def unflatten(leaves: Sequence[torch.Tensor], spec):
-    """The inverse of ``flatten``."""
-    if spec is None:
-        return leaves[0]
-    if spec[0] == 'dict':
-        return dict(zip(spec[1], unflatten(leaves, spec[2])))
-    items, start = [], 0
-    for count, item_spec in spec[1]:
-        items.append(unflatten(leaves[start:start + count], item_spec))
-        start += count
-    return tuple(items) if spec[0] == 'tuple' else items
+unflatten = pytree.tree_unflatten
 
 
 class FlatOutputs(nn.Module):
@@ -212,6 +196,7 @@ class OptimizedModel:
 
     def build(self, example: torch.Tensor) -> dict:
         """Build (and check) the graph for ``example``'s shape; returns the check."""
+        check_input(example, 'the first input of this shape', finite=self.verify)
         runner = BUILDERS[self.backend](self.flat, example, self.threads)
         check = dict(passed=True)
         if self.verify:
@@ -233,9 +218,7 @@ class OptimizedModel:
         return tuple(x.shape), x.dtype
 
     def __call__(self, x: torch.Tensor):
-        if x.dtype != torch.float32 or x.device.type != 'cpu':
-            raise TypeError(f'optimize_for_inference runs float32 CPU tensors; got '
-                            f'{x.dtype} on {x.device}.')
+        check_input(x, 'the input', finite=False)
         runner = self.runners.get(self._key(x))
         if runner is None:
             self.build(x)
@@ -244,6 +227,21 @@ class OptimizedModel:
 
     def __repr__(self):
         return f'OptimizedModel(backend={self.backend!r}, threads={self.threads})'
+
+
+def check_input(x, what: str, finite: bool):
+    """TypeError unless ``x`` is a float32 CPU tensor; with ``finite``, ValueError when
+    it holds NaN or inf (the output check compares outputs on it: NaN never compares)."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != 'cpu':
+        found = (f'{x.dtype} on {x.device}' if isinstance(x, torch.Tensor)
+                 else type(x).__name__)
+        raise TypeError(f'optimize_for_inference runs float32 CPU tensors; {what} is '
+                        f'{found}: pass x.float().cpu().')
+    if finite and not torch.isfinite(x).all():
+        raise ValueError(f'{what.capitalize()} {tuple(int(s) for s in x.shape)} holds NaN '
+                         f'or inf: the graph built for a shape is checked against the eager '
+                         f'model on it, which needs finite values. Give a real image first '
+                         f'(or verify=False).')
 
 
 class OutputMismatch(RuntimeError):
@@ -272,6 +270,7 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
     """
     if backend != 'auto' and backend not in BACKENDS:
         raise ValueError(f'Unknown backend {backend!r}: use "auto" or one of {BACKENDS}.')
+    check_input(example, 'the example', finite=verify)
     threads = threads or torch.get_num_threads()
     fused = reparameterize_model(copy.deepcopy(model).eval())
     fused.requires_grad_(False)

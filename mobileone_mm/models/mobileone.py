@@ -1,13 +1,13 @@
 """MobileOne: An Improved One millisecond Mobile Backbone (Vasu et al., CVPR 2023,
 arXiv 2206.04040), as a multi-scale backbone for OpenMMLab detection and segmentation.
 
-Reading order: the arch table, the block (train form: several branches summed; deploy
-form: one conv), then the backbone (a stem block and four stages of depthwise /
+Reading order: the arch table (arch.py), the block (train form: several branches summed;
+deploy form: one conv, the fusion math in reparam.py), then the backbone (a stem block and four stages of depthwise /
 pointwise block pairs). State-dict keys are those of mmpretrain's MobileOne in both forms,
 so its ImageNet checkpoints load unchanged.
 """
 import warnings
-from typing import Dict, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -18,81 +18,12 @@ from mmengine.model import BaseModule, Sequential
 from mmengine.utils import is_seq_of
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .cpu_dist import CPUSyncBatchNorm
-from .reparam import fuse_branches
-from .registry import MODELS
-
-# Stage widths are BASE_WIDTHS x width_factor; the stem has min(64, 64 x factor[0]).
-# Every stage downsamples by 2 in its first block; SE sits on the last blocks of a stage.
-BASE_WIDTHS = (64, 128, 256, 512)
-ARCH_SETTINGS: Dict[str, dict] = {
-    #              num_blocks       width_factor           conv branches  SE blocks
-    's0': dict(num_blocks=[2, 8, 10, 1], width_factor=[0.75, 1.0, 1.0, 2.0],
-               num_conv_branches=[4, 4, 4, 4], num_se_blocks=[0, 0, 0, 0]),
-    's1': dict(num_blocks=[2, 8, 10, 1], width_factor=[1.5, 1.5, 2.0, 2.5],
-               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0]),
-    's2': dict(num_blocks=[2, 8, 10, 1], width_factor=[1.5, 2.0, 2.5, 4.0],
-               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0]),
-    's3': dict(num_blocks=[2, 8, 10, 1], width_factor=[2.0, 2.5, 3.0, 4.0],
-               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0]),
-    's4': dict(num_blocks=[2, 8, 10, 1], width_factor=[3.0, 3.5, 3.5, 4.0],
-               num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 5, 1]),
-}
-NUM_STAGES = 4
-
-
-def stem_channels(arch: dict) -> int:
-    return min(64, int(BASE_WIDTHS[0] * arch['width_factor'][0]))
-
-
-def stage_channels(arch: dict) -> list:
-    """Output channels of stage1..stage4 (the backbone's out_indices 0..3)."""
-    return [int(base * factor) for base, factor in zip(BASE_WIDTHS, arch['width_factor'])]
-
-
-def resolve_arch(arch: Union[str, dict]) -> dict:
-    """'s0'..'s4' or a dict with the four keys of ARCH_SETTINGS, each four numbers."""
-    if isinstance(arch, str):
-        if arch not in ARCH_SETTINGS:
-            raise KeyError(f'Unknown MobileOne arch {arch!r}: use one of '
-                           f'{sorted(ARCH_SETTINGS)} or a dict with keys '
-                           f'{sorted(ARCH_SETTINGS["s0"])}.')
-        return {k: list(v) for k, v in ARCH_SETTINGS[arch].items()}
-    if not isinstance(arch, dict):
-        raise TypeError(f'MobileOne arch must be a name or a dict, got {type(arch).__name__}.')
-    expected = set(ARCH_SETTINGS['s0'])
-    if set(arch) != expected:
-        raise ValueError(f'MobileOne dict arch needs exactly the keys {sorted(expected)}; '
-                         f'missing {sorted(expected - set(arch))}, '
-                         f'unknown {sorted(set(arch) - expected)}.')
-    for key, values in arch.items():
-        if not is_seq_of(values, (int, float)) or len(values) != NUM_STAGES:
-            raise ValueError(f'MobileOne arch[{key!r}] must be {NUM_STAGES} numbers '
-                             f'(one per stage), got {values!r}.')
-        if key != 'width_factor' and not all(isinstance(v, int) for v in values):
-            raise ValueError(f'MobileOne arch[{key!r}] must be integers, got {values!r}.')
-    arch = {k: list(v) for k, v in arch.items()}
-    for i in range(NUM_STAGES):
-        if arch['num_blocks'][i] < 1 or arch['num_conv_branches'][i] < 1:
-            raise ValueError(f'MobileOne arch: stage {i + 1} needs at least one block and '
-                             f'one conv branch, got {arch!r}.')
-        if not 0 <= arch['num_se_blocks'][i] <= arch['num_blocks'][i]:
-            raise ValueError(f'MobileOne arch: stage {i + 1} has '
-                             f'{arch["num_se_blocks"][i]} SE blocks but '
-                             f'{arch["num_blocks"][i]} blocks.')
-        if int(BASE_WIDTHS[i] * arch['width_factor'][i]) < 1:
-            raise ValueError(f'MobileOne arch: width_factor {arch["width_factor"][i]} '
-                             f'gives stage {i + 1} no channels.')
-    return arch
-
-
-def arch_name(arch: dict) -> str:
-    """'s0'..'s4' when the dict is one of the table, else a compact description."""
-    for name, settings in ARCH_SETTINGS.items():
-        if all(list(settings[k]) == list(arch[k]) for k in settings):
-            return name
-    return 'custom(' + ', '.join(f'{k}={list(v)}' for k, v in arch.items()) + ')'
-
+from ..checkpoints.io import CheckpointError
+from ..registry import MODELS
+from .arch import NUM_STAGES, arch_name, resolve_arch, stage_channels, stem_channels
+from .pretrained import load_pretrained
+from .reparam import fuse_branches, reparameterize_model
+from .sync_batchnorm import CPUSyncBatchNorm
 
 def make_divisible(value: float, divisor: int) -> int:
     """Round to the nearest multiple of divisor, at least divisor, losing <= 10%."""
@@ -167,6 +98,9 @@ class MobileOneBlock(BaseModule):
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.padding = dilation * (kernel_size // 2)
         self.groups = groups
+        # The train-form structure, kept in deploy form too: loading train-form weights
+        # into a deploy-form block needs every branch of it (_fuse_on_load).
+        self.num_branches, self.identity = num_branches, identity
         self.deploy = deploy
         self.with_cp = with_cp
         self.norm_cfg = norm_cfg
@@ -244,7 +178,6 @@ class MobileOneBlock(BaseModule):
         if self.deploy and not fused and branch_keys:
             self._fuse_on_load(state_dict, prefix, branch_keys)
         elif not self.deploy and fused:
-            from .weights import CheckpointError  # weights.py imports this module
             raise CheckpointError(
                 f'{prefix}branch_reparam: the weights are in deploy (fused) form but the '
                 f'model is in train form, and fused weights cannot be split back into '
@@ -255,24 +188,23 @@ class MobileOneBlock(BaseModule):
                                       missing_keys, unexpected_keys, error_msgs)
 
     def _fuse_on_load(self, state_dict, prefix, branch_keys):
-        local = {k[len(prefix):]: state_dict[k] for k in branch_keys}
-        num_branches = len({k.split('.')[1] for k in local
-                            if k.startswith('branch_conv_list.')})
-        if not num_branches:
-            raise ValueError(f'{prefix}: train-form weights without branch_conv_list: '
-                             f'{sorted(local)[:4]}')
+        """Fuse this block's train-form weights; every branch the train form has must be
+        there (a missing branch would silently change the fused function)."""
         train_form = MobileOneBlock(
             self.in_channels, self.out_channels, self.kernel_size, self.stride,
-            self.dilation, self.groups, num_branches,
-            identity=any(k.startswith('branch_norm.') for k in local),
+            self.dilation, self.groups, self.num_branches, identity=self.identity,
             norm_cfg=self.norm_cfg)
+        local = {k[len(prefix):]: state_dict[k] for k in branch_keys}
         missing, unexpected = train_form.load_state_dict(local, strict=False)
         missing = [k for k in missing if not k.endswith('num_batches_tracked')]
         if missing or unexpected:
-            raise ValueError(f'{prefix}: train-form weights that do not fit a '
-                             f'{self.kernel_size}x{self.kernel_size} block of '
-                             f'{self.in_channels}->{self.out_channels} channels: missing '
-                             f'{missing}, unexpected {unexpected}.')
+            raise CheckpointError(
+                f'{prefix}: the train-form weights do not fit this block '
+                f'({self.in_channels}->{self.out_channels} channels, '
+                f'{self.kernel_size}x{self.kernel_size}, {self.num_branches} conv branches'
+                f'{", identity branch" if self.identity else ""}): missing {missing}, '
+                f'unexpected {unexpected}. Fusing needs every branch of the train form; '
+                f'use the complete checkpoint of this arch.')
         train_form.eval().switch_to_deploy()
         for key in branch_keys:
             del state_dict[key]
@@ -315,7 +247,17 @@ class MobileOne(BaseModule):
         strides (Sequence[int]): stride of the first block of each stage. Default: (2, 2,
             2, 2). Output stride 16: (2, 2, 2, 1); 8: (2, 2, 1, 1).
         dilations (Sequence[int]): dilation of each stage's k x k depthwise branches
-            (padding = dilation). Default (1, 1, 1, 1); OS16: (1, 1, 1, 2); OS8: (1, 1, 2, 4).
+            (padding = dilation). Default (1, 1, 1, 1); ``atrous_settings(16)`` gives
+            OS16, strides (2, 2, 2, 1) and dilations (1, 1, 1, 2); OS8: (2, 2, 1, 1) and
+            (1, 1, 2, 4).
+        contract_dilation (bool): the first block of each stage (the one that strides in
+            the ImageNet model) takes the previous stage's dilation and only the later
+            blocks take the stage's own. Default True: this is DeepLab's exact atrous
+            rule (torchvision's replace_stride_with_dilation, timm's first_dilation,
+            mmseg ResNetV1c's contract_dilation), under which the OS8 / OS16 network
+            computes the ImageNet network's features on a denser grid, so the pretrained
+            weights keep their meaning. False dilates every block of the stage (mmseg's
+            MobileNetV2 convention).
         frozen_stages (int): -1 freezes nothing, 0 the stem, i the stem and stages 1..i.
         norm_eval (bool): keep BN layers in eval mode while training. Default: False.
         norm_cfg (dict): norm layers, e.g. dict(type='SyncBN'). Default: BN.
@@ -326,7 +268,7 @@ class MobileOne(BaseModule):
         with_cp (bool): gradient checkpointing of each block's branches. Default: False.
         init_cfg (dict | list[dict]): mmengine init config. ``dict(type='Pretrained',
             checkpoint=PATH_OR_URL)`` accepts mmpretrain, Apple (fused / unfused) and timm
-            ImageNet checkpoints and converts them on load (see weights.py).
+            ImageNet checkpoints and converts them on load (see models/pretrained.py).
     """
 
     def __init__(self,
@@ -335,6 +277,7 @@ class MobileOne(BaseModule):
                  out_indices: Union[int, Sequence[int]] = (3, ),
                  strides: Sequence[int] = (2, 2, 2, 2),
                  dilations: Sequence[int] = (1, 1, 1, 1),
+                 contract_dilation: bool = True,
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  norm_cfg: dict = dict(type='BN'),
@@ -351,6 +294,7 @@ class MobileOne(BaseModule):
         self.out_indices = self._check_out_indices(out_indices)
         self.strides = self._check_per_stage('strides', strides, (1, 2))
         self.dilations = self._check_per_stage('dilations', dilations, None)
+        self.contract_dilation = contract_dilation
         if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= NUM_STAGES):
             raise ValueError(f'frozen_stages must be -1 (none), 0 (stem) .. {NUM_STAGES}, '
                              f'got {frozen_stages!r}.')
@@ -367,15 +311,20 @@ class MobileOne(BaseModule):
         for i, out_channels in enumerate(stage_channels(self.arch)):
             num_blocks = self.arch['num_blocks'][i]
             first_se = num_blocks - self.arch['num_se_blocks'][i]
+            previous_dilation = self.dilations[i - 1] if i else 1
             blocks = []
             for j in range(num_blocks):
                 # The first block of a stage is the downsampling one in the ImageNet
-                # model: it has no identity branch even when made to stop striding.
+                # model: it has no identity branch even when made to stop striding, and
+                # (contract_dilation) it keeps the dilation of the grid it reads.
+                first = j == 0
                 common = dict(block, num_branches=self.arch['num_conv_branches'][i],
                               se_cfg=se_cfg if j >= first_se else None)
                 blocks.append(MobileOneBlock(  # depthwise k x k
-                    channels, channels, 3, stride=self.strides[i] if j == 0 else 1,
-                    dilation=self.dilations[i], groups=channels, identity=j > 0, **common))
+                    channels, channels, 3, stride=self.strides[i] if first else 1,
+                    dilation=(previous_dilation if first and contract_dilation
+                              else self.dilations[i]),
+                    groups=channels, identity=not first, **common))
                 blocks.append(MobileOneBlock(  # pointwise 1 x 1
                     channels, out_channels, 1, **common))
                 channels = out_channels
@@ -422,15 +371,29 @@ class MobileOne(BaseModule):
         return out
 
     def _check_input(self, x):
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            hint = (f' (or build the backbone with in_channels={x.shape[1]})'
-                    if x.dim() == 4 else '')
+        """Shape and dtype, with the fix. No dtype is cast: like timm's and mmpretrain's
+        backbones, the input must have the weights' floating dtype (float32 images from a
+        data preprocessor; model.double() for float64). A uint8 image is refused rather
+        than cast, since casting would skip the mean / std normalisation."""
+        shape = tuple(int(s) for s in x.shape)  # ints, also while tracing (no tensor(1))
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            hint = (f' (or build the backbone with in_channels={shape[1]})'
+                    if len(shape) == 4 else '')
             raise ValueError(f'MobileOne expects input (N, {self.in_channels}, H, W), got '
-                             f'{tuple(x.shape)}{hint}.')
-        n, _, h, w = x.shape
+                             f'{shape}{hint}.')
+        n, _, h, w = shape
         if n < 1 or h < 1 or w < 1:
-            raise ValueError(f'MobileOne got an empty input {tuple(x.shape)}: batch, height '
+            raise ValueError(f'MobileOne got an empty input {shape}: batch, height '
                              f'and width must be at least 1.')
+        weight = next(self.stage0.parameters())
+        if not x.is_floating_point():
+            raise TypeError(f'MobileOne expects a normalised floating-point image, got '
+                            f'{x.dtype}: pass it through the model\'s data preprocessor '
+                            f'(mean / std), or use x.float() and normalise it yourself.')
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f'MobileOne\'s weights are {weight.dtype} but the input is '
+                            f'{x.dtype}: convert the input (x.to({weight.dtype})) or the '
+                            f'model (model.to({x.dtype})).')
         if self.training and not self.deploy:
             self._check_train_size(n, h, w)
 
@@ -472,14 +435,13 @@ class MobileOne(BaseModule):
 
     def switch_to_deploy(self):
         """Fuse every block into one conv, in place; outputs are unchanged (eval mode)."""
-        for m in self.modules():
-            if isinstance(m, MobileOneBlock):
-                m.switch_to_deploy()
+        for stage in self.stages:
+            reparameterize_model(stage)
         self.deploy = True
 
     def init_weights(self):
         """mmengine initialisation, except that a ``Pretrained`` init_cfg goes through
-        weights.load_pretrained: any published checkpoint format, safe loading, arch
+        models/pretrained.py: any published checkpoint format, safe loading, arch
         check, missing / unexpected keys reported by name."""
         original = self.init_cfg
         cfgs = original if isinstance(original, list) else [original]
@@ -487,7 +449,6 @@ class MobileOne(BaseModule):
         if not pretrained:
             super().init_weights()
             return
-        from .weights import load_pretrained  # weights.py imports this module
         self.init_cfg = [c for c in cfgs if c and c.get('type') != 'Pretrained']
         try:
             super().init_weights()

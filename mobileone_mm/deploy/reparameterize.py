@@ -21,11 +21,13 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner import CheckpointLoader, load_state_dict
+from mmengine.runner import load_state_dict
 
-from .reparam import reparameterize_model
-from .weights import (CheckpointError, atomic_file, is_fused, save_checkpoint,
-                      state_dict_of)
+from ..checkpoints.formats import is_fused
+from ..checkpoints.io import CheckpointError, load_checkpoint, state_dict_of
+from ..checkpoints.paths import PathError, atomic_files, plan_outputs
+from ..models.reparam import reparameterize_model
+from .inference import flatten
 
 CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -56,11 +58,28 @@ class ReparamResult:
 
 # ------------------------------------------------------------------ config and model
 def load_config(config) -> Config:
+    """A Config, or the config file ``config`` read by mmengine; a missing file is a
+    FileNotFoundError, a folder or a syntax error a DeployError naming the file."""
     if isinstance(config, Config):
         return config
-    if not os.path.isfile(config):
+    config = os.fspath(config)
+    if not os.path.exists(config):
         raise FileNotFoundError(f'Config {config!r} does not exist.')
-    return Config.fromfile(config)
+    if not os.path.isfile(config):
+        raise DeployError(f'Config {config!r} is a folder, not a config file: give the .py '
+                          f'file in it.')
+    try:
+        return Config.fromfile(config)
+    except SyntaxError as error:  # mmengine names no file: is it this one or a base?
+        where = f'Config {config!r}'
+        try:
+            with open(config, encoding='utf-8') as f:
+                compile(f.read(), config, 'exec')
+            where = f'A config that {config!r} inherits (_base_)'
+        except SyntaxError:
+            pass
+        raise DeployError(f'{where} has a syntax error at line {error.lineno}: {error.msg} '
+                          f'({(error.text or "").strip()!r}). Fix the file.') from None
 
 
 def codebase_of(cfg: Config) -> str:
@@ -135,7 +154,7 @@ def load_model(config, checkpoint: str) -> Tuple[nn.Module, Config, dict]:
     A fused checkpoint is loaded into the deploy form of the config, a train-form one into
     the train form (a deploy config's backbone is switched back for it).
     """
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    ckpt = load_checkpoint(checkpoint)
     cfg = load_config(config)
     state_dict = state_dict_of(ckpt)
     fused = is_fused(state_dict)
@@ -164,11 +183,20 @@ def input_shape_of(cfg: Config) -> Tuple[int, int]:
     return size, size
 
 
+def val_dataset(cfg: Config):
+    """(the config's val dataset, '') when it is on disk, else (None, the reason)."""
+    if not cfg.get('val_dataloader'):
+        return None, 'the config has no val_dataloader'
+    try:
+        return _registry(codebase_of(cfg), 'DATASETS').build(cfg.val_dataloader.dataset), ''
+    except FileNotFoundError as error:
+        return None, f'val set not found: {error}'
+
+
 def val_image_paths(cfg: Config, num_images: int) -> List[str]:
     """The first ``num_images`` image files of the val set, or [] when it is not on disk."""
-    try:
-        dataset = _registry(codebase_of(cfg), 'DATASETS').build(cfg.val_dataloader.dataset)
-    except (FileNotFoundError, AttributeError):
+    dataset, _ = val_dataset(cfg)
+    if dataset is None:
         return []
     return [dataset.get_data_info(i)['img_path'] for i in range(min(num_images, len(dataset)))]
 
@@ -178,21 +206,16 @@ def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
     """Model inputs, one image each: the first ``num_images`` of the config's val set through
     its pipeline and the model's data_preprocessor when the data is on disk, else random
     normalised images of the pipeline's size. Returns (inputs, description)."""
-    reason = 'the config has no val_dataloader'
-    if cfg.get('val_dataloader'):
-        try:
-            dataset = _registry(codebase_of(cfg), 'DATASETS').build(
-                cfg.val_dataloader.dataset)
-        except FileNotFoundError as error:
-            reason = f'val set not found: {error}'
-        else:
-            count = min(num_images, len(dataset))
-            with torch.no_grad():
-                inputs = [model.data_preprocessor(dict(inputs=[d['inputs']],
-                                                       data_samples=[d['data_samples']]),
-                                                  False)
-                          for d in (dataset[i] for i in range(count))]
-            return inputs, f'{count} val images'
+    dataset, reason = val_dataset(cfg)
+    if dataset is not None and len(dataset) == 0:
+        dataset, reason = None, 'the val set is empty'
+    if dataset is not None:
+        count = min(num_images, len(dataset))
+        with torch.no_grad():
+            inputs = [model.data_preprocessor(dict(inputs=[d['inputs']],
+                                                   data_samples=[d['data_samples']]), False)
+                      for d in (dataset[i] for i in range(count))]
+        return inputs, f'{count} val images'
     size = _input_size(cfg)
     generator = torch.Generator().manual_seed(0)
     inputs = [dict(inputs=torch.randn(1, 3, size, size, generator=generator))
@@ -200,18 +223,10 @@ def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
     return inputs, f'{num_images} random {size}x{size} images ({reason})'
 
 
-def _tensors(output) -> List[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    return [t for item in output for t in _tensors(item)]
-
-
 @torch.no_grad()
 def raw_outputs(model: nn.Module, inputs: List[dict]) -> List[List[torch.Tensor]]:
     """The model's raw outputs (mode='tensor': logits, box / class maps) for each input."""
-    return [_tensors(model(data['inputs'], data.get('data_samples'), mode='tensor'))
+    return [flatten(model(data['inputs'], data.get('data_samples'), mode='tensor'))[0]
             for data in inputs]
 
 
@@ -223,7 +238,7 @@ def compare(reference, outputs) -> Tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- the switch
-def _num_params(model: nn.Module) -> int:
+def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -235,12 +250,29 @@ def deploy_config_path(out_checkpoint) -> str:
 def write_deploy_files(state_dict: dict, meta: dict, config_text: str,
                        out_checkpoint) -> Tuple[str, str]:
     """Write the deploy checkpoint (``meta`` and the fused ``state_dict``) and the deploy
-    config beside it, both atomically; returns (checkpoint path, config path)."""
+    config beside it, as one: both or neither (checkpoints.paths.atomic_files); returns
+    (checkpoint path, config path)."""
     out_checkpoint, out_config = os.fspath(out_checkpoint), deploy_config_path(out_checkpoint)
-    save_checkpoint(dict(meta=meta, state_dict=state_dict), out_checkpoint)
-    with atomic_file(out_config, 'w') as f:
-        f.write(config_text)
+    with atomic_files([(out_checkpoint, 'wb'), (out_config, 'w')]) as (ckpt_file, cfg_file):
+        torch.save(dict(meta=meta, state_dict=state_dict), ckpt_file)
+        cfg_file.write(config_text)
     return out_checkpoint, out_config
+
+
+def check_output_names(config, checkpoint, out_checkpoint):
+    """DeployError, before any work, when the deploy checkpoint or its config (beside it,
+    .py) cannot be written without harm (checkpoints.paths.plan_outputs): over an input,
+    onto one path, into a folder that takes no file."""
+    if os.fspath(out_checkpoint).lower().endswith('.py'):
+        raise DeployError(f'The deploy checkpoint {os.fspath(out_checkpoint)!r} ends in .py, '
+                          f'the name its deploy config takes: name it .pth.')
+    try:
+        plan_outputs(inputs={'config': config if not isinstance(config, Config) else None,
+                             'checkpoint': checkpoint},
+                     outputs={'deploy checkpoint': out_checkpoint,
+                              'deploy config': deploy_config_path(out_checkpoint)})
+    except PathError as error:
+        raise DeployError(str(error)) from None
 
 
 def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
@@ -256,18 +288,16 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
     max |difference| / max |output| exceeds ``tolerance``. A checkpoint that is already
     fused is only checked against the deploy form of the config, and nothing is written.
     """
-    out_config = deploy_config_path(out_checkpoint)
-    for given, written in ((checkpoint, out_checkpoint), (config, out_config)):
-        if isinstance(given, (str, os.PathLike)) and os.path.exists(given) and \
-                os.path.exists(written) and os.path.samefile(given, written):
-            raise DeployError(f'Writing {written!r} would overwrite the input {given!r}: '
-                              f'choose another output checkpoint name.')
+    check_output_names(config, checkpoint, out_checkpoint)
+    if verify and not (isinstance(num_images, int) and num_images >= 1):
+        raise DeployError(f'num_images must be a whole number of at least 1 to compare the '
+                          f'outputs, got {num_images!r} (verify=False skips the check).')
     model, cfg, ckpt = load_model(config, checkpoint)
     if is_fused(state_dict_of(ckpt)):
-        params = _num_params(model)
+        params = count_params(model)
         return ReparamResult(codebase_of(cfg), True, params, params)
 
-    result = ReparamResult(codebase_of(cfg), False, _num_params(model), 0)
+    result = ReparamResult(codebase_of(cfg), False, count_params(model), 0)
     if verify:
         inputs, result.inputs = sample_inputs(cfg, model, num_images)
         reference = raw_outputs(model, inputs)
@@ -275,7 +305,7 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
     text = deploy_config(cfg).pretty_text
     deploy_model, _ = build_model(Config.fromstring(text, '.py'))
     load_strict(deploy_model, model.state_dict(), 'The fused model')
-    result.params_deploy = _num_params(deploy_model)
+    result.params_deploy = count_params(deploy_model)
     if verify:
         result.max_abs_diff, result.output_scale = compare(
             reference, raw_outputs(deploy_model, inputs))

@@ -18,9 +18,10 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import load_state_dict
 
-from .registry import HOOKS
-from .reparam import reparameterize_model
-from .weights import load_checkpoint_file, state_dict_of
+from ..checkpoints.io import load_checkpoint_file, state_dict_of
+from ..models.reparam import reparameterize_model
+from ..registry import HOOKS
+from .reparameterize import deploy_config, deploy_config_path, write_deploy_files
 
 
 @HOOKS.register_module()
@@ -35,7 +36,6 @@ class SaveDeployCheckpointHook(Hook):
         if not best_ckpt or best_ckpt == self.best_ckpt or not is_main_process():
             return
         # Deferred: deploy.py imports the codebases only when it is used.
-        from .deploy import deploy_config, deploy_config_path, write_deploy_files
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         # The weights of the file just written (EMA weights, where an EMAHook swapped them
         # in for saving), not the live ones.

@@ -1,0 +1,217 @@
+"""ONNX export of fused MobileOne models, and the onnxruntime side of them.
+
+Every exported graph takes what ``cv2.imread`` gives, resized to the export shape:
+float32 NCHW, BGR, 0..255. The model's own data-preprocessor normalisation (mean, std,
+BGR->RGB) is part of the graph. Outputs:
+
+* classifier: ``logits`` (N, classes)
+* segmentor:  ``logits`` (N, classes, H, W) at input resolution, ``labels`` (N, H, W)
+* SSD detector: ``boxes`` (N, anchors, 4) decoded in input pixels, and ``scores``
+  (N, anchors, classes), softmax without background. Score threshold, per-level top-k and
+  class-wise NMS stay outside the graph, in ``postprocess_detections`` (numpy, used by
+  tools/onnx_infer.py, deploy/predict.py): their output size depends on the data, which ONNX's
+  NonMaxSuppression handles only in a form onnxruntime runs slowly and that differs from
+  mmcv's NMS in tie-breaking; a 40-line numpy copy of mmdet's test-time steps keeps the
+  detections identical. Their settings travel in the ONNX file's metadata.
+"""
+import io
+import json
+import numbers
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checkpoints.io import atomic_file
+from ..models.reparam import reparameterize_model
+
+
+class Normalize(nn.Module):
+    """A data preprocessor's normalisation (mmdet / mmseg / mmpretrain) as graph ops."""
+
+    def __init__(self, preprocessor):
+        super().__init__()
+        swap = any(getattr(preprocessor, name, False)
+                   for name in ('_channel_conversion', 'channel_conversion', 'to_rgb'))
+        self.channel_order = [2, 1, 0] if swap else [0, 1, 2]
+        self.register_buffer('mean', preprocessor.mean.reshape(1, -1, 1, 1).float())
+        self.register_buffer('std', preprocessor.std.reshape(1, -1, 1, 1).float())
+
+    def forward(self, img):
+        return (img[:, self.channel_order] - self.mean) / self.std
+
+
+class ClassifierForExport(nn.Module):
+    output_names = ['logits']
+
+    def __init__(self, model, input_shape):
+        super().__init__()
+        self.model, self.normalize = model, Normalize(model.data_preprocessor)
+
+    def forward(self, img):
+        return self.model(self.normalize(img), mode='tensor')
+
+
+class SegmentorForExport(nn.Module):
+    output_names = ['logits', 'labels']
+
+    def __init__(self, model, input_shape):
+        super().__init__()
+        self.model, self.normalize = model, Normalize(model.data_preprocessor)
+
+    def forward(self, img):
+        x = self.normalize(img)
+        logits = F.interpolate(self.model.decode_head(self.model.extract_feat(x)),
+                               size=img.shape[2:], mode='bilinear',
+                               align_corners=self.model.align_corners)
+        return logits, logits.argmax(1)
+
+
+class SSDForExport(nn.Module):
+    """Backbone, neck and head, then per-anchor decoding, for a fixed input shape (the
+    anchors are constants of the graph)."""
+    output_names = ['boxes', 'scores']
+
+    def __init__(self, model, input_shape):
+        super().__init__()
+        self.model, self.normalize = model, Normalize(model.data_preprocessor)
+        self.input_shape = tuple(input_shape)
+        with torch.no_grad():
+            cls_scores, _ = model._forward(torch.zeros(1, 3, *input_shape))
+        head = model.bbox_head
+        priors = head.prior_generator.grid_priors([c.shape[2:] for c in cls_scores],
+                                                  device='cpu')
+        self.level_sizes = [len(p) for p in priors]
+        self.register_buffer('priors', torch.cat(priors))
+
+    def forward(self, img):
+        cls_scores, bbox_preds = self.model._forward(self.normalize(img))
+        n = img.shape[0]
+        head = self.model.bbox_head
+        logits = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1, head.cls_out_channels)
+                            for c in cls_scores], 1)
+        deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
+        # mmdet's decode() switches to its deprecated, broken ONNX variant while
+        # exporting; delta2bbox is the function it uses otherwise.
+        from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
+        coder = head.bbox_coder
+        boxes = delta2bbox(self.priors.repeat(n, 1), deltas.reshape(-1, 4), coder.means,
+                           coder.stds, self.input_shape, clip_border=coder.clip_border,
+                           add_ctr_clamp=coder.add_ctr_clamp, ctr_clamp=coder.ctr_clamp)
+        return boxes.reshape(n, -1, 4), logits.softmax(-1)[..., :-1]  # background last
+
+
+def task_of(model: nn.Module) -> str:
+    if hasattr(model, 'bbox_head'):
+        return 'detection'
+    if hasattr(model, 'decode_head'):
+        return 'segmentation'
+    if hasattr(model, 'head'):
+        return 'classification'
+    raise TypeError(f'Cannot export a {type(model).__name__}: expected an mmdet detector, '
+                    f'an mmseg segmentor or an mmpretrain classifier.')
+
+
+WRAPPERS = dict(classification=ClassifierForExport, segmentation=SegmentorForExport,
+                detection=SSDForExport)
+
+
+def check_input_shape(input_shape) -> Tuple[int, int]:
+    """(H, W) as two whole numbers >= 1, else ValueError naming the value."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+    if len(shape) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                  and v >= 1 for v in shape):
+        raise ValueError(f'The input shape must be two whole numbers (height, width) of at '
+                         f'least 1, e.g. (320, 320); got {input_shape!r}.')
+    return int(shape[0]), int(shape[1])
+
+
+def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 320),
+                dynamic: bool = False, metadata: Dict[str, object] = None) -> dict:
+    """Fuse ``model`` in place (if needed) and export it to ``path`` (written atomically).
+
+    ``dynamic`` makes the batch size (and, for classifiers and segmentors, the image
+    size) free. Returns what was exported: task, output names, conv counts of the fused
+    PyTorch model and of the graph (equal: no branch is left), metadata.
+    """
+    graph, info = build_onnx(model, input_shape, dynamic, metadata)
+    with atomic_file(path) as f:
+        f.write(graph)
+    return dict(info, path=path)
+
+
+def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
+               dynamic: bool = False, metadata: Dict[str, object] = None
+               ) -> Tuple[bytes, dict]:
+    """``export_onnx`` without writing: (the serialized graph, what was exported), so that
+    a caller can check the graph (``verify_onnx`` takes the bytes) before writing it."""
+    import onnx
+    input_shape = check_input_shape(input_shape)
+    task = task_of(model)
+    if task == 'detection' and not hasattr(model.bbox_head, 'prior_generator'):
+        raise TypeError('Only anchor-based single-stage detectors (SSDLite) are exported.')
+    model = reparameterize_model(model.eval())
+    wrapper = WRAPPERS[task](model, input_shape).eval()
+    example = torch.zeros(1, 3, *input_shape)
+    axes = {0: 'batch'} if task == 'detection' else {0: 'batch', 2: 'height', 3: 'width'}
+    dynamic_axes = ({'image': axes, **{name: {0: 'batch'} for name in wrapper.output_names}}
+                    if dynamic else None)
+    meta = dict(task=task, input_shape=list(input_shape), dynamic=bool(dynamic),
+                **(metadata or {}))
+    if task == 'segmentation':
+        meta['align_corners'] = bool(model.align_corners)
+    if task == 'detection':
+        test_cfg = model.bbox_head.test_cfg
+        meta.update(level_sizes=wrapper.level_sizes, score_thr=test_cfg.get('score_thr', 0),
+                    nms_pre=test_cfg.get('nms_pre', -1),
+                    iou_threshold=test_cfg['nms']['iou_threshold'],
+                    min_bbox_size=test_cfg.get('min_bbox_size', -1),
+                    max_per_img=test_cfg.get('max_per_img', 100))
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(wrapper, (example, ), buffer, dynamo=False, opset_version=17,
+                          input_names=['image'], output_names=wrapper.output_names,
+                          dynamic_axes=dynamic_axes)
+    graph = onnx.load_from_string(buffer.getvalue())
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=json.dumps(value))
+    return graph.SerializeToString(), dict(
+        task=task, outputs=wrapper.output_names, metadata=meta,
+        torch_convs=count_conv_calls(wrapper, example),
+        onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node))
+
+
+def count_conv_calls(module: nn.Module, example: torch.Tensor) -> int:
+    """Convolutions one forward pass runs (an auxiliary head, unused, does not count)."""
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1))
+               for m in module.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        module(example)
+    for handle in handles:
+        handle.remove()
+    return len(calls)
+
+
+# ------------------------------------------------------------------- onnxruntime side
+def make_session(model, threads: Optional[int] = None):
+    """An onnxruntime CPU session for an ONNX file path or serialized model (bytes), all
+    graph optimisations on; ``threads`` sets its intra-op threads (default: onnxruntime's
+    choice, one per physical core)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    # Idle workers sleep instead of spinning: spinning ones would steal the cores from
+    # whatever runs next in the process (PyTorch, in the benchmark's interleaved runs).
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
+
+
+def load_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session (see ``make_session``) and the export metadata."""
+    session = make_session(path, threads)
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    return session, meta
