@@ -202,7 +202,8 @@ def test_non_editable_install_builds_every_shipped_config(tmp_path):
     subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-build-isolation',
                     '--disable-pip-version-check', '-q', '--target', str(target), str(REPO)],
                    check=True, capture_output=True, cwd=tmp_path)
-    configs = sorted(str(p) for p in (REPO / 'configs').rglob('*.py'))
+    configs = sorted(str(p) for task in ('detection', 'segmentation', 'classification')
+                     for p in (REPO / 'configs' / task).glob('*.py'))
     script = '''
 import sys, mobileone_mm
 from mobileone_mm.deploy.reparameterize import build_model, load_config
