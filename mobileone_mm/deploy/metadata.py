@@ -1,0 +1,116 @@
+"""What an exported graph's users need besides the graph, from the config and the
+checkpoint: the class names (as the codebases' inferencers find them) and the config's
+test-pipeline resizing as steps tools/onnx_infer.py repeats on a photo
+(``predict.preprocess``). tools/export_onnx.py stores them in the ONNX metadata."""
+import numbers
+from typing import List, Optional, Tuple
+
+import torch.nn as nn
+
+from .export import task_of
+from .reparameterize import _registry, codebase_of
+
+
+def num_classes_of(model: nn.Module) -> int:
+    head = {'detection': 'bbox_head', 'segmentation': 'decode_head',
+            'classification': 'head'}[task_of(model)]
+    return int(getattr(model, head).num_classes)
+
+
+def _test_dataset_cfg(cfg) -> dict:
+    dataset = (cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}).get('dataset')
+    while isinstance(dataset, dict) and 'pipeline' not in dataset and \
+            isinstance(dataset.get('dataset'), dict):  # a wrapper (RepeatDataset, ...)
+        dataset = dataset['dataset']
+    return dataset or {}
+
+
+def class_names(cfg, checkpoint: dict, model: nn.Module) -> Tuple[List[str], str]:
+    """(class names, where they came from) as the codebases' inferencers find them: the
+    checkpoint's ``meta.dataset_meta.classes`` (``meta.CLASSES`` of older files), else
+    the config's test dataset ``metainfo``, else its dataset type's ``METAINFO``. Names
+    whose count is not the model's number of classes are not used: ([], why)."""
+    meta = checkpoint.get('meta') or {}
+    dataset = _test_dataset_cfg(cfg)
+    candidates = [((meta.get('dataset_meta') or {}).get('classes') or meta.get('CLASSES'),
+                   "the checkpoint's meta"),
+                  ((dataset.get('metainfo') or {}).get('classes'),
+                   "the config's test dataset metainfo")]
+    if dataset.get('type'):
+        dataset_type = _registry(codebase_of(cfg), 'DATASETS').get(dataset['type'])
+        candidates.append((getattr(dataset_type, 'METAINFO', {}).get('classes'),
+                           f'{dataset["type"]}.METAINFO'))
+    count = num_classes_of(model)
+    for names, source in candidates:
+        if names:
+            if len(names) == count:
+                return [str(n) for n in names], source
+            return [], (f'{source} lists {len(names)} class names but the model predicts '
+                        f'{count} classes: names left out')
+    return [], 'no class names in the checkpoint or the config'
+
+
+# Test-pipeline transforms that do not change the image (loading as cv2 does, packing).
+_PASSIVE = ('LoadImageFromFile', 'InferencerLoader', 'LoadAnnotations', 'PackDetInputs',
+            'PackSegInputs', 'PackInputs', 'PackClsInputs')
+
+
+def _pair(value) -> List[int]:
+    return [int(value), int(value)] if isinstance(value, numbers.Number) else \
+        [int(v) for v in value]
+
+
+def test_preprocess(cfg) -> Tuple[Optional[List[dict]], str]:
+    """The config's test pipeline as steps tools/onnx_infer.py repeats on a photo
+    (``predict.preprocess``): ``resize`` (mmcv / mmdet / mmseg ``Resize``: size (w, h),
+    keep_ratio), ``resize_edge`` (mmpretrain ``ResizeEdge``), ``center_crop`` (``CenterCrop``
+    without padding), each with mmcv's interpolation and backend. Returns (steps, '') or,
+    for a pipeline with anything else, (None, what is not repeated)."""
+    steps = []
+    for transform in _test_dataset_cfg(cfg).get('pipeline') or []:
+        name = str(transform.get('type', '')).split('.')[-1]
+        options = dict(interpolation=transform.get('interpolation', 'bilinear'),
+                       backend=transform.get('backend', 'cv2'))
+        if name in ('LoadImageFromFile', 'InferencerLoader') and (
+                transform.get('color_type', 'color') != 'color'
+                or transform.get('imdecode_backend', 'cv2') != 'cv2'):
+            return None, f'{name} with {transform}'
+        if name in _PASSIVE:
+            continue
+        if name == 'Resize' and transform.get('scale') is not None:
+            steps.append(dict(op='resize', size=_pair(transform['scale']),
+                              keep_ratio=bool(transform.get('keep_ratio', False)), **options))
+        elif name == 'ResizeEdge':
+            steps.append(dict(op='resize_edge', scale=int(transform['scale']),
+                              edge=transform.get('edge', 'short'), **options))
+        elif name == 'CenterCrop' and not transform.get('auto_pad', False):
+            steps.append(dict(op='center_crop', size=_pair(transform['crop_size'])))
+        else:
+            return None, f"the test pipeline's {name}"
+    return steps, ''
+
+
+def fixed_input_shape(steps: Optional[List[dict]]) -> Optional[Tuple[int, int]]:
+    """(H, W) every photo has after ``steps``, when it is fixed (a resize without
+    keep_ratio or a crop last sets it), else None."""
+    shape = None
+    for step in steps or []:
+        if step['op'] == 'center_crop' or (step['op'] == 'resize' and not step['keep_ratio']):
+            shape = (step['size'][1], step['size'][0])
+        else:
+            shape = None
+    return shape
+
+
+def export_metadata(cfg, checkpoint: dict, model: nn.Module, config_path: str = '') -> dict:
+    """What tools/onnx_infer.py needs besides the graph: class names, the test pipeline's
+    preprocessing (None when it cannot be repeated), the config path; ``notes`` says what
+    is missing and why."""
+    classes, source = class_names(cfg, checkpoint, model)
+    steps, unsupported = test_preprocess(cfg)
+    notes = [] if classes else [source]
+    if steps is None:
+        notes.append(f'{unsupported} is not repeated by onnx_infer: photos are resized to '
+                     f'the graph input')
+    return dict(classes=classes, classes_source=source if classes else '',
+                preprocess=steps, config=config_path, notes=notes)
