@@ -53,9 +53,9 @@ def main():
                         help='detections compared by --verify')
     args = parser.parse_args()
     try:
-        check_extension(args.out, ['.onnx'], 'ONNX output')
         plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},
                      outputs={'ONNX model': args.out})
+        check_extension(args.out, ['.onnx'], 'ONNX output')
         model, cfg, ckpt = load_model(args.config, args.checkpoint)
         metadata = export_metadata(cfg, ckpt, model, args.config)
         shape = args.shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg)

@@ -153,13 +153,15 @@ def check_complete(backbone: StateDict):
                               f'complete checkpoint.')
 
 
-def convert_state_dict(state_dict: StateDict) -> Tuple[StateDict, str]:
+def convert_state_dict(state_dict: StateDict, complete: bool = True
+                       ) -> Tuple[StateDict, str]:
     """Any published MobileOne state dict -> (mmpretrain classifier layout, source format).
 
     Keys other than the backbone's and the classifier's pass through unchanged; numpy
-    values become tensors. An incomplete backbone (``check_complete``) or a value that is
-    not an array is refused. Which arch the weights are of:
-    ``mobileone_mm.models.arch.check_arch``.
+    values become tensors, any other value that is not a tensor is refused. With
+    ``complete``, so is a backbone with parts missing (``check_complete``); the
+    ``Pretrained`` init passes False and reports missing keys by name instead, as
+    mmengine does. Which arch the weights are of: ``mobileone_mm.models.arch.check_arch``.
     """
     fmt = detect_format(state_dict)
     state_dict = _as_tensors(state_dict)
@@ -173,7 +175,8 @@ def convert_state_dict(state_dict: StateDict) -> Tuple[StateDict, str]:
                      for k, v in state_dict.items()}
     else:
         converted = dict(state_dict)
-    check_complete(backbone_state_dict(converted))
+    if complete:
+        check_complete(backbone_state_dict(converted))
     return converted, fmt
 
 

@@ -128,6 +128,10 @@ def preprocess(photo: np.ndarray, steps: Optional[List[dict]],
         cur_h, cur_w = image.shape[:2]
         if step['op'] == 'center_crop':
             crop_w, crop_h = min(step['size'][0], cur_w), min(step['size'][1], cur_h)
+            if crop_w * crop_h < 0.5 * cur_w * cur_h:
+                frame.notes.append(f"the test pipeline's centre crop keeps {crop_w}x{crop_h} "
+                                   f'of the resized {cur_w}x{cur_h} photo '
+                                   f'({100 * crop_w * crop_h / (cur_w * cur_h):.0f} %)')
             y1 = max(0, int(round((cur_h - crop_h) / 2.)))
             x1 = max(0, int(round((cur_w - crop_w) / 2.)))
             image = image[y1:y1 + crop_h, x1:x1 + crop_w]

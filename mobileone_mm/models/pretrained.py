@@ -25,7 +25,7 @@ def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
                       if k.startswith(prefix)}
         if not state_dict:
             raise CheckpointError(f'No key of {checkpoint!r} starts with prefix {prefix!r}.')
-    converted, fmt = convert_state_dict(state_dict)
+    converted, fmt = convert_state_dict(state_dict, complete=False)  # missing: logged
     weights = backbone_state_dict(converted)
     check_arch(weights, backbone.arch)
     if is_fused(weights) and not backbone.deploy:
