@@ -27,7 +27,7 @@ from mobileone_mm import CheckpointError, MobileOne, convert_state_dict, optimiz
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
 from mobileone_mm.checkpoints.paths import (PathError, atomic_files, check_input_file,
                                             plan_outputs)
-from mobileone_mm.deploy.export import export_onnx
+from mobileone_mm.deploy.export import ExportError, export_onnx
 from mobileone_mm.deploy.metadata import class_names, export_metadata
 from mobileone_mm.deploy.predict import PredictError, preprocess, read_photo
 from mobileone_mm.deploy.reparameterize import (DeployError, build_model, load_config,
@@ -525,6 +525,14 @@ def pretrained_into_one_channel(files, tmp_path):
               ).init_weights()
 
 
+def mmengine_load(path):
+    """What `mim test CONFIG --checkpoint PATH` does with the checkpoint (mmengine's
+    loader, through the safe-loading fix every shipped config imports)."""
+    import mobileone_mm.fixes.safe_loading  # noqa: F401
+    from mmengine.runner import CheckpointLoader
+    return CheckpointLoader.load_checkpoint(path, map_location='cpu')
+
+
 def write_deploy_files_failing_late(files, tmp_path):
     """The config text is not text: the second file fails after the checkpoint is written
     to its temp file; neither may appear."""
@@ -606,6 +614,13 @@ API_CASES = {
                                  ValueError, r'got \(-1, 64\)'),
     'export-shape-float': Api(lambda f, t: export_onnx(tiny(), t / 'x.onnx', (64.0, 64)),
                               ValueError, r'two whole numbers'),
+    'export-not-a-task-model': Api(lambda f, t: export_onnx(tiny(), t / 'x.onnx', (32, 32)),
+                                   ExportError, r'Cannot export a MobileOne: expected an '
+                                                r'mmdet detector'),
+    'mmengine-loader-folder': Api(lambda f, t: mmengine_load(f['ckdir']), CheckpointError,
+                                  r'is a folder, not a file'),
+    'mmengine-loader-payload': Api(lambda f, t: mmengine_load(f['payload_pth']),
+                                   CheckpointError, r'Refusing to load'),
     'config-syntax-error': Api(lambda f, t: load_config(f['syntax_py']), DeployError,
                                r"'.*syntax.py' has a syntax error at line 2: '\(' was never "
                                r'closed'),

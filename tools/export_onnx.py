@@ -18,7 +18,7 @@ from devkit.analysis import measure_latency
 from mobileone_mm import CheckpointError
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import PathError, check_extension, plan_outputs
-from mobileone_mm.deploy.export import build_onnx, load_session
+from mobileone_mm.deploy.export import ExportError, build_onnx, load_session
 from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
 from mobileone_mm.deploy.predict import PredictError, read_image
 from mobileone_mm.deploy.reparameterize import (DeployError, input_shape_of, load_model,
@@ -71,7 +71,7 @@ def main():
                      'fused model: some branch structure was not fused. Nothing written.')
         if args.verify:
             verify(args, model, cfg, graph, shape)
-    except (FileNotFoundError, CheckpointError, DeployError, PathError,
+    except (FileNotFoundError, CheckpointError, DeployError, ExportError, PathError,
             PredictError) as error:
         sys.exit(f'export_onnx: {error}')
     with atomic_file(args.out) as f:

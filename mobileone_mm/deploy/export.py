@@ -27,6 +27,10 @@ from ..checkpoints.io import atomic_file
 from ..models.reparam import reparameterize_model
 
 
+class ExportError(TypeError):
+    """A model this exporter does not cover, with what to use instead."""
+
+
 class Normalize(nn.Module):
     """A data preprocessor's normalisation (mmdet / mmseg / mmpretrain) as graph ops."""
 
@@ -109,8 +113,8 @@ def task_of(model: nn.Module) -> str:
         return 'segmentation'
     if hasattr(model, 'head'):
         return 'classification'
-    raise TypeError(f'Cannot export a {type(model).__name__}: expected an mmdet detector, '
-                    f'an mmseg segmentor or an mmpretrain classifier.')
+    raise ExportError(f'Cannot export a {type(model).__name__}: expected an mmdet detector, '
+                      f'an mmseg segmentor or an mmpretrain classifier.')
 
 
 WRAPPERS = dict(classification=ClassifierForExport, segmentation=SegmentorForExport,
@@ -150,7 +154,7 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
     input_shape = check_input_shape(input_shape)
     task = task_of(model)
     if task == 'detection' and not hasattr(model.bbox_head, 'prior_generator'):
-        raise TypeError('Only anchor-based single-stage detectors (SSDLite) are exported.')
+        raise ExportError('Only anchor-based single-stage detectors (SSDLite) are exported.')
     model = reparameterize_model(model.eval())
     wrapper = WRAPPERS[task](model, input_shape).eval()
     example = torch.zeros(1, 3, *input_shape)
