@@ -9,6 +9,7 @@ Flowers classifier (its config, checkpoint and 64x64 ONNX graph), broken copies 
 and a few small photos.
 """
 import copy
+import functools
 import importlib.util
 import os
 import re
@@ -115,8 +116,6 @@ def files(tmp_path_factory):
         "model = dict(type='ImageClassifier', backbone=dict(type='ResNet', depth=18),\n"
         "             neck=dict(type='GlobalAveragePooling'),\n"
         "             head=dict(type='LinearClsHead', num_classes=4, in_channels=512))\n")
-    resnet, _ = build_model(load_config(str(d / 'resnet.py')))
-    torch.save(dict(state_dict=resnet.state_dict()), d / 'resnet.pth')
     # photos
     save_image(d / 'photo.jpg', (40, 30))
     save_image(d / 'photo.png', (40, 30))
@@ -203,7 +202,7 @@ CLI_CASES = {
     'rep-foreign-checkpoint': Cli('reparameterize', ('{config}', '{foreign_pth}',
                                                      '{out}/d.pth'),
                                   error=r'does not fit the model: \d+ missing keys'),
-    'rep-other-model-config': Cli('reparameterize', ('{resnet_py}', '{resnet_pth}',
+    'rep-other-model-config': Cli('reparameterize', ('{resnet_py}', '{foreign_pth}',
                                                      '{out}/d.pth'),
                                   error=r'ResNet.*no re-parameterizable block'),
     'rep-missing-config': Cli('reparameterize', ('{dir}/nope.py', '{cls_pth}', '{out}/d.pth'),
@@ -496,8 +495,13 @@ def tiny(**changes):
     return MobileOne(dict(ARCH, **changes)).eval()
 
 
+@functools.lru_cache()
+def _state(path):
+    return load_checkpoint_file(path)['state_dict']
+
+
 def state_of(files):
-    return load_checkpoint_file(files['cls_pth'])['state_dict']
+    return dict(_state(files['cls_pth']))
 
 
 def without(files, fragment):
