@@ -275,7 +275,11 @@ class Prediction:
 def predict(session, meta: dict, photo: np.ndarray) -> Prediction:
     """Run the graph on a photo (``read_photo``) as the codebase's inferencer runs the
     model; see the module docstring."""
-    image, frame = preprocess(photo, meta.get('preprocess'), graph_input_shape(session))
+    steps = meta.get('preprocess')
+    # without the pipeline (graphs exported before it was recorded), the export size
+    shape = graph_input_shape(session) or (tuple(meta['input_shape']) if steps is None
+                                           else None)
+    image, frame = preprocess(photo, steps, shape)
     outputs = session.run(None, {'image': image.transpose(2, 0, 1)[None].astype(np.float32)})
     task = meta['task']
     if task == 'detection':
