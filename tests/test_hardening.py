@@ -525,8 +525,11 @@ def checkpoint_hook(work_dir):
 def test_checkpoint_hook_deletes_the_old_checkpoint_only_after_saving(tmp_path):
     """mmengine's CheckpointHook (max_keep_ckpts=1) deletes epoch_1.pth before writing
     epoch_2.pth: a kill in between leaves last_checkpoint naming a deleted file. With
-    mobileone_mm imported, the deletion waits until the new checkpoint is written."""
+    mobileone_mm.fixes.durable_checkpoints imported, the deletion waits until the new
+    checkpoint is written."""
     from mmengine.hooks import CheckpointHook
+
+    import mobileone_mm.fixes.durable_checkpoints  # noqa: F401
     from mmengine.runner.runner import find_latest_checkpoint
     upstream = CheckpointHook._save_checkpoint_with_step.__wrapped__
     (tmp_path / 'upstream').mkdir()
@@ -582,6 +585,7 @@ def test_deferred_removals_nest(tmp_path):
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path):
     """last_checkpoint missing (killed before it was written), empty (killed while it was
     written) or naming a file that is gone: --resume takes the newest epoch_/iter_ file."""
+    import mobileone_mm.fixes.durable_checkpoints  # noqa: F401
     from mmengine.runner.runner import find_latest_checkpoint
     assert find_latest_checkpoint(str(tmp_path)) is None
     for i, name in enumerate(['epoch_1.pth', 'epoch_2.pth', 'best_coco_bbox_mAP_epoch_9.pth']):
