@@ -250,7 +250,8 @@ class OutputMismatch(RuntimeError):
 
 def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str = 'auto',
                            threads: Optional[int] = None, rtol: float = 1e-5,
-                           verify: bool = True) -> OptimizedModel:
+                           verify: bool = True, precision: str = 'fp32',
+                           calibration=None) -> OptimizedModel:
     """The fastest CPU callable with the same outputs as ``model(example)``.
 
     Args:
@@ -265,9 +266,15 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
         threads: intra-op threads of onnxruntime (default: ``torch.get_num_threads()``).
         rtol: output check tolerance relative to the largest output (module docstring).
         verify: run the output check (building costs one more eager forward).
+        precision: 'fp32', or 'int8' with ``calibration`` (a few input batches like the
+            example): a statically quantized onnxruntime graph, checked against float32
+            by cosine and task agreement instead (``deploy/quantize.py``, ``Int8Model``).
 
     Returns an ``OptimizedModel``: ``optimized(x)`` gives what ``model(x)`` gives.
     """
+    if precision != 'fp32' or calibration is not None:
+        from .quantize import optimize_int8
+        return optimize_int8(model, example, calibration, threads, verify, backend, precision)
     if backend != 'auto' and backend not in BACKENDS:
         raise ValueError(f'Unknown backend {backend!r}: use "auto" or one of {BACKENDS}.')
     check_input(example, 'the example', finite=verify)

@@ -1,0 +1,149 @@
+"""Exported graphs (float32 or int8) on a config's data sets, as they run deployed, and
+the config-level int8 quantization of tools/quantize.py (``quantize_checkpoint``):
+
+* ``graph_images``: images of the config's train or val set as the graph takes them,
+  the photo read and put through the config's test pipeline as tools/onnx_infer.py does
+  (``predict.preprocess``, the steps in the graph's metadata): calibration data for int8;
+* ``evaluate_graph``: the graph on every val image through the same path
+  (``predict.predict``: results in the photo's frame, as the codebases' inferencers give
+  them), scored by the config's own ``val_evaluator`` (mmdet's CocoMetric, mmseg's
+  IoUMetric, mmpretrain's Accuracy ...) against the val set's annotations.
+"""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .export import build_onnx, load_session
+from .metadata import export_metadata, fixed_input_shape
+from .predict import graph_input_shape, predict, preprocess, read_photo
+from .quantize import QuantizeError, describe_int8, judge_int8, output_layers, quantize_graph
+from .reparameterize import DeployError, _registry, codebase_of, input_shape_of, load_model
+
+SPLITS = ('train', 'val')
+
+
+def dataset_of(cfg, split: str):
+    """The config's ``{split}_dataloader`` dataset, built by its codebase; DeployError
+    naming the split and the reason when the config has none or it is not on disk."""
+    if split not in SPLITS:
+        raise DeployError(f'Unknown split {split!r}: use one of {SPLITS}.')
+    loader = cfg.get(f'{split}_dataloader')
+    if not loader:
+        raise DeployError(f'The config has no {split}_dataloader.')
+    try:
+        dataset = _registry(codebase_of(cfg), 'DATASETS').build(loader.dataset)
+    except FileNotFoundError as error:
+        raise DeployError(f'The {split} set of the config is not on disk ({error}). Run from '
+                          f'the folder its data_root is relative to, or make the data.') from None
+    if len(dataset) == 0:
+        raise DeployError(f'The {split} set of the config is empty.')
+    return dataset
+
+
+def graph_images(cfg, meta: dict, session, split: str = 'train', num_images: int = 16
+                 ) -> List[np.ndarray]:
+    """The first ``num_images`` images of ``split`` (fewer when the set is smaller) as the
+    graph behind ``session`` takes them: (1, 3, H, W) float32 BGR 0..255, the photo put
+    through the test pipeline of the graph's metadata."""
+    if not (isinstance(num_images, int) and num_images >= 1):
+        raise DeployError(f'The number of images must be a whole number of at least 1, '
+                          f'got {num_images!r}.')
+    dataset = dataset_of(cfg, split)
+    shape = graph_input_shape(session)
+    images = []
+    for index in range(min(num_images, len(dataset))):
+        photo = read_photo(dataset.get_data_info(index)['img_path'])
+        image, _ = preprocess(photo, meta.get('preprocess'), shape)
+        images.append(image.transpose(2, 0, 1)[None].astype(np.float32))
+    return images
+
+
+def _with_prediction(sample, prediction):
+    """The dataset's data sample with the prediction set as the codebase's model sets it."""
+    if prediction.task == 'detection':
+        from mmengine.structures import InstanceData
+        sample.pred_instances = InstanceData(
+            bboxes=torch.from_numpy(np.asarray(prediction.boxes, np.float32)),
+            scores=torch.from_numpy(np.asarray(prediction.scores, np.float32)),
+            labels=torch.from_numpy(np.asarray(prediction.labels, np.int64)))
+    elif prediction.task == 'segmentation':
+        from mmengine.structures import PixelData
+        sample.pred_sem_seg = PixelData(data=torch.from_numpy(prediction.label_map)[None])
+    else:
+        scores = torch.from_numpy(prediction.scores)
+        sample.set_pred_score(scores).set_pred_label(scores.argmax(-1, keepdim=True))
+    return sample
+
+
+def evaluate_graph(cfg, session, meta: dict, num_images: Optional[int] = None) -> dict:
+    """The config's ``val_evaluator`` metrics of the graph on the val set (the first
+    ``num_images`` images; all by default)."""
+    from mmengine.evaluator import Evaluator
+    dataset = dataset_of(cfg, 'val')
+    count = len(dataset) if num_images is None else min(num_images, len(dataset))
+    _registry(codebase_of(cfg), 'METRICS')  # the codebase's scope, for its metrics
+    evaluator = Evaluator(cfg.val_evaluator)
+    evaluator.dataset_meta = dataset.metainfo
+    for index in range(count):
+        data = dataset[index]
+        sample = data['data_samples']
+        prediction = predict(session, meta, read_photo(sample.img_path))
+        evaluator.process([_with_prediction(sample, prediction)],
+                          dict(inputs=[data['inputs']], data_samples=[sample]))
+    return evaluator.evaluate(count)
+
+
+def one_batch(outputs: List[list]) -> List[list]:
+    """Per-image outputs as the outputs of one batch (concatenated along the batch axis)
+    when all images had one size: the int8 check's cosine then covers all images' values
+    together, not the few logits of one image."""
+    if len({tuple(tuple(np.shape(t)) for t in out) for out in outputs}) != 1:
+        return outputs
+    return [[np.concatenate(arrays) for arrays in zip(*outputs)]]
+
+
+def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
+                        calib_split: str = 'train', method: str = 'minmax',
+                        shape: Optional[Sequence[int]] = None, dynamic: bool = False,
+                        check_images: int = 8, evaluate: bool = False) -> Tuple[bytes, dict]:
+    """tools/quantize.py: a trained model's int8 ONNX graph and what was measured.
+
+    The float32 graph is the one tools/export_onnx.py writes (``build_onnx`` with
+    ``export_metadata``: same input, outputs and metadata); it is quantized
+    (``quantize.quantize_graph``, the heads' last layers kept float) after calibration on
+    ``calib_images`` images of the ``calib_split`` set (``graph_images``). The int8 graph
+    is checked against the float32 one on the first ``check_images`` val images (the
+    calibration images when the val set is not on disk) with ``quantize.judge_int8``;
+    QuantizeError when it fails. With ``evaluate``, both graphs are scored on the val set
+    by the config's own metric (``evaluate_graph``).
+
+    Returns (int8 graph, report: task, shape, calibration, float nodes, check, metrics)."""
+    model, cfg, ckpt = load_model(config, checkpoint)
+    metadata = export_metadata(cfg, ckpt, model, os.fspath(config))
+    shape = tuple(shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg))
+    graph, info = build_onnx(model, shape, dynamic=dynamic, metadata=metadata)
+    session, meta = load_session(graph)
+    calibration = graph_images(cfg, meta, session, calib_split, calib_images)
+    keep = output_layers(graph)
+    int8 = quantize_graph(graph, calibration, method=method, keep_float=keep)
+    session8, meta8 = load_session(int8)
+    try:
+        inputs, source = graph_images(cfg, meta, session, 'val', check_images), 'val'
+    except DeployError:
+        inputs, source = calibration[:check_images], calib_split
+    check = judge_int8(one_batch([session.run(None, {'image': x}) for x in inputs]),
+                       one_batch([session8.run(None, {'image': x}) for x in inputs]),
+                       meta['task'], meta)
+    report = dict(task=meta['task'], shape=shape, notes=metadata['notes'],
+                  calibration=f'{len(calibration)} {calib_split} images, {method}',
+                  float_nodes=keep, check=check,
+                  check_images=f'{len(inputs)} {source} images')
+    if not check['passed']:
+        raise QuantizeError(describe_int8(check) + f' on {report["check_images"]}. Nothing '
+                            f'written. Calibrate on more images, or on the other split.')
+    if evaluate:
+        report['fp32'] = evaluate_graph(cfg, session, meta)
+        report['int8'] = evaluate_graph(cfg, session8, meta8)
+    return int8, report

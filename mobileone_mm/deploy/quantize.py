@@ -1,0 +1,454 @@
+"""int8 deployment: a fused model's ONNX graph, statically quantized by onnxruntime, and
+an output check fit for int8.
+
+    graph8 = quantize_graph(graph, calibration)        # bytes -> bytes, same inputs,
+                                                       # outputs and metadata (+ 'int8')
+    check = judge_int8(fp32_outputs, int8_outputs)     # cosine + task-level agreement
+
+The quantization (each choice measured on the tiny-data models, README "int8"):
+
+* QDQ format (QuantizeLinear / DequantizeLinear pairs that onnxruntime fuses into
+  integer kernels), weights int8 symmetric **per output channel**, activations uint8 per
+  tensor (the U8S8 form onnxruntime's x86 kernels run with VNNI). Per-channel weights are
+  what a re-parameterized model needs: fusion sums 3-5 branches into one kernel whose
+  output channels have very different ranges.
+* Calibration: min / max of every activation over the calibration images
+  (``METHODS`` also offers percentile and entropy; they did no better here).
+* Quantized operators: the network body (``QUANTIZED_OPS``: convolutions, linear layers
+  and the ReLU / pooling / concat between them); the rest stays float: the head's
+  decoding (softmax, box deltas to boxes), the segmentor's final resize and argmax, the
+  SE gates, the input normalisation.
+* ``keep_float``: nodes left in float, for the layers int8 hurts most
+  (``layer_sensitivity`` ranks them).
+
+The check: int8 is not float32 to rounding, so the float32 equality check of the other
+deploy paths cannot apply. Instead, per float output, the cosine similarity of the int8
+and the float32 outputs (whole tensor per input, in float64) must be at least
+``COSINE_MIN``, and where the task is known the decisions must agree: top-1 labels
+(classification), pixel labels (segmentation), detections above the score threshold
+(detection: same label, box IoU >= 0.5) on at least ``AGREEMENT_MIN`` of them.
+"""
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.utils._pytree as pytree
+
+from ..models.reparam import reparameterize_model
+from .export import make_session, task_of
+from .predict import postprocess_detections
+from .verify import _box_iou
+
+QUANTIZED_OPS = ('Conv', 'Gemm', 'MatMul', 'Relu', 'Clip', 'MaxPool', 'AveragePool',
+                 'GlobalAveragePool', 'Concat')
+METHODS = ('minmax', 'percentile', 'entropy')
+COSINE_MIN = 0.95
+AGREEMENT_MIN = 0.75
+METADATA_KEY = 'int8'
+
+
+class QuantizeError(ValueError):
+    """Calibration data or a graph that cannot be quantized, or an int8 graph whose
+    outputs are too far from float32, with the reason and the fix."""
+
+
+# ----------------------------------------------------------------- calibration data
+def check_calibration(images: Sequence[np.ndarray], input_shape: Sequence) -> List[np.ndarray]:
+    """The calibration images as float32 arrays of the graph's input shape (batch free),
+    else QuantizeError naming what is wrong: none, another shape, NaN / inf, all alike."""
+    images = [np.ascontiguousarray(np.asarray(image, dtype=np.float32)) for image in images]
+    if not images:
+        raise QuantizeError('No calibration images: static int8 quantization needs a few '
+                            'real inputs (8-32) to measure the activation ranges.')
+    expected = tuple(input_shape)
+    for i, image in enumerate(images):
+        dims = image.shape
+        fits = len(dims) == len(expected) and all(
+            not isinstance(e, int) or e == d for e, d in zip(expected[1:], dims[1:]))
+        if not fits:
+            raise QuantizeError(f'Calibration image {i} has shape {dims}; the graph takes '
+                                f'{expected}: give images of the graph\'s input size.')
+        if not np.isfinite(image).all():
+            raise QuantizeError(f'Calibration image {i} holds NaN or inf: give real images.')
+    if all(np.array_equal(images[0], image) for image in images[1:]) and \
+            float(images[0].std()) == 0.0:
+        raise QuantizeError('The calibration images are all one constant value: the '
+                            'activation ranges would be those of a blank image. Give real '
+                            'images.')
+    return images
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over in-memory images."""
+
+    def __init__(self, name: str, images: Sequence[np.ndarray]):
+        self.name, self.images, self.index = name, list(images), 0
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self.index >= len(self.images):
+            return None
+        self.index += 1
+        return {self.name: self.images[self.index - 1]}
+
+    def __len__(self):
+        return len(self.images)
+
+
+# ----------------------------------------------------------------------- quantize
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantizer logs advice on the root logger (pre-processing, progress
+    of histogram calibration); silence it for the duration, then restore the level."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def graph_input(model) -> tuple:
+    """(name, shape) of the graph's only input; dims that are free are strings."""
+    inputs = [i for i in model.graph.input
+              if i.name not in {init.name for init in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise QuantizeError(f'The graph has {len(inputs)} inputs; int8 calibration here '
+                            f'feeds graphs with one image input.')
+    dims = tuple(d.dim_value if d.HasField('dim_value') else (d.dim_param or '?')
+                 for d in inputs[0].type.tensor_type.shape.dim)
+    return inputs[0].name, dims
+
+
+def quantizable_nodes(graph: bytes) -> List[str]:
+    """Names of the nodes ``quantize_graph`` turns to int8 arithmetic (convolutions and
+    linear layers), in graph order: the candidates for ``keep_float``."""
+    import onnx
+    model = onnx.load_from_string(graph)
+    return [n.name for n in model.graph.node if n.op_type in ('Conv', 'Gemm', 'MatMul')]
+
+
+def output_layers(graph: bytes) -> List[str]:
+    """The quantizable nodes whose results reach a graph output without passing through
+    another quantizable node: the heads' last layers (classifier, class / box
+    predictors, segmentation logits). Kept float by default: their outputs are the
+    model's answers, and int8 there costs the most accuracy per operation saved."""
+    import onnx
+    model = onnx.load_from_string(graph)
+    compute = set(quantizable_nodes(graph))
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    found = []
+    for node in model.graph.node:
+        if node.name not in compute:
+            continue
+        stack, seen = list(node.output), set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in outputs:
+                found.append(node.name)
+                break
+            for nxt in consumers.get(tensor, []):
+                if nxt.name not in compute and nxt.name not in seen:
+                    seen.add(nxt.name)
+                    stack.extend(nxt.output)
+    return found
+
+
+def quantize_graph(graph: bytes, calibration: Sequence[np.ndarray], method: str = 'minmax',
+                   keep_float: Sequence[str] = (), cache: Optional[str] = None) -> bytes:
+    """``graph`` (a serialized float32 ONNX model) statically quantized to int8 (QDQ,
+    per-channel weights; module docstring), calibrated on ``calibration`` (arrays the
+    graph takes, e.g. (1, 3, H, W) float32). ``keep_float``: node names left in float.
+    ``cache``: a file for the activation ranges; when it exists they are read from it
+    instead of calibrating again (``layer_sensitivity`` quantizes one graph many times).
+
+    The int8 graph keeps the inputs, outputs and metadata of ``graph`` and adds the
+    metadata entry ``int8`` (JSON: how it was quantized)."""
+    import onnx
+    model = onnx.load_from_string(graph)
+    images = check_calibration(calibration, graph_input(model)[1])
+    unknown = sorted(set(keep_float) - {n.name for n in model.graph.node})
+    if unknown:
+        raise QuantizeError(f'keep_float names nodes the graph does not have: '
+                            f'{", ".join(unknown[:3])}; see quantizable_nodes(graph).')
+    quantized = _quantize(model, images, method, cache, nodes_to_exclude=list(keep_float))
+    used = {name for node in quantized.graph.node for name in node.input}
+    unused = [init for init in quantized.graph.initializer if init.name not in used]
+    for init in unused:  # the constants of the ReLU / Clip nodes the quantizer removed
+        quantized.graph.initializer.remove(init)
+    del quantized.metadata_props[:]
+    for prop in model.metadata_props:
+        quantized.metadata_props.add(key=prop.key, value=prop.value)
+    quantized.metadata_props.add(key=METADATA_KEY, value=json.dumps(dict(
+        format='QDQ', weights='int8 symmetric per output channel',
+        activations='uint8 per tensor', calibration=method,
+        calibration_images=sum(int(i.shape[0]) for i in images),
+        float_nodes=list(keep_float))))
+    return quantized.SerializeToString()
+
+
+def _quantize(model, images: Sequence[np.ndarray], method: str, cache: Optional[str],
+              **nodes):
+    """onnxruntime's ``quantize_static`` with our settings on an onnx ModelProto;
+    ``nodes``: its ``nodes_to_exclude`` / ``nodes_to_quantize``."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    if method not in METHODS:
+        raise QuantizeError(f'Unknown calibration method {method!r}: use one of {METHODS}.')
+    calibrate_method = dict(minmax=CalibrationMethod.MinMax,
+                            percentile=CalibrationMethod.Percentile,
+                            entropy=CalibrationMethod.Entropy)[method]
+    with tempfile.TemporaryDirectory(prefix='mobileone-int8-') as tmp, _quiet():
+        source, target = os.path.join(tmp, 'fp32.onnx'), os.path.join(tmp, 'int8.onnx')
+        onnx.save(model, source)
+        quantize_static(source, target, _Reader(graph_input(model)[0], images),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(QUANTIZED_OPS),
+                        calibrate_method=calibrate_method, calibration_cache_path=cache,
+                        **nodes)
+        return onnx.load(target)
+
+
+def layer_sensitivity(graph: bytes, calibration: Sequence[np.ndarray],
+                      inputs: Sequence[np.ndarray], method: str = 'minmax') -> List[tuple]:
+    """How much int8 in each layer alone moves the outputs: for every node of
+    ``quantizable_nodes``, the graph with only that node in int8, run on ``inputs``;
+    returns (node, 1 - cosine to float32 over all float outputs and inputs), worst
+    first. The activation ranges are calibrated once."""
+    import onnx
+    model = onnx.load_from_string(graph)
+    images = check_calibration(calibration, graph_input(model)[1])
+    name = graph_input(model)[0]
+
+    def outputs(serialized):
+        session = make_session(serialized)
+        return [session.run(None, {name: x}) for x in inputs]
+
+    reference = outputs(graph)
+    result = []
+    with tempfile.TemporaryDirectory(prefix='mobileone-int8-') as tmp:
+        cache = os.path.join(tmp, 'ranges.json')
+        for node in quantizable_nodes(graph):
+            one = _quantize(model, images, method, cache, nodes_to_quantize=[node])
+            check = judge_int8(reference, outputs(one.SerializeToString()))
+            result.append((node, 1 - check['cosine']))
+    return sorted(result, key=lambda item: -item[1])
+
+
+# -------------------------------------------------------------------------- check
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two tensors as vectors, in float64 (1.0 for two zeros)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    if norms == 0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(a @ b / norms)
+
+
+def detections_found(expected, found, iou: float = 0.5) -> tuple:
+    """(how many of the ``expected`` detections (boxes, scores, labels) ``found`` has,
+    same label and box IoU >= ``iou``, each found one used once; how many expected)."""
+    (ref_boxes, _, ref_labels), (boxes, _, labels) = expected, found
+    used = np.zeros(len(boxes), bool)
+    hits = 0
+    for box, label in zip(ref_boxes, ref_labels):
+        if not len(boxes):
+            break
+        overlap = _box_iou(box[None], boxes)[0]
+        overlap[(labels != label) | used] = 0
+        best = int(overlap.argmax())
+        if overlap[best] >= iou:
+            used[best] = True
+            hits += 1
+    return hits, len(ref_boxes)
+
+
+def agreement(task: Optional[str], fp32: List[List[np.ndarray]],
+              int8: List[List[np.ndarray]], meta: Optional[dict] = None) -> Optional[float]:
+    """The share of decisions int8 makes as float32 does, over all inputs; None when the
+    task is unknown ('backbone') or nothing was decided (no detection above threshold).
+
+    ``fp32`` / ``int8``: the outputs per input. Classification: logits (N, classes), top-1
+    labels compared. Segmentation: logits (N, classes, H, W) first, pixel labels
+    compared. Detection: an exported graph's boxes and scores, post-processed as mmdet
+    does (``meta``: the export metadata), detections above ``meta['score_thr']``."""
+    if task == 'classification':
+        pairs = [(f[0].argmax(-1), q[0].argmax(-1)) for f, q in zip(fp32, int8)]
+    elif task == 'segmentation':
+        pairs = [(f[0].argmax(1), q[0].argmax(1)) for f, q in zip(fp32, int8)]
+    elif task == 'detection' and meta is not None:
+        hits = total = 0
+        for f, q in zip(fp32, int8):
+            for image in range(f[0].shape[0]):
+                found = [postprocess_detections(out[0][image], out[1][image], meta)
+                         for out in (f, q)]
+                h, t = detections_found(*found)
+                hits, total = hits + h, total + t
+        return hits / total if total else None
+    else:
+        return None
+    equal = sum(int((a == b).sum()) for a, b in pairs)
+    return equal / max(sum(a.size for a, _ in pairs), 1)
+
+
+def judge_int8(fp32: List[List[np.ndarray]], int8: List[List[np.ndarray]],
+               task: Optional[str] = None, meta: Optional[dict] = None,
+               cosine_min: float = COSINE_MIN, agreement_min: float = AGREEMENT_MIN
+               ) -> dict:
+    """The int8 check (module docstring) of ``int8`` against ``fp32`` outputs (per input,
+    a list of arrays each; an input is what one run took: an image or a batch). Returns
+    ``passed``, ``cosines`` (per float output, the lowest over the inputs: every input
+    must be near float32, so inputs unlike the calibration data show), ``cosine`` (the
+    lowest of them), ``agreement``
+    (see ``agreement``; None when not applicable) and the limits."""
+    shapes = lambda outs: [[tuple(np.shape(t)) for t in out] for out in outs]  # noqa: E731
+    if shapes(fp32) != shapes(int8):
+        return dict(passed=False, reason=f'output shapes differ: {shapes(int8)} instead of '
+                                         f'{shapes(fp32)}')
+    floating = [i for i, t in enumerate(fp32[0]) if np.asarray(t).dtype.kind == 'f']
+    cosines = [min(cosine(f[i], q[i]) for f, q in zip(fp32, int8)) for i in floating]
+    agreed = agreement(task, fp32, int8, meta)
+    passed = min(cosines) >= cosine_min and (agreed is None or agreed >= agreement_min)
+    return dict(passed=bool(passed), cosine=min(cosines), cosines=cosines, agreement=agreed,
+                cosine_min=cosine_min, agreement_min=agreement_min, task=task)
+
+
+def describe_int8(check: dict, what: str = 'the int8 graph') -> str:
+    """A ``judge_int8`` result in one line."""
+    if 'reason' in check:
+        return f'{what}: {check["reason"]}'
+    agreed = ('' if check['agreement'] is None else
+              f', {100 * check["agreement"]:.1f}% of the float32 {check["task"]} decisions '
+              f'kept (at least {100 * check["agreement_min"]:g}%)')
+    return (f'{what}: cosine to float32 {check["cosine"]:.5f} (at least '
+            f'{check["cosine_min"]:g}){agreed}')
+
+
+# ---------------------------------------------------- optimize_for_inference, int8
+def _float_cpu(x, what: str):
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != 'cpu' \
+            or x.dim() != 4:
+        found = (f'a {x.dim()}-d {x.dtype} tensor on {x.device}' if isinstance(x, torch.Tensor)
+                 else type(x).__name__)
+        raise TypeError(f'The int8 form runs 4-d float32 CPU tensors (N, C, H, W); {what} is '
+                        f'{found}: pass x.float().cpu().')
+    return x
+
+
+class Int8Model:
+    """A callable with the outputs of ``model(x)`` (same nesting), run by onnxruntime
+    from a statically quantized graph; inputs of the example's channels and size, any
+    batch. Attributes: ``backend`` ('onnxruntime'), ``precision`` ('int8'), ``check``
+    (``judge_int8`` on the example and the calibration batches), ``graph`` (the int8
+    ONNX model, bytes), ``keep_float`` (the nodes left in float)."""
+    backend, precision = 'onnxruntime', 'int8'
+
+    def __init__(self, graph: bytes, spec, input_shape, threads: int, keep_float):
+        self.graph, self.spec, self.input_shape = graph, spec, tuple(input_shape)
+        self.keep_float, self.check = list(keep_float), {}
+        self.session = make_session(graph, threads)
+
+    def run(self, x) -> list:
+        """The flat outputs (numpy arrays) of one input tensor."""
+        x = _float_cpu(x, 'the input')
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f'The int8 graph was calibrated and checked for inputs '
+                             f'{self.input_shape} (C, H, W); got {tuple(x.shape[1:])}. Call '
+                             f'optimize_for_inference again with an example of this size.')
+        return self.session.run(None, {'input': x.detach().contiguous().numpy()})
+
+    def __call__(self, x):
+        return pytree.tree_unflatten([torch.from_numpy(a) for a in self.run(x)], self.spec)
+
+    def __repr__(self):
+        return f'Int8Model(backend={self.backend!r}, float nodes={len(self.keep_float)})'
+
+
+class _Flat(nn.Module):
+    """``model(x)``'s tensors as a flat tuple (what ONNX export takes)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return tuple(pytree.tree_flatten(self.model(x))[0])
+
+
+def _model_task(model) -> Optional[str]:
+    """'classification' / 'segmentation' (outputs whose argmax over dim 1 decides) or
+    None (backbones; detectors' raw maps: cosine only)."""
+    try:
+        task = task_of(model)
+    except TypeError:
+        return None
+    return None if task == 'detection' else task
+
+
+def optimize_int8(model, example, calibration, threads: Optional[int] = None,
+                  verify: bool = True, backend: str = 'auto', precision: str = 'int8',
+                  method: str = 'minmax', keep_float: Optional[Sequence[str]] = None
+                  ) -> Int8Model:
+    """``optimize_for_inference(..., precision='int8', calibration=batches)``: a fused
+    copy of ``model`` (eval mode; ``model`` is not changed) exported to ONNX (batch
+    free), statically quantized (``quantize_graph``, calibrated on ``calibration``: an
+    iterable of float32 (N, C, H, W) batches the model takes, at the example's size) and
+    run by onnxruntime. ``keep_float``: nodes left float (default ``output_layers``).
+
+    With ``verify``, the int8 outputs on the example and the calibration batches are
+    judged against the fused model's float32 outputs (``judge_int8``); a failed check
+    raises ``QuantizeError``."""
+    if precision not in ('fp32', 'int8'):
+        raise ValueError(f'Unknown precision {precision!r}: use "fp32" (the default) or '
+                         f'"int8" (with calibration=batches).')
+    if precision == 'fp32':
+        raise ValueError('calibration= is for precision="int8"; a float32 model needs none.')
+    if backend not in ('auto', 'onnxruntime'):
+        raise ValueError(f'precision="int8" runs on onnxruntime; got backend={backend!r}: '
+                         f'use "auto" or "onnxruntime".')
+    example = _float_cpu(example, 'the example')
+    batches = [_float_cpu(b, f'calibration batch {i}') for i, b in enumerate(calibration or [])]
+    if not batches:
+        raise QuantizeError('precision="int8" needs calibration=batches: a few real input '
+                            'batches (8-32 images in all), preprocessed like the example.')
+    fused = reparameterize_model(copy.deepcopy(model).eval()).requires_grad_(False)
+    flat = _Flat(fused).eval()
+    with torch.no_grad():
+        leaves, spec = pytree.tree_flatten(fused(example))
+    names = [f'output{i}' for i in range(len(leaves))]
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # TracerWarnings of shape checks: sizes are fixed
+        torch.onnx.export(flat, (example, ), buffer, dynamo=False, opset_version=17,
+                          input_names=['input'], output_names=names,
+                          dynamic_axes={n: {0: 'batch'} for n in ['input'] + names})
+    graph = buffer.getvalue()
+    keep = output_layers(graph) if keep_float is None else list(keep_float)
+    int8 = quantize_graph(graph, [b.numpy() for b in batches], method=method, keep_float=keep)
+    optimized = Int8Model(int8, spec, example.shape[1:], threads or torch.get_num_threads(),
+                          keep)
+    if verify:
+        inputs = [example] + batches
+        with torch.no_grad():
+            reference = [[t.numpy() for t in flat(x)] for x in inputs]
+        optimized.check = judge_int8(reference, [optimized.run(x) for x in inputs],
+                                     _model_task(model))
+        if not optimized.check['passed']:
+            raise QuantizeError(describe_int8(optimized.check) + '. Calibrate on real '
+                                'inputs preprocessed as the example is.')
+    return optimized

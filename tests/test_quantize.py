@@ -1,0 +1,248 @@
+"""int8 deployment (mobileone_mm/deploy/quantize.py, deploy/evaluate.py, tools/quantize.py):
+statically quantized onnxruntime graphs of real mmdet / mmseg / mmpretrain models, held
+to float32 by the int8 check, to the export graph's interface, to onnx_infer's path and
+to the codebases' own test loop."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.utils._pytree as pytree
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from mobileone_mm import MobileOne, optimize_for_inference
+from mobileone_mm.deploy.evaluate import evaluate_graph, graph_images, quantize_checkpoint
+from mobileone_mm.deploy.export import build_onnx, load_session
+from mobileone_mm.deploy.metadata import export_metadata
+from mobileone_mm.deploy.predict import load_onnx, predict, read_photo
+from mobileone_mm.deploy.quantize import (COSINE_MIN, QuantizeError, judge_int8,
+                                          output_layers, quantizable_nodes, quantize_graph)
+from mobileone_mm.deploy.reparameterize import build_model, load_config
+from devkit.tiny_data import make_tiny_ade20k, make_tiny_flowers
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    'detection': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
+    'segmentation': REPO / 'configs/segmentation/'
+                           'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
+    'classification': REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
+}
+
+
+def random_model(task, randomize_bn):
+    model, _ = build_model(load_config(str(CONFIGS[task])))
+    model.init_weights()
+    return randomize_bn(model).eval()
+
+
+def random_backbone(arch, seed, randomize_bn):
+    return randomize_bn(MobileOne(arch, out_indices=(1, 2, 3)), seed=seed).eval()
+
+
+def batches(count, size, seed, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, size, size, generator=generator) * scale for _ in range(count)]
+
+
+def scaled_activations(graph: bytes, factor: float) -> bytes:
+    """The int8 graph with every activation scale (the scalar scales of QuantizeLinear)
+    multiplied by ``factor``: a quantization whose ranges are wrong."""
+    model = onnx.load_from_string(graph)
+    scales = {node.input[1] for node in model.graph.node if node.op_type == 'QuantizeLinear'}
+    for init in model.graph.initializer:
+        if init.name in scales and not init.dims:
+            value = onnx.numpy_helper.to_array(init) * np.float32(factor)
+            init.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), init.name))
+    return model.SerializeToString()
+
+
+# --------------------------------------------------- the check and its threshold
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', ['s0', 's1'])
+def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, randomize_bn):
+    """COSINE_MIN (0.95) against measurement: int8 S0 / S1 backbones with random BN
+    statistics came out at cosine 0.985-0.999 to float32 (3 seeds, three outputs each,
+    calibrated on 8 inputs); quantizations with wrong ranges at 0.0-0.42 (calibrated on
+    inputs 255x too large: images that skipped normalisation) and 0.33-0.76 (every activation
+    scale x100)."""
+    model = random_backbone(arch, 0, randomize_bn)
+    example = torch.randn(1, 3, 64, 64)
+    int8 = optimize_for_inference(model, example, precision='int8',
+                                  calibration=batches(4, 64, 1))
+    assert int8.check['passed'] and int8.check['cosine'] >= 0.98
+    assert int8.precision == 'int8' and int8.backend == 'onnxruntime'
+    # new inputs, another batch size: as close to float32 as on the calibration inputs
+    x = batches(1, 64, 2)[0]
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(x)]
+    found = [t.numpy() for t in int8(x)]
+    assert judge_int8([expected], [found])['cosine'] >= 0.98
+
+    with pytest.raises(QuantizeError, match='cosine to float32'):
+        optimize_for_inference(model, example, precision='int8',
+                               calibration=batches(4, 64, 1, scale=255.0))
+    session = load_session(scaled_activations(int8.graph, 100.0))[0]
+    broken = judge_int8([expected], [session.run(None, {'input': x.numpy()})])
+    assert not broken['passed'] and broken['cosine'] < COSINE_MIN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task', list(CONFIGS))
+def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, randomize_bn):
+    """optimize_for_inference(precision='int8') of a detector / segmentor / classifier in
+    tensor mode: the outputs of model(x) in the same nesting, near float32, the heads'
+    last layers left float."""
+    model = random_model(task, randomize_bn)
+    example = torch.randn(1, 3, 64, 64)
+    int8 = optimize_for_inference(model, example, precision='int8',
+                                  calibration=batches(3, 64, 1))
+    assert int8.check['passed'], int8.check
+    assert int8.check['agreement'] is (None if task == 'detection' else int8.check['agreement'])
+    if task != 'detection':
+        assert int8.check['agreement'] >= 0.75
+    with torch.no_grad():
+        expected = model(example)
+    found = int8(example)
+    assert pytree.tree_structure(found) == pytree.tree_structure(expected)
+    assert [t.shape for t in pytree.tree_leaves(found)] == \
+        [t.shape for t in pytree.tree_leaves(expected)]
+    heads = {'detection': 12, 'segmentation': 1, 'classification': 1}[task]
+    assert len(int8.keep_float) == heads  # SSD: class and box predictors of 6 levels
+
+
+def test_bad_calibration_and_arguments_are_refused():
+    model = MobileOne('s0', out_indices=(3, )).eval()
+    example = torch.randn(1, 3, 32, 32)
+    with pytest.raises(QuantizeError, match='needs calibration=batches'):
+        optimize_for_inference(model, example, precision='int8')
+    with pytest.raises(ValueError, match='Unknown precision'):
+        optimize_for_inference(model, example, precision='bf16', calibration=[example])
+    with pytest.raises(ValueError, match='is for precision="int8"'):
+        optimize_for_inference(model, example, calibration=[example])
+    with pytest.raises(ValueError, match='runs on onnxruntime'):
+        optimize_for_inference(model, example, precision='int8', calibration=[example],
+                               backend='torchscript')
+    with pytest.raises(TypeError, match='float32 CPU'):
+        optimize_for_inference(model, example, precision='int8', calibration=[example.double()])
+    with pytest.raises(QuantizeError, match=r'shape \(2, 3, 48, 48\).*graph takes'):
+        optimize_for_inference(model, example, precision='int8',
+                               calibration=[torch.randn(2, 3, 48, 48)])
+    with pytest.raises(QuantizeError, match='one constant value'):
+        optimize_for_inference(model, example, precision='int8',
+                               calibration=[torch.zeros(1, 3, 32, 32)] * 2)
+    int8 = optimize_for_inference(model, example, precision='int8',
+                                  calibration=[torch.randn(4, 3, 32, 32)], verify=False)
+    with pytest.raises(ValueError, match='calibrated and checked for inputs'):
+        int8(torch.randn(1, 3, 64, 64))
+    graph, _ = build_onnx_of_backbone(model)
+    with pytest.raises(QuantizeError, match='keep_float names nodes'):
+        quantize_graph(graph, [example.numpy()], keep_float=['/no/such/Conv'])
+    with pytest.raises(QuantizeError, match='Unknown calibration method'):
+        quantize_graph(graph, [example.numpy()], method='kl')
+
+
+def build_onnx_of_backbone(model):
+    import io
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32), ), buffer, dynamo=False,
+                      opset_version=17, input_names=['input'])
+    return buffer.getvalue(), None
+
+
+# ------------------------------------------------- config level: tools/quantize.py
+@pytest.fixture
+def flowers(tmp_path, monkeypatch, randomize_bn):
+    """Tiny flowers on disk (cwd = tmp_path) and a random-BN classifier checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    make_tiny_flowers('data/tiny_flowers', num_train=8, num_val=8)
+    model = random_model('classification', randomize_bn)
+    path = tmp_path / 'classifier.pth'
+    torch.save(dict(meta=dict(dataset_meta=dict(classes=['disk', 'square', 'triangle',
+                                                         'star'])),
+                    state_dict=model.state_dict()), path)
+    return CONFIGS['classification'], path
+
+
+def interface(session) -> tuple:
+    return ([(i.name, i.shape, i.type) for i in session.get_inputs()],
+            [(o.name, o.shape, o.type) for o in session.get_outputs()])
+
+
+def test_int8_graph_has_the_export_interface_and_runs_in_onnx_infer(flowers, tmp_path):
+    config, checkpoint = flowers
+    int8, report = quantize_checkpoint(str(config), str(checkpoint), calib_images=8)
+    model = build_model(load_config(str(config)))[0]
+    fp32, _ = build_onnx(model, report['shape'], metadata=export_metadata(
+        load_config(str(config)), torch.load(checkpoint, weights_only=True), model,
+        str(config)))
+    (s32, meta32), (s8, meta8) = load_session(fp32), load_session(int8)
+    assert interface(s8) == interface(s32)
+    assert {k: v for k, v in meta8.items() if k != 'int8'} == meta32
+    assert meta8['int8']['calibration_images'] == 8
+    assert meta8['int8']['float_nodes'] == report['float_nodes'] == output_layers(fp32)
+    # weights in int8 except the classifier's; the body's convs all quantized
+    graph = onnx.load_from_string(int8)
+    dequantized = {n.output[0] for n in graph.graph.node if n.op_type == 'DequantizeLinear'}
+    int8_weights = [n.name for n in graph.graph.node if n.op_type in ('Conv', 'Gemm')
+                    and n.input[1] in dequantized]
+    assert sorted(int8_weights) == sorted(set(quantizable_nodes(fp32)) -
+                                          set(report['float_nodes']))
+    assert report['check']['passed'] and report['check_images'] == '8 val images'
+    # tools/onnx_infer.py's path: metadata check, the test pipeline, softmax scores
+    path = tmp_path / 'int8.onnx'
+    path.write_bytes(int8)
+    session, meta = load_onnx(str(path))
+    photo = read_photo(str(sorted((tmp_path / 'data/tiny_flowers/jpg').glob('*.jpg'))[0]))
+    prediction = predict(session, meta, photo)
+    assert prediction.scores.shape == (4, ) and abs(prediction.scores.sum() - 1) < 1e-5
+
+
+def runner_metric(config, checkpoint, work_dir, metric):
+    cfg = Config.fromfile(str(config))
+    cfg.merge_from_dict({'load_from': str(checkpoint), 'work_dir': str(work_dir)})
+    return Runner.from_cfg(cfg).test()[metric]
+
+
+@pytest.mark.slow
+def test_graph_evaluation_equals_the_codebase_test_loop(flowers, tmp_path, randomize_bn):
+    """evaluate_graph on the float32 graph gives what `mim test` (mmengine's test loop on
+    the PyTorch model) gives: same photos, pipeline, predictions and metric."""
+    config, checkpoint = flowers
+    make_tiny_ade20k('data/ade', num_train=2, num_val=4)
+    seg_checkpoint = tmp_path / 'segmentor.pth'
+    torch.save(dict(meta={}, state_dict=random_model('segmentation', randomize_bn)
+                    .state_dict()), seg_checkpoint)
+    for task, ckpt, metric, dynamic in [
+            ('classification', checkpoint, 'accuracy/top1', False),
+            ('segmentation', seg_checkpoint, 'mIoU', True)]:
+        cfg = load_config(str(CONFIGS[task]))
+        model = build_model(cfg)[0]
+        model.load_state_dict(torch.load(ckpt, weights_only=True)['state_dict'])
+        graph, _ = build_onnx(model, (64, 64), dynamic=dynamic,
+                              metadata=export_metadata(cfg, {}, model, str(CONFIGS[task])))
+        session, meta = load_session(graph)
+        found = evaluate_graph(cfg, session, meta)[metric]
+        expected = runner_metric(CONFIGS[task], ckpt, tmp_path / task, metric)
+        assert found == pytest.approx(expected, abs=1e-6), task
+
+
+@pytest.mark.slow
+def test_quantize_tool(flowers, tmp_path):
+    config, checkpoint = flowers
+    tool = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(REPO / 'tools/quantize.py'), *map(str, args)], cwd=tmp_path,
+        capture_output=True, text=True)
+    done = tool(config, checkpoint, 'int8.onnx', '--calib-images', 8, '--verify')
+    assert done.returncode == 0, done.stderr
+    assert 'calibrated on 8 train images, minmax' in done.stdout
+    assert 'accuracy/top1: float32 ' in done.stdout and ', int8 ' in done.stdout
+    assert (tmp_path / 'int8.onnx').stat().st_size > 0
+    for args, message in [((config, tmp_path / 'missing.pth', 'x.onnx'), 'does not exist'),
+                          ((config, checkpoint, 'x.pth'), '.onnx')]:
+        failed = tool(*args)
+        assert failed.returncode != 0 and failed.stderr.startswith('quantize: ')
+        assert message in failed.stderr and len(failed.stderr.strip().splitlines()) == 1

@@ -1,0 +1,84 @@
+"""Quantize a trained MobileOne detector / segmentor / classifier to an int8 ONNX graph
+(fused first, static quantization calibrated on the config's own images), and check it
+against the float32 graph.
+
+    python tools/quantize.py CONFIG CHECKPOINT OUT.onnx [--calib-images N] [--verify]
+
+The graph has the input, outputs and metadata of tools/export_onnx.py's (plus an
+``int8`` entry saying how it was quantized), so tools/onnx_infer.py runs it. Calibration
+images come from the config's train set (--calib-split val for its val set), read and
+resized by the config's test pipeline as onnx_infer does. The int8 outputs are checked
+against float32 on val images (cosine similarity, task decisions kept); nothing is
+written when the check fails. --verify also scores the float32 and the int8 graph on the
+whole val set with the config's own metric (mmdet's COCO mAP, mmseg's mIoU, mmpretrain's
+accuracy) and prints both.
+"""
+import argparse
+import sys
+
+from mobileone_mm import CheckpointError
+from mobileone_mm.checkpoints.io import atomic_file
+from mobileone_mm.checkpoints.paths import PathError, check_extension, plan_outputs
+from mobileone_mm.deploy.evaluate import SPLITS, quantize_checkpoint
+from mobileone_mm.deploy.predict import PredictError
+from mobileone_mm.deploy.quantize import METHODS, QuantizeError, describe_int8
+from mobileone_mm.deploy.reparameterize import DeployError
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be 1 or more, got {text}')
+    return value
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('checkpoint', help='training (train-form) or deploy checkpoint')
+    parser.add_argument('out', help='.onnx file (written atomically)')
+    parser.add_argument('--calib-images', type=positive_int, default=32,
+                        help='calibration images (default 32)')
+    parser.add_argument('--calib-split', choices=SPLITS, default='train')
+    parser.add_argument('--method', choices=METHODS, default='minmax',
+                        help='how activation ranges are calibrated')
+    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
+                        help="input size (default: the config's test size)")
+    parser.add_argument('--dynamic', action='store_true',
+                        help='free batch size (and image size for classifiers/segmentors)')
+    parser.add_argument('--check-images', type=positive_int, default=8,
+                        help='val images the int8 outputs are checked on')
+    parser.add_argument('--verify', action='store_true',
+                        help="score float32 and int8 on the val set with the config's metric")
+    args = parser.parse_args()
+    try:
+        check_extension(args.out, ['.onnx'], 'ONNX output')
+        plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},
+                     outputs={'ONNX model': args.out})
+        graph, report = quantize_checkpoint(
+            args.config, args.checkpoint, calib_images=args.calib_images,
+            calib_split=args.calib_split, method=args.method, shape=args.shape,
+            dynamic=args.dynamic, check_images=args.check_images, evaluate=args.verify)
+    except (FileNotFoundError, CheckpointError, DeployError, PathError, PredictError,
+            QuantizeError) as error:
+        sys.exit(f'quantize: {error}')
+    shape = report['shape']
+    print(f'{report["task"]}: input {shape[0]}x{shape[1]}'
+          f'{" (dynamic)" if args.dynamic else ""}; calibrated on {report["calibration"]}; '
+          f'{len(report["float_nodes"])} layer(s) kept float: '
+          f'{", ".join(report["float_nodes"]) or "none"}')
+    for note in report['notes']:
+        print(f'  note: {note}')
+    print(describe_int8(report['check'], f'check on {report["check_images"]}'))
+    if args.verify:
+        for key, value in report['fp32'].items():
+            print(f'{key}: float32 {value:.4f}, int8 {report["int8"][key]:.4f}, '
+                  f'difference {report["int8"][key] - value:+.4f}')
+    with atomic_file(args.out) as f:
+        f.write(graph)
+    print(f'written: {args.out}')
+
+
+if __name__ == '__main__':
+    main()
