@@ -9,6 +9,7 @@ detector's post-process settings. With --verify, nothing is written unless onnxr
 and PyTorch agree.
 """
 import argparse
+import copy
 import sys
 
 import numpy as np
@@ -23,10 +24,7 @@ from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
 from mobileone_mm.deploy.predict import PredictError, read_image
 from mobileone_mm.deploy.reparameterize import (DeployError, input_shape_of, load_model,
                                                 val_image_paths)
-from mobileone_mm.deploy.verify import torch_reference, verify_onnx
-
-THRESHOLDS = 'logits <= 1e-4 relative, labels >= 99.9% equal, detections matched ' \
-             '(IoU >= 0.99, score within 1e-4)'
+from mobileone_mm.deploy.verify import describe, torch_reference, verify_onnx
 
 
 def positive_int(text: str) -> int:
@@ -59,6 +57,7 @@ def main():
         model, cfg, ckpt = load_model(args.config, args.checkpoint)
         metadata = export_metadata(cfg, ckpt, model, args.config)
         shape = args.shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg)
+        train_form = copy.deepcopy(model) if args.verify else None  # build_onnx fuses
         graph, info = build_onnx(model, shape, dynamic=args.dynamic, metadata=metadata)
         print(f'{info["task"]}: input {shape[0]}x{shape[1]}'
               f'{" (dynamic)" if args.dynamic else ""}, outputs {info["outputs"]}; '
@@ -70,7 +69,7 @@ def main():
             sys.exit('export_onnx: the graph has another number of convolutions than the '
                      'fused model: some branch structure was not fused. Nothing written.')
         if args.verify:
-            verify(args, model, cfg, graph, shape)
+            verify(args, model, train_form, cfg, graph, shape)
     except (FileNotFoundError, CheckpointError, DeployError, ExportError, PathError,
             PredictError) as error:
         sys.exit(f'export_onnx: {error}')
@@ -79,7 +78,7 @@ def main():
     print(f'written: {args.out}')
 
 
-def verify(args, model, cfg, graph: bytes, shape):
+def verify(args, model, train_form, cfg, graph: bytes, shape):
     paths = val_image_paths(cfg, args.num_images)
     if paths:
         images, source = [read_image(p, shape) for p in paths], f'{len(paths)} val images'
@@ -88,7 +87,7 @@ def verify(args, model, cfg, graph: bytes, shape):
         images = [rng.randint(0, 256, (1, 3, *shape)).astype(np.float32)
                   for _ in range(args.num_images)]
         source = f'{args.num_images} random images (val set not on disk)'
-    report = verify_onnx(model, graph, images, score_thr=args.score_thr)
+    report = verify_onnx(train_form, graph, images, score_thr=args.score_thr)
     session, meta = load_session(graph)
     example = torch.from_numpy(images[0])
     report['torch_ms'] = measure_latency(
@@ -102,8 +101,8 @@ def verify(args, model, cfg, graph: bytes, shape):
                     f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
                     for k, v in report.items()))
     if not report['passed']:
-        sys.exit(f'export_onnx: onnxruntime and PyTorch disagree ({THRESHOLDS}). '
-                 f'Nothing written.')
+        sys.exit(f'export_onnx: onnxruntime and PyTorch disagree: '
+                 f'{describe(report, "the graph")}. Nothing written.')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import sys
 
 from mobileone_mm.checkpoints.io import CheckpointError
 from mobileone_mm.deploy.reparameterize import DeployError, reparameterize_checkpoint
+from mobileone_mm.deploy.verify import describe
 
 
 def positive_int(text: str) -> int:
@@ -46,10 +47,8 @@ def main():
         return
     print(f'{result.task} model, parameters: {result.params_train:,} train form -> '
           f'{result.params_deploy:,} deploy form')
-    if result.rel_diff is not None:
-        print(f'outputs on {result.inputs}: max |deploy - train| = '
-              f'{result.max_abs_diff:.3g}, max |train| = {result.output_scale:.3g}, '
-              f'relative {result.rel_diff:.2e}')
+    if result.check is not None:
+        print(f'outputs on {result.inputs}: {describe(result.check, "the deploy form")}')
     print(f'written: {result.out_checkpoint}\n         {result.out_config}')
 
 

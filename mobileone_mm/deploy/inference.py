@@ -13,40 +13,14 @@ first backend of this list that works and passes the output check:
    (FutureWarning) in torch 2.14; its warnings are silenced here.
 3. ``eager``: the fused model in channels_last memory format.
 
-Measured on this project's machine (AMD EPYC Zen 4, 1 thread, the other core busy), the
-MobileOne-S0 / S1 backbone at 1x3x320x320: time relative to the same fused model in eager
-PyTorch or to the faster of timm's and mmpretrain's fused MobileOne (those three run
-within a few % of each other); ranges are over several runs:
+Measured speed-ups, and the forms tried and not kept, are in the README's "Speed on a
+CPU" section (tools/benchmark.py; results of this project's machine in tools/results/).
 
-    form                                                   S0          S1
-    onnxruntime 1.32, ORT_ENABLE_ALL (kept, 1st)           0.35-0.58   0.70-0.72
-    onnxruntime, ORT_ENABLE_EXTENDED (no NCHWc layout)     0.78        1.05
-    trace + freeze + oneDNN Graph fusion (kept, 2nd)       0.41-0.63   0.74
-    torch.jit.optimize_for_inference (MKLDNN tensors)      0.57-0.76   0.84
-    torch.utils.mkldnn.to_mkldnn                           0.57
-    torch.compile (inductor; 25 s to compile S0)           0.57
-    channels_last eager (kept, 3rd)                        0.77-0.87
-    channels_last + trace + freeze                         0.76
-    trace + freeze alone                                   1.08
-
-Whole models (tensor forward, 1 thread): SSDLite-S0 at 320x320 0.43-0.50 (onnxruntime)
-and 0.54 (oneDNN Graph), DeepLabV3-S0-D8 at 512x512 0.72 and 0.77. With 2 threads on 2
-cores that other jobs also use, eager PyTorch's OpenMP pool degrades far more than
-onnxruntime's (S0 at 320: ~300 ms against 57 ms): ratios measured that way mean little.
-
-Why S1 stays near 0.7: at 320x320 it needs 1.68 GMACs = 3.4 GFLOP, and one core of this
-machine peaks at about 100-110 GFLOP/s in fp32 (torch.mm ~100, a large oneDNN 3x3 conv
-~108; see benchmark.peak_gflops), so no fp32 form can take much less than ~31 ms;
-onnxruntime takes ~32 ms, the peers ~44 ms (already ~75 % of peak). S0 (0.56 GMACs) runs
-at ~45 % of peak in eager PyTorch, held back by memory traffic and per-layer overhead,
-which is what the backends remove (onnxruntime: ~11 ms, ~100 GFLOP/s).
-
-The output check compares the optimized outputs with the eager float32 outputs of the
-fused model on ``example``: max |difference| <= ``rtol`` x max |output| (all outputs
-together), or, when float32 itself is that far from the exact result (randomly
-initialised detectors: a reordering of float32 sums moves their box outputs by ~1e-4 of
-the output scale), no further from a float64 run of the model than 4x the eager float32
-error. A backend that fails it is skipped (``auto``) or raises (named backend).
+The output check is ``verify.Reference``, the one every deploy path uses: on
+``example``, the backend's outputs must be no further from a float64 run of the train
+form (``model`` as given, not fused) than its float32 run is, times ``verify.FACTOR``;
+so the check judges the fusion and the backend together, and not the model's float32
+conditioning. A backend that fails it is skipped (``auto``) or raises (named backend).
 """
 import copy
 import io
@@ -58,9 +32,9 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from ..models.reparam import reparameterize_model
+from .verify import Reference, describe
 
 BACKENDS = ('onnxruntime', 'torchscript', 'eager')
-FLOAT32_NOISE_FACTOR = 4.0
 
 
 # ------------------------------------------------------------ nested outputs, flat
@@ -142,74 +116,36 @@ def _eager(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
 BUILDERS = dict(onnxruntime=_onnxruntime, torchscript=_torchscript, eager=_eager)
 
 
-# ---------------------------------------------------------------------- the check
-def _max_abs(tensors) -> float:
-    return max(t.abs().max().item() for t in tensors)
-
-
-def _max_diff(actual, expected) -> float:
-    return max((a.double() - e.double()).abs().max().item() for a, e in zip(actual, expected))
-
-
-def check_outputs(actual: List[torch.Tensor], expected: List[torch.Tensor],
-                  exact: Optional[List[torch.Tensor]], rtol: float) -> dict:
-    """Compare a backend's outputs with the eager float32 ones (and the float64 ones,
-    when given; see the module docstring). Returns the numbers and ``passed``."""
-    if [tuple(a.shape) for a in actual] != [tuple(e.shape) for e in expected]:
-        return dict(passed=False, reason='output shapes differ')
-    scale = _max_abs(expected)
-    result = dict(max_abs_diff=_max_diff(actual, expected), output_scale=scale)
-    result['rel_diff'] = result['max_abs_diff'] / max(scale, 1e-30)
-    result['passed'] = bool(result['rel_diff'] <= rtol)
-    if not result['passed'] and exact is not None:
-        result['float32_error'] = _max_diff(expected, exact)
-        result['backend_error'] = _max_diff(actual, exact)
-        result['passed'] = bool(result['backend_error']
-                                <= FLOAT32_NOISE_FACTOR * result['float32_error'])
-    return result
-
-
-def _float64_outputs(flat: nn.Module, example: torch.Tensor):
-    try:
-        with torch.no_grad():
-            return list(copy.deepcopy(flat).double()(example.double()))
-    except (RuntimeError, TypeError):  # an op without a float64 kernel
-        return None
-
-
 # ------------------------------------------------------------------------- the API
 class OptimizedModel:
     """A callable with the outputs of ``model(x)`` (same nesting), run by ``backend``.
 
     Each input shape gets its own traced / exported graph, built on first use and
-    checked like the example's. Attributes: ``backend``, ``check`` (the example's output
-    check), ``skipped`` (backend -> why it was not used).
+    checked like the example's against ``train`` (the train form, as flat outputs; None
+    without the check). Attributes: ``backend``, ``check`` (the example's output check,
+    see ``verify.Reference.judge``), ``skipped`` (backend -> why it was not used).
     """
 
-    def __init__(self, flat: nn.Module, backend: str, spec, threads: int, rtol: float,
-                 verify: bool):
-        self.flat, self.backend, self.spec = flat, backend, spec
-        self.threads, self.rtol, self.verify = threads, rtol, verify
+    def __init__(self, flat: nn.Module, train: Optional[nn.Module], backend: str, spec,
+                 threads: int):
+        self.flat, self.train, self.backend, self.spec = flat, train, backend, spec
+        self.threads = threads
         self.runners: Dict[tuple, Callable] = {}
         self.check: dict = {}
         self.skipped: Dict[str, str] = {}
 
-    def build(self, example: torch.Tensor) -> dict:
-        """Build (and check) the graph for ``example``'s shape; returns the check."""
-        check_input(example, 'the first input of this shape', finite=self.verify)
+    def build(self, example: torch.Tensor, reference: Optional[Reference] = None) -> dict:
+        """Build (and check) the graph for ``example``'s shape; returns the check.
+        ``reference``: the train form's ``Reference`` on ``example``, when already made."""
+        verify = self.train is not None
+        check_input(example, 'the first input of this shape', finite=verify)
         runner = BUILDERS[self.backend](self.flat, example, self.threads)
         check = dict(passed=True)
-        if self.verify:
-            with torch.inference_mode():
-                expected = list(self.flat(example))
-            actual = runner(example)
-            exact = None
-            if not check_outputs(actual, expected, None, self.rtol)['passed']:
-                exact = _float64_outputs(self.flat, example)
-            check = check_outputs(actual, expected, exact, self.rtol)
+        if verify:
+            reference = reference or reference_on(self.train, example)
+            check = reference.judge([runner(example)])
             if not check['passed']:
-                raise OutputMismatch(f'{self.backend}: outputs differ from the eager '
-                                     f'model: {check}')
+                raise OutputMismatch(describe(check, f'the {self.backend} form'))
         self.runners[self._key(example)] = runner
         return check
 
@@ -245,11 +181,16 @@ def check_input(x, what: str, finite: bool):
 
 
 class OutputMismatch(RuntimeError):
-    """A backend's outputs differ from the eager model's beyond the check's tolerance."""
+    """A backend's outputs are further from the exact ones than float32 allows."""
+
+
+def reference_on(train: nn.Module, example: torch.Tensor) -> Reference:
+    """The output check's reference: ``train`` (flat outputs) on ``example``."""
+    return Reference(train, [example], lambda module, x: module(x))
 
 
 def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str = 'auto',
-                           threads: Optional[int] = None, rtol: float = 1e-5,
+                           threads: Optional[int] = None,
                            verify: bool = True, precision: str = 'fp32',
                            calibration=None) -> OptimizedModel:
     """The fastest CPU callable with the same outputs as ``model(example)``.
@@ -264,8 +205,9 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
         backend: 'auto' (the first of onnxruntime, torchscript, eager that builds and
             passes the check), or one of them by name (errors are raised).
         threads: intra-op threads of onnxruntime (default: ``torch.get_num_threads()``).
-        rtol: output check tolerance relative to the largest output (module docstring).
-        verify: run the output check (building costs one more eager forward).
+        verify: run the output check (module docstring; building a graph then costs a
+            float64 and a float32 forward pass of the train form, and a copy of the train
+            form is kept for the graphs of other shapes).
         precision: 'fp32', or 'int8' with ``calibration`` (a few input batches like the
             example): a statically quantized onnxruntime graph, checked against float32
             by cosine and task agreement instead (``deploy/quantize.py``, ``Int8Model``).
@@ -279,16 +221,18 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
         raise ValueError(f'Unknown backend {backend!r}: use "auto" or one of {BACKENDS}.')
     check_input(example, 'the example', finite=verify)
     threads = threads or torch.get_num_threads()
+    train = FlatOutputs(copy.deepcopy(model)).eval().requires_grad_(False) if verify else None
     fused = reparameterize_model(copy.deepcopy(model).eval())
     fused.requires_grad_(False)
     with torch.inference_mode():
         _, spec = flatten(fused(example))
     flat = FlatOutputs(fused).eval()
+    reference = reference_on(train, example) if verify else None
     skipped = {}
     for name in (BACKENDS if backend == 'auto' else (backend, )):
-        optimized = OptimizedModel(flat, name, spec, threads, rtol, verify)
+        optimized = OptimizedModel(flat, train, name, spec, threads)
         try:
-            optimized.check = optimized.build(example)
+            optimized.check = optimized.build(example, reference)
         except Exception as error:  # noqa: BLE001 (any failure: try the next backend)
             if backend != 'auto':
                 raise

@@ -28,6 +28,7 @@ from ..checkpoints.io import CheckpointError, load_checkpoint, state_dict_of
 from ..checkpoints.paths import PathError, atomic_files, plan_outputs
 from ..models.reparam import reparameterize_model
 from .inference import flatten
+from .verify import Reference, describe
 
 CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -45,7 +46,8 @@ class ReparamResult:
     out_checkpoint: Optional[str] = None
     out_config: Optional[str] = None
     inputs: str = ''                   # what the outputs were compared on
-    max_abs_diff: Optional[float] = None
+    check: Optional[dict] = None       # the output check (verify.Reference.judge)
+    max_abs_diff: Optional[float] = None  # max |deploy - train| (float32 forms)
     output_scale: Optional[float] = None  # max |output| of the train form
 
     @property
@@ -223,18 +225,16 @@ def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
     return inputs, f'{num_images} random {size}x{size} images ({reason})'
 
 
-@torch.no_grad()
-def raw_outputs(model: nn.Module, inputs: List[dict]) -> List[List[torch.Tensor]]:
-    """The model's raw outputs (mode='tensor': logits, box / class maps) for each input."""
-    return [flatten(model(data['inputs'], data.get('data_samples'), mode='tensor'))[0]
-            for data in inputs]
+def tensor_outputs(model: nn.Module, data: dict) -> List[torch.Tensor]:
+    """The model's raw outputs (mode='tensor': logits, box / class maps) for one input."""
+    return flatten(model(data['inputs'], data.get('data_samples'), mode='tensor'))[0]
 
 
-def compare(reference, outputs) -> Tuple[float, float]:
-    """(max |outputs - reference|, max |reference|) over all tensors."""
-    pairs = [(r, o) for ref, out in zip(reference, outputs) for r, o in zip(ref, out)]
-    return (max((r - o).abs().max().item() for r, o in pairs),
-            max(r.abs().max().item() for r, _ in pairs))
+def check_fusion(train_model: nn.Module, deploy_model: nn.Module, inputs: List[dict]) -> dict:
+    """The shared output check (verify.Reference) of ``deploy_model`` against the train
+    form ``train_model`` (not changed), on model inputs such as ``sample_inputs`` gives."""
+    reference = Reference(train_model, inputs, tensor_outputs)
+    return reference.judge(reference.outputs(deploy_model))
 
 
 # ---------------------------------------------------------------------- the switch
@@ -276,17 +276,17 @@ def check_output_names(config, checkpoint, out_checkpoint):
 
 
 def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
-                              verify: bool = True, num_images: int = 4,
-                              tolerance: float = 1e-4) -> ReparamResult:
+                              verify: bool = True, num_images: int = 4) -> ReparamResult:
     """Fuse a trained model's MobileOne blocks and write the deploy checkpoint
     (``meta`` and the fused ``state_dict``; optimizer and scheduler state dropped) and the
     deploy config (``out_checkpoint`` with extension ``.py``), both atomically.
 
     The deploy config is built and the fused weights are loaded into it strictly before
-    anything is written. With ``verify``, raw outputs of both forms are compared on
-    ``num_images`` inputs (see ``sample_inputs``); DeployError when
-    max |difference| / max |output| exceeds ``tolerance``. A checkpoint that is already
-    fused is only checked against the deploy form of the config, and nothing is written.
+    anything is written. With ``verify``, the raw outputs of the deploy form are judged on
+    ``num_images`` inputs (see ``sample_inputs``) by the shared check (``check_fusion``:
+    no further from the float64 train form than the float32 train form is, times
+    verify.FACTOR); DeployError when they fail it. A checkpoint that is already fused is
+    only checked against the deploy form of the config, and nothing is written.
     """
     check_output_names(config, checkpoint, out_checkpoint)
     if verify and not (isinstance(num_images, int) and num_images >= 1):
@@ -298,21 +298,19 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
         return ReparamResult(codebase_of(cfg), True, params, params)
 
     result = ReparamResult(codebase_of(cfg), False, count_params(model), 0)
-    if verify:
-        inputs, result.inputs = sample_inputs(cfg, model, num_images)
-        reference = raw_outputs(model, inputs)
-    reparameterize_model(model)
+    fused = reparameterize_model(copy.deepcopy(model))
     text = deploy_config(cfg).pretty_text
     deploy_model, _ = build_model(Config.fromstring(text, '.py'))
-    load_strict(deploy_model, model.state_dict(), 'The fused model')
+    load_strict(deploy_model, fused.state_dict(), 'The fused model')
     result.params_deploy = count_params(deploy_model)
     if verify:
-        result.max_abs_diff, result.output_scale = compare(
-            reference, raw_outputs(deploy_model, inputs))
-        if result.rel_diff > tolerance:
-            raise DeployError(f'The deploy form changes the outputs: max |difference| '
-                              f'{result.max_abs_diff:.3g} = {result.rel_diff:.3g} x max '
-                              f'|output| (tolerance {tolerance:g}). Nothing written.')
+        inputs, result.inputs = sample_inputs(cfg, model, num_images)
+        result.check = check_fusion(model, deploy_model, inputs)
+        result.max_abs_diff = result.check.get('max_abs_diff')
+        result.output_scale = result.check.get('output_scale')
+        if not result.check['passed']:
+            raise DeployError(f'The deploy form changes the outputs: '
+                              f'{describe(result.check, "it")}. Nothing written.')
 
     result.out_checkpoint, result.out_config = write_deploy_files(
         deploy_model.state_dict(), ckpt.get('meta', {}), text, out_checkpoint)
