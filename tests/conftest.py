@@ -6,6 +6,8 @@ import torch
 
 # Developer tooling (tools/devkit: tiny data sets, benchmark) is not part of the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
+# Test helpers (photos.py); pytest's importlib mode does not put tests/ on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devkit import analysis  # noqa: E402
 
 

@@ -1,0 +1,53 @@
+"""Run a trained detector / segmentor / classifier on photos with its codebase's own
+inferencer and visualizer (mmdet DetInferencer, mmseg MMSegInferencer, mmpretrain
+ImageClassificationInferencer), and print and draw what it finds, in each photo's frame.
+
+    python tools/image_demo.py CONFIG CHECKPOINT IMAGE... [--out-dir DIR] [--deploy]
+
+The codebase comes from the config. CHECKPOINT is a training checkpoint or a deploy one
+(tools/reparameterize.py); --deploy fuses the model in memory first. With --out-dir, each
+picture is written there as <photo name>.png, at the photo's size.
+"""
+import argparse
+import sys
+
+from mobileone_mm.checkpoints.io import CheckpointError
+from mobileone_mm.checkpoints.paths import PathError
+from mobileone_mm.deploy.predict_photos import PhotoError, run_demo
+from mobileone_mm.deploy.reparameterize import DeployError
+
+
+def score_threshold(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f'must be between 0 and 1, got {text}')
+    return value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='mmdet, mmseg or mmpretrain config')
+    parser.add_argument('checkpoint', help='training or deploy checkpoint of that config')
+    parser.add_argument('images', nargs='+', metavar='IMAGE', help='photos')
+    parser.add_argument('--out-dir', help='folder for the pictures (<photo name>.png)')
+    parser.add_argument('--deploy', action='store_true',
+                        help='fuse the model (deploy form) before running it')
+    parser.add_argument('--device', default='cpu', help='cpu (default), cuda, cuda:1, ...')
+    parser.add_argument('--score-thr', type=score_threshold, default=0.3,
+                        help='detections printed and drawn (0..1, default 0.3)')
+    args = parser.parse_args(argv)
+    try:
+        results = run_demo(args.config, args.checkpoint, args.images, args.out_dir,
+                           deploy=args.deploy, device=args.device, score_thr=args.score_thr)
+    except (FileNotFoundError, CheckpointError, DeployError, PathError, PhotoError) as error:
+        sys.exit(f'image_demo: {error}')
+    for result in results:
+        print(f'{result.path} ({result.size[0]}x{result.size[1]}):')
+        print('\n'.join(f'  {line}' for line in result.lines) or '  nothing above the threshold')
+    if args.out_dir:
+        print(f'pictures: {args.out_dir}')
+
+
+if __name__ == '__main__':
+    main()
