@@ -89,9 +89,11 @@ MODELS = {  # config, BN ranges, input size, the block whose kernel is scaled
     'segmentor': (SEG_TINY, {}, 96, lambda b: b.stage2[3]),
     'classifier': (CLS_TINY, {}, 64, lambda b: b.stage4[-1]),
 }
+# The segmentor (output stride 8, the costliest) runs with the slow tests only.
+NAMES = ['detector', pytest.param('segmentor', marks=pytest.mark.slow), 'classifier']
 
 
-@pytest.mark.parametrize('name', list(MODELS))
+@pytest.mark.parametrize('name', NAMES)
 def test_correct_fusion_of_a_model_with_huge_activations_is_accepted(name, randomize_bn):
     config, bn_ranges, size, _ = MODELS[name]
     model = model_of(config, randomize_bn, **bn_ranges)
@@ -103,7 +105,7 @@ def test_correct_fusion_of_a_model_with_huge_activations_is_accepted(name, rando
     assert check['passed'] and check['ratio'] <= FACTOR / 2, check
 
 
-@pytest.mark.parametrize('name', list(MODELS))
+@pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('wrong', ['scaled_weight', 'corner_identity', 'dropped_branch'])
 def test_wrong_fusions_are_refused(name, wrong, randomize_bn, monkeypatch):
     config, bn_ranges, size, block = MODELS[name]
@@ -134,6 +136,7 @@ def test_reparameterize_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
     assert not (tmp_path / 'wrong.pth').exists()
 
 
+@pytest.mark.slow
 def test_export_verify_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
         randomize_bn, monkeypatch):
     train_form = ill_conditioned_detector(randomize_bn)
@@ -148,6 +151,7 @@ def test_export_verify_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
     assert not report['passed'] and report['ratio'] > 100 * FACTOR, report
 
 
+@pytest.mark.slow
 def test_optimize_for_inference_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
         randomize_bn, monkeypatch):
     model = ill_conditioned_detector(randomize_bn)
@@ -160,6 +164,7 @@ def test_optimize_for_inference_accepts_the_issue_detector_and_refuses_a_wrong_f
         optimize_for_inference(model, x, backend='eager')
 
 
+@pytest.mark.slow
 def test_hook_writes_nothing_for_a_wrong_fusion(tmp_path, monkeypatch, capsys):
     """SaveDeployCheckpointHook checks on the first val images before writing."""
     from devkit.tiny_data import make_tiny_flowers
