@@ -7,6 +7,9 @@
 # Where the packages go: an active virtual / conda environment that already has a torch is
 # used as it is (its torch, CUDA build or not, is kept and mmcv is compiled against it);
 # otherwise `.venv` in the repository is created with torch 2.14.1 + torchvision 0.29.1.
+# Where that torch sees a GPU, mmcv compiles CUDA ops too and needs the matching CUDA
+# toolkit: tools/check_cuda_build.py stops the install first, with what to do, if it is
+# missing. mmdeploy 1.3.1 is installed without its protobuf pin (see MMDEPLOY_PIN).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +26,13 @@ STACK_PINS=(
   onnx onnxruntime
   pytest hypothesis
 )
+# mmdeploy: its metadata pins protobuf<=3.20.2, which onnx >= 1.18 refuses (pip would take
+# onnx back to 1.17), so it goes in without its dependencies, plus the ones its ONNX
+# Runtime route imports (aenum; prettytable, which mmsegmentation brings too). Its grpcio
+# (SNPE backend only), multiprocess and dill (a fallback when torch.multiprocessing is
+# missing) are not needed.
+MMDEPLOY_PIN=mmdeploy==1.3.1
+MMDEPLOY_DEPS=(aenum prettytable)
 # openmim without its openxlab chain (which downgrades setuptools and breaks torch)
 MIM_DEPS=(click colorama model-index pandas requests rich tabulate)
 
@@ -89,11 +99,17 @@ pip_install -c "$CONSTRAINTS" "setuptools>=80,<82" wheel ninja
 # the clone. pip's own wheel cache is keyed by the sdist alone and would hand back a wheel
 # built for another torch, so it is bypassed.
 if ! "$PY" -c "from mmcv.ops import nms; import mmcv; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; then
+  # CUDA ops when torch sees a GPU (or FORCE_CUDA=1): needs a matching nvcc; stop now if
+  # there is none rather than deep inside the compile (tools/check_cuda_build.py).
+  FLAVOUR=$(FORCE_CUDA=${FORCE_CUDA:-0} "$PY" "$REPO/tools/check_cuda_build.py") || exit 1
   PYTAG=$("$PY" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
   WHEEL_DIR="$CACHE/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$PYTAG"
+  [ "$FLAVOUR" = cpu ] || WHEEL_DIR="$WHEEL_DIR-$FLAVOUR"
   if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
+    if [ "$FLAVOUR" = cpu ]; then TAKES="11-25 minutes on 2 cores"
+    else TAKES="CPU and CUDA ops: an hour or more with MAX_JOBS=2, estimated"; fi
     step "mmcv $MMCV_VERSION: compiling from source against torch $TORCH_VERSION" \
-         "(11-25 minutes on 2 cores; cached in $WHEEL_DIR afterwards)"
+         "($TAKES; cached in $WHEEL_DIR afterwards)"
     BUILD=$(mktemp -d)
     "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
       "mmcv==$MMCV_VERSION" -d "$BUILD"
@@ -114,17 +130,28 @@ if ! "$PY" -c "from mmcv.ops import nms; import mmcv; assert mmcv.__version__ ==
     echo "[install] mmcv was installed without its compiled ops; delete $WHEEL_DIR and run again" >&2
     exit 1
   }
+  if [ "$FLAVOUR" != cpu ]; then
+    "$PY" -c "from mmcv.ops import get_compiling_cuda_version as v; assert v() != 'not available'" || {
+      echo "[install] mmcv was built without its CUDA ops; delete $WHEEL_DIR and run again" >&2
+      exit 1
+    }
+  fi
 fi
 
 step "OpenMMLab packages, timm, onnxruntime, pytest"
 pip_install -c "$CONSTRAINTS" "${STACK_PINS[@]}" "${MIM_DEPS[@]}"
 pip_install --no-deps openmim==0.3.9
 
+step "$MMDEPLOY_PIN without its protobuf pin, and ${MMDEPLOY_DEPS[*]}"
+pip_install -c "$CONSTRAINTS" "${MMDEPLOY_DEPS[@]}"
+pip_install --no-deps "$MMDEPLOY_PIN"
+
 step "mobileone-mm (editable)"
 pip_install --no-deps --no-build-isolation -e "$REPO"
 
 "$PY" -c "import mmcv, mmdet, mmseg, mmpretrain, mmengine, timm, mobileone_mm; from mmcv.ops import nms
+from mmdeploy.apis import torch2onnx; from mmdeploy.backend.onnxruntime import wrapper
 print('[install] ok: torch', __import__('torch').__version__, '| mmcv', mmcv.__version__,
       '| mmengine', mmengine.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__,
-      '| mmpretrain', mmpretrain.__version__)" >&2
+      '| mmpretrain', mmpretrain.__version__, '| mmdeploy', __import__('mmdeploy').__version__)" >&2
 echo "$stamp_key" > "$("$PY" -c 'import sys; print(sys.prefix)')/.mobileone-mm-installed"

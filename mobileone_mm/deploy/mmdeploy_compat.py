@@ -1,0 +1,102 @@
+"""mmdeploy 1.3.1 (the OpenMMLab route to ONNX Runtime, TensorRT, OpenVINO, ncnn) on
+torch >= 2.9, for models with a MobileOne backbone.
+
+torch 2.9 made ``torch.onnx.export`` default to ``dynamo=True``: the torch.export-based
+exporter, which imports onnxscript and does not use the TorchScript-exporter symbolics
+that mmdeploy's rewriters emit (its ONNX NonMaxSuppression, for one). mmdeploy 1.3.1 calls
+``torch.onnx.export`` without ``dynamo``, so its ``torch2onnx`` stops with
+``ModuleNotFoundError: No module named 'onnxscript'`` (and with onnxscript installed it
+would trace another graph). ``torchscript_onnx_export()`` makes ``dynamo=False`` the
+default while it is entered and restores ``torch.onnx.export`` on exit; nothing is changed
+on import. It patches this process only: mmdeploy's ``tools/deploy.py`` runs torch2onnx
+in a child process, which the patch does not reach; ``export_end2end`` runs it here.
+
+Nothing else needs adapting: mmdeploy fuses the backbone (its ``build_pytorch_model``
+calls ``backbone.switch_to_deploy()``) and its ``BaseDenseHead.predict_by_feat`` rewriter
+handles ``mobileone_mm.SSDHead`` (a subclass of mmdet's). mmdeploy is imported only by
+the functions that use it (an optional extra: ``pip install mobileone-mm[mmdeploy]``).
+"""
+import contextlib
+import copy
+import functools
+import inspect
+import os
+import tempfile
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from ..checkpoints.io import atomic_file
+
+
+@contextlib.contextmanager
+def torchscript_onnx_export() -> Iterator[None]:
+    """Within the block, ``torch.onnx.export`` uses the TorchScript exporter unless the
+    caller passes ``dynamo`` itself. Restored on exit, also after an error; a no-op on a
+    torch whose ``torch.onnx.export`` has no ``dynamo`` argument."""
+    original = torch.onnx.export
+    if 'dynamo' not in inspect.signature(original).parameters:
+        yield
+        return
+
+    @functools.wraps(original)
+    def export(*args, **kwargs):
+        kwargs.setdefault('dynamo', False)
+        return original(*args, **kwargs)
+
+    torch.onnx.export = export
+    try:
+        yield
+    finally:
+        torch.onnx.export = original
+
+
+def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], out: str,
+                   image: Union[str, np.ndarray, None] = None, device: str = 'cpu') -> str:
+    """mmdeploy's ``torch2onnx`` for a trained checkpoint (train or deploy form; mmdeploy
+    fuses it): writes ``out`` (mmdeploy's end2end.onnx) atomically and returns its path.
+
+    ``image`` is what the export traces (a path or an HxWx3 BGR uint8 array); by default a
+    grey image of the deploy config's static input shape, else 320x320.
+    """
+    from mmdeploy.apis import torch2onnx
+    from mmdeploy.utils import get_input_shape, load_config
+
+    if image is None:
+        width, height = get_input_shape(load_config(deploy_cfg)[0]) or (320, 320)
+        image = np.full((height, width, 3), 128, np.uint8)
+    with tempfile.TemporaryDirectory() as work_dir, torchscript_onnx_export():
+        torch2onnx(image, work_dir, 'end2end.onnx', deploy_cfg, model_cfg, checkpoint,
+                   device=device)
+        with open(os.path.join(work_dir, 'end2end.onnx'), 'rb') as src, \
+                atomic_file(out) as dst:
+            dst.write(src.read())
+    return out
+
+
+def build_backend_model(deploy_cfg: str, model_cfg: str, onnx_file: str,
+                        device: str = 'cpu'):
+    """(mmdeploy's task processor, its backend model for ``onnx_file``): the model takes
+    the codebase's data batches (``test_step``) and returns its data samples."""
+    from mmdeploy.apis.utils import build_task_processor
+    from mmdeploy.utils import load_config
+
+    deploy, model = load_config(deploy_cfg, model_cfg)
+    processor = build_task_processor(model, deploy, device)
+    backend_model = processor.build_backend_model(
+        [onnx_file], data_preprocessor_updater=processor.update_data_preprocessor)
+    return processor, backend_model
+
+
+def evaluate_backend(deploy_cfg: str, model_cfg: str, onnx_file: str, work_dir: str,
+                     batch_size: Optional[int] = 1, device: str = 'cpu'):
+    """(backend model, its metrics on the model config's test set), computed by
+    mmdeploy's test runner as mmdeploy's ``tools/test.py`` does: batches of 1 by default
+    (a static graph takes one image), ``None`` for the config's batch size."""
+    processor, backend_model = build_backend_model(deploy_cfg, model_cfg, onnx_file, device)
+    dataloader = copy.deepcopy(processor.model_cfg.test_dataloader)
+    if batch_size:
+        dataloader.batch_size = batch_size
+    runner = processor.build_test_runner(backend_model, work_dir, dataloader=dataloader)
+    return backend_model, runner.test()

@@ -1,0 +1,55 @@
+"""A trained checkpoint to mmdeploy's end2end.onnx (ONNX Runtime), on torch >= 2.9 too, and
+optionally its metric on the config's test set through mmdeploy's task processor.
+
+    python tools/mmdeploy_export.py DEPLOY_CFG CONFIG CHECKPOINT OUT.onnx [--image IMG]
+        [--test] [--work-dir DIR] [--device cpu]
+
+DEPLOY_CFG is one of configs/mmdeploy/*.py (or mmdeploy's own). mmdeploy fuses the
+MobileOne backbone itself; the checkpoint may be a training one or a deploy one. This is
+mmdeploy's tools/deploy.py + tools/test.py for ONNX Runtime, run in this process, where
+mobileone_mm.deploy.mmdeploy_compat makes torch.onnx.export use the TorchScript exporter.
+"""
+import argparse
+import json
+import sys
+
+from mobileone_mm import CheckpointError
+from mobileone_mm.checkpoints.paths import (PathError, check_extension, check_input_file,
+                                            plan_outputs)
+from mobileone_mm.deploy.mmdeploy_compat import evaluate_backend, export_end2end
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('deploy_cfg', help='mmdeploy deploy config (configs/mmdeploy/)')
+    parser.add_argument('config', help='model config')
+    parser.add_argument('checkpoint', help='training or deploy checkpoint')
+    parser.add_argument('out', help='.onnx file (written atomically)')
+    parser.add_argument('--image', help='image the export traces (default: a grey image)')
+    parser.add_argument('--test', action='store_true',
+                        help="evaluate the ONNX model on the config's test set")
+    parser.add_argument('--work-dir', default='work_dirs/mmdeploy_test',
+                        help='logs of --test')
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args()
+    try:
+        for what in ('deploy_cfg', 'config', 'checkpoint', 'image'):
+            if getattr(args, what) is not None:
+                check_input_file(getattr(args, what), what.replace('_cfg', ' config'))
+        plan_outputs(inputs={'deploy config': args.deploy_cfg, 'config': args.config,
+                             'checkpoint': args.checkpoint, 'image': args.image},
+                     outputs={'ONNX model': args.out})
+        check_extension(args.out, ['.onnx'], 'ONNX output')
+        export_end2end(args.deploy_cfg, args.config, args.checkpoint, args.out, args.image,
+                       args.device)
+        print(f'wrote {args.out}')
+        if args.test:
+            _, metrics = evaluate_backend(args.deploy_cfg, args.config, args.out,
+                                          args.work_dir, device=args.device)
+            print(json.dumps(metrics, indent=1))
+    except (CheckpointError, PathError) as error:
+        sys.exit(f'error: {error}')
+
+if __name__ == '__main__':
+    main()
