@@ -1,0 +1,278 @@
+"""Tests written for the mutants that survived the rest of the suite (issue 17, point 4;
+docs/mutation.md lists every survivor and what kills it).
+
+Each oracle is outside the code it checks: the codebases' own data preprocessors and
+post-processing for the export wrappers, torch's own BatchNorm refusal for the training
+input-size check.
+"""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobileone_mm import MobileOne
+from mobileone_mm.deploy.export import WRAPPERS, Normalize
+from mobileone_mm.deploy.reparameterize import build_model, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    'detection': 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
+    'segmentation':
+    'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
+    'classification': 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
+}
+# Non-square (H, W), so that a wrapper swapping height and width fails.
+SHAPE = (64, 96)
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def within_float32(actual, expected, ulps=64):
+    """|a - e| <= ulps float32 epsilons of max |e|: both sides computed in float32 by
+    different code (ours, the codebase's), the same arithmetic in another order."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max()
+    assert scale > 0
+    return ((actual - expected).abs().max() / scale).item() <= ulps * FLOAT32_EPS
+
+
+def bgr_images(count=1, shape=SHAPE, seed=0):
+    """What cv2.imread gives, as the codebases' pipelines pack it: uint8 CHW, BGR."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, *shape), generator=gen, dtype=torch.uint8)
+            for _ in range(count)]
+
+
+@pytest.fixture(scope='module')
+def models():
+    """models[task]: the tiny S0 model of a task, built on first use, with random weights
+    and BN statistics, eval, and activations of order one (``calibrate_``): scores and
+    labels that are not saturated, so a wrong input or a wrong output shows."""
+    from devkit.analysis import randomize_bn
+
+    class Models(dict):
+        def __missing__(self, task):
+            torch.manual_seed(0)
+            model, _ = build_model(load_config(str(REPO / CONFIGS[task])))
+            model.init_weights()
+            self[task] = calibrate_(randomize_bn(model).eval())
+            return self[task]
+
+    return Models()
+
+
+def calibrate_(model):
+    """Scale each conv / linear weight, along one forward pass of a normalised image, so
+    that its output has standard deviation one (random weights otherwise reach 1e10 at the
+    logits, and softmax saturates to one-hot)."""
+    def unit_output(layer, inputs, out):
+        bias = 0 if layer.bias is None else layer.bias.view(1, -1, *[1] * (out.dim() - 2))
+        scale = (out - bias).std()
+        layer.weight.div_(scale)
+        return (out - bias) / scale + bias
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [layer.register_forward_hook(unit_output) for layer in layers]
+    try:
+        with torch.no_grad():
+            inputs = model.data_preprocessor(dict(inputs=bgr_images(seed=1)), False)['inputs']
+            model(inputs, mode='tensor')
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return model
+
+
+# --------------------------------------------------------------------------------------
+# Export wrappers against the codebases
+# --------------------------------------------------------------------------------------
+MEAN, STD = [10.0, 100.0, 200.0], [2.0, 50.0, 90.0]  # a different value per channel
+
+
+@pytest.mark.parametrize('swap', [False, True], ids=['bgr', 'bgr_to_rgb'])
+@pytest.mark.parametrize('codebase', ['mmdet', 'mmseg', 'mmpretrain'])
+def test_normalize_is_the_codebase_preprocessor(codebase, swap):
+    """Normalize(preprocessor) on a BGR 0..255 image gives what the preprocessor itself
+    gives: each codebase names its channel swap differently (mmdet bgr_to_rgb ->
+    _channel_conversion, mmseg channel_conversion, mmpretrain to_rgb)."""
+    if codebase == 'mmdet':
+        from mmdet.models.data_preprocessors import DetDataPreprocessor
+        preprocessor = DetDataPreprocessor(mean=MEAN, std=STD, bgr_to_rgb=swap)
+    elif codebase == 'mmseg':
+        from mmseg.models.data_preprocessor import SegDataPreProcessor
+        preprocessor = SegDataPreProcessor(mean=MEAN, std=STD, bgr_to_rgb=swap)
+    else:
+        from mmpretrain.models.utils.data_preprocessor import ClsDataPreprocessor
+        preprocessor = ClsDataPreprocessor(mean=MEAN, std=STD, to_rgb=swap)
+    image = bgr_images()[0]
+    expected = preprocessor(dict(inputs=[image]), False)['inputs']
+    assert within_float32(Normalize(preprocessor)(image[None].float()), expected, ulps=4)
+
+
+def test_classifier_wrapper_gives_mmpretrain_scores(models):
+    model = models['classification']
+    images = bgr_images(2)
+    with torch.no_grad():
+        logits = WRAPPERS['classification'](model, SHAPE)(torch.stack(images).float())
+        samples = model.test_step(dict(inputs=images))
+    expected = torch.stack([s.pred_score for s in samples])
+    assert within_float32(logits.softmax(-1), expected)
+
+
+def test_ssd_wrapper_gives_mmdet_boxes_and_scores(models):
+    """Every (anchor, class) pair before NMS, as mmdet's own test-time decoding gives it
+    (predict_by_feat without score threshold, top-k or NMS), matched by score."""
+    from mmengine.config import ConfigDict
+    model = models['detection']
+    images = bgr_images(1)
+    meta = dict(img_shape=SHAPE, ori_shape=SHAPE, pad_shape=SHAPE, scale_factor=(1., 1.))
+    with torch.no_grad():
+        boxes, scores = WRAPPERS['detection'](model, SHAPE)(torch.stack(images).float())
+        inputs = model.data_preprocessor(dict(inputs=images), False)['inputs']
+        cls_scores, bbox_preds = model._forward(inputs)
+        expected, = model.bbox_head.predict_by_feat(
+            cls_scores, bbox_preds, batch_img_metas=[meta],
+            cfg=ConfigDict(score_thr=-1, nms_pre=10**9, min_bbox_size=-1),
+            rescale=False, with_nms=False)
+    num_classes = scores.shape[-1]
+    assert len(expected.scores) == boxes.shape[1] * num_classes
+    for label in range(num_classes):
+        mine = expected.labels == label
+        want = _by_score(expected.bboxes[mine], expected.scores[mine])
+        got = _by_score(boxes[0], scores[0, :, label])
+        assert within_float32(got, want, ulps=256), label
+
+
+def _by_score(boxes, scores):
+    """(score, x1, y1, x2, y2) rows sorted by score then box: a pairing that does not
+    depend on anchor order."""
+    rows = torch.cat([scores[:, None], boxes], 1).double()
+    for column in reversed(range(rows.shape[1])):
+        rows = rows[rows[:, column].argsort(stable=True)]
+    return rows
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+def test_segmentor_wrapper_gives_mmseg_logits_and_labels(models, align_corners):
+    from mmseg.structures import SegDataSample
+    model = models['segmentation']
+    model.align_corners = model.decode_head.align_corners = align_corners
+    images = bgr_images(1)
+    meta = dict(img_shape=SHAPE, ori_shape=SHAPE, pad_shape=SHAPE,
+                padding_size=[0, 0, 0, 0])
+    try:
+        with torch.no_grad():
+            logits, labels = WRAPPERS['segmentation'](model, SHAPE)(torch.stack(images).float())
+            sample, = model.test_step(dict(inputs=images,
+                                           data_samples=[SegDataSample(metainfo=meta)]))
+    finally:
+        model.align_corners = model.decode_head.align_corners = False
+    assert within_float32(logits[0], sample.seg_logits.data)
+    assert torch.equal(labels[0], sample.pred_sem_seg.data[0])
+
+
+# --------------------------------------------------------------------------------------
+# The backbone: training input sizes, fusing on load
+# --------------------------------------------------------------------------------------
+TINY_ARCH = dict(num_blocks=[1, 1, 1, 1], width_factor=[0.25, 0.25, 0.25, 0.25],
+                 num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0])
+
+
+def torch_refuses(model, x) -> bool:
+    """Whether torch's own BatchNorm refuses this training batch (one value per channel),
+    running the stages without MobileOne's input check."""
+    try:
+        for stage in model.stages:
+            x = stage(x)
+    except ValueError as error:
+        assert 'Expected more than 1 value per channel' in str(error)
+        return True
+    return False
+
+
+@pytest.mark.parametrize('output_stride,frozen_stages', [(32, -1), (16, -1), (32, 4)])
+def test_training_size_check_refuses_what_batchnorm_would(output_stride, frozen_stages):
+    """The check names the stage and the fix exactly when torch's BatchNorm would fail
+    deep inside, for every batch size / height / width around the 1 x 1 boundary (height
+    and width on either side of it separately: a check that mixes them up passes on
+    square inputs)."""
+    strides = (2, 2, 2, 2) if output_stride == 32 else (2, 2, 2, 1)
+    dilations = (1, 1, 1, 1) if output_stride == 32 else (1, 1, 1, 2)
+    model = MobileOne(TINY_ARCH, strides=strides, dilations=dilations,
+                      frozen_stages=frozen_stages).train()
+    seen = set()
+    for n in (1, 2):
+        for h in (1, output_stride // 2, output_stride, output_stride + 1):
+            for w in (1, output_stride, output_stride + 1):
+                x = torch.rand(n, 3, h, w)
+                expected = torch_refuses(model, x)
+                try:
+                    model(x)
+                    refused = False
+                except ValueError as error:
+                    assert 'sees a 1 x 1 map' in str(error)
+                    refused = True
+                assert refused == expected, (n, h, w)
+                seen.add(expected)
+    assert seen == ({False} if frozen_stages == 4 else {False, True})
+
+
+def test_only_unsynchronised_training_batchnorm_counts_as_local(monkeypatch):
+    """A synchronised BN in a process group computes its statistics over every process, so
+    a 1 x 1 map on one of them is no reason to refuse the batch; plain BN is."""
+    from mobileone_mm.models.mobileone import _local_batch_norm
+    from mobileone_mm.models.sync_batchnorm import CPUSyncBatchNorm
+    layers = [torch.nn.BatchNorm2d(4), torch.nn.SyncBatchNorm(4), CPUSyncBatchNorm(4)]
+    assert [_local_batch_norm(m) for m in layers] == [True, True, True]  # no process group
+    assert not any(_local_batch_norm(m.eval()) for m in layers)
+    monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: True)
+    assert [_local_batch_norm(m.train()) for m in layers] == [True, False, False]
+    assert not _local_batch_norm(torch.nn.ReLU())
+
+
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_dilated_deploy_model_fuses_train_weights_on_load(output_stride, randomize_bn):
+    """A deploy=True model at output stride 16 / 8 (whose first dilated-stage block keeps
+    stride 1 and no identity branch) loads train-form weights by fusing them with the
+    model's own BN eps; it equals the train form (float64) to float32 rounding."""
+    strides, dilations = ((2, 2, 2, 1), (1, 1, 1, 2)) if output_stride == 16 else \
+        ((2, 2, 1, 1), (1, 1, 2, 4))
+    kwargs = dict(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), strides=strides,
+                  dilations=dilations, norm_cfg=dict(type='BN', eps=0.1))
+    train = randomize_bn(MobileOne(**kwargs)).eval()
+    deploy = MobileOne(deploy=True, **kwargs).eval()
+    deploy.load_state_dict(train.state_dict(), strict=True)
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = copy.deepcopy(train).double()(x.double())
+        for a, e in zip(deploy(x), expected):
+            assert ((a - e).abs().max() / e.abs().max()).item() <= 1e-5
+
+
+# --------------------------------------------------------------------------------------
+# Weight conversion: an incomplete state dict is refused, naming what is missing
+# --------------------------------------------------------------------------------------
+TINY_SE_ARCH = dict(TINY_ARCH, num_blocks=[1, 1, 2, 1], num_se_blocks=[0, 0, 1, 1])
+MISSING = [  # (form, keys dropped (prefix), the message's words)
+    ('train', 'stage2.0.branch_conv_list.0.norm.running_',
+     r'stage2\.0\.branch_conv_list\.0\.norm without running_mean, running_var'),
+    ('train', 'stage1.1.branch_norm.bias', r'stage1\.1\.branch_norm without bias'),
+    ('train', 'stage1.0.branch_scale.norm.', r'stage1\.0\.branch_scale\.conv without its BN'),
+    ('train', 'stage3.3.se.conv1.conv.bias', r'stage3\.3\.se\.conv1\.conv without bias'),
+    ('deploy', 'stage4.1.se.conv2.conv.bias', r'stage4\.1\.se\.conv2\.conv without bias'),
+    ('deploy', 'stage2.1.branch_reparam.bias', r'stage2\.1\.branch_reparam without bias'),
+    ('deploy', 'stage3.0.', r'stage3 without block\(s\) \[0\]\.'),
+    ('train', 'stage3.2.', r'stage3 without block\(s\) \[2\]\.'),
+    ('deploy', 'stage4.', r'no stage4\.'),
+]
+
+
+@pytest.mark.parametrize('form,dropped,message', MISSING, ids=[m[1] for m in MISSING])
+def test_incomplete_state_dict_is_refused_naming_the_part(form, dropped, message):
+    from mobileone_mm import CheckpointError, convert_state_dict
+    state = MobileOne(TINY_SE_ARCH, deploy=form == 'deploy').state_dict()
+    convert_state_dict(dict(state))  # complete: accepted
+    partial = {k: v for k, v in state.items() if not k.startswith(dropped)}
+    assert len(partial) < len(state)
+    with pytest.raises(CheckpointError, match=message):
+        convert_state_dict(partial)
