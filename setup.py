@@ -21,9 +21,9 @@ setup(
         # tools/export_onnx.py, onnx_infer.py, optimize_for_inference's fastest backend
         'onnx': ['onnx', 'onnxruntime'],
         # mmdeploy_compat / tools/mmdeploy_export.py: what mmdeploy 1.3.1 needs at run time
-        # for ONNX Runtime. mmdeploy itself goes in apart, `pip install --no-deps
-        # mmdeploy==1.3.1`: its metadata pins protobuf<=3.20.2, for which pip would take
-        # onnx back to 1.17 (README, "mmdeploy").
+        # for ONNX Runtime (prettytable: its speed-test timings). mmdeploy itself goes in
+        # apart, `pip install --no-deps mmdeploy==1.3.1`: its metadata pins
+        # protobuf<=3.20.2, for which pip would take onnx back to 1.17 (README, "mmdeploy").
         'mmdeploy': ['aenum', 'prettytable', 'onnx', 'onnxruntime'],
         # tools/ (tiny data sets, benchmark's peer rows) and the test suite
         'tools': ['Pillow', 'timm'],

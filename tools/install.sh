@@ -27,10 +27,10 @@ STACK_PINS=(
   pytest hypothesis
 )
 # mmdeploy: its metadata pins protobuf<=3.20.2, which onnx >= 1.18 refuses (pip would take
-# onnx back to 1.17), so it goes in without its dependencies, plus the ones its ONNX
-# Runtime route imports (aenum; prettytable, which mmsegmentation brings too). Its grpcio
-# (SNPE backend only), multiprocess and dill (a fallback when torch.multiprocessing is
-# missing) are not needed.
+# onnx back to 1.17), so it goes in without its dependencies, plus what its ONNX Runtime
+# route imports: aenum (every task processor) and prettytable (its speed-test timings;
+# mmsegmentation brings it too). Its grpcio (SNPE backend only), multiprocess and dill (a
+# fallback when torch.multiprocessing is missing) are not needed.
 MMDEPLOY_PIN=mmdeploy==1.3.1
 MMDEPLOY_DEPS=(aenum prettytable)
 # openmim without its openxlab chain (which downgrades setuptools and breaks torch)
