@@ -191,3 +191,18 @@ def test_hook_writes_nothing_for_a_wrong_fusion(tmp_path, monkeypatch, capsys):
     saved = load_checkpoint_file(deploy)
     assert saved['meta']['dataset_meta']['classes'] == ['a', 'b', 'c', 'd']
     assert deploy.with_suffix('.py').exists()
+
+
+def test_an_error_confined_to_a_few_outputs_is_refused(randomize_bn):
+    """The percentile alone would pass a candidate wrong in one output element (a wrong
+    padding reaching only a map's border, say): the largest difference is judged too."""
+    from mobileone_mm import MobileOne
+    from mobileone_mm.deploy.verify import MAX_FACTOR, Reference
+    model = randomize_bn(MobileOne('s0', out_indices=(1, 2))).eval()
+    reference = Reference(model, [torch.randn(1, 3, 64, 64)], lambda m, x: m(x))
+    assert reference.judge(reference.float32)['passed']
+    candidate = [[t.clone() for t in out] for out in reference.float32]
+    noise = max(reference.float32_error['max'], 1e-6 * reference.scale)
+    candidate[0][0][0, 0, 0, 0] += 2 * MAX_FACTOR * noise
+    check = reference.judge(candidate)
+    assert check['ratio'] <= FACTOR and not check['passed']
