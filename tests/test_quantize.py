@@ -20,7 +20,8 @@ from mobileone_mm.deploy.export import build_onnx, load_session
 from mobileone_mm.deploy.metadata import export_metadata
 from mobileone_mm.deploy.predict import load_onnx, predict, read_photo
 from mobileone_mm.deploy.quantize import (COSINE_MIN, QuantizeError, judge_int8,
-                                          output_layers, quantizable_nodes, quantize_graph)
+                                          layer_sensitivity, output_layers,
+                                          quantizable_nodes, quantize_graph)
 from mobileone_mm.deploy.reparameterize import build_model, load_config
 from devkit.tiny_data import make_tiny_ade20k, make_tiny_flowers
 
@@ -62,7 +63,7 @@ def scaled_activations(graph: bytes, factor: float) -> bytes:
 
 # --------------------------------------------------- the check and its threshold
 @pytest.mark.slow
-@pytest.mark.parametrize('arch', ['s0', 's1'])
+@pytest.mark.parametrize('arch', ['s1'])
 def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, randomize_bn):
     """COSINE_MIN (0.95) against measurement: int8 S0 / S1 backbones with random BN
     statistics came out at cosine 0.985-0.999 to float32 (3 seeds, three outputs each,
@@ -101,8 +102,9 @@ def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, randomize
     int8 = optimize_for_inference(model, example, precision='int8',
                                   calibration=batches(3, 64, 1))
     assert int8.check['passed'], int8.check
-    assert int8.check['agreement'] is (None if task == 'detection' else int8.check['agreement'])
-    if task != 'detection':
+    if task == 'detection':
+        assert int8.check['agreement'] is None  # raw score maps in tensor mode: cosine only
+    else:
         assert int8.check['agreement'] >= 0.75
     with torch.no_grad():
         expected = model(example)
@@ -114,8 +116,12 @@ def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, randomize
     assert len(int8.keep_float) == heads  # SSD: class and box predictors of 6 levels
 
 
+TINY = dict(num_blocks=[1, 1, 1, 1], width_factor=[0.25, 0.25, 0.25, 0.25],
+            num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0])
+
+
 def test_bad_calibration_and_arguments_are_refused():
-    model = MobileOne('s0', out_indices=(3, )).eval()
+    model = MobileOne(TINY, out_indices=(3, )).eval()
     example = torch.randn(1, 3, 32, 32)
     with pytest.raises(QuantizeError, match='needs calibration=batches'):
         optimize_for_inference(model, example, precision='int8')
@@ -145,12 +151,45 @@ def test_bad_calibration_and_arguments_are_refused():
         quantize_graph(graph, [example.numpy()], method='kl')
 
 
-def build_onnx_of_backbone(model):
+def build_onnx_of_backbone(model, size=32):
     import io
     buffer = io.BytesIO()
-    torch.onnx.export(model, (torch.randn(1, 3, 32, 32), ), buffer, dynamo=False,
+    torch.onnx.export(model, (torch.randn(1, 3, size, size), ), buffer, dynamo=False,
                       opset_version=17, input_names=['input'])
     return buffer.getvalue(), None
+
+
+@pytest.mark.slow
+def test_sensitivity_finds_an_outlier_channel_and_float_layers_fix_it(randomize_bn):
+    """The failure re-parameterized models are known for: one activation channel far
+    wider than the others (here 1000x, planted without changing the function: a pointwise
+    conv's output channel scaled up, the next depthwise conv's filter for it scaled down;
+    ReLU between them commutes with the scale). One int8 scale per tensor then leaves
+    the other channels a few levels or none. layer_sensitivity ranks the two layers
+    around that tensor worst, and keeping them float brings the cosine back."""
+    arch = dict(num_blocks=[1, 2, 2, 1], width_factor=[0.5, 0.5, 0.5, 0.5],
+                num_conv_branches=[2, 2, 2, 2], num_se_blocks=[0, 0, 0, 0])
+    model = randomize_bn(MobileOne(arch, out_indices=(3, ))).eval()
+    model.switch_to_deploy()
+    widened, narrowed = model.stage2[1].branch_reparam, model.stage2[2].branch_reparam
+    with torch.no_grad():
+        widened.weight[3] *= 1000
+        widened.bias[3] *= 1000
+        narrowed.weight[3] /= 1000
+    graph, _ = build_onnx_of_backbone(model, 64)
+    calibration = [x.numpy()[:1] for x in batches(8, 64, 1)]
+    inputs = [x.numpy()[:1] for x in batches(4, 64, 2)]
+    with torch.no_grad():
+        reference = [[t.numpy() for t in model(torch.from_numpy(x))] for x in inputs]
+    ranking = [node for node, _ in layer_sensitivity(graph, calibration, inputs)]
+    assert {n.split('/')[2] for n in ranking[:2]} == {'stage2.1', 'stage2.2'}
+
+    def cosine_of(keep):
+        session = load_session(quantize_graph(graph, calibration, keep_float=keep))[0]
+        return judge_int8(reference, [session.run(None, {'input': x}) for x in inputs])
+
+    assert cosine_of([])["cosine"] < 0.9
+    assert cosine_of(ranking[:2])['cosine'] >= 0.98
 
 
 # ------------------------------------------------- config level: tools/quantize.py
@@ -172,6 +211,7 @@ def interface(session) -> tuple:
             [(o.name, o.shape, o.type) for o in session.get_outputs()])
 
 
+@pytest.mark.slow
 def test_int8_graph_has_the_export_interface_and_runs_in_onnx_infer(flowers, tmp_path):
     config, checkpoint = flowers
     int8, report = quantize_checkpoint(str(config), str(checkpoint), calib_images=8)
@@ -191,6 +231,13 @@ def test_int8_graph_has_the_export_interface_and_runs_in_onnx_infer(flowers, tmp
                     and n.input[1] in dequantized]
     assert sorted(int8_weights) == sorted(set(quantizable_nodes(fp32)) -
                                           set(report['float_nodes']))
+    # one weight scale per output channel (per-tensor scales fail fused kernels)
+    inits = {i.name: i for i in graph.graph.initializer}
+    producers = {n.output[0]: n for n in graph.graph.node}
+    for node in graph.graph.node:
+        if node.name in int8_weights:
+            weight = producers[node.input[1]]
+            assert list(inits[weight.input[1]].dims) == [inits[weight.input[0]].dims[0]]
     assert report['check']['passed'] and report['check_images'] == '8 val images'
     # tools/onnx_infer.py's path: metadata check, the test pipeline, softmax scores
     path = tmp_path / 'int8.onnx'

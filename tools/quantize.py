@@ -32,6 +32,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +54,9 @@ def main():
                         help="input size (default: the config's test size)")
     parser.add_argument('--dynamic', action='store_true',
                         help='free batch size (and image size for classifiers/segmentors)')
+    parser.add_argument('--float-layers', type=non_negative_int, default=0, metavar='K',
+                        help='also keep the K layers int8 hurts most in float (measured '
+                             'one by one on calibration images)')
     parser.add_argument('--check-images', type=positive_int, default=8,
                         help='val images the int8 outputs are checked on')
     parser.add_argument('--verify', action='store_true',
@@ -59,7 +69,8 @@ def main():
         graph, report = quantize_checkpoint(
             args.config, args.checkpoint, calib_images=args.calib_images,
             calib_split=args.calib_split, method=args.method, shape=args.shape,
-            dynamic=args.dynamic, check_images=args.check_images, evaluate=args.verify)
+            dynamic=args.dynamic, check_images=args.check_images,
+            float_layers=args.float_layers, evaluate=args.verify)
     except (FileNotFoundError, CheckpointError, DeployError, PathError, PredictError,
             QuantizeError) as error:
         sys.exit(f'quantize: {error}')

@@ -18,7 +18,8 @@ import torch
 from .export import build_onnx, load_session
 from .metadata import export_metadata, fixed_input_shape
 from .predict import graph_input_shape, predict, preprocess, read_photo
-from .quantize import QuantizeError, describe_int8, judge_int8, output_layers, quantize_graph
+from .quantize import (QuantizeError, describe_int8, judge_int8, layer_sensitivity,
+                       output_layers, quantize_graph)
 from .reparameterize import DeployError, _registry, codebase_of, input_shape_of, load_model
 
 SPLITS = ('train', 'val')
@@ -107,7 +108,8 @@ def one_batch(outputs: List[list]) -> List[list]:
 def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
                         calib_split: str = 'train', method: str = 'minmax',
                         shape: Optional[Sequence[int]] = None, dynamic: bool = False,
-                        check_images: int = 8, evaluate: bool = False) -> Tuple[bytes, dict]:
+                        check_images: int = 8, float_layers: int = 0,
+                        evaluate: bool = False) -> Tuple[bytes, dict]:
     """tools/quantize.py: a trained model's int8 ONNX graph and what was measured.
 
     The float32 graph is the one tools/export_onnx.py writes (``build_onnx`` with
@@ -117,7 +119,9 @@ def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
     is checked against the float32 one on the first ``check_images`` val images (the
     calibration images when the val set is not on disk) with ``quantize.judge_int8``;
     QuantizeError when it fails. With ``evaluate``, both graphs are scored on the val set
-    by the config's own metric (``evaluate_graph``).
+    by the config's own metric (``evaluate_graph``). ``float_layers``: besides the heads'
+    last layers, keep that many more layers float, the ones int8 hurts most
+    (``quantize.layer_sensitivity`` on 8 of the calibration images).
 
     Returns (int8 graph, report: task, shape, calibration, float nodes, check, metrics)."""
     model, cfg, ckpt = load_model(config, checkpoint)
@@ -127,6 +131,9 @@ def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
     session, meta = load_session(graph)
     calibration = graph_images(cfg, meta, session, calib_split, calib_images)
     keep = output_layers(graph)
+    if float_layers:
+        ranking = layer_sensitivity(graph, calibration, calibration[:8], method)
+        keep += [node for node, _ in ranking if node not in keep][:float_layers]
     int8 = quantize_graph(graph, calibration, method=method, keep_float=keep)
     session8, meta8 = load_session(int8)
     try:

@@ -11,22 +11,31 @@ The quantization (each choice measured on the tiny-data models, README "int8"):
   integer kernels), weights int8 symmetric **per output channel**, activations uint8 per
   tensor (the U8S8 form onnxruntime's x86 kernels run with VNNI). Per-channel weights are
   what a re-parameterized model needs: fusion sums 3-5 branches into one kernel whose
-  output channels have very different ranges.
-* Calibration: min / max of every activation over the calibration images
-  (``METHODS`` also offers percentile and entropy; they did no better here).
+  output channels have very different ranges (tiny SSDLite-S0: per-tensor weights lost
+  0.021 bbox mAP, per-channel 0.002).
+* Calibration: min / max of every activation over the calibration images. Percentile
+  (``METHODS``) clips and did worse (Flowers top-1 71.5 against 75.0); onnxruntime
+  1.32's entropy calibration returned exactly the min / max ranges here, so it is not
+  offered.
 * Quantized operators: the network body (``QUANTIZED_OPS``: convolutions, linear layers
   and the ReLU / pooling / concat between them); the rest stays float: the head's
   decoding (softmax, box deltas to boxes), the segmentor's final resize and argmax, the
-  SE gates, the input normalisation.
-* ``keep_float``: nodes left in float, for the layers int8 hurts most
-  (``layer_sensitivity`` ranks them).
+  SE gates, the input normalisation. The heads' last layers stay float too
+  (``output_layers``: their outputs are the model's answers).
+* ``keep_float``: more nodes left in float; ``layer_sensitivity`` ranks the layers by
+  how far int8 in each alone moves the outputs (the remedy for an outlier activation
+  channel; on the tiny models the stem and the first stride-2 blocks rank first, and
+  keeping them float changed the metrics by less than their noise).
 
 The check: int8 is not float32 to rounding, so the float32 equality check of the other
 deploy paths cannot apply. Instead, per float output, the cosine similarity of the int8
 and the float32 outputs (whole tensor per input, in float64) must be at least
-``COSINE_MIN``, and where the task is known the decisions must agree: top-1 labels
-(classification), pixel labels (segmentation), detections above the score threshold
-(detection: same label, box IoU >= 0.5) on at least ``AGREEMENT_MIN`` of them.
+``COSINE_MIN`` on every input, and where the task is known the decisions must agree:
+top-1 labels (classification), pixel labels (segmentation), detections above the score
+threshold (detection: same label, box IoU >= 0.5) on at least ``AGREEMENT_MIN`` of them.
+Measured: int8 S0 / S1 backbones with random BN statistics 0.985-0.999, trained tiny
+models 0.985-0.998 keeping 84-95 % of their decisions; quantizations with wrong ranges
+0.0-0.42 (calibration inputs 255x too large) and 0.33-0.76 (activation scales x100).
 """
 import contextlib
 import copy
@@ -50,7 +59,7 @@ from .verify import _box_iou
 
 QUANTIZED_OPS = ('Conv', 'Gemm', 'MatMul', 'Relu', 'Clip', 'MaxPool', 'AveragePool',
                  'GlobalAveragePool', 'Concat')
-METHODS = ('minmax', 'percentile', 'entropy')
+METHODS = ('minmax', 'percentile')
 COSINE_MIN = 0.95
 AGREEMENT_MIN = 0.75
 METADATA_KEY = 'int8'
@@ -210,8 +219,7 @@ def _quantize(model, images: Sequence[np.ndarray], method: str, cache: Optional[
     if method not in METHODS:
         raise QuantizeError(f'Unknown calibration method {method!r}: use one of {METHODS}.')
     calibrate_method = dict(minmax=CalibrationMethod.MinMax,
-                            percentile=CalibrationMethod.Percentile,
-                            entropy=CalibrationMethod.Entropy)[method]
+                            percentile=CalibrationMethod.Percentile)[method]
     with tempfile.TemporaryDirectory(prefix='mobileone-int8-') as tmp, _quiet():
         source, target = os.path.join(tmp, 'fp32.onnx'), os.path.join(tmp, 'int8.onnx')
         onnx.save(model, source)
