@@ -119,21 +119,30 @@ def test_classifier_wrapper_gives_mmpretrain_scores(models):
     assert within_float32(logits.softmax(-1), expected)
 
 
-def test_ssd_wrapper_gives_mmdet_boxes_and_scores(models):
+@pytest.mark.parametrize('ctr_clamp', [None, 2], ids=['plain', 'ctr_clamp'])
+def test_ssd_wrapper_gives_mmdet_boxes_and_scores(models, ctr_clamp):
     """Every (anchor, class) pair before NMS, as mmdet's own test-time decoding gives it
-    (predict_by_feat without score threshold, top-k or NMS), matched by score."""
+    (predict_by_feat without score threshold, top-k or NMS), matched by score; also with
+    the box coder's centre clamp on (DeltaXYWHBBoxCoder add_ctr_clamp)."""
     from mmengine.config import ConfigDict
     model = models['detection']
+    coder = model.bbox_head.bbox_coder
+    saved = coder.add_ctr_clamp, coder.ctr_clamp
+    if ctr_clamp:
+        coder.add_ctr_clamp, coder.ctr_clamp = True, ctr_clamp
     images = bgr_images(1)
     meta = dict(img_shape=SHAPE, ori_shape=SHAPE, pad_shape=SHAPE, scale_factor=(1., 1.))
-    with torch.no_grad():
-        boxes, scores = WRAPPERS['detection'](model, SHAPE)(torch.stack(images).float())
-        inputs = model.data_preprocessor(dict(inputs=images), False)['inputs']
-        cls_scores, bbox_preds = model._forward(inputs)
-        expected, = model.bbox_head.predict_by_feat(
-            cls_scores, bbox_preds, batch_img_metas=[meta],
-            cfg=ConfigDict(score_thr=-1, nms_pre=10**9, min_bbox_size=-1),
-            rescale=False, with_nms=False)
+    try:
+        with torch.no_grad():
+            boxes, scores = WRAPPERS['detection'](model, SHAPE)(torch.stack(images).float())
+            inputs = model.data_preprocessor(dict(inputs=images), False)['inputs']
+            cls_scores, bbox_preds = model._forward(inputs)
+            expected, = model.bbox_head.predict_by_feat(
+                cls_scores, bbox_preds, batch_img_metas=[meta],
+                cfg=ConfigDict(score_thr=-1, nms_pre=10**9, min_bbox_size=-1),
+                rescale=False, with_nms=False)
+    finally:
+        coder.add_ctr_clamp, coder.ctr_clamp = saved
     num_classes = scores.shape[-1]
     assert len(expected.scores) == boxes.shape[1] * num_classes
     for label in range(num_classes):
@@ -262,6 +271,7 @@ MISSING = [  # (form, keys dropped (prefix), the message's words)
     ('deploy', 'stage4.1.se.conv2.conv.bias', r'stage4\.1\.se\.conv2\.conv without bias'),
     ('deploy', 'stage2.1.branch_reparam.bias', r'stage2\.1\.branch_reparam without bias'),
     ('deploy', 'stage3.0.', r'stage3 without block\(s\) \[0\]\.'),
+    ('train', 'stage1.0.', r'stage1 without block\(s\) \[0\]\.'),
     ('train', 'stage3.2.', r'stage3 without block\(s\) \[2\]\.'),
     ('deploy', 'stage4.', r'no stage4\.'),
 ]
@@ -276,3 +286,52 @@ def test_incomplete_state_dict_is_refused_naming_the_part(form, dropped, message
     assert len(partial) < len(state)
     with pytest.raises(CheckpointError, match=message):
         convert_state_dict(partial)
+
+
+@pytest.mark.parametrize('count', [3, 4])
+def test_incomplete_state_dict_names_three_parts_and_counts_the_rest(count):
+    from mobileone_mm import CheckpointError, convert_state_dict
+    state = MobileOne(TINY_SE_ARCH).state_dict()
+    dropped = [k for k in state if k.endswith('.running_var')][:count]
+    partial = {k: v for k, v in state.items() if k not in dropped}
+    more = f' and {count - 3} more' if count > 3 else ''
+    with pytest.raises(CheckpointError, match=rf'without running_var{more}\. Was the file'):
+        convert_state_dict(partial)
+
+
+def test_format_is_named_and_a_foreign_state_dict_shows_its_first_keys():
+    from mobileone_mm import CheckpointError
+    from mobileone_mm.checkpoints.formats import detect_format
+    one = torch.zeros(1)
+    assert detect_format(MobileOne(TINY_ARCH).state_dict()) == 'mmpretrain'
+    assert detect_format({'module.stage0.rbr_skip.weight': one}) == 'apple'
+    assert detect_format({'stem.conv_kxk.0.conv.weight': one,
+                          'stages.0.0.conv_kxk.0.conv.weight': one}) == 'timm'
+    foreign = {f'layer{i}.weight': one for i in range(6)}
+    with pytest.raises(CheckpointError, match=r'its keys \(layer0.weight, layer1.weight, '
+                                              r'layer2.weight, layer3.weight, \.\.\.\)'):
+        detect_format(foreign)
+    with pytest.raises(CheckpointError, match=r'its keys \(no keys at all, \.\.\.\)'):
+        detect_format({})
+
+
+def test_pretrained_checkpoint_is_read_once_by_our_loader(tmp_path, monkeypatch):
+    """init_cfg=Pretrained goes to our loader (safe loading, format conversion) only:
+    mmengine's own PretrainedInit, which would read the file again with its loader, does
+    not run."""
+    state = MobileOne(TINY_ARCH).state_dict()
+    path = tmp_path / 'backbone.pth'
+    torch.save({'state_dict': state}, path)
+    reads, torch_load = [], torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(f)
+        return torch_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', counting_load)
+    model = MobileOne(TINY_ARCH, init_cfg=[dict(type='Kaiming', layer='Conv2d'),
+                                           dict(type='Pretrained', checkpoint=str(path))])
+    model.init_weights()
+    assert len(reads) == 1, reads
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
