@@ -309,10 +309,28 @@ def test_format_is_named_and_a_foreign_state_dict_shows_its_first_keys():
                           'stages.0.0.conv_kxk.0.conv.weight': one}) == 'timm'
     foreign = {f'layer{i}.weight': one for i in range(6)}
     with pytest.raises(CheckpointError, match=r'its keys \(layer0.weight, layer1.weight, '
-                                              r'layer2.weight, layer3.weight, \.\.\.\)'):
+                                              r'layer2.weight, layer3.weight, \.\.\.\).* '
+                                              r'Is it the checkpoint of another model\?$'):
         detect_format(foreign)
     with pytest.raises(CheckpointError, match=r'its keys \(no keys at all, \.\.\.\)'):
         detect_format({})
+    for entry in ('state_dict', 'model'):  # a whole checkpoint: the fix names the entry
+        with pytest.raises(CheckpointError, match=rf"pass its '{entry}' entry"):
+            detect_format({entry: MobileOne(TINY_ARCH).state_dict(), 'meta': {}})
+
+
+def test_numpy_values_become_the_same_tensors_and_timm_extras_are_dropped():
+    import timm
+    from mobileone_mm import convert_state_dict
+    state = MobileOne(TINY_ARCH).state_dict()
+    as_numpy = {k: v.numpy() for k, v in state.items()}
+    converted, fmt = convert_state_dict(as_numpy)
+    assert fmt == 'mmpretrain'
+    for key, value in state.items():
+        assert torch.equal(converted[f'backbone.{key}'], value), key  # dtype too
+    peer = timm.create_model('mobileone_s0').state_dict()
+    converted, fmt = convert_state_dict({**peer, 'final_conv.conv.weight': torch.zeros(1)})
+    assert fmt == 'timm' and not any('final_conv' in k for k in converted)
 
 
 def test_pretrained_checkpoint_is_read_once_by_our_loader(tmp_path, monkeypatch):
@@ -335,3 +353,25 @@ def test_pretrained_checkpoint_is_read_once_by_our_loader(tmp_path, monkeypatch)
     assert len(reads) == 1, reads
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+# --------------------------------------------------------------------------------------
+# Squeeze-excite: widths and init as mmpretrain's SELayer
+# --------------------------------------------------------------------------------------
+def test_make_divisible_is_mmpretrains():
+    from mmpretrain.models.utils import make_divisible as reference
+
+    from mobileone_mm.models.mobileone import make_divisible
+    for divisor in range(1, 17):
+        for value in range(1, 400):
+            assert make_divisible(value, divisor) == reference(value, divisor), (value, divisor)
+
+
+@pytest.mark.parametrize('channels,ratio', [(143, 8), (107, 4), (512, 16), (176, 16)])
+def test_squeeze_width_is_mmpretrains(channels, ratio):
+    from mmpretrain.models.utils import SELayer
+
+    from mobileone_mm.models.mobileone import SqueezeExcite
+    expected = SELayer(channels, ratio=ratio).conv1.conv.out_channels
+    assert SqueezeExcite(channels, ratio=ratio).conv1.conv.out_channels == expected
+
