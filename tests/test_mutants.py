@@ -375,3 +375,15 @@ def test_squeeze_width_is_mmpretrains(channels, ratio):
     expected = SELayer(channels, ratio=ratio).conv1.conv.out_channels
     assert SqueezeExcite(channels, ratio=ratio).conv1.conv.out_channels == expected
 
+
+
+# --------------------------------------------------------------------------------------
+# Fusion on the weights' device
+# --------------------------------------------------------------------------------------
+def test_fusion_stays_on_the_weights_device():
+    """Fusing computes where the weights are: on another device (the meta device stands
+    in for a GPU on this CPU-only machine) a CPU tensor in the arithmetic is an error."""
+    from mobileone_mm import reparameterize_model
+    model = reparameterize_model(MobileOne(TINY_SE_ARCH).eval().to('meta'))
+    assert {p.device.type for p in model.parameters()} == {'meta'}
+    assert not any(hasattr(m, 'branch_conv_list') for m in model.modules())
