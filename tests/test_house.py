@@ -156,6 +156,7 @@ LAYERS = {  # a room may import only the rooms listed (and itself)
     'models': {'checkpoints', 'mobileone_mm.registry'},
     'deploy': {'checkpoints', 'models', 'mobileone_mm.registry'},
     'fixes': {'checkpoints', 'models'},
+    'training': {'mobileone_mm.registry'},
 }
 
 
