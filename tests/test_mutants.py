@@ -387,3 +387,15 @@ def test_fusion_stays_on_the_weights_device():
     model = reparameterize_model(MobileOne(TINY_SE_ARCH).eval().to('meta'))
     assert {p.device.type for p in model.parameters()} == {'meta'}
     assert not any(hasattr(m, 'branch_conv_list') for m in model.modules())
+
+
+def test_bn_without_affine_parameters_fuses_exactly(randomize_bn):
+    """BN(affine=False) normalises without gamma / beta: the fused conv must too."""
+    from mobileone_mm import reparameterize_model
+    train = randomize_bn(MobileOne(TINY_SE_ARCH, norm_cfg=dict(type='BN', affine=False),
+                                   out_indices=(0, 1, 2, 3))).eval()
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = copy.deepcopy(train).double()(x.double())
+        for a, e in zip(reparameterize_model(train)(x), expected):
+            assert ((a - e).abs().max() / e.abs().max()).item() <= 1e-5
