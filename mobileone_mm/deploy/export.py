@@ -6,8 +6,9 @@ BGR->RGB) is part of the graph. Outputs:
 
 * classifier: ``logits`` (N, classes)
 * segmentor:  ``logits`` (N, classes, H, W) at input resolution, ``labels`` (N, H, W)
-* SSD detector: ``boxes`` (N, anchors, 4) decoded in input pixels, and ``scores``
-  (N, anchors, classes), softmax without background. Score threshold, per-level top-k and
+* dense detector (SSDLite, RetinaNet, RTMDet): ``boxes`` (N, priors, 4) decoded in input
+  pixels, and ``scores`` (N, priors, classes): sigmoid, or softmax without background
+  (SSD). Score threshold, per-level top-k and
   class-wise NMS stay outside the graph, in ``postprocess_detections`` (numpy, used by
   tools/onnx_infer.py, deploy/predict.py): their output size depends on the data, which ONNX's
   NonMaxSuppression handles only in a form onnxruntime runs slowly and that differs from
@@ -72,9 +73,11 @@ class SegmentorForExport(nn.Module):
         return logits, logits.argmax(1)
 
 
-class SSDForExport(nn.Module):
-    """Backbone, neck and head, then per-anchor decoding, for a fixed input shape (the
-    anchors are constants of the graph)."""
+class DenseDetectorForExport(nn.Module):
+    """Backbone, neck and dense head, then per-prior scores and decoded boxes, for a fixed
+    input shape (the priors are constants of the graph): what mmdet's
+    ``BaseDenseHead._predict_by_feat_single`` computes before its score threshold, top-k
+    and NMS. Heads: see ``check_dense_head``."""
     output_names = ['boxes', 'scores']
 
     def __init__(self, model, input_shape):
@@ -82,12 +85,15 @@ class SSDForExport(nn.Module):
         self.model, self.normalize = model, Normalize(model.data_preprocessor)
         self.input_shape = tuple(input_shape)
         with torch.no_grad():
-            cls_scores, _ = model._forward(torch.zeros(1, 3, *input_shape))
+            cls_scores = model._forward(torch.zeros(1, 3, *input_shape))[0]
         head = model.bbox_head
         priors = head.prior_generator.grid_priors([c.shape[2:] for c in cls_scores],
                                                   device='cpu')
         self.level_sizes = [len(p) for p in priors]
-        self.register_buffer('priors', torch.cat(priors))
+        self.register_buffer('priors', torch.cat(priors))  # anchors (x1 y1 x2 y2) or points
+        height, width = self.input_shape
+        self.register_buffer('max_xyxy', torch.tensor([width, height, width, height],
+                                                      dtype=torch.float32))
 
     def forward(self, img):
         cls_scores, bbox_preds = self.model._forward(self.normalize(img))
@@ -95,15 +101,60 @@ class SSDForExport(nn.Module):
         head = self.model.bbox_head
         logits = torch.cat([c.permute(0, 2, 3, 1).reshape(n, -1, head.cls_out_channels)
                             for c in cls_scores], 1)
-        deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
+        preds = torch.cat([b.permute(0, 2, 3, 1).reshape(n, -1, 4) for b in bbox_preds], 1)
+        scores = logits.sigmoid() if head.use_sigmoid_cls else \
+            logits.softmax(-1)[..., :-1]  # background last
+        return self.decode(preds), scores
+
+    def decode(self, preds):
+        """Boxes (N, priors, 4) in input pixels, as the head's bbox_coder.decode."""
+        coder = self.model.bbox_head.bbox_coder
+        if self.priors.shape[1] == 2:  # DistancePointBBoxCoder: distances to the 4 sides
+            boxes = torch.cat([self.priors - preds[..., :2], self.priors + preds[..., 2:]], -1)
+            # distance2bbox clamps to the image (its ONNX variant imports a module
+            # mmdet 3 no longer has)
+            return torch.min(boxes.clamp(min=0), self.max_xyxy.to(boxes)) \
+                if coder.clip_border else boxes
         # mmdet's decode() switches to its deprecated, broken ONNX variant while
         # exporting; delta2bbox is the function it uses otherwise.
         from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
-        coder = head.bbox_coder
-        boxes = delta2bbox(self.priors.repeat(n, 1), deltas.reshape(-1, 4), coder.means,
+        n = preds.shape[0]
+        boxes = delta2bbox(self.priors.repeat(n, 1), preds.reshape(-1, 4), coder.means,
                            coder.stds, self.input_shape, clip_border=coder.clip_border,
                            add_ctr_clamp=coder.add_ctr_clamp, ctr_clamp=coder.ctr_clamp)
-        return boxes.reshape(n, -1, 4), logits.softmax(-1)[..., :-1]  # background last
+        return boxes.reshape(n, -1, 4)
+
+
+def check_dense_head(model: nn.Module):
+    """ExportError (one line: what, and what to do) unless ``model``'s test-time path is one
+    ``DenseDetectorForExport`` and ``postprocess_detections`` repeat: a single-stage
+    detector whose head post-processes with mmdet's ``BaseDenseHead`` steps unchanged,
+    has no score factors (the centerness of FCOS or ATSS), and decodes with
+    ``DeltaXYWHBBoxCoder`` (anchors: SSD, RetinaNet) or ``DistancePointBBoxCoder``
+    (points: RTMDet)."""
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    from mmdet.models.task_modules.coders import (DeltaXYWHBBoxCoder,
+                                                  DistancePointBBoxCoder)
+    head = getattr(model, 'bbox_head', None)
+    name = type(head).__name__
+    if not isinstance(head, BaseDenseHead) or not hasattr(head, 'prior_generator'):
+        problem = f'{type(model).__name__} has no dense prior-based bbox_head'
+    elif any(getattr(type(head), step) is not getattr(BaseDenseHead, step) for step in
+             ('predict_by_feat', '_predict_by_feat_single', '_bbox_post_process')):
+        problem = f"{name} post-processes its predictions its own way"
+    elif not isinstance(head.bbox_coder, (DeltaXYWHBBoxCoder, DistancePointBBoxCoder)):
+        problem = f'{name} decodes boxes with {type(head.bbox_coder).__name__}'
+    elif getattr(head.loss_cls, 'custom_cls_channels', False):
+        problem = f'{name} scores with custom class channels'
+    else:
+        with torch.no_grad():
+            outputs = model.eval()._forward(torch.zeros(1, 3, 64, 64))
+        if len(outputs) == 2:
+            return
+        problem = f'{name} has score factors (e.g. centerness)'
+    raise ExportError(f'Cannot export this detector: {problem}. Export covers single-stage '
+                      f'detectors post-processed as mmdet\'s BaseDenseHead does (SSDLite, '
+                      f'RetinaNet, RTMDet); use mmdeploy for others.')
 
 
 def task_of(model: nn.Module) -> str:
@@ -118,7 +169,7 @@ def task_of(model: nn.Module) -> str:
 
 
 WRAPPERS = dict(classification=ClassifierForExport, segmentation=SegmentorForExport,
-                detection=SSDForExport)
+                detection=DenseDetectorForExport)
 
 
 def check_input_shape(input_shape) -> Tuple[int, int]:
@@ -153,8 +204,8 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
     import onnx
     input_shape = check_input_shape(input_shape)
     task = task_of(model)
-    if task == 'detection' and not hasattr(model.bbox_head, 'prior_generator'):
-        raise ExportError('Only anchor-based single-stage detectors (SSDLite) are exported.')
+    if task == 'detection':
+        check_dense_head(model)
     model = reparameterize_model(model.eval())
     wrapper = WRAPPERS[task](model, input_shape).eval()
     example = torch.zeros(1, 3, *input_shape)

@@ -297,20 +297,45 @@ def predict(session, meta: dict, photo: np.ndarray) -> Prediction:
     return Prediction(task, frame, scores=(probs / probs.sum()).astype(np.float32))
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> List[int]:
-    """Greedy NMS in score order, IoU as mmcv's (no +1 on widths)."""
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
+         block: int = 512) -> np.ndarray:
+    """Greedy NMS in score order, IoU as mmcv's (float32, no +1 on widths): a box is
+    dropped when it overlaps a kept, better one by more than ``iou_threshold``. Returns
+    the kept indices, best first.
+
+    Vectorised by blocks of ``block`` boxes in score order: within a block, "kept = no
+    kept better box overlaps it" is iterated to its fixed point, which is the greedy
+    result (a box's verdict depends only on better ones: after t rounds, every box whose
+    longest chain of overlapping better boxes is shorter than t is final); the block's
+    kept boxes then drop the later ones at once."""
     order = np.argsort(-scores, kind='stable')
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = []
-    while order.size:
-        i, order = order[0], order[1:]
-        keep.append(int(i))
-        lt = np.maximum(boxes[i, :2], boxes[order, :2])
-        rb = np.minimum(boxes[i, 2:], boxes[order, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-        iou = inter / np.maximum(areas[i] + areas[order] - inter, np.finfo(np.float32).eps)
-        order = order[iou <= iou_threshold]
-    return keep
+    x1, y1, x2, y2 = np.ascontiguousarray(boxes[order].T)
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(len(order), bool)
+    for first in range(0, len(order), block):
+        rows = slice(first, first + block)
+        width = np.minimum(x2[rows, None], x2[None, first:])
+        width -= np.maximum(x1[rows, None], x1[None, first:])
+        height = np.minimum(y2[rows, None], y2[None, first:])
+        height -= np.maximum(y1[rows, None], y1[None, first:])
+        inter = np.clip(width, 0, None, out=width)
+        inter *= np.clip(height, 0, None, out=height)
+        union = areas[rows, None] + areas[None, first:]
+        union -= inter
+        overlaps = inter / np.maximum(union, np.finfo(np.float32).eps, out=union) \
+            > iou_threshold
+        count = len(overlaps)
+        within = np.triu(overlaps[:, :count], 1).astype(np.float32)  # better i, worse j
+        candidates = ~suppressed[first:first + count]  # not dropped by earlier blocks
+        kept = candidates
+        while True:
+            now = candidates & ~(kept.astype(np.float32) @ within > 0)
+            if np.array_equal(now, kept):
+                break
+            kept = now
+        suppressed[first:first + count] = ~kept
+        suppressed[first + count:] |= overlaps[kept, count:].any(0)
+    return order[~suppressed]
 
 
 def postprocess_detections(boxes: np.ndarray, scores: np.ndarray, meta: dict
@@ -338,10 +363,23 @@ def postprocess_detections(boxes: np.ndarray, scores: np.ndarray, meta: dict
         valid = (wh > meta['min_bbox_size']).all(1)
         boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
     if len(boxes):
-        offsets = labels[:, None] * (boxes.max() + 1)  # class-wise NMS in one pass
-        keep = _nms(boxes + offsets, scores, meta['iou_threshold'])[:meta['max_per_img']]
+        keep = _batched_nms(boxes, scores, labels, meta['iou_threshold'])
+        keep = keep[:meta['max_per_img']]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     return boxes, scores, labels
+
+
+def _batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                 iou_threshold: float) -> np.ndarray:
+    """mmcv's ``batched_nms``: NMS within each class, on boxes moved apart by class
+    (``label x (max coordinate + 1)``, the same float32 rounding as mmcv's), kept in score
+    order. Class by class, as mmcv does above 10000 boxes: one pass over all of them would
+    be quadratic in their number (RTMDet keeps up to 30000 a level: minutes in numpy)."""
+    moved = boxes + labels[:, None].astype(boxes.dtype) * (boxes.max() + 1)
+    keep = np.sort(np.concatenate([
+        members[_nms(moved[members], scores[members], iou_threshold)]
+        for members in (np.flatnonzero(labels == label) for label in np.unique(labels))]))
+    return keep[np.argsort(-scores[keep], kind='stable')]
 
 
 # ------------------------------------------------------------------------- drawing
