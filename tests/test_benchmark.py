@@ -116,24 +116,54 @@ def test_a_failing_check_moves_on_to_the_next_backend(monkeypatch):
         optimize_for_inference(Nested(), x, backend='onnxruntime')
 
 
+CPUINFO = '''processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+cpu MHz\t\t: 2000.000
+flags\t\t: fpu sse avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+model name\t: another core
+flags\t\t: fpu
+'''
+
+
+def test_cpu_info_reads_the_model_clock_and_int8_bf16_instructions(tmp_path):
+    from devkit.benchmark import cpu_info, describe_isa
+    path = tmp_path / 'cpuinfo'
+    path.write_text(CPUINFO)
+    info = cpu_info(str(path))
+    assert info['cpu'] == 'Intel(R) Xeon(R) Platinum 8480+' and info['mhz'] == 2000.0
+    assert describe_isa(info['isa']) == \
+        'avx512_vnni yes, avx512_bf16 yes, amx_int8 yes, amx_bf16 yes'
+    assert info['isa']['avx512f'] and not info['isa']['avx_vnni']
+    path.write_text(CPUINFO.replace(' amx_bf16 amx_tile amx_int8', ''))
+    assert describe_isa(cpu_info(str(path))['isa']).endswith('amx_int8 no, amx_bf16 no')
+    missing = cpu_info(str(tmp_path / 'absent'))  # not Linux: the model only, flags unknown
+    assert missing['mhz'] is None and set(missing['isa'].values()) == {None}
+    assert describe_isa(missing['isa']).startswith('avx512_vnni unknown')
+
+
 @pytest.mark.slow
 def test_benchmark_writes_json_markdown_and_png(tmp_path):
-    from devkit.benchmark import run_benchmark, write_report
+    from devkit.benchmark import INT8_BF16_FLAGS, run_benchmark, write_report
     result = run_benchmark(
         'quick', threads=1, log=lambda _: None, archs=('s0', ), sizes=(64, ),
+        int8_archs=('s0', ), int8_sizes=(64, ),
         dilated_size=64, runs=2, warmup=1, min_runs=2, group_budget_s=0.01,
         whole_models=dict(ssdlite=128, deeplabv3=64), whole_runs=2, train_archs=('s0', ),
-        train_batch=2, train_size=64, train_runs=2)
+        train_batch=2, train_size=64, train_runs=2, peak_runs=1)
     paths = write_report(result, str(tmp_path / 'out'))
     data = json.loads(open(paths['json']).read())
     forms = {(r['section'], r['form']) for r in data['rows']}
     assert {('backbone', f) for f in ('ours_train', 'ours_fused', 'ours_optimized',
                                       'timm_fused', 'mmpretrain_fused', 'mobilenetv2',
-                                      'mobilenetv2_folded')} <= forms
+                                      'mobilenetv2_folded', 'ours_int8')} <= forms
     assert {('dilated', f'ours_fused_os{s}') for s in (32, 16, 8)} <= forms
     assert {('whole_model', f) for f in ('pytorch_fused', 'optimized',
-                                         'onnxruntime_export')} <= forms
-    assert {('train_step', 'ours_train_step'), ('train_step', 'mmpretrain_train_step')} <= forms
+                                         'onnxruntime_export', 'int8')} <= forms
+    assert {('train_step', f'{form}_train_step')
+            for form in ('ours', 'ours_stacked', 'mmpretrain')} <= forms
     assert {r['model'] for r in data['rows'] if r['section'] == 'whole_model'} == \
         {'ssdlite', 'deeplabv3'}
     for row in data['rows']:
@@ -141,14 +171,20 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
         assert row['gmacs'] > 0 and row['params'] > 0
     optimized = [r for r in data['rows'] if 'optimized' in r['form']]
     assert all(r['rel_diff'] <= TOLERANCE for r in optimized)
-    assert data['peak_gflops'] == max(data['peak']['matmul'], data['peak']['conv3x3']) > 0
+    int8 = [r for r in data['rows'] if 'int8' in r['form']]
+    assert len(int8) == 3 and all(0.9 < r['cosine'] <= 1 + 1e-6 for r in int8)
+    kernels = data['peak']['kernels']
+    assert data['peak_gflops'] == data['peak']['peak'] == max(kernels.values()) > 0
+    assert {'MKL', 'oneDNN', 'MLAS'} <= {name.split('(')[-1][:-1] for name in kernels}
+    assert set(INT8_BF16_FLAGS) <= set(data['machine']['isa'])
     assert {t['key'] for t in data['targets']} == {
         'fused_vs_timm', 'fused_vs_mmpretrain', 'mobilenetv2_vs_s0', 'train_vs_fused_s0',
-        'optimized_vs_peers'}
+        'optimized_vs_peers', 'train_step_vs_mmpretrain', 'int8_vs_peers'}
     markdown = open(paths['md']).read()
-    for heading in ('### Backbones', '### mmdet MobileNetV2', '### Dilated backbones',
+    for heading in ('### Backbones', '### int8 backbones', '### mmdet MobileNetV2', '### Dilated backbones',
                     '### Whole models', '### One training step', '### Targets'):
         assert heading in markdown
-    assert markdown.count('PASS') + markdown.count('FAIL') == 5
+    assert markdown.count('PASS') + markdown.count('FAIL') == 7
+    assert all(f'{flag} ' in markdown for flag in INT8_BF16_FLAGS)
     with open(paths['png'], 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -1,6 +1,8 @@
-"""CPU latency of MobileOne (ours: train, fused, optimize_for_inference) against timm's
-and mmpretrain's fused MobileOne and mmdet's MobileNetV2, whole SSDLite / DeepLabV3
-models (PyTorch and onnxruntime), a training step, and the machine's fp32 peak.
+"""CPU latency of MobileOne (ours: train, fused, optimize_for_inference in fp32 and int8)
+against timm's and mmpretrain's fused MobileOne and mmdet's MobileNetV2, whole SSDLite /
+DeepLabV3 models (PyTorch, onnxruntime fp32 and int8), a training step (ours, ours with
+the branches stacked, mmpretrain's), the CPU model with its int8 / bf16 instruction sets,
+and the fp32 peak of the best GEMM / conv kernels (MKL, oneDNN, onnxruntime).
 Writes OUT/benchmark.json, benchmark.md (the README table) and benchmark.png, and prints
 the table with PASS / FAIL for each speed target.
 
@@ -18,7 +20,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true',
-                        help='S0 and S1 at 320x320, few runs, small DeepLabV3 input')
+                        help='S0 and S1 at 320x320 (fp32 and int8), few runs, small '
+                             'DeepLabV3 input, S0 training step at batch 2')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch and onnxruntime threads (default: torch\'s, '
                              f'{os.cpu_count()} here)')

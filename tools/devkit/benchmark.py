@@ -5,13 +5,15 @@ Everything runs in one process, on the same inputs, interleaved (``measure_inter
 each round calls every model of a group once), with the thread count stated. Latency is
 the median of the rounds after warm-up, with the 10th / 90th percentiles; compute is
 ``count_macs`` (multiply-adds of convs and linears), achieved GFLOP/s = 2 x MACs / time,
-shown against the measured fp32 peak (``peak_gflops``: a large ``torch.mm`` and a
-large conv). ``run_benchmark`` returns
-a JSON-able dict; ``write_report`` writes it as JSON, a markdown table and a PNG plot.
+shown against the measured fp32 peak (``peak_gflops``: the best of large GEMMs and
+convolutions of MKL, oneDNN and onnxruntime). The CPU model and its int8 / bf16
+instruction sets head the report. ``run_benchmark`` returns a JSON-able dict;
+``write_report`` writes it as JSON, a markdown table and a PNG plot.
 Used by tools/benchmark.py. Weights are random (nothing is downloaded): latency does not
 depend on them; the output checks use realistic BN statistics.
 """
 import copy
+import functools
 import io
 import json
 import logging
@@ -25,11 +27,15 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
 from mobileone_mm import (MobileOne, atrous_settings, optimize_for_inference,
                           reparameterize_model)
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.deploy.reparameterize import count_params
+from mobileone_mm.models.mobileone import MobileOneBlock
+from mobileone_mm.models.reparam import pad_to
 
 from .analysis import count_macs, measure_interleaved, randomize_bn
 
@@ -43,13 +49,17 @@ BUSY_LOAD = 0.5  # load average above which the report says the timings are not 
 # How long each takes on one machine: the README's "Speed on a CPU".
 PRESETS = dict(
     full=dict(archs=ARCHS, sizes=(224, 320, 512), dilated_size=512, runs=40, warmup=3,
+              int8_archs=('s0', 's1'), int8_sizes=(320, ),
               group_budget_s=8.0, min_runs=10,
               whole_models=dict(ssdlite=320, deeplabv3=512), whole_runs=8,
-              train_archs=('s0', 's1'), train_batch=4, train_size=224, train_runs=6),
+              train_archs=('s0', 's1'), train_batch=4, train_size=224, train_runs=6,
+              peak_runs=5),
     quick=dict(archs=('s0', 's1'), sizes=(320, ), dilated_size=None, runs=10, warmup=2,
+               int8_archs=('s0', 's1'), int8_sizes=(320, ),
                group_budget_s=3.0, min_runs=5,
                whole_models=dict(ssdlite=320, deeplabv3=256), whole_runs=3,
-               train_archs=('s0', ), train_batch=2, train_size=224, train_runs=3),
+               train_archs=('s0', ), train_batch=2, train_size=224, train_runs=3,
+               peak_runs=3),
 )
 
 # name in the results -> column title
@@ -62,7 +72,11 @@ TARGETS_TEXT = dict(
     mobilenetv2_vs_s0='MobileNetV2 (BN folded) / ours fused S0 >= 2.5 ({size})',
     train_vs_fused_s0='ours train / ours fused, S0 >= 4 ({size})',
     optimized_vs_peers='ours optimized / timm and mmpretrain fused <= 0.6 (S0, S1, {size})',
+    train_step_vs_mmpretrain='ours / mmpretrain, one training step of S0 <= 0.75 ({train})',
+    int8_vs_peers='ours int8 / faster of timm and mmpretrain fused (fp32) <= 0.30 (S0, S1, '
+                  '{size})',
 )
+INT8_CALIBRATION = 4  # random inputs: latency does not depend on them
 
 
 # ---------------------------------------------------------------------- machine
@@ -77,32 +91,106 @@ def _best_seconds(fn: Callable, runs: int) -> float:
     return best
 
 
-def peak_gflops(runs: int = 10) -> Dict[str, float]:
-    """fp32 GFLOP/s, current threads, best of ``runs``: a 2048^3 ``torch.mm`` (MKL) and a
-    3x3 conv 256 -> 256 channels on 64x64 (oneDNN); ``peak`` is the larger: on some CPUs
-    MKL's sgemm falls well short of oneDNN's conv (tools/results/benchmark.json), so the
-    matmul alone would understate what the hardware does."""
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
-    x = torch.randn(1, 256, 64, 64)
+def _torch_kernels() -> Dict[str, tuple]:
+    """name -> (fn, FLOP): MKL's sgemm (torch.mm) and oneDNN's convolutions."""
+    kernels = {}
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        kernels[f'torch.mm {n}^3 (MKL)'] = (lambda a=a, b=b: torch.mm(a, b), 2 * n ** 3)
+    for channels, size, k in ((256, 64, 3), (512, 32, 3), (1024, 32, 1)):
+        conv = nn.Conv2d(channels, channels, k, padding=k // 2, bias=False).eval()
+        x = torch.randn(1, channels, size, size)
+        kernels[f'torch conv{k}x{k} {channels}ch {size}x{size} (oneDNN)'] = (
+            lambda conv=conv, x=x: conv(x), 2 * x.numel() * channels * k * k)
+    return kernels
+
+
+def _onnxruntime_kernels(threads: int) -> Dict[str, tuple]:
+    """name -> (fn, FLOP): onnxruntime's MLAS sgemm (MatMul) and convolutions (the
+    kernels an exported graph runs with)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobileone_mm.deploy.export import make_session
+
+    def session(node, x_shape, weight, y_shape):
+        graph = helper.make_graph(
+            [node], 'peak', [helper.make_tensor_value_info('x', TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info('y', TensorProto.FLOAT, y_shape)],
+            [numpy_helper.from_array(weight, 'w')])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+        return make_session(model.SerializeToString(), threads)
+
+    rng = np.random.default_rng(0)
+    kernels = {}
+    for n in (1024, 2048):
+        run = session(helper.make_node('MatMul', ['x', 'w'], ['y']), [n, n],
+                      rng.standard_normal((n, n), dtype=np.float32), [n, n])
+        x = rng.standard_normal((n, n), dtype=np.float32)
+        kernels[f'onnxruntime MatMul {n}^3 (MLAS)'] = (
+            lambda run=run, x=x: run.run(None, {'x': x}), 2 * n ** 3)
+    for channels, size, k in ((256, 64, 3), (1024, 32, 1)):
+        shape = [1, channels, size, size]
+        run = session(helper.make_node('Conv', ['x', 'w'], ['y'], pads=[k // 2] * 4),
+                      shape, rng.standard_normal((channels, channels, k, k),
+                                                 dtype=np.float32), shape)
+        x = rng.standard_normal(shape, dtype=np.float32)
+        kernels[f'onnxruntime conv{k}x{k} {channels}ch {size}x{size} (MLAS)'] = (
+            lambda run=run, x=x: run.run(None, {'x': x}), 2 * x.size * channels * k * k)
+    return kernels
+
+
+def peak_gflops(threads: int, runs: int = 5) -> Dict[str, object]:
+    """The fp32 peak the best kernels reach on this CPU with ``threads`` threads: the
+    best GFLOP/s (best of ``runs``) over large GEMMs and convolutions of MKL, oneDNN and
+    onnxruntime's MLAS, at a few sizes (no one library is the fastest on every CPU: on
+    one AMD machine MKL's sgemm reached 82 % of oneDNN's conv). Returns dict(kernels=
+    {name: GFLOP/s}, peak, best, mhz, flop_per_cycle): the last is the peak per thread
+    and clock cycle at the clock /proc/cpuinfo reports, to hold against the core's
+    documented FMA throughput (64 with two 512-bit FMA units, 32 with two 256-bit)."""
+    kernels = dict(_torch_kernels(), **_onnxruntime_kernels(threads))
     with torch.no_grad():
-        result = dict(matmul=2 * n ** 3 / _best_seconds(lambda: torch.mm(a, b), runs) / 1e9,
-                      conv3x3=2 * x.numel() * 256 * 9 / _best_seconds(lambda: conv(x), runs)
-                      / 1e9)
-    result['peak'] = max(result.values())
-    return result
+        measured = {name: flop / _best_seconds(fn, runs) / 1e9
+                    for name, (fn, flop) in kernels.items()}
+    best = max(measured, key=measured.get)
+    mhz = cpu_info().get('mhz')
+    return dict(kernels=measured, peak=measured[best], best=best, mhz=mhz,
+                flop_per_cycle=measured[best] * 1e3 / (threads * mhz) if mhz else None)
+
+
+ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_tile',
+             'amx_int8', 'amx_bf16')
+INT8_BF16_FLAGS = ('avx512_vnni', 'avx512_bf16', 'amx_int8', 'amx_bf16')
+
+
+def cpu_info(path: str = '/proc/cpuinfo') -> dict:
+    """Model name, clock (MHz, as the kernel reports it), and which of ``ISA_FLAGS`` the
+    CPU has (int8: VNNI dot products, AMX tiles; bf16: AVX512_BF16, AMX)."""
+    info = dict(cpu=platform.processor() or platform.machine(), mhz=None,
+                isa=dict.fromkeys(ISA_FLAGS))
+    try:
+        with open(path) as f:
+            fields = dict(line.split(':', 1) for line in f.read().split('\n\n')[0]
+                          .splitlines() if ':' in line)
+    except OSError:
+        return info
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get('flags', '').split())
+    info.update(cpu=fields.get('model name', info['cpu']),
+                isa={flag: flag in flags for flag in ISA_FLAGS})
+    if fields.get('cpu MHz'):
+        info['mhz'] = float(fields['cpu MHz'])
+    return info
+
+
+def describe_isa(isa: dict, flags: Sequence[str] = INT8_BF16_FLAGS) -> str:
+    """'avx512_vnni yes, ...' ('unknown' where /proc/cpuinfo could not be read)."""
+    words = {True: 'yes', False: 'no', None: 'unknown'}
+    return ', '.join(f'{flag} {words[isa.get(flag)]}' for flag in flags)
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f
-                       if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    info = dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
+    info = dict(cpu_info(), cores=os.cpu_count(), python=platform.python_version(),
                 torch=torch.__version__)
     try:
         import onnxruntime
@@ -127,11 +215,12 @@ def realistic_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                         gamma_range=(0.25, 0.75), beta_std=0.1)
 
 
-def build_backbones(arch: str, example: torch.Tensor, with_mobilenetv2: bool = False
-                    ) -> Dict[str, dict]:
+def build_backbones(arch: str, example: torch.Tensor, with_mobilenetv2: bool = False,
+                    int8: bool = False) -> Dict[str, dict]:
     """name -> dict(fn, module) for one arch: our train / fused / optimized forms and
-    mmpretrain's fused MobileOne on the same weights, timm's fused MobileOne, and
-    (``with_mobilenetv2``) mmdet's MobileNetV2 as mmdet builds it and with BN folded."""
+    mmpretrain's fused MobileOne on the same weights, timm's fused MobileOne,
+    (``with_mobilenetv2``) mmdet's MobileNetV2 as mmdet builds it and with BN folded, and
+    (``int8``) ours in int8 (``build_int8``)."""
     import timm
     import timm.utils
     from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
@@ -152,6 +241,8 @@ def build_backbones(arch: str, example: torch.Tensor, with_mobilenetv2: bool = F
                             rel_diff=optimized.check.get('rel_diff')),
         timm_fused=dict(fn=timm_model.forward_features, module=timm_model),
         mmpretrain_fused=dict(fn=peer, module=peer))
+    if int8:
+        models['ours_int8'] = build_int8(fused, example)
     if with_mobilenetv2:
         from mmcv.cnn import fuse_conv_bn
         from mmdet.models.backbones import MobileNetV2
@@ -179,11 +270,28 @@ def build_dilated(arch: str, example: torch.Tensor) -> Dict[str, dict]:
     return models
 
 
+def build_int8(fused: nn.Module, example: torch.Tensor) -> dict:
+    """``optimize_for_inference(precision='int8')`` of a fused model (onnxruntime, static
+    QDQ), calibrated on random inputs of the example's shape (latency does not depend on
+    them; int8 accuracy on real data: README "int8"), with the cosine similarity of its
+    outputs to float32 on the example."""
+    from mobileone_mm.deploy.quantize import judge_int8
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(example.shape, generator=generator)
+                   for _ in range(INT8_CALIBRATION)]
+    int8 = optimize_for_inference(fused, example, precision='int8', calibration=calibration,
+                                  verify=False)
+    with torch.no_grad():
+        expected = [t.numpy() for t in pytree.tree_flatten(fused(example))[0]]
+    check = judge_int8([expected], [int8.run(example)])
+    return dict(fn=int8, module=fused, backend='onnxruntime int8', cosine=check['cosine'])
+
+
 def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[str, dict]:
     """An SSDLite or DeepLabV3 model with a fused MobileOne-S0 (config's init_cfg removed:
-    random weights): its tensor forward in PyTorch, optimize_for_inference of it, and
-    onnxruntime on the graph ``export_onnx`` writes (normalisation and, for SSDLite, box
-    decoding included)."""
+    random weights): its tensor forward in PyTorch, optimize_for_inference of it in fp32
+    and in int8, and onnxruntime on the graph ``export_onnx`` writes (normalisation and,
+    for SSDLite, box decoding included)."""
     from mobileone_mm.deploy.export import export_onnx, load_session
     from mobileone_mm.deploy.reparameterize import build_model, load_config
     cfg = load_config(str(REPO / WHOLE_MODEL_CONFIGS[name]))
@@ -210,7 +318,8 @@ def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[
         optimized=dict(fn=optimized, module=model, backend=optimized.backend,
                        rel_diff=optimized.check.get('rel_diff')),
         onnxruntime_export=dict(fn=lambda x: session.run(None, {'image': x.numpy()}),
-                                module=model))
+                                module=model),
+        int8=build_int8(model, example))
 
 
 def train_step(model: nn.Module) -> Callable:
@@ -222,12 +331,65 @@ def train_step(model: nn.Module) -> Callable:
     return step
 
 
+# Issue 12's "training at the same math, faster": a block's conv + BN branches (the 1 x 1
+# kernel zero-padded to k x k) as one convolution with len(branches) x out_channels outputs
+# and one F.batch_norm over them, each branch's running statistics updated as its own BN
+# would. Measured slower than branch by branch on this CPU (README "Speed on a CPU"), so
+# the library keeps the plain sum; the benchmark times it for other CPUs to tell.
+def _stack_by_group(tensors, groups: int) -> torch.Tensor:
+    """Per-output-channel tensors of several branches as one, in (group, branch, channel
+    in the group) order: how a grouped convolution lays out its outputs."""
+    return torch.stack([t.unflatten(0, (groups, -1)) for t in tensors], 1).flatten(0, 2)
+
+
+def stacked_sum(block, x):
+    """``MobileOneBlock.sum_branches`` of a train-form block with BN layers, computed with
+    one convolution and one batch norm for all its conv + BN branches. Not for with_cp:
+    recomputation in backward stops once the tensors backward needs exist, before the
+    statistics are copied back."""
+    out = block.branch_norm(x) if block.branch_norm is not None else 0
+    branches = list(block.branch_conv_list)
+    if block.branch_scale is not None:
+        branches.append(block.branch_scale)
+    norms, groups = [b.norm for b in branches], block.groups
+    weight = _stack_by_group([pad_to(b.conv.weight, block.kernel_size) for b in branches],
+                             groups)
+    y = F.conv2d(x, weight, None, block.stride, block.padding, block.dilation, groups)
+    mean, var = (_stack_by_group([getattr(n, k) for n in norms], groups)
+                 for k in ('running_mean', 'running_var'))
+    training = norms[0].training
+    y = F.batch_norm(y, mean, var, _stack_by_group([n.weight for n in norms], groups),
+                     _stack_by_group([n.bias for n in norms], groups), training,
+                     norms[0].momentum, norms[0].eps)
+    if training:  # F.batch_norm updated the stacked copies: back to each branch's BN
+        with torch.no_grad():
+            means, variances = (t.unflatten(0, (groups, len(norms), -1)).unbind(1)
+                                for t in (mean, var))
+            for norm, norm_mean, norm_var in zip(norms, means, variances):
+                norm.running_mean.view(groups, -1).copy_(norm_mean)
+                norm.running_var.view(groups, -1).copy_(norm_var)
+                norm.num_batches_tracked.add_(1)
+    return out + y.unflatten(1, (groups, len(branches), -1)).sum(2).flatten(1, 2)
+
+
+def with_stacked_branches(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose train-form MobileOne blocks with two or more conv + BN
+    branches sum them with ``stacked_sum``; same parameters and state dict."""
+    model = copy.deepcopy(model)
+    for block in model.modules():
+        if isinstance(block, MobileOneBlock) and not block.deploy and \
+                len(block.branch_conv_list) + (block.branch_scale is not None) > 1:
+            block.sum_branches = functools.partial(stacked_sum, block)
+    return model
+
+
 # --------------------------------------------------------------------- measuring
 def _measure(section: str, models: Dict[str, dict], example: torch.Tensor, peak: float,
              timing: dict, log: Callable[[str], None], what: str, **common) -> List[dict]:
     """Time ``models`` interleaved on ``example`` (``timing``: measure_interleaved's
     settings), log their medians and return their rows: ``common`` keys, params, GMACs,
-    latency, achieved GFLOP/s and % of ``peak``, and backend / rel_diff where given."""
+    latency, achieved GFLOP/s and % of ``peak``, and backend / rel_diff / cosine where
+    given."""
     stats = measure_interleaved({k: m['fn'] for k, m in models.items()}, example, **timing)
     rows = []
     macs_cache = {}
@@ -240,7 +402,7 @@ def _measure(section: str, models: Dict[str, dict], example: torch.Tensor, peak:
                    gmacs=macs / 1e9, **stats[name])
         row['gflops'] = 2 * macs / (row['median_ms'] / 1e3) / 1e9
         row['peak_pct'] = 100 * row['gflops'] / peak
-        for key in ('backend', 'rel_diff'):
+        for key in ('backend', 'rel_diff', 'cosine'):
             if key in model:
                 row[key] = model[key]
         rows.append(row)
@@ -260,11 +422,14 @@ def run_benchmark(preset: str = 'full', threads: Optional[int] = None,
     try:
         result = dict(machine=machine_info(), settings=dict(settings, preset=preset),
                       threads=threads, load_average_start=load_average())
-        result['peak'] = peak_gflops()
+        machine = result['machine']
+        log(f'{machine["cpu"]}, {machine["cores"]} cores; int8 / bf16 instructions: '
+            f'{describe_isa(machine["isa"])}')
+        result['peak'] = peak_gflops(threads, settings['peak_runs'])
         peak = result['peak_gflops'] = result['peak']['peak']
-        log(f'fp32 peak: {peak:.0f} GFLOP/s with {threads} thread(s) (matmul '
-            f'{result["peak"]["matmul"]:.0f}, 3x3 conv {result["peak"]["conv3x3"]:.0f}); '
-            f'load average {_load(result["load_average_start"])}')
+        log(f'fp32 peak: {peak:.0f} GFLOP/s with {threads} thread(s) '
+            f'({result["peak"]["best"]}); load average '
+            f'{_load(result["load_average_start"])}')
         result['rows'] = (_measure_backbones(settings, peak, log)
                           + _measure_whole_models(settings, threads, peak, log)
                           + _measure_train_steps(settings, peak, log))
@@ -277,8 +442,9 @@ def run_benchmark(preset: str = 'full', threads: Optional[int] = None,
 
 
 def _measure_backbones(settings: dict, peak: float, log) -> List[dict]:
-    """Each arch at each size (the first arch with mmdet's MobileNetV2 beside it), then
-    dilated at ``dilated_size`` if set."""
+    """Each arch at each size (the first arch with mmdet's MobileNetV2 beside it, those of
+    ``int8_archs`` at ``int8_sizes`` with their int8 form), then dilated at
+    ``dilated_size`` if set."""
     timing = dict(warmup=settings['warmup'], runs=settings['runs'],
                   budget_s=settings['group_budget_s'], min_runs=settings['min_runs'])
     rows = []
@@ -286,7 +452,9 @@ def _measure_backbones(settings: dict, peak: float, log) -> List[dict]:
     for arch in archs:
         for size in settings['sizes']:
             example = torch.randn(1, 3, size, size)
-            models = build_backbones(arch, example, with_mobilenetv2=arch == archs[0])
+            models = build_backbones(arch, example, with_mobilenetv2=arch == archs[0],
+                                     int8=arch in settings['int8_archs']
+                                     and size in settings['int8_sizes'])
             rows += _measure('backbone', models, example, peak, timing, log, f'{arch} {size}',
                              arch=arch, size=size)
         if settings.get('dilated_size'):
@@ -311,7 +479,9 @@ def _measure_whole_models(settings: dict, threads: int, peak: float, log) -> Lis
 
 
 def _measure_train_steps(settings: dict, peak: float, log) -> List[dict]:
-    """One training step of ours and of mmpretrain's MobileOne, each of ``train_archs``."""
+    """One training step of ours (branch by branch, as shipped), of ours with the
+    branches stacked (``with_stacked_branches``) and of mmpretrain's MobileOne, same
+    weights, each of ``train_archs``."""
     from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
     size, batch = settings['train_size'], settings['train_batch']
     timing = dict(warmup=1, runs=settings['train_runs'], min_runs=settings['train_runs'],
@@ -319,10 +489,14 @@ def _measure_train_steps(settings: dict, peak: float, log) -> List[dict]:
     rows = []
     for arch in settings['train_archs']:
         example = torch.randn(batch, 3, size, size)
-        ours = MobileOne(arch, out_indices=(3, )).train()
         peer = MMPretrainMobileOne(arch, out_indices=(3, ))
         peer.train()
+        ours = MobileOne(arch, out_indices=(3, )).train()
+        ours.load_state_dict(peer.state_dict(), strict=True)
+        stacked = with_stacked_branches(ours)
         models = dict(ours_train_step=dict(fn=train_step(ours), module=ours),
+                      # F.conv2d: no Conv2d hooks count its MACs, the plain form's do
+                      ours_stacked_train_step=dict(fn=train_step(stacked), module=ours),
                       mmpretrain_train_step=dict(fn=train_step(peer), module=peer))
         for row in _measure('train_step', models, example, peak, timing, log,
                             f'{arch} {size} train step x{batch}', arch=arch, size=size,
@@ -337,6 +511,13 @@ def _measure_train_steps(settings: dict, peak: float, log) -> List[dict]:
 def _lookup(rows, section, **keys) -> Dict[str, dict]:
     return {r['form']: r for r in rows if r['section'] == section
             and all(r.get(k) == v for k, v in keys.items())}
+
+
+def _best_peer(group: Dict[str, dict]) -> tuple:
+    """(form, ms) of the faster of timm's and mmpretrain's fused MobileOne."""
+    return min(((form, group[form]['median_ms']) for form in ('timm_fused',
+                                                              'mmpretrain_fused')),
+               key=lambda item: item[1])
 
 
 def target_size(result: dict) -> int:
@@ -354,9 +535,13 @@ def evaluate_targets(result: dict) -> List[dict]:
     ratio = lambda g, a, b: g[a]['median_ms'] / g[b]['median_ms']  # noqa: E731
     targets = []
 
+    settings = result['settings']
+    train = (f'batch {settings["train_batch"]}, '
+             f'{settings["train_size"]}x{settings["train_size"]}')
+
     def add(key, values, passed):
-        targets.append(dict(key=key, target=TARGETS_TEXT[key].format(size=f'{size}x{size}'),
-                            values=values, passed=bool(passed)))
+        text = TARGETS_TEXT[key].format(size=f'{size}x{size}', train=train)
+        targets.append(dict(key=key, target=text, values=values, passed=bool(passed)))
 
     for key, peer in (('fused_vs_timm', 'timm_fused'),
                       ('fused_vs_mmpretrain', 'mmpretrain_fused')):
@@ -377,6 +562,14 @@ def evaluate_targets(result: dict) -> List[dict]:
                 values[f'{arch} / {peer}'] = ratio(groups[arch], 'ours_optimized', peer)
     if values:
         add('optimized_vs_peers', values, all(v <= 0.6 for v in values.values()))
+    values = {f'{a} / {_best_peer(g)[0]}': g['ours_int8']['median_ms'] / _best_peer(g)[1]
+              for a, g in groups.items() if a in ('s0', 's1') and 'ours_int8' in g}
+    if values:
+        add('int8_vs_peers', values, all(v <= 0.30 for v in values.values()))
+    train_s0 = _lookup(rows, 'train_step', arch='s0')
+    if train_s0:
+        value = ratio(train_s0, 'ours_train_step', 'mmpretrain_train_step')
+        add('train_step_vs_mmpretrain', dict(s0=value), value <= 0.75)
     return targets
 
 
@@ -389,6 +582,10 @@ def _ms(row: Optional[dict]) -> str:
     return '–' if row is None else f'{row["median_ms"]:.1f}'
 
 
+def _ms_spread(row: dict) -> str:
+    return f'{row["median_ms"]:.1f} ({row["p10_ms"]:.0f}-{row["p90_ms"]:.0f})'
+
+
 def _row(cells: Sequence) -> str:
     return '| ' + ' | '.join(map(str, cells)) + ' |'
 
@@ -397,6 +594,15 @@ def _table(title: str, header: Sequence[str], rows: Iterable[Sequence]) -> str:
     """A markdown table under a ``### title`` heading."""
     return '\n'.join([f'### {title}', '', _row(header), '|---' * len(header) + '|']
                      + [_row(cells) for cells in rows])
+
+
+def _peak_text(peak: dict) -> str:
+    others = sorted(peak['kernels'].items(), key=lambda kv: -kv[1])[1:4]
+    text = (f'{peak["best"]}; next: ' + ', '.join(f'{k} {v:.0f}' for k, v in others))
+    if peak['flop_per_cycle']:
+        text += (f'; {peak["flop_per_cycle"]:.0f} FLOP per thread and cycle at the '
+                 f'{peak["mhz"]:.0f} MHz /proc/cpuinfo reports')
+    return text
 
 
 def _summary(result: dict) -> str:
@@ -408,9 +614,9 @@ def _summary(result: dict) -> str:
         f'torch {m["torch"]}, onnxruntime {m["onnxruntime"]}; load average '
         f'{_load(result["load_average_start"])} at the start, '
         f'{_load(result["load_average_end"])} at the end; '
-        f'{result["duration_s"] / 60:.1f} minutes. fp32 peak, same threads: **{peak:.0f} '
-        f'GFLOP/s** (the better of torch.mm 2048x2048x2048, {result["peak"]["matmul"]:.0f}, '
-        f'and a 3x3 conv 256->256 on 64x64, {result["peak"]["conv3x3"]:.0f}). Batch 1, '
+        f'{result["duration_s"] / 60:.1f} minutes. int8 / bf16 instructions: '
+        f'{describe_isa(m["isa"])}. fp32 peak, same threads: **{peak:.0f} GFLOP/s** '
+        f'({_peak_text(result["peak"])}). Batch 1, '
         f'milliseconds: median of {"-".join(map(str, dict.fromkeys((runs[0], runs[-1]))))} '
         f'interleaved runs after warm-up (10th / 90th percentiles in the JSON). Random '
         f'weights, same weights for ours and mmpretrain\'s.')
@@ -443,6 +649,28 @@ def _backbones_table(result: dict) -> str:
                   ['arch', 'input', 'params (M)', 'GMACs', *BACKBONE_FORMS.values(),
                    'fused / timm', 'fused / mmpretrain', 'optimized / best peer',
                    'fp32 bound / best peer', 'optimized GFLOP/s (% peak)'], cells)
+
+
+def _int8_table(result: dict) -> Optional[str]:
+    rows, peak = result['rows'], result['peak_gflops']
+    int8 = [r for r in rows if r['section'] == 'backbone' and r['form'] == 'ours_int8']
+    if not int8:
+        return None
+    cells = []
+    for r in int8:
+        g = _lookup(rows, 'backbone', arch=r['arch'], size=r['size'])
+        peer, best = _best_peer(g)
+        optimized = g['ours_optimized']['median_ms']
+        bound = 2 * r['gmacs'] / peak * 1e3  # ms at the fp32 peak
+        cells.append([r['arch'].upper(), r['size'], f'{best:.1f} ({peer.split("_")[0]})',
+                      f'{optimized:.1f}', _ms(r), f'{r["median_ms"] / best:.2f}',
+                      f'{r["median_ms"] / optimized:.2f}', f'{r["median_ms"] / bound:.2f}',
+                      f'{r["cosine"]:.4f}'])
+    return _table('int8 backbones (optimize_for_inference precision=\'int8\', onnxruntime '
+                  'static QDQ; random weights and calibration: timing only)',
+                  ['arch', 'input', 'best peer fused fp32', 'ours optimized fp32', 'ours int8',
+                   'int8 / best peer', 'int8 / optimized fp32', 'int8 / fp32 bound',
+                   'cosine to fp32'], cells)
 
 
 def _mobilenet_table(result: dict) -> Optional[str]:
@@ -496,15 +724,19 @@ def _whole_models_table(result: dict) -> Optional[str]:
     cells = []
     for name in names:
         g = _lookup(rows, 'whole_model', model=name)
-        pt, opt = g['pytorch_fused'], g['optimized']
+        pt, opt, ort, int8 = (g[form] for form in ('pytorch_fused', 'optimized',
+                                                  'onnxruntime_export', 'int8'))
         cells.append([dict(ssdlite='SSDLite', deeplabv3='DeepLabV3 (OS8)')[name], pt['size'],
                       f'{pt["gmacs"]:.1f}', _ms(pt), f'{_ms(opt)} ({opt["backend"]})',
-                      _ms(g['onnxruntime_export']),
-                      f'{opt["median_ms"] / pt["median_ms"]:.2f}'])
-    return _table('Whole models, MobileOne-S0, fused',
+                      _ms(ort), _ms(int8), f'{opt["median_ms"] / pt["median_ms"]:.2f}',
+                      f'{int8["median_ms"] / ort["median_ms"]:.2f}',
+                      f'{int8["median_ms"] / pt["median_ms"]:.2f}', f'{int8["cosine"]:.4f}'])
+    return _table('Whole models, MobileOne-S0, fused (int8: random weights and calibration, '
+                  'timing only)',
                   ['model', 'input', 'GMACs', 'PyTorch (tensor forward)',
                    'optimize_for_inference', 'onnxruntime (export_onnx graph)',
-                   'optimized / PyTorch'], cells)
+                   'int8 (optimize_for_inference)', 'optimized / PyTorch',
+                   'int8 / onnxruntime fp32', 'int8 / PyTorch', 'int8 cosine to fp32'], cells)
 
 
 def _train_step_table(result: dict) -> Optional[str]:
@@ -515,17 +747,20 @@ def _train_step_table(result: dict) -> Optional[str]:
     cells = []
     for arch in dict.fromkeys(r['arch'] for r in train):
         g = _lookup(rows, 'train_step', arch=arch)
-        ours, peer = g['ours_train_step'], g['mmpretrain_train_step']
-        cells.append([arch.upper(), _ms(ours), _ms(peer),
-                      f'{ours["median_ms"] / peer["median_ms"]:.2f}'])
+        ours, stacked, peer = (g[f'{form}_train_step']
+                               for form in ('ours', 'ours_stacked', 'mmpretrain'))
+        cells.append([arch.upper(), *map(_ms_spread, (ours, stacked, peer)),
+                      f'{ours["median_ms"] / peer["median_ms"]:.2f}',
+                      f'{stacked["median_ms"] / peer["median_ms"]:.2f}'])
     size, batch = train[0]['size'], train[0]['batch']
     return _table(f'One training step (forward + backward, train form, batch {batch}, '
-                  f'{size}x{size})', ['arch', 'ours ms', 'mmpretrain ms', 'ours / mmpretrain'],
-                  cells)
+                  f'{size}x{size}), ms (10th-90th percentile)',
+                  ['arch', 'ours', 'ours, branches stacked', 'mmpretrain',
+                   'ours / mmpretrain', 'stacked / mmpretrain'], cells)
 
 
-TABLES = (_backbones_table, _mobilenet_table, _dilated_table, _whole_models_table,
-          _train_step_table)
+TABLES = (_backbones_table, _int8_table, _mobilenet_table, _dilated_table,
+          _whole_models_table, _train_step_table)
 
 
 def to_markdown(result: dict) -> str:
