@@ -271,6 +271,41 @@ def small_model(name, photos, num_classes=None, shape=(96, 128)):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('name', [TINY.name, 'retinanet_mobileone-s1_fpn_1x_coco.py'])
+def test_graph_outputs_are_mmdet_decoding_before_nms(name, photos):
+    """Every (prior, class) pair the export wrapper gives is one of mmdet's own
+    predict_by_feat without score threshold, top-k or NMS, in float64: scores (sigmoid)
+    to rounding, boxes (anchor deltas / point distances, clipped) within 1e-4 pixels, on
+    a non-square input."""
+    from mmengine.config import ConfigDict
+    from mobileone_mm.deploy.export import DenseDetectorForExport
+    model, _ = small_model(name, photos, num_classes=4)
+    shape = (96, 128)
+    wrapper = DenseDetectorForExport(model, shape).double()
+    image = torch.from_numpy(cv2.resize(read_photo(photos['landscape_rgb']), shape[::-1]))
+    image = image.permute(2, 0, 1)[None].double()
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, scale_factor=(1., 1.))
+    with torch.no_grad():
+        boxes, scores = wrapper(image)
+        cls_scores, bbox_preds = model._forward(wrapper.normalize(image))
+        expected, = model.bbox_head.predict_by_feat(
+            cls_scores, bbox_preds, batch_img_metas=[meta],
+            cfg=ConfigDict(score_thr=-1, nms_pre=10**9, min_bbox_size=-1),
+            rescale=False, with_nms=False)
+    assert len(expected.scores) == boxes.shape[1] * 4
+    for label in range(4):
+        ours = torch.cat([scores[0, :, label, None], boxes[0]], 1)
+        theirs = torch.cat([expected.scores[expected.labels == label, None],
+                            expected.bboxes[expected.labels == label]], 1)
+        for rows in (ours, theirs):  # the same order: by score, ties by box
+            for column in reversed(range(5)):
+                rows.copy_(rows[rows[:, column].argsort(stable=True)])
+        assert torch.allclose(ours[:, 0], theirs[:, 0], rtol=1e-12, atol=1e-15), label
+        # the graph's anchors are float32 constants (mmdet makes them in float64 here)
+        assert torch.allclose(ours[:, 1:], theirs[:, 1:], rtol=0, atol=1e-4), label
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('name,score_thr', [(TINY.name, 0.03),
                                             ('retinanet_mobileone-s1_fpn_1x_coco.py', 0.05)])
 def test_export_matches_mmdet(name, score_thr, tmp_path, photos):
