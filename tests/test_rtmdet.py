@@ -2,7 +2,8 @@
 mmdet: each COCO config is mmdet's recipe of the size it names (compared with mmdet's own
 config), builds, trains a step, predicts and loads every published weight format; the
 ONNX export of these detectors is held to mmdet's own post-processing and DetInferencer;
-the tiny RTMDet goes through mmdet's train / test scripts and our deploy tools."""
+the tiny RTMDet goes through mmengine's Runner (what `mim train` / `mim test` build) and
+our deploy tools."""
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ COCO.update({f'retinanet_mobileone-{arch}_fpn_1x_coco.py':
              (arch, 'retinanet/retinanet_r50_fpn_1x_coco.py') for arch in ('s1', 's4')})
 IMPORTS = ['mobileone_mm', 'mobileone_mm.fixes.safe_loading',
            'mobileone_mm.fixes.durable_checkpoints', 'mobileone_mm.fixes.cpu_distributed']
+# stages 2-4 of the paper's arch table: (128, 256, 512) x alpha
 STAGE_WIDTHS = dict(s0=[128, 256, 1024], s1=[192, 512, 1280], s2=[256, 640, 2048],
                     s3=[320, 768, 2048], s4=[448, 896, 2048])
 
