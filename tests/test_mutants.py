@@ -399,3 +399,18 @@ def test_bn_without_affine_parameters_fuses_exactly(randomize_bn):
         expected = copy.deepcopy(train).double()(x.double())
         for a, e in zip(reparameterize_model(train)(x), expected):
             assert ((a - e).abs().max() / e.abs().max()).item() <= 1e-5
+
+
+# --------------------------------------------------------------------------------------
+# Arguments: the edges of what is accepted, the documented defaults
+# --------------------------------------------------------------------------------------
+def test_argument_edges_and_defaults():
+    from mobileone_mm.models.mobileone import MobileOneBlock
+    # -4 is stage1 counted from the end (out of range starts at -5)
+    assert MobileOne(TINY_ARCH, out_indices=(-4, -1)).out_indices == [0, 3]
+    for name in ('in_channels', 'out_channels'):  # the error names the bad argument
+        args = {**dict(in_channels=4, out_channels=4, kernel_size=3), name: 0}
+        with pytest.raises(ValueError, match=rf"\{{'{name}': 0\}} must be positive"):
+            MobileOneBlock(**args)
+    blocks = [m for m in MobileOne(TINY_ARCH).modules() if isinstance(m, MobileOneBlock)]
+    assert blocks and not any(block.with_cp for block in blocks)  # with_cp: default False
