@@ -34,7 +34,8 @@ TINY = CLS / 'mobileone-s0_in1k-recipe_1xb16-6e_tiny-flowers.py'
 TINY_NARROW = CLS / 'mobileone-s0-narrow_in1k-recipe_1xb16-6e_tiny-flowers.py'
 FLOWERS = CLS / 'mobileone-s0_1xb32-flowers102.py'
 SSDLITE = REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'
-DEEPLAB = REPO / 'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py'
+DEEPLAB = (REPO / 'configs/segmentation'
+           / 'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py')
 MIM = Path(sys.executable).parent / 'mim'
 
 # (RandomResizedCrop size, RandAugment magnitude or None) from each epoch a stage starts.
@@ -72,7 +73,6 @@ def hook_cfg(cfg, name):
 
 
 # ------------------------------------------------------------ the ImageNet configs
-@pytest.mark.slow
 @pytest.mark.parametrize('name', list(IMAGENET))
 def test_imagenet_recipe_config_builds_and_trains_a_step(name):
     """Each ImageNet config: our backbone with the Flowers config's imports, the recipe's
