@@ -412,5 +412,7 @@ def test_argument_edges_and_defaults():
         args = {**dict(in_channels=4, out_channels=4, kernel_size=3), name: 0}
         with pytest.raises(ValueError, match=rf"\{{'{name}': 0\}} must be positive"):
             MobileOneBlock(**args)
+    with pytest.raises(ValueError, match=r'got \(3, 32, 32\)\.$'):  # no in_channels hint
+        MobileOne(TINY_ARCH)(torch.rand(3, 32, 32))
     blocks = [m for m in MobileOne(TINY_ARCH).modules() if isinstance(m, MobileOneBlock)]
     assert blocks and not any(block.with_cp for block in blocks)  # with_cp: default False
