@@ -123,8 +123,7 @@ def test_imagenet_recipe_config_builds_and_trains_a_step(name):
 
     # progressive learning: what the train set starts with and what SwitchRecipeHook
     # switches to (a schedule entry under a key the hook ignores switches nothing)
-    init_scope = Compose(cfg.train_dataloader.dataset.pipeline)
-    stages = {1: recipe_of(init_scope)}
+    stages = {1: recipe_of(Compose(cfg.train_dataloader.dataset.pipeline))}
     switch = hook_cfg(cfg, 'SwitchRecipeHook')
     if switch is not None:
         hook = HOOKS.build(switch)
