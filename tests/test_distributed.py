@@ -152,6 +152,11 @@ PROBE = textwrap.dedent('''
 ''')
 
 
+# A child config's custom_imports replaces its base's list: restate the stack fixes.
+FIXES = ['mobileone_mm.fixes.safe_loading', 'mobileone_mm.fixes.durable_checkpoints',
+         'mobileone_mm.fixes.cpu_distributed']
+
+
 def mim_train_two_processes(codebase, base_config, imports, tmp_path, options) -> list:
     """`mim train CODEBASE CONFIG --launcher pytorch --gpus 2` on a config that adds the
     probe hook to ``base_config``; returns the two ranks' probe records."""
@@ -190,7 +195,7 @@ def test_mim_train_mmdet_with_two_cpu_processes(tmp_path):
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=2)
     probes = mim_train_two_processes(
         'mmdet', REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
-        ['mobileone_mm', 'mobileone_mm.models.ssd_head'], tmp_path,
+        ['mobileone_mm', 'mobileone_mm.models.ssd_head', *FIXES], tmp_path,
         ['train_dataloader.batch_size=2', 'train_cfg.max_epochs=1',
          'train_cfg.val_interval=100', 'default_hooks.checkpoint.save_best=None'])
     assert probes[0]['norms'] == ['BatchNorm2d']
@@ -208,7 +213,7 @@ def test_mim_train_mmseg_syncbn_with_two_cpu_processes(tmp_path):
     probes = mim_train_two_processes(
         'mmseg', REPO / 'configs/segmentation/'
                         'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
-        ['mobileone_mm'], tmp_path,
+        ['mobileone_mm', *FIXES], tmp_path,
         ['train_dataloader.batch_size=2', 'train_cfg.max_iters=2', 'train_cfg.val_interval=100',
          'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1'])
     assert probes[0]['norms'] == probes[1]['norms'] == ['CPUSyncBatchNorm']
