@@ -408,7 +408,7 @@ def test_argument_edges_and_defaults():
     from mobileone_mm.models.mobileone import MobileOneBlock
     # -4 is stage1 counted from the end (out of range starts at -5)
     assert MobileOne(TINY_ARCH, out_indices=(-4, -1)).out_indices == [0, 3]
-    for name in ('in_channels', 'out_channels'):  # the error names the bad argument
+    for name in ('in_channels', 'out_channels', 'groups'):  # the error names the bad one
         args = {**dict(in_channels=4, out_channels=4, kernel_size=3), name: 0}
         with pytest.raises(ValueError, match=rf"\{{'{name}': 0\}} must be positive"):
             MobileOneBlock(**args)
