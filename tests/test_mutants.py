@@ -404,7 +404,7 @@ def test_bn_without_affine_parameters_fuses_exactly(randomize_bn):
 # --------------------------------------------------------------------------------------
 # Arguments: the edges of what is accepted, the documented defaults
 # --------------------------------------------------------------------------------------
-def test_argument_edges_and_defaults():
+def test_argument_edges_defaults_and_messages():
     from mobileone_mm.models.mobileone import MobileOneBlock
     # -4 is stage1 counted from the end (out of range starts at -5)
     assert MobileOne(TINY_ARCH, out_indices=(-4, -1)).out_indices == [0, 3]
