@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import torch
 
+from argtypes import positive_int
 from devkit.analysis import measure_latency
 from mobileone_mm import CheckpointError
 from mobileone_mm.checkpoints.io import atomic_file
@@ -25,13 +26,6 @@ from mobileone_mm.deploy.predict import PredictError, read_image
 from mobileone_mm.deploy.reparameterize import (DeployError, input_shape_of, load_model,
                                                 val_image_paths)
 from mobileone_mm.deploy.verify import describe, torch_reference, verify_onnx
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be 1 or more, got {text}')
-    return value
 
 
 def main():

@@ -11,17 +11,11 @@ picture is written there as <photo name>.png, at the photo's size.
 import argparse
 import sys
 
+from argtypes import score_threshold
 from mobileone_mm.checkpoints.io import CheckpointError
 from mobileone_mm.checkpoints.paths import PathError
 from mobileone_mm.deploy.predict_photos import PhotoError, run_demo
 from mobileone_mm.deploy.reparameterize import DeployError
-
-
-def score_threshold(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f'must be between 0 and 1, got {text}')
-    return value
 
 
 def main(argv=None):

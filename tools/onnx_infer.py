@@ -7,17 +7,11 @@ photo's own pixels, the picture at the photo's size.
 import argparse
 import sys
 
+from argtypes import score_threshold
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import PathError, plan_outputs
 from mobileone_mm.deploy.predict import (PredictError, draw, load_onnx, picture_extension,
                                          predict, read_photo)
-
-
-def score_threshold(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f'must be between 0 and 1, got {text}')
-    return value
 
 
 def main():

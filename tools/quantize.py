@@ -16,6 +16,7 @@ accuracy) and prints both.
 import argparse
 import sys
 
+from argtypes import non_negative_int, positive_int
 from mobileone_mm import CheckpointError
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import PathError, check_extension, plan_outputs
@@ -23,20 +24,6 @@ from mobileone_mm.deploy.evaluate import SPLITS, quantize_checkpoint
 from mobileone_mm.deploy.predict import PredictError
 from mobileone_mm.deploy.quantize import METHODS, QuantizeError, describe_int8
 from mobileone_mm.deploy.reparameterize import DeployError
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be 1 or more, got {text}')
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
-    return value
 
 
 def main():

@@ -11,16 +11,10 @@ are relative to, so that the check uses val images (random inputs otherwise).
 import argparse
 import sys
 
+from argtypes import positive_int
 from mobileone_mm.checkpoints.io import CheckpointError
 from mobileone_mm.deploy.reparameterize import DeployError, reparameterize_checkpoint
 from mobileone_mm.deploy.verify import describe
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be 1 or more, got {text}')
-    return value
 
 
 def main():
