@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from mobileone_mm import MobileOne, optimize_for_inference, reparameterize_model
-from mobileone_mm.deploy.inference import BACKENDS, flatten, unflatten
+from mobileone_mm.deploy.export import flatten, unflatten
+from mobileone_mm.deploy.inference import BACKENDS
 
 TOLERANCE = 1e-5  # max |difference| / max |output|, all outputs together
 

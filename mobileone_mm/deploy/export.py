@@ -18,11 +18,13 @@ BGR->RGB) is part of the graph. Outputs:
 import io
 import json
 import numbers
-from typing import Dict, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
 from ..checkpoints.io import atomic_file
 from ..models.reparam import reparameterize_model
@@ -235,6 +237,49 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
         task=task, outputs=wrapper.output_names, metadata=meta,
         torch_convs=count_conv_calls(wrapper, example),
         onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node))
+
+
+# ------------------------------------------------- any model with nested outputs, flat
+def flatten(output) -> Tuple[List[torch.Tensor], pytree.TreeSpec]:
+    """The tensors of a nested output (tensor / tuple / list / dict) and its structure
+    (torch's pytree); ``unflatten(leaves, spec)`` rebuilds it."""
+    leaves, spec = pytree.tree_flatten(output)
+    other = sorted({type(leaf).__name__ for leaf in leaves
+                    if not isinstance(leaf, torch.Tensor)})
+    if other:
+        raise TypeError(f'Model outputs must be tensors, or tuples / lists / dicts of them; '
+                        f'got {", ".join(other)}.')
+    return leaves, spec
+
+
+unflatten = pytree.tree_unflatten
+
+
+class FlatOutputs(nn.Module):
+    """``model(x)`` as a flat tuple of tensors (what tracing and ONNX export take)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return tuple(flatten(self.model(x))[0])
+
+
+def flat_onnx(flat: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> bytes:
+    """A ``FlatOutputs`` model traced on ``example`` as an ONNX graph (opset 17, input
+    ``input``, outputs ``output0``...; with ``dynamic_batch`` any batch size)."""
+    with torch.no_grad():
+        num_outputs = len(flat(example))
+    names = [f'output{i}' for i in range(num_outputs)]
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # TracerWarnings of shape checks: sizes are fixed
+        torch.onnx.export(flat, (example, ), buffer, dynamo=False, opset_version=17,
+                          input_names=['input'], output_names=names,
+                          dynamic_axes=({n: {0: 'batch'} for n in ['input'] + names}
+                                        if dynamic_batch else None))
+    return buffer.getvalue()
 
 
 def count_conv_calls(module: nn.Module, example: torch.Tensor) -> int:

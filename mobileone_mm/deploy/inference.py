@@ -23,56 +23,22 @@ so the check judges the fusion and the backend together, and not the model's flo
 conditioning. A backend that fails it is skipped (``auto``) or raises (named backend).
 """
 import copy
-import io
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
-import torch.utils._pytree as pytree
 
 from ..models.reparam import reparameterize_model
+from .export import FlatOutputs, flat_onnx, flatten, make_session, unflatten
 from .verify import Reference, describe
 
 BACKENDS = ('onnxruntime', 'torchscript', 'eager')
 
 
-# ------------------------------------------------------------ nested outputs, flat
-def flatten(output) -> Tuple[List[torch.Tensor], pytree.TreeSpec]:
-    """The tensors of a nested output (tensor / tuple / list / dict) and its structure
-    (torch's pytree); ``unflatten(leaves, spec)`` rebuilds it."""
-    leaves, spec = pytree.tree_flatten(output)
-    other = sorted({type(leaf).__name__ for leaf in leaves
-                    if not isinstance(leaf, torch.Tensor)})
-    if other:
-        raise TypeError(f'Model outputs must be tensors, or tuples / lists / dicts of them; '
-                        f'got {", ".join(other)}.')
-    return leaves, spec
-
-
-unflatten = pytree.tree_unflatten
-
-
-class FlatOutputs(nn.Module):
-    """``model(x)`` as a flat tuple of tensors (what tracing and ONNX export take)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return tuple(flatten(self.model(x))[0])
-
-
 # ------------------------------------------------------------------------ backends
 def _onnxruntime(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
-    from .export import make_session
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # TracerWarnings of shape checks: shapes are fixed
-        torch.onnx.export(flat, (example, ), buffer, dynamo=False, opset_version=17,
-                          input_names=['input'])
-    session = make_session(buffer.getvalue(), threads)
+    session = make_session(flat_onnx(flat, example), threads)
 
     def run(x):
         arrays = session.run(None, {'input': x.detach().contiguous().numpy()})

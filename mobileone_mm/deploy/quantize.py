@@ -39,21 +39,18 @@ models 0.985-0.998 keeping 84-95 % of their decisions; quantizations with wrong 
 """
 import contextlib
 import copy
-import io
 import json
 import logging
 import os
 import tempfile
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from ..models.reparam import reparameterize_model
-from .export import make_session, task_of
+from .export import FlatOutputs, flat_onnx, flatten, make_session, task_of
 from .predict import postprocess_detections
 from .verify import _box_iou
 
@@ -387,17 +384,6 @@ class Int8Model:
         return f'Int8Model(backend={self.backend!r}, float nodes={len(self.keep_float)})'
 
 
-class _Flat(nn.Module):
-    """``model(x)``'s tensors as a flat tuple (what ONNX export takes)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return tuple(pytree.tree_flatten(self.model(x))[0])
-
-
 def _model_task(model) -> Optional[str]:
     """'classification' / 'segmentation' (outputs whose argmax over dim 1 decides) or
     None (backbones; detectors' raw maps: cosine only)."""
@@ -435,17 +421,10 @@ def optimize_int8(model, example, calibration, threads: Optional[int] = None,
         raise QuantizeError('precision="int8" needs calibration=batches: a few real input '
                             'batches (8-32 images in all), preprocessed like the example.')
     fused = reparameterize_model(copy.deepcopy(model).eval()).requires_grad_(False)
-    flat = _Flat(fused).eval()
+    flat = FlatOutputs(fused).eval()
     with torch.no_grad():
-        leaves, spec = pytree.tree_flatten(fused(example))
-    names = [f'output{i}' for i in range(len(leaves))]
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # TracerWarnings of shape checks: sizes are fixed
-        torch.onnx.export(flat, (example, ), buffer, dynamo=False, opset_version=17,
-                          input_names=['input'], output_names=names,
-                          dynamic_axes={n: {0: 'batch'} for n in ['input'] + names})
-    graph = buffer.getvalue()
+        _, spec = flatten(fused(example))
+    graph = flat_onnx(flat, example, dynamic_batch=True)
     keep = output_layers(graph) if keep_float is None else list(keep_float)
     int8 = quantize_graph(graph, [b.numpy() for b in batches], method=method, keep_float=keep)
     optimized = Int8Model(int8, spec, example.shape[1:], threads or torch.get_num_threads(),

@@ -27,7 +27,7 @@ from ..checkpoints.formats import is_fused
 from ..checkpoints.io import CheckpointError, load_checkpoint, state_dict_of
 from ..checkpoints.paths import PathError, atomic_files, plan_outputs
 from ..models.reparam import reparameterize_model
-from .inference import flatten
+from .export import flatten
 from .verify import Reference, describe
 
 CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
