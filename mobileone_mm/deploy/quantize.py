@@ -52,7 +52,7 @@ import torch.utils._pytree as pytree
 from ..models.reparam import reparameterize_model
 from .export import FlatOutputs, flat_onnx, flatten, make_session, task_of
 from .predict import postprocess_detections
-from .verify import _box_iou
+from .verify import box_iou
 
 QUANTIZED_OPS = ('Conv', 'Gemm', 'MatMul', 'Relu', 'Clip', 'MaxPool', 'AveragePool',
                  'GlobalAveragePool', 'Concat')
@@ -274,7 +274,7 @@ def detections_found(expected, found, iou: float = 0.5) -> tuple:
     for box, label in zip(ref_boxes, ref_labels):
         if not len(boxes):
             break
-        overlap = _box_iou(box[None], boxes)[0]
+        overlap = box_iou(box[None], boxes)[0]
         overlap[(labels != label) | used] = 0
         best = int(overlap.argmax())
         if overlap[best] >= iou:

@@ -145,7 +145,7 @@ def describe(check: dict, what: str = 'the candidate') -> str:
 
 
 # --------------------------------------------------------------------- ONNX graphs
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
     area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
@@ -159,7 +159,7 @@ def match_detections(found, expected, score_thr: float) -> dict:
     mine, theirs = scores >= score_thr, ref_scores >= score_thr
     result = dict(detections=int(theirs.sum()), unmatched=abs(int(mine.sum() - theirs.sum())),
                   min_box_iou=1.0, max_score_diff=0.0)
-    iou = _box_iou(ref_boxes[theirs], boxes[mine])
+    iou = box_iou(ref_boxes[theirs], boxes[mine])
     iou[ref_labels[theirs][:, None] != labels[mine][None]] = 0
     for i, j in enumerate(iou.argmax(1) if iou.size else []):
         result['unmatched'] += int(iou[i, j] == 0)
