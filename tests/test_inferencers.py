@@ -290,7 +290,7 @@ def test_image_demo_errors_are_one_line(photos, tmp_path, randomize_bn, capsys):
     photo = photos['gray']
     cases = [
         ([CLS_TINY, str(checkpoint), str(tmp_path / 'missing.jpg')], 'does not exist'),
-        ([CLS_TINY, str(checkpoint), str(not_a_photo)], 'cannot be read as an image'),
+        ([CLS_TINY, str(checkpoint), str(not_a_photo)], 'is not an image'),
         ([DET_TINY, str(checkpoint), photo], 'does not fit the model'),
         ([CLS_TINY, str(tmp_path / 'missing.pth'), photo], 'does not exist'),
         # the picture gray.png would be written over the photo gray.png

@@ -14,7 +14,8 @@ import sys
 from argtypes import score_threshold
 from mobileone_mm.checkpoints.io import CheckpointError
 from mobileone_mm.checkpoints.paths import PathError
-from mobileone_mm.deploy.predict_photos import PhotoError, run_demo
+from mobileone_mm.deploy.predict import PredictError
+from mobileone_mm.deploy.predict_photos import run_demo
 from mobileone_mm.deploy.reparameterize import DeployError
 
 
@@ -34,7 +35,7 @@ def main(argv=None):
     try:
         results = run_demo(args.config, args.checkpoint, args.images, args.out_dir,
                            deploy=args.deploy, device=args.device, score_thr=args.score_thr)
-    except (FileNotFoundError, CheckpointError, DeployError, PathError, PhotoError) as error:
+    except (FileNotFoundError, CheckpointError, DeployError, PathError, PredictError) as error:
         sys.exit(f'image_demo: {error}')
     for result in results:
         print(f'{result.path} ({result.size[0]}x{result.size[1]}):')

@@ -16,6 +16,7 @@ of another config is a one-line error instead of the inferencers' non-strict loa
 random weights left in place. ``deploy=True`` fuses the inferencer's model in memory
 (``reparameterize_model``) before the first photo.
 """
+import contextlib
 import importlib
 import os
 import warnings
@@ -26,8 +27,9 @@ import numpy as np
 
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
-from ..checkpoints.paths import check_input_file, plan_outputs
+from ..checkpoints.paths import plan_outputs
 from ..models.reparam import reparameterize_model
+from .predict import read_photo
 from .reparameterize import codebase_of, deploy_config, load_config, load_model
 
 # codebase -> (module, inferencer class, name of its checkpoint argument)
@@ -37,19 +39,28 @@ INFERENCERS = dict(mmdet=('mmdet.apis', 'DetInferencer', 'weights'),
                                'pretrained'))
 
 
-class PhotoError(ValueError):
-    """A photo that cannot be read, with the fix."""
+@contextlib.contextmanager
+def _progress_bar_off(codebase: str):
+    """mmpretrain's inferencer ignores ``show_progress``: its rich progress bar follows a
+    module flag, and drawn on stdout it interleaves with what we print. Off while it runs,
+    restored afterwards."""
+    if codebase != 'mmpretrain':
+        yield
+        return
+    from mmpretrain.utils import progress
+    previous, progress.disable_progress_bar = progress.disable_progress_bar, True
+    try:
+        yield
+    finally:
+        progress.disable_progress_bar = previous
 
 
 def check_photo(path) -> str:
-    """``path`` as a string when it is a picture mmcv reads (as the inferencers do), else
-    PathError / PhotoError naming it."""
-    import mmcv
-    path = check_input_file(path, 'photo')
-    if mmcv.imread(path) is None:
-        raise PhotoError(f'The photo {path!r} cannot be read as an image (not a picture, or '
-                         f'a format OpenCV does not decode): give a JPEG, PNG, BMP, ... file.')
-    return path
+    """``path`` as a string when it is a picture that decodes in full, as onnx_infer reads
+    photos (``predict.read_photo``: missing, empty, non-image and truncated files are
+    refused with PathError / PredictError naming them)."""
+    read_photo(path)
+    return os.fspath(path)
 
 
 @dataclass
@@ -99,7 +110,8 @@ class PhotoDemo:
     def predict(self, paths: Sequence[str]) -> List[PhotoResult]:
         """Run the inferencer and its visualizer on the photos at ``paths``."""
         paths = [check_photo(path) for path in paths]
-        samples = self.inferencer(paths, return_datasamples=True)
+        with _progress_bar_off(self.codebase):
+            samples = self.inferencer(paths, return_datasamples=True)
         if self.codebase == 'mmdet':
             samples = samples['predictions']
         elif not isinstance(samples, list):  # mmseg returns a lone sample for one photo
