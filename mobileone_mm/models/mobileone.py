@@ -195,8 +195,9 @@ class MobileOneBlock(BaseModule):
             self.dilation, self.groups, self.num_branches, identity=self.identity,
             norm_cfg=self.norm_cfg)
         local = {k[len(prefix):]: state_dict[k] for k in branch_keys}
+        # in the weights' own precision: float64 weights are fused in float64
+        train_form.to(local[next(k for k in local if k.endswith('.weight'))].dtype)
         missing, unexpected = train_form.load_state_dict(local, strict=False)
-        missing = [k for k in missing if not k.endswith('num_batches_tracked')]
         if missing or unexpected:
             raise CheckpointError(
                 f'{prefix}: the train-form weights do not fit this block '
