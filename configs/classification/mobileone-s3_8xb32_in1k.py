@@ -1,39 +1,6 @@
-# MobileOne-S3 pretrained on ImageNet-1k with the paper's recipe, as mmpretrain 1.2 ships
-# it, with our backbone; only what differs from mmpretrain's config is stated. What the
-# recipe assumes (8 x 32 images, ~1.28 M of them, 300 epochs) and how auto_scale_lr
-# changes it: mobileone-s0_8xb32_in1k.py.
-#
-# Progressive learning: RandomResizedCrop 160 / 192 / 224 and RandAugment magnitude
-# 2.1 / 4.9 / 7 (0.3 / 0.7 / 1 x 7) from epochs 1 / 37 / 112.
-_base_ = 'mmpretrain::mobileone/mobileone-s3_8xb32_in1k.py'
-custom_imports = dict(imports=[
-    'mobileone_mm',  # registers mobileone_mm.MobileOne
-    # the stack fixes (docs/stack.md): drop a line to leave that fix out
-    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
-    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
-    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
-], allow_failed_imports=False)
+# MobileOne-S3 pretrained on ImageNet-1k with the paper's recipe, with our backbone.
+# mmpretrain's S3 config is its S2 config with arch='s3' (same schedule, progressive
+# learning, EMA), so ours is our S2 config with arch='s3'.
+_base_ = './mobileone-s2_8xb32_in1k.py'
 
-model = dict(backbone=dict(type='mobileone_mm.MobileOne'))
-
-# Weight decay 1e-4 -> 0.1 x 1e-4 on the decayed groups only (see mobileone-s0_8xb32_in1k.py)
-param_scheduler = _base_.param_scheduler[:2] + [
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay',
-         eta_min_ratio=0.1, by_epoch=True, begin=0, end=300)
-]
-
-stage_37e = _base_.train_pipeline_37e  # 192 px, magnitude 4.9
-stage_112e = _base_.train_pipeline_112e  # 224 px, magnitude 7
-
-# mmpretrain's schedule gives the pipelines as `pipeline=`, a key SwitchRecipeHook ignores
-# (it reads `train_pipeline`): its runs never leave the first stage (160 px, weakest
-# RandAugment, validated at 224). Here the key it reads.
-custom_hooks = [
-    dict(type='SwitchRecipeHook', schedule=[
-        dict(action_epoch=37, train_pipeline=stage_37e),
-        dict(action_epoch=112, train_pipeline=stage_112e),
-    ]),
-    _base_.custom_hooks[1],  # EMAHook, momentum 5e-4, update_buffers=True
-    # the log shows the recipe at work: image size, crop / RandAugment, weight decay, EMA
-    dict(type='mobileone_mm.RecipeLoggerHook'),
-]
+model = dict(backbone=dict(arch='s3'))
