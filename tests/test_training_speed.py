@@ -124,7 +124,9 @@ def test_stacked_branches_equal_the_plain_sum_over_training_steps(case, randomiz
 
 def test_float32_block_gradients_within_1e5_of_the_plain_sum(randomize_bn):
     """The issue's bound for float32: an S0 depthwise and pointwise block (four conv
-    branches), stacked and plain, each judged against the float64 plain sum."""
+    branches), stacked, judged against the float64 plain sum, and no worse than the plain
+    float32 form. The plain form's own distance is float32 rounding through train-mode BN,
+    not a result: it is measured, not bounded (2e-5 in a CI run at another thread count)."""
     from devkit.benchmark import stacked_sum
     for block in (MobileOneBlock(64, 64, 3, groups=64, num_branches=4),
                   MobileOneBlock(64, 128, 1, num_branches=4)):
@@ -146,5 +148,5 @@ def test_float32_block_gradients_within_1e5_of_the_plain_sum(randomize_bn):
             out, grads = results[name]
             assert rel(out, reference[0]) <= 1e-5
             errors[name] = max(rel(g, reference[1][k]) for k, g in grads.items())
-            assert errors[name] <= 1e-5, (name, errors)
+        assert errors['stacked'] <= 1e-5, errors
         assert errors['stacked'] <= 4 * errors['plain'] + 1e-7, errors  # no worse
