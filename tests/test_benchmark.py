@@ -152,7 +152,8 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
         'quick', threads=1, log=lambda _: None, archs=('s0', ), sizes=(64, ),
         int8_archs=('s0', ), int8_sizes=(64, ),
         dilated_size=64, runs=2, warmup=1, min_runs=2, group_budget_s=0.01,
-        whole_models=dict(ssdlite=128, deeplabv3=64), whole_runs=2, train_archs=('s0', ),
+        whole_models=(('ssdlite', 128), ('rtmdet', 64), ('rtmdet', 96), ('deeplabv3', 64)),
+        whole_runs=2, train_archs=('s0', ),
         train_batch=2, train_size=64, train_runs=2, peak_runs=1)
     paths = write_report(result, str(tmp_path / 'out'))
     data = json.loads(open(paths['json']).read())
@@ -165,15 +166,15 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
                                          'onnxruntime_export', 'int8')} <= forms
     assert {('train_step', f'{form}_train_step')
             for form in ('ours', 'ours_stacked', 'mmpretrain')} <= forms
-    assert {r['model'] for r in data['rows'] if r['section'] == 'whole_model'} == \
-        {'ssdlite', 'deeplabv3'}
+    assert {(r['model'], r['size']) for r in data['rows'] if r['section'] == 'whole_model'} \
+        == {('ssdlite', 128), ('rtmdet', 64), ('rtmdet', 96), ('deeplabv3', 64)}
     for row in data['rows']:
         assert row['p10_ms'] <= row['median_ms'] <= row['p90_ms'] and row['threads'] == 1
         assert row['gmacs'] > 0 and row['params'] > 0
     optimized = [r for r in data['rows'] if 'optimized' in r['form']]
     assert all(r['rel_diff'] <= TOLERANCE for r in optimized)
     int8 = [r for r in data['rows'] if 'int8' in r['form']]
-    assert len(int8) == 3 and all(0.9 < r['cosine'] <= 1 + 1e-6 for r in int8)
+    assert len(int8) == 5 and all(0.9 < r['cosine'] <= 1 + 1e-6 for r in int8)
     kernels = data['peak']['kernels']
     assert data['peak_gflops'] == data['peak']['peak'] == max(kernels.values()) > 0
     assert {'MKL', 'oneDNN', 'MLAS'} <= {name.split('(')[-1][:-1] for name in kernels}
@@ -186,6 +187,8 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
                     '### Whole models', '### One training step', '### Targets'):
         assert heading in markdown
     assert markdown.count('PASS') + markdown.count('FAIL') == 7
+    for model, size in (('SSDLite', 128), ('RTMDet', 64), ('RTMDet', 96), ('DeepLabV3 (OS8)', 64)):
+        assert f'| {model} | {size} |' in markdown
     assert all(f'{flag} ' in markdown for flag in INT8_BF16_FLAGS)
     with open(paths['png'], 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'

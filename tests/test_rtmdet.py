@@ -21,8 +21,9 @@ from devkit.tiny_data import make_tiny_coco
 from mobileone_mm import MobileOne, convert_state_dict
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
 from mobileone_mm.deploy.export import ExportError, export_onnx
-from mobileone_mm.deploy.metadata import export_metadata
-from mobileone_mm.deploy.predict import _batched_nms, load_onnx, predict, read_photo
+from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape, test_preprocess
+from mobileone_mm.deploy.predict import (_batched_nms, load_onnx, predict, preprocess,
+                                         read_photo)
 from mobileone_mm.deploy.reparameterize import build_model, load_config
 from mobileone_mm.deploy.verify import verify_onnx
 
@@ -227,9 +228,10 @@ def photos(tmp_path_factory):
     return photo_paths(tmp_path_factory.mktemp('photos'))
 
 
-def small_model(name, photos, num_classes=None, shape=(96, 128)):
+def small_model(name, photos, num_classes=None, shape=(96, 128), steps=None):
     """A random model of the config in eval mode, and its config, made to behave like a
-    trained one on real photos: BN statistics from the photos (as training sets them;
+    trained one on real photos (resized to ``shape``, or through the test pipeline's
+    ``steps``, metadata.test_preprocess): BN statistics from the photos (as training sets them;
     random ones, devkit's randomize_bn, make this deep random model's float32 scores
     1e-3 off its float64 ones), and the head's output convs scaled on them so that class
     logits spread by 2 around the head's prior (scores over (0, 1), not saturated, few
@@ -244,8 +246,11 @@ def small_model(name, photos, num_classes=None, shape=(96, 128)):
     model, _ = build_model(cfg)
     model.init_weights()
     model = revert_sync_batchnorm(model)
+    def network_input(path):
+        photo = read_photo(path)
+        return cv2.resize(photo, shape[::-1]) if steps is None else preprocess(photo, steps)[0]
     images = Normalize(model.data_preprocessor)(torch.stack([
-        torch.from_numpy(cv2.resize(read_photo(path), shape[::-1])).permute(2, 0, 1).float()
+        torch.from_numpy(network_input(path)).permute(2, 0, 1).float()
         for path in photos.values()]))
     for module in model.modules():
         if isinstance(module, _BatchNorm):
@@ -346,29 +351,54 @@ def test_other_dense_heads_are_refused_before_fusing(tmp_path):
         assert not model.backbone.deploy and not (tmp_path / 'x.onnx').exists()
 
 
+def test_coco_configs_letterbox_is_in_the_onnx_metadata():
+    """The COCO RTMDet test pipeline (keep-ratio resize, then Pad with 114 to 640 x 640)
+    is repeated by onnx_infer, and its fixed 640 x 640 is the graph's size."""
+    cfg = load_config(str(CONFIGS / 'rtmdet_mobileone-s0_8xb32-300e_coco.py'))
+    steps, unsupported = test_preprocess(cfg)
+    assert unsupported == '' and [s['op'] for s in steps] == ['resize', 'pad']
+    assert steps[0]['size'] == [640, 640] and steps[0]['keep_ratio']
+    assert steps[1]['size'] == [640, 640] and steps[1]['pad_val'] == [114] * 3
+    assert fixed_input_shape(steps) == (640, 640)
+    photo = np.full((300, 500, 3), 7, np.uint8)
+    image, frame = preprocess(photo, steps)
+    assert image.shape == (640, 640, 3) and frame.scale == (640 / 500, 384 / 300)
+    assert (image[:384] != 114).all() and (image[384:] == 114).all()
+
+
+LETTERBOX = """
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='Pad', size=(128, 128), pad_val=dict(img=(114, 114, 114))),"""
+STRETCH = """
+    dict(type='Resize', scale=(128, 96), keep_ratio=False),"""
+
+
 @pytest.mark.slow
-def test_photos_match_det_inferencer(tmp_path, photos):
-    """The exported tiny RTMDet on real photos (non-square network input) gives what
-    mmdet's DetInferencer gives for the same checkpoint, in the photo's pixels."""
+@pytest.mark.parametrize('resize', ['stretch', 'letterbox'])
+def test_photos_match_det_inferencer(resize, tmp_path, photos):
+    """The exported tiny RTMDet on real photos gives what mmdet's DetInferencer gives for
+    the same checkpoint, in the photo's pixels: a non-square network input, and the COCO
+    configs' letterbox (keep-ratio resize, pad with 114)."""
     from mmdet.apis import DetInferencer
     config = tmp_path / 'rtmdet.py'
     config.write_text(f"""_base_ = '{TINY}'
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 96), keep_ratio=False),
+    dict(type='LoadImageFromFile'),{STRETCH if resize == 'stretch' else LETTERBOX}
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 """)
-    model, _ = small_model(TINY.name, photos)
     cfg = load_config(str(config))
+    model, _ = small_model(TINY.name, photos, steps=test_preprocess(cfg)[0])
     checkpoint = dict(meta=dict(dataset_meta=dict(classes=cfg.metainfo['classes'])),
                       state_dict=model.state_dict())
     torch.save(checkpoint, tmp_path / 'rtmdet.pth')
-    export_onnx(model, str(tmp_path / 'rtmdet.onnx'), (96, 128),
-                metadata=export_metadata(cfg, checkpoint, model, str(config)))
+    metadata = export_metadata(cfg, checkpoint, model, str(config))
+    shape = fixed_input_shape(metadata['preprocess'])
+    assert shape == ((96, 128) if resize == 'stretch' else (128, 128))
+    export_onnx(model, str(tmp_path / 'rtmdet.onnx'), shape, metadata=metadata)
     session, meta = load_onnx(str(tmp_path / 'rtmdet.onnx'))
     inferencer = DetInferencer(model=str(config), weights=str(tmp_path / 'rtmdet.pth'),
                                device='cpu', show_progress=False)
@@ -376,7 +406,7 @@ test_dataloader = val_dataloader
         expected = inferencer(photos[name], return_datasamples=True)[
             'predictions'][0].pred_instances
         found = predict(session, meta, read_photo(photos[name]))
-        assert found.frame.input_size == (128, 96), name
+        assert found.frame.input_size == shape[::-1], name
         count = max(int((expected.scores >= expected.scores[0] / 2).sum()), 5)
         np.testing.assert_allclose(found.scores[:count], expected.scores[:count].numpy(),
                                    atol=1e-4, err_msg=name)

@@ -60,11 +60,25 @@ def _pair(value) -> List[int]:
         [int(v) for v in value]
 
 
+def _pad_step(transform: dict) -> dict:
+    """mmcv / mmdet ``Pad`` (constant padding at the bottom and right, e.g. RTMDet's
+    letterbox): its target size (w, h), size_divisor, pad_to_square and image pad value."""
+    pad_val = transform.get('pad_val', dict(img=0))
+    pad_val = pad_val.get('img', 0) if isinstance(pad_val, dict) else pad_val
+    size = transform.get('size')
+    return dict(op='pad', size=None if size is None else _pair(size),
+                size_divisor=transform.get('size_divisor'),
+                pad_to_square=bool(transform.get('pad_to_square', False)),
+                pad_val=[int(v) for v in pad_val] if isinstance(pad_val, (list, tuple))
+                else int(pad_val))
+
+
 def test_preprocess(cfg) -> Tuple[Optional[List[dict]], str]:
     """The config's test pipeline as steps tools/onnx_infer.py repeats on a photo
     (``predict.preprocess``): ``resize`` (mmcv / mmdet / mmseg ``Resize``: size (w, h),
     keep_ratio), ``resize_edge`` (mmpretrain ``ResizeEdge``), ``center_crop`` (``CenterCrop``
-    without padding), each with mmcv's interpolation and backend. Returns (steps, '') or,
+    without padding), each with mmcv's interpolation and backend, and ``pad`` (``Pad`` with
+    constant padding, see ``_pad_step``). Returns (steps, '') or,
     for a pipeline with anything else, (None, what is not repeated)."""
     steps = []
     for transform in _test_dataset_cfg(cfg).get('pipeline') or []:
@@ -85,20 +99,36 @@ def test_preprocess(cfg) -> Tuple[Optional[List[dict]], str]:
                               edge=transform.get('edge', 'short'), **options))
         elif name == 'CenterCrop' and not transform.get('auto_pad', False):
             steps.append(dict(op='center_crop', size=_pair(transform['crop_size'])))
+        elif name == 'Pad' and transform.get('padding_mode', 'constant') == 'constant' \
+                and codebase_of(cfg) == 'mmdet':  # boxes ignore it; label maps would not
+            steps.append(_pad_step(transform))
         else:
             return None, f"the test pipeline's {name}"
     return steps, ''
 
 
 def fixed_input_shape(steps: Optional[List[dict]]) -> Optional[Tuple[int, int]]:
-    """(H, W) every photo has after ``steps``, when it is fixed (a resize without
-    keep_ratio or a crop last sets it), else None."""
+    """(H, W) every photo has after ``steps``, when it is fixed, else None: a resize
+    without keep_ratio or a crop sets it, and so does a pad to a fixed size of what a
+    keep_ratio resize to a square within it gives (the letterbox), or a pad to a
+    multiple of a fixed shape."""
     shape = None
+    bound = None  # (h, w) no photo exceeds after a keep_ratio resize
     for step in steps or []:
         if step['op'] == 'center_crop' or (step['op'] == 'resize' and not step['keep_ratio']):
-            shape = (step['size'][1], step['size'][0])
+            shape = bound = (step['size'][1], step['size'][0])
+        elif step['op'] == 'resize' and step['keep_ratio']:
+            shape, bound = None, (max(step['size']), ) * 2  # the long side fits max(size)
+        elif step['op'] == 'pad' and not step['pad_to_square']:
+            if step['size_divisor']:
+                shape = bound = None if shape is None else tuple(
+                    -(-v // step['size_divisor']) * step['size_divisor'] for v in shape)
+            elif step['size'] is not None:
+                size = (step['size'][1], step['size'][0])
+                fits = bound is not None and bound[0] <= size[0] and bound[1] <= size[1]
+                shape = bound = size if fits else None
         else:
-            shape = None
+            shape = bound = None
     return shape
 
 

@@ -99,6 +99,25 @@ def _resize(image: np.ndarray, size: Tuple[int, int], step: dict) -> np.ndarray:
     return cv2.resize(image, size, interpolation=codes[step.get('interpolation', 'bilinear')])
 
 
+def _pad(image: np.ndarray, step: dict) -> np.ndarray:
+    """mmcv's Pad with constant padding: to a fixed (w, h), to a square and / or to a
+    multiple of ``size_divisor``, at the bottom and right; never crops."""
+    import cv2
+    h, w = image.shape[:2]
+    target_w, target_h = step['size'] or (w, h)
+    if step['pad_to_square']:
+        target_w = target_h = max(h, w)
+    if step['size_divisor']:
+        if not step['pad_to_square']:
+            target_w, target_h = w, h
+        divisor = step['size_divisor']
+        target_w, target_h = -(-target_w // divisor) * divisor, -(-target_h // divisor) * divisor
+    value = step['pad_val']
+    value = list(value) if isinstance(value, list) else [value] * image.shape[2]
+    return cv2.copyMakeBorder(image, 0, max(target_h - h, 0), 0, max(target_w - w, 0),
+                              cv2.BORDER_CONSTANT, value=value)
+
+
 def _size_after(step: dict, w: int, h: int) -> Tuple[int, int]:
     """(w, h) after one resize step, as mmcv's Resize / mmpretrain's ResizeEdge compute it."""
     if step['op'] == 'resize_edge':
@@ -136,6 +155,9 @@ def preprocess(photo: np.ndarray, steps: Optional[List[dict]],
             x1 = max(0, int(round((cur_w - crop_w) / 2.)))
             image = image[y1:y1 + crop_h, x1:x1 + crop_w]
             offset_x, offset_y = offset_x + x1, offset_y + y1
+            continue
+        if step['op'] == 'pad':  # bottom and right: the frame does not move
+            image = _pad(image, step)
             continue
         new_w, new_h = _size_after(step, cur_w, cur_h)
         if new_w < 1 or new_h < 1:

@@ -43,6 +43,7 @@ ARCHS = ('s0', 's1', 's2', 's3', 's4')
 REPO = Path(__file__).resolve().parents[2]  # tools/devkit/ -> the checkout
 WHOLE_MODEL_CONFIGS = dict(
     ssdlite='configs/detection/ssdlite_mobileone-s0_8xb24-600e_coco.py',
+    rtmdet='configs/detection/rtmdet_mobileone-s0_8xb32-300e_coco.py',
     deeplabv3='configs/segmentation/deeplabv3_mobileone-s0-d8_4xb4-160k_ade20k-512x512.py')
 BUSY_LOAD = 0.5  # load average above which the report says the timings are not clean
 
@@ -51,13 +52,15 @@ PRESETS = dict(
     full=dict(archs=ARCHS, sizes=(224, 320, 512), dilated_size=512, runs=40, warmup=3,
               int8_archs=('s0', 's1'), int8_sizes=(320, ),
               group_budget_s=8.0, min_runs=10,
-              whole_models=dict(ssdlite=320, deeplabv3=512), whole_runs=8,
+              whole_models=(('ssdlite', 320), ('rtmdet', 320), ('rtmdet', 640),
+                            ('deeplabv3', 512)), whole_runs=8,
               train_archs=('s0', 's1'), train_batch=4, train_size=224, train_runs=6,
               peak_runs=5),
     quick=dict(archs=('s0', 's1'), sizes=(320, ), dilated_size=None, runs=10, warmup=2,
                int8_archs=('s0', 's1'), int8_sizes=(320, ),
                group_budget_s=3.0, min_runs=5,
-               whole_models=dict(ssdlite=320, deeplabv3=256), whole_runs=3,
+               whole_models=(('ssdlite', 320), ('rtmdet', 320), ('deeplabv3', 256)),
+               whole_runs=3,
                train_archs=('s0', ), train_batch=2, train_size=224, train_runs=3,
                peak_runs=3),
 )
@@ -288,10 +291,10 @@ def build_int8(fused: nn.Module, example: torch.Tensor) -> dict:
 
 
 def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[str, dict]:
-    """An SSDLite or DeepLabV3 model with a fused MobileOne-S0 (config's init_cfg removed:
-    random weights): its tensor forward in PyTorch, optimize_for_inference of it in fp32
-    and in int8, and onnxruntime on the graph ``export_onnx`` writes (normalisation and,
-    for SSDLite, box decoding included)."""
+    """An SSDLite, RTMDet or DeepLabV3 model with a fused MobileOne-S0 (config's init_cfg
+    removed: random weights): its tensor forward in PyTorch, optimize_for_inference of it
+    in fp32 and in int8, and onnxruntime on the graph ``export_onnx`` writes (normalisation
+    and, for the detectors, box decoding included)."""
     from mobileone_mm.deploy.export import export_onnx, load_session
     from mobileone_mm.deploy.reparameterize import build_model, load_config
     cfg = load_config(str(REPO / WHOLE_MODEL_CONFIGS[name]))
@@ -467,11 +470,12 @@ def _measure_backbones(settings: dict, peak: float, log) -> List[dict]:
 
 
 def _measure_whole_models(settings: dict, threads: int, peak: float, log) -> List[dict]:
-    """SSDLite / DeepLabV3 with MobileOne-S0 (``whole_models``: name -> input size)."""
+    """SSDLite / RTMDet / DeepLabV3 with MobileOne-S0 (``whole_models``: (name, input
+    size) pairs, a name may come at several sizes)."""
     timing = dict(warmup=1, runs=settings['whole_runs'], min_runs=settings['whole_runs'])
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        for name, size in settings['whole_models'].items():
+        for name, size in settings['whole_models']:
             models = build_whole_model(name, size, threads, workdir)
             rows += _measure('whole_model', models, torch.randn(1, 3, size, size), peak,
                              timing, log, f'{name} {size}', arch='s0', size=size, model=name)
@@ -718,15 +722,17 @@ def _dilated_table(result: dict) -> Optional[str]:
 
 def _whole_models_table(result: dict) -> Optional[str]:
     rows = result['rows']
-    names = dict.fromkeys(r['model'] for r in rows if r['section'] == 'whole_model')
-    if not names:
+    models = dict.fromkeys((r['model'], r['size']) for r in rows
+                           if r['section'] == 'whole_model')
+    if not models:
         return None
     cells = []
-    for name in names:
-        g = _lookup(rows, 'whole_model', model=name)
+    for name, size in models:
+        g = _lookup(rows, 'whole_model', model=name, size=size)
         pt, opt, ort, int8 = (g[form] for form in ('pytorch_fused', 'optimized',
                                                   'onnxruntime_export', 'int8'))
-        cells.append([dict(ssdlite='SSDLite', deeplabv3='DeepLabV3 (OS8)')[name], pt['size'],
+        cells.append([dict(ssdlite='SSDLite', rtmdet='RTMDet', deeplabv3='DeepLabV3 (OS8)')[name],
+                      size,
                       f'{pt["gmacs"]:.1f}', _ms(pt), f'{_ms(opt)} ({opt["backend"]})',
                       _ms(ort), _ms(int8), f'{opt["median_ms"] / pt["median_ms"]:.2f}',
                       f'{int8["median_ms"] / ort["median_ms"]:.2f}',
