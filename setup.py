@@ -28,6 +28,8 @@ setup(
         # tools/ (tiny data sets, benchmark's peer rows) and the test suite
         'tools': ['Pillow', 'timm'],
         'tests': ['pytest', 'hypothesis', 'timm'],
+        # mutation testing of the suite (docs/mutation.md)
+        'mutation': ['mutmut==3.8.1'],
     },
     license='Apache-2.0',
 )

@@ -25,6 +25,7 @@ STACK_PINS=(
   timm==1.0.31                  # peer implementation, used as a test oracle
   onnx onnxruntime
   pytest hypothesis
+  mutmut==3.8.1                 # mutation testing of the suite (docs/mutation.md)
 )
 # mmdeploy: its metadata pins protobuf<=3.20.2, which onnx >= 1.18 refuses (pip would take
 # onnx back to 1.17), so it goes in without its dependencies, plus what its ONNX Runtime
