@@ -153,7 +153,7 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
         int8_archs=('s0', ), int8_sizes=(64, ),
         dilated_size=64, runs=2, warmup=1, min_runs=2, group_budget_s=0.01,
         whole_models=(('ssdlite', 128), ('rtmdet', 64), ('rtmdet', 96), ('deeplabv3', 64)),
-        whole_runs=2, train_archs=('s0', ),
+        whole_runs=2, photo_size=(72, 100), train_archs=('s0', ),
         train_batch=2, train_size=64, train_runs=2, peak_runs=1)
     paths = write_report(result, str(tmp_path / 'out'))
     data = json.loads(open(paths['json']).read())
@@ -164,6 +164,8 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
     assert {('dilated', f'ours_fused_os{s}') for s in (32, 16, 8)} <= forms
     assert {('whole_model', f) for f in ('pytorch_fused', 'optimized',
                                          'onnxruntime_export', 'int8')} <= forms
+    assert {('photo_to_boxes', f) for f in ('mmdet_eager', 'onnxruntime_fp32',
+                                            'onnxruntime_int8')} <= forms
     assert {('train_step', f'{form}_train_step')
             for form in ('ours', 'ours_stacked', 'mmpretrain')} <= forms
     assert {(r['model'], r['size']) for r in data['rows'] if r['section'] == 'whole_model'} \
@@ -184,7 +186,8 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
         'optimized_vs_peers', 'train_step_vs_mmpretrain', 'int8_vs_peers'}
     markdown = open(paths['md']).read()
     for heading in ('### Backbones', '### int8 backbones', '### mmdet MobileNetV2', '### Dilated backbones',
-                    '### Whole models', '### One training step', '### Targets'):
+                    '### Whole models', '### Photo to boxes, SSDLite-S0 (100x72 photo, network '
+                    'input 320x320', '### One training step', '### Targets'):
         assert heading in markdown
     assert markdown.count('PASS') + markdown.count('FAIL') == 7
     for model, size in (('SSDLite', 128), ('RTMDet', 64), ('RTMDet', 96), ('DeepLabV3 (OS8)', 64)):

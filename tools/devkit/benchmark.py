@@ -1,5 +1,6 @@
 """CPU benchmark: our MobileOne against timm's, mmpretrain's and mmdet's MobileNetV2,
-whole SSDLite / DeepLabV3 models, a training step, and the machine's fp32 peak.
+whole SSDLite / RTMDet / DeepLabV3 models, SSDLite from a photo to boxes, a training
+step, and the machine's fp32 peak.
 
 Everything runs in one process, on the same inputs, interleaved (``measure_interleaved``:
 each round calls every model of a group once), with the thread count stated. Latency is
@@ -25,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,10 +55,11 @@ PRESETS = dict(
               int8_archs=('s0', 's1'), int8_sizes=(320, ),
               group_budget_s=8.0, min_runs=10,
               whole_models=(('ssdlite', 320), ('rtmdet', 320), ('rtmdet', 640),
-                            ('deeplabv3', 512)), whole_runs=8,
+                            ('deeplabv3', 512)), whole_runs=8, photo_size=(480, 640),
               train_archs=('s0', 's1'), train_batch=4, train_size=224, train_runs=6,
               peak_runs=5),
     quick=dict(archs=('s0', 's1'), sizes=(320, ), dilated_size=None, runs=10, warmup=2,
+               photo_size=(480, 640),
                int8_archs=('s0', 's1'), int8_sizes=(320, ),
                group_budget_s=3.0, min_runs=5,
                whole_models=(('ssdlite', 320), ('rtmdet', 320), ('deeplabv3', 256)),
@@ -111,7 +114,6 @@ def _torch_kernels() -> Dict[str, tuple]:
 def _onnxruntime_kernels(threads: int) -> Dict[str, tuple]:
     """name -> (fn, FLOP): onnxruntime's MLAS sgemm (MatMul) and convolutions (the
     kernels an exported graph runs with)."""
-    import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     from mobileone_mm.deploy.export import make_session
@@ -290,16 +292,13 @@ def build_int8(fused: nn.Module, example: torch.Tensor) -> dict:
     return dict(fn=int8, module=fused, backend='onnxruntime int8', cosine=check['cosine'])
 
 
-def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[str, dict]:
-    """An SSDLite, RTMDet or DeepLabV3 model with a fused MobileOne-S0 (config's init_cfg
-    removed: random weights): its tensor forward in PyTorch, optimize_for_inference of it
-    in fp32 and in int8, and onnxruntime on the graph ``export_onnx`` writes (normalisation
-    and, for the detectors, box decoding included)."""
-    from mobileone_mm.deploy.export import export_onnx, load_session
+def random_fused_model(name: str) -> tuple:
+    """(config, model): the WHOLE_MODEL_CONFIGS model with a fused MobileOne-S0, random
+    weights (the config's init_cfg removed) and realistic BN statistics, in eval mode."""
+    from mmengine.logging import MMLogger
     from mobileone_mm.deploy.reparameterize import build_model, load_config
     cfg = load_config(str(REPO / WHOLE_MODEL_CONFIGS[name]))
     cfg.model.backbone.init_cfg = None  # nothing can be downloaded
-    from mmengine.logging import MMLogger
     model, _ = build_model(cfg)
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -308,7 +307,15 @@ def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[
         model.init_weights()
     finally:
         logger.setLevel(level)
-    model = reparameterize_model(realistic_bn(model).eval())
+    return cfg, reparameterize_model(realistic_bn(model).eval())
+
+
+def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[str, dict]:
+    """``random_fused_model(name)``: its tensor forward in PyTorch, optimize_for_inference
+    of it in fp32 and in int8, and onnxruntime on the graph ``export_onnx`` writes
+    (normalisation and, for the detectors, box decoding included)."""
+    from mobileone_mm.deploy.export import export_onnx, load_session
+    _, model = random_fused_model(name)
     example = torch.randn(1, 3, size, size)
     optimized = optimize_for_inference(model, example)
     path = os.path.join(workdir, f'{name}_{size}.onnx')
@@ -323,6 +330,50 @@ def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[
         onnxruntime_export=dict(fn=lambda x: session.run(None, {'image': x.numpy()}),
                                 module=model),
         int8=build_int8(model, example))
+
+
+def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth H x W x 3 uint8 BGR picture (blurred noise): what the timing sees is a
+    photo's size, not its content."""
+    import cv2
+    noise = np.random.default_rng(seed).integers(0, 256, (height // 8 + 1, width // 8 + 1, 3))
+    return cv2.resize(noise.astype(np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def build_photo_to_boxes(threads: int, workdir: str) -> Dict[str, dict]:
+    """SSDLite-S0 (``random_fused_model``) from a photo as mmcv reads it to boxes in the
+    photo's pixels, per image, pre- and post-processing included: mmdet's
+    ``inference_detector`` on the fused model (eager PyTorch, mmdet's pipeline and
+    post-process), and onnx_infer's path (``deploy.predict``: the test pipeline in numpy,
+    onnxruntime, the numpy post-process) on the ``export_onnx`` graph in fp32 and
+    quantized to int8 (``quantize_graph``, random calibration: timing only)."""
+    from mmdet.apis import inference_detector
+    from mobileone_mm.deploy.export import export_onnx
+    from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
+    from mobileone_mm.deploy.predict import load_onnx, predict
+    from mobileone_mm.deploy.quantize import quantize_graph
+    cfg, model = random_fused_model('ssdlite')
+    model.cfg = cfg  # inference_detector builds the test pipeline from it
+    metadata = export_metadata(cfg, {}, model)
+    shape = fixed_input_shape(metadata['preprocess'])
+    fp32_path, int8_path = (os.path.join(workdir, f'ssdlite_{p}.onnx') for p in ('fp32', 'int8'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # TracerWarnings of shape checks
+        export_onnx(model, fp32_path, shape, metadata=metadata)
+    rng = np.random.default_rng(0)
+    calibration = [rng.uniform(0, 255, (1, 3, *shape)).astype(np.float32)
+                   for _ in range(INT8_CALIBRATION)]
+    with open(fp32_path, 'rb') as f:
+        int8_graph = quantize_graph(f.read(), calibration)
+    with open(int8_path, 'wb') as f:  # a temporary folder: nobody else reads it
+        f.write(int8_graph)
+    fp32, int8 = (load_onnx(path, threads) for path in (fp32_path, int8_path))
+    return dict(mmdet_eager=dict(fn=lambda photo: inference_detector(model, photo),
+                                 module=model, input_shape=shape),
+                onnxruntime_fp32=dict(fn=lambda photo: predict(*fp32, photo), module=model,
+                                      input_shape=shape),
+                onnxruntime_int8=dict(fn=lambda photo: predict(*int8, photo), module=model,
+                                      input_shape=shape))
 
 
 def train_step(model: nn.Module) -> Callable:
@@ -435,6 +486,7 @@ def run_benchmark(preset: str = 'full', threads: Optional[int] = None,
             f'{_load(result["load_average_start"])}')
         result['rows'] = (_measure_backbones(settings, peak, log)
                           + _measure_whole_models(settings, threads, peak, log)
+                          + _measure_photo_to_boxes(settings, threads, log)
                           + _measure_train_steps(settings, peak, log))
         result['load_average_end'] = load_average()
         result['duration_s'] = time.time() - started
@@ -480,6 +532,25 @@ def _measure_whole_models(settings: dict, threads: int, peak: float, log) -> Lis
             rows += _measure('whole_model', models, torch.randn(1, 3, size, size), peak,
                              timing, log, f'{name} {size}', arch='s0', size=size, model=name)
     return rows
+
+
+def _measure_photo_to_boxes(settings: dict, threads: int, log) -> List[dict]:
+    """``build_photo_to_boxes`` on a ``photo_size`` (H, W) photo, interleaved."""
+    if not settings.get('photo_size'):
+        return []
+    height, width = settings['photo_size']
+    timing = dict(warmup=2, runs=settings['whole_runs'], min_runs=settings['whole_runs'])
+    with tempfile.TemporaryDirectory() as workdir:
+        paths = build_photo_to_boxes(threads, workdir)
+        stats = measure_interleaved({k: m['fn'] for k, m in paths.items()},
+                                    synthetic_photo(height, width), **timing)
+    module, shape = paths['mmdet_eager']['module'], paths['mmdet_eager']['input_shape']
+    common = dict(section='photo_to_boxes', arch='s0', model='ssdlite', size=shape[0],
+                  photo=f'{width}x{height}', params=count_params(module),
+                  gmacs=count_macs(module, torch.randn(1, 3, *shape)) / 1e9)
+    log(f'ssdlite photo {width}x{height} -> boxes: '
+        + ', '.join(f'{k} {v["median_ms"]:.1f} ms' for k, v in stats.items()))
+    return [dict(common, form=name, **stats[name]) for name in paths]
 
 
 def _measure_train_steps(settings: dict, peak: float, log) -> List[dict]:
@@ -745,6 +816,22 @@ def _whole_models_table(result: dict) -> Optional[str]:
                    'int8 / onnxruntime fp32', 'int8 / PyTorch', 'int8 cosine to fp32'], cells)
 
 
+def _photo_to_boxes_table(result: dict) -> Optional[str]:
+    g = _lookup(result['rows'], 'photo_to_boxes')
+    if not g:
+        return None
+    eager = g['mmdet_eager']
+    names = dict(mmdet_eager="mmdet's inference_detector, fused model (eager PyTorch)",
+                 onnxruntime_fp32='onnx_infer path, export_onnx graph, fp32',
+                 onnxruntime_int8='onnx_infer path, int8 graph (tools/quantize.py)')
+    cells = [[names[form], _ms_spread(row), f'{row["median_ms"] / eager["median_ms"]:.2f}']
+             for form, row in g.items()]
+    return _table(f'Photo to boxes, SSDLite-S0 ({eager["photo"]} photo, network input '
+                  f'{eager["size"]}x{eager["size"]}; per image: pre-processing, network, '
+                  f'post-processing, boxes in the photo\'s pixels), ms',
+                  ['path', 'ms (10th-90th percentile)', '/ eager'], cells)
+
+
 def _train_step_table(result: dict) -> Optional[str]:
     rows = result['rows']
     train = [r for r in rows if r['section'] == 'train_step']
@@ -766,7 +853,7 @@ def _train_step_table(result: dict) -> Optional[str]:
 
 
 TABLES = (_backbones_table, _int8_table, _mobilenet_table, _dilated_table,
-          _whole_models_table, _train_step_table)
+          _whole_models_table, _photo_to_boxes_table, _train_step_table)
 
 
 def to_markdown(result: dict) -> str:
