@@ -175,7 +175,7 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
         assert row['gmacs'] > 0 and row['params'] > 0
     optimized = [r for r in data['rows'] if 'optimized' in r['form']]
     assert all(r['rel_diff'] <= TOLERANCE for r in optimized)
-    int8 = [r for r in data['rows'] if 'int8' in r['form']]
+    int8 = [r for r in data['rows'] if 'int8' in r['form'] and r['section'] != 'photo_to_boxes']
     assert len(int8) == 5 and all(0.9 < r['cosine'] <= 1 + 1e-6 for r in int8)
     kernels = data['peak']['kernels']
     assert data['peak_gflops'] == data['peak']['peak'] == max(kernels.values()) > 0

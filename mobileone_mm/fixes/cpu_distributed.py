@@ -18,12 +18,12 @@ with ``CUDA_VISIBLE_DEVICES=""``) four things stop it, in this order:
    GPU" when a process group exists. (Single-process, mmengine turns SyncBN back into BN.)
 
 Importing this module (a config lists it in ``custom_imports``; ``import mobileone_mm``
-alone does not) runs ``enable_cpu_distributed()``, which adapts mmengine where it would fail, and only when CUDA is not
-available: it skips ``set_device`` and uses gloo instead of nccl (1, 2), drops
-``device_ids`` for a CPU module (3), and swaps each ``nn.SyncBatchNorm`` of a model that
-``MMDistributedDataParallel`` wraps on the CPU for ``CPUSyncBatchNorm`` (4), the same
-statistics synchronised with gloo all-reduces (same parameters, buffers and state-dict
-keys). With a GPU nothing changes. Nothing in site-packages is edited.
+alone does not) runs ``enable_cpu_distributed()``, which adapts mmengine where it would
+fail, and only when CUDA is not available: it skips ``set_device`` and uses gloo instead
+of nccl (1, 2), drops ``device_ids`` for a CPU module (3), and swaps each
+``nn.SyncBatchNorm`` of a model that ``MMDistributedDataParallel`` wraps on the CPU for
+``CPUSyncBatchNorm`` (4), the same statistics synchronised with gloo all-reduces (same
+parameters, buffers and state-dict keys). With a GPU nothing changes. Nothing in site-packages is edited.
 """
 import functools
 import logging

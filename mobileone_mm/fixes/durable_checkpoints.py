@@ -18,10 +18,10 @@ mmengine 0.10.7 can lose every checkpoint of a run killed at the wrong moment:
 Importing this module (a config lists it in ``custom_imports``; ``import mobileone_mm``
 alone does not) runs ``enable_durable_checkpoints()``, which makes local ``put`` /
 ``put_text`` atomic (temp file, fsync, rename: ``checkpoints.io.atomic_file``; every local
-write of mmengine's file backend, checkpoints and logs alike), defers the hook's deletions until the new checkpoint
-and ``last_checkpoint`` are written, and lets ``--resume`` fall back to the newest
-complete ``epoch_*.pth`` / ``iter_*.pth`` of the work dir when ``last_checkpoint`` is
-missing, empty or names a file that is gone. Nothing in site-packages is edited.
+write of mmengine's file backend, checkpoints and logs alike), defers the hook's
+deletions until the new checkpoint and ``last_checkpoint`` are written, and lets
+``--resume`` fall back to the newest complete ``epoch_*.pth`` / ``iter_*.pth`` of the work
+dir when ``last_checkpoint`` is missing, empty or names a file that is gone. Nothing in site-packages is edited.
 """
 import functools
 import logging

@@ -2,9 +2,9 @@
 arXiv 2206.04040), as a multi-scale backbone for OpenMMLab detection and segmentation.
 
 Reading order: the arch table (arch.py), the block (train form: several branches summed;
-deploy form: one conv, the fusion math in reparam.py), then the backbone (a stem block and four stages of depthwise /
-pointwise block pairs). State-dict keys are those of mmpretrain's MobileOne in both forms,
-so its ImageNet checkpoints load unchanged.
+deploy form: one conv, the fusion math in reparam.py), then the backbone (a stem block
+and four stages of depthwise / pointwise block pairs). State-dict keys are those of
+mmpretrain's MobileOne in both forms, so its ImageNet checkpoints load unchanged.
 """
 import warnings
 from typing import Optional, Sequence, Union
