@@ -138,7 +138,8 @@ def test_random_inputs_without_data_and_fused_checkpoint_left_alone(
     out = tmp_path / 'deploy.pth'
     result = reparameterize_checkpoint(str(CONFIGS['mmpretrain']),
                                        str(classifier_checkpoint), str(out), num_images=2)
-    assert result.inputs.startswith('2 random 64x64 images (val set not found')
+    assert result.inputs.startswith(
+        '2 random 64x64 images (The val set of the config is not on disk')
     assert result.rel_diff < 1e-5
 
     again = reparameterize_checkpoint(str(CONFIGS['mmpretrain']), str(out),

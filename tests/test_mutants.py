@@ -21,6 +21,9 @@ CONFIGS = {
     'segmentation':
     'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
     'classification': 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
+    # the other dense heads of the export wrapper: sigmoid scores, points / 9 anchors
+    'rtmdet': 'configs/detection/rtmdet_mobileone-s0_1xb8-20e_tiny-coco.py',
+    'retinanet': 'configs/detection/retinanet_mobileone-s1_fpn_1x_coco.py',
 }
 # Non-square (H, W), so that a wrapper swapping height and width fails.
 SHAPE = (64, 96)
@@ -53,7 +56,9 @@ def models():
     class Models(dict):
         def __missing__(self, task):
             torch.manual_seed(0)
-            model, _ = build_model(load_config(str(REPO / CONFIGS[task])))
+            cfg = load_config(str(REPO / CONFIGS[task]))
+            cfg.model.backbone.init_cfg = None  # nothing can be downloaded
+            model, _ = build_model(cfg)
             model.init_weights()
             self[task] = calibrate_(randomize_bn(model).eval())
             return self[task]
@@ -124,25 +129,36 @@ def test_ssd_wrapper_gives_mmdet_boxes_and_scores(models, ctr_clamp):
     """Every (anchor, class) pair before NMS, as mmdet's own test-time decoding gives it
     (predict_by_feat without score threshold, top-k or NMS), matched by score; also with
     the box coder's centre clamp on (DeltaXYWHBBoxCoder add_ctr_clamp)."""
-    from mmengine.config import ConfigDict
     model = models['detection']
     coder = model.bbox_head.bbox_coder
     saved = coder.add_ctr_clamp, coder.ctr_clamp
     if ctr_clamp:
         coder.add_ctr_clamp, coder.ctr_clamp = True, ctr_clamp
-    images = bgr_images(1)
-    meta = dict(img_shape=SHAPE, ori_shape=SHAPE, pad_shape=SHAPE, scale_factor=(1., 1.))
     try:
-        with torch.no_grad():
-            boxes, scores = WRAPPERS['detection'](model, SHAPE)(torch.stack(images).float())
-            inputs = model.data_preprocessor(dict(inputs=images), False)['inputs']
-            cls_scores, bbox_preds = model._forward(inputs)
-            expected, = model.bbox_head.predict_by_feat(
-                cls_scores, bbox_preds, batch_img_metas=[meta],
-                cfg=ConfigDict(score_thr=-1, nms_pre=10**9, min_bbox_size=-1),
-                rescale=False, with_nms=False)
+        _check_dense_wrapper(model)
     finally:
         coder.add_ctr_clamp, coder.ctr_clamp = saved
+
+
+@pytest.mark.parametrize('task', ['rtmdet', 'retinanet'])
+def test_dense_wrapper_gives_mmdet_boxes_and_scores(models, task):
+    """The same for RTMDet (points, distance coder, sigmoid) and RetinaNet (9 anchors a
+    location, delta coder, sigmoid)."""
+    _check_dense_wrapper(models[task])
+
+
+def _check_dense_wrapper(model):
+    from mmengine.config import ConfigDict
+    images = bgr_images(1)
+    meta = dict(img_shape=SHAPE, ori_shape=SHAPE, pad_shape=SHAPE, scale_factor=(1., 1.))
+    with torch.no_grad():
+        boxes, scores = WRAPPERS['detection'](model, SHAPE)(torch.stack(images).float())
+        inputs = model.data_preprocessor(dict(inputs=images), False)['inputs']
+        cls_scores, bbox_preds = model._forward(inputs)
+        expected, = model.bbox_head.predict_by_feat(
+            cls_scores, bbox_preds, batch_img_metas=[meta],
+            cfg=ConfigDict(score_thr=-1, nms_pre=10**9, min_bbox_size=-1),
+            rescale=False, with_nms=False)
     num_classes = scores.shape[-1]
     assert len(expected.scores) == boxes.shape[1] * num_classes
     for label in range(num_classes):

@@ -20,10 +20,10 @@ from argtypes import non_negative_int, positive_int
 from mobileone_mm import CheckpointError
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import PathError, check_extension, plan_outputs
-from mobileone_mm.deploy.evaluate import SPLITS, quantize_checkpoint
+from mobileone_mm.deploy.evaluate import quantize_checkpoint
 from mobileone_mm.deploy.predict import PredictError
 from mobileone_mm.deploy.quantize import METHODS, QuantizeError, describe_int8
-from mobileone_mm.deploy.reparameterize import DeployError
+from mobileone_mm.deploy.reparameterize import SPLITS, DeployError
 
 
 def main():

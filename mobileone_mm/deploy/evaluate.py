@@ -20,27 +20,9 @@ from .metadata import export_metadata, fixed_input_shape
 from .predict import graph_input_shape, predict, preprocess, read_photo
 from .quantize import (QuantizeError, describe_int8, judge_int8, layer_sensitivity,
                        output_layers, quantize_graph)
-from .reparameterize import DeployError, _registry, codebase_of, input_shape_of, load_model
+from .reparameterize import (DeployError, _registry, codebase_of, dataset_of,
+                             input_shape_of, load_model)
 
-SPLITS = ('train', 'val')
-
-
-def dataset_of(cfg, split: str):
-    """The config's ``{split}_dataloader`` dataset, built by its codebase; DeployError
-    naming the split and the reason when the config has none or it is not on disk."""
-    if split not in SPLITS:
-        raise DeployError(f'Unknown split {split!r}: use one of {SPLITS}.')
-    loader = cfg.get(f'{split}_dataloader')
-    if not loader:
-        raise DeployError(f'The config has no {split}_dataloader.')
-    try:
-        dataset = _registry(codebase_of(cfg), 'DATASETS').build(loader.dataset)
-    except FileNotFoundError as error:
-        raise DeployError(f'The {split} set of the config is not on disk ({error}). Run from '
-                          f'the folder its data_root is relative to, or make the data.') from None
-    if len(dataset) == 0:
-        raise DeployError(f'The {split} set of the config is empty.')
-    return dataset
 
 
 def graph_images(cfg, meta: dict, session, split: str = 'train', num_images: int = 16

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..models.reparam import reparameterize_model
 from .export import FlatOutputs, flat_onnx, flatten, make_session, unflatten
-from .verify import Reference, describe
+from .verify import Reference, check_input, describe
 
 BACKENDS = ('onnxruntime', 'torchscript', 'eager')
 
@@ -129,21 +129,6 @@ class OptimizedModel:
 
     def __repr__(self):
         return f'OptimizedModel(backend={self.backend!r}, threads={self.threads})'
-
-
-def check_input(x, what: str, finite: bool):
-    """TypeError unless ``x`` is a float32 CPU tensor; with ``finite``, ValueError when
-    it holds NaN or inf (the output check compares outputs on it: NaN never compares)."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != 'cpu':
-        found = (f'{x.dtype} on {x.device}' if isinstance(x, torch.Tensor)
-                 else type(x).__name__)
-        raise TypeError(f'optimize_for_inference runs float32 CPU tensors; {what} is '
-                        f'{found}: pass x.float().cpu().')
-    if finite and not torch.isfinite(x).all():
-        raise ValueError(f'{what.capitalize()} {tuple(int(s) for s in x.shape)} holds NaN '
-                         f'or inf: the graph built for a shape is checked against the eager '
-                         f'model on it, which needs finite values. Give a real image first '
-                         f'(or verify=False).')
 
 
 class OutputMismatch(RuntimeError):

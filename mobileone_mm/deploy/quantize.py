@@ -52,7 +52,7 @@ import torch.utils._pytree as pytree
 from ..models.reparam import reparameterize_model
 from .export import FlatOutputs, flat_onnx, flatten, make_session, task_of
 from .predict import postprocess_detections
-from .verify import box_iou
+from .verify import box_iou, check_input
 
 QUANTIZED_OPS = ('Conv', 'Gemm', 'MatMul', 'Relu', 'Clip', 'MaxPool', 'AveragePool',
                  'GlobalAveragePool', 'Concat')
@@ -60,6 +60,7 @@ METHODS = ('minmax', 'percentile')
 COSINE_MIN = 0.95
 AGREEMENT_MIN = 0.75
 METADATA_KEY = 'int8'
+INT8_RUNNER = 'The int8 form'  # check_input's messages: 'The int8 form runs 4-d ...'
 
 
 class QuantizeError(ValueError):
@@ -345,16 +346,6 @@ def describe_int8(check: dict, what: str = 'the int8 graph') -> str:
 
 
 # ---------------------------------------------------- optimize_for_inference, int8
-def _float_cpu(x, what: str):
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != 'cpu' \
-            or x.dim() != 4:
-        found = (f'a {x.dim()}-d {x.dtype} tensor on {x.device}' if isinstance(x, torch.Tensor)
-                 else type(x).__name__)
-        raise TypeError(f'The int8 form runs 4-d float32 CPU tensors (N, C, H, W); {what} is '
-                        f'{found}: pass x.float().cpu().')
-    return x
-
-
 class Int8Model:
     """A callable with the outputs of ``model(x)`` (same nesting), run by onnxruntime
     from a statically quantized graph; inputs of the example's channels and size, any
@@ -370,7 +361,7 @@ class Int8Model:
 
     def run(self, x) -> list:
         """The flat outputs (numpy arrays) of one input tensor."""
-        x = _float_cpu(x, 'the input')
+        x = check_input(x, 'the input', runner=INT8_RUNNER, dims=4)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f'The int8 graph was calibrated and checked for inputs '
                              f'{self.input_shape} (C, H, W); got {tuple(x.shape[1:])}. Call '
@@ -415,8 +406,9 @@ def optimize_int8(model, example, calibration, threads: Optional[int] = None,
     if backend not in ('auto', 'onnxruntime'):
         raise ValueError(f'precision="int8" runs on onnxruntime; got backend={backend!r}: '
                          f'use "auto" or "onnxruntime".')
-    example = _float_cpu(example, 'the example')
-    batches = [_float_cpu(b, f'calibration batch {i}') for i, b in enumerate(calibration or [])]
+    example = check_input(example, 'the example', runner=INT8_RUNNER, dims=4)
+    batches = [check_input(b, f'calibration batch {i}', runner=INT8_RUNNER, dims=4)
+               for i, b in enumerate(calibration or [])]
     if not batches:
         raise QuantizeError('precision="int8" needs calibration=batches: a few real input '
                             'batches (8-32 images in all), preprocessed like the example.')

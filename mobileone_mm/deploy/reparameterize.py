@@ -185,14 +185,34 @@ def input_shape_of(cfg: Config) -> Tuple[int, int]:
     return size, size
 
 
-def val_dataset(cfg: Config):
-    """(the config's val dataset, '') when it is on disk, else (None, the reason)."""
-    if not cfg.get('val_dataloader'):
-        return None, 'the config has no val_dataloader'
+SPLITS = ('train', 'val')
+
+
+def dataset_of(cfg: Config, split: str):
+    """The config's ``{split}_dataloader`` dataset, built by its codebase; DeployError
+    naming the split and the reason when the config has none, it is not on disk or empty."""
+    if split not in SPLITS:
+        raise DeployError(f'Unknown split {split!r}: use one of {SPLITS}.')
+    loader = cfg.get(f'{split}_dataloader')
+    if not loader:
+        raise DeployError(f'The config has no {split}_dataloader.')
     try:
-        return _registry(codebase_of(cfg), 'DATASETS').build(cfg.val_dataloader.dataset), ''
+        dataset = _registry(codebase_of(cfg), 'DATASETS').build(loader.dataset)
     except FileNotFoundError as error:
-        return None, f'val set not found: {error}'
+        raise DeployError(f'The {split} set of the config is not on disk ({error}). Run from '
+                          f'the folder its data_root is relative to, or make the data.') from None
+    if len(dataset) == 0:
+        raise DeployError(f'The {split} set of the config is empty.')
+    return dataset
+
+
+def val_dataset(cfg: Config):
+    """(the config's val dataset, '') when it is on disk and not empty, else (None, the
+    reason)."""
+    try:
+        return dataset_of(cfg, 'val'), ''
+    except DeployError as error:
+        return None, str(error)
 
 
 def val_image_paths(cfg: Config, num_images: int) -> List[str]:
@@ -209,8 +229,6 @@ def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
     its pipeline and the model's data_preprocessor when the data is on disk, else random
     normalised images of the pipeline's size. Returns (inputs, description)."""
     dataset, reason = val_dataset(cfg)
-    if dataset is not None and len(dataset) == 0:
-        dataset, reason = None, 'the val set is empty'
     if dataset is not None:
         count = min(num_images, len(dataset))
         with torch.no_grad():

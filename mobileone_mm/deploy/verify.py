@@ -35,7 +35,7 @@ Also here: ``verify_onnx``, the check of an exported graph in onnxruntime.
 """
 import copy
 import math
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +54,27 @@ SAMPLE = 1 << 22  # elements the percentile is taken over, at most (an even subs
 # run(model, one input) -> the model's output tensors for it
 Run = Callable[[nn.Module, Any], Sequence[torch.Tensor]]
 Outputs = List[List[torch.Tensor]]  # per input, the output tensors
+
+
+def check_input(x, what: str, finite: bool = False, runner: str = 'optimize_for_inference',
+                dims: Optional[int] = None):
+    """TypeError unless ``x`` is a float32 CPU tensor (of ``dims`` dimensions when given:
+    ``runner`` and the fix are named); with ``finite``, ValueError when it holds NaN or
+    inf (the output check compares outputs on it: NaN never compares)."""
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or \
+            x.device.type != 'cpu' or (dims is not None and x.dim() != dims):
+        kind = f'{dims}-d float32 CPU tensors (N, C, H, W)' if dims == 4 else \
+            f'{dims}-d float32 CPU tensors' if dims else 'float32 CPU tensors'
+        found = (f'a {x.dim()}-d {x.dtype} tensor on {x.device}' if dims else
+                 f'{x.dtype} on {x.device}') if isinstance(x, torch.Tensor) \
+            else type(x).__name__
+        raise TypeError(f'{runner} runs {kind}; {what} is {found}: pass x.float().cpu().')
+    if finite and not torch.isfinite(x).all():
+        raise ValueError(f'{what.capitalize()} {tuple(int(s) for s in x.shape)} holds NaN '
+                         f'or inf: the graph built for a shape is checked against the eager '
+                         f'model on it, which needs finite values. Give a real image first '
+                         f'(or verify=False).')
+    return x
 
 
 def as_float64(inputs):
