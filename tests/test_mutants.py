@@ -6,6 +6,7 @@ post-processing for the export wrappers, torch's own BatchNorm refusal for the t
 input-size check.
 """
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -124,20 +125,23 @@ def test_classifier_wrapper_gives_mmpretrain_scores(models):
     assert within_float32(logits.softmax(-1), expected)
 
 
-@pytest.mark.parametrize('ctr_clamp', [None, 2], ids=['plain', 'ctr_clamp'])
-def test_ssd_wrapper_gives_mmdet_boxes_and_scores(models, ctr_clamp):
+@pytest.mark.parametrize('ctr_clamp,clip_border', [(None, True), (2, True), (None, False)],
+                         ids=['plain', 'ctr_clamp', 'no_clip'])
+def test_ssd_wrapper_gives_mmdet_boxes_and_scores(models, ctr_clamp, clip_border):
     """Every (anchor, class) pair before NMS, as mmdet's own test-time decoding gives it
     (predict_by_feat without score threshold, top-k or NMS), matched by score; also with
-    the box coder's centre clamp on (DeltaXYWHBBoxCoder add_ctr_clamp)."""
+    the box coder's centre clamp on (DeltaXYWHBBoxCoder add_ctr_clamp) and with boxes left
+    unclipped at the image border (clip_border=False)."""
     model = models['detection']
     coder = model.bbox_head.bbox_coder
-    saved = coder.add_ctr_clamp, coder.ctr_clamp
+    saved = coder.add_ctr_clamp, coder.ctr_clamp, coder.clip_border
     if ctr_clamp:
         coder.add_ctr_clamp, coder.ctr_clamp = True, ctr_clamp
+    coder.clip_border = clip_border
     try:
         _check_dense_wrapper(model)
     finally:
-        coder.add_ctr_clamp, coder.ctr_clamp = saved
+        coder.add_ctr_clamp, coder.ctr_clamp, coder.clip_border = saved
 
 
 @pytest.mark.parametrize('task', ['rtmdet', 'retinanet'])
@@ -282,7 +286,8 @@ MISSING = [  # (form, keys dropped (prefix), the message's words)
     ('train', 'stage2.0.branch_conv_list.0.norm.running_',
      r'stage2\.0\.branch_conv_list\.0\.norm without running_mean, running_var'),
     ('train', 'stage1.1.branch_norm.bias', r'stage1\.1\.branch_norm without bias'),
-    ('train', 'stage1.0.branch_scale.norm.', r'stage1\.0\.branch_scale\.conv without its BN'),
+    ('train', 'stage1.0.branch_scale.norm.',
+     r'stage1\.0\.branch_scale\.conv without its BN \(stage1\.0\.branch_scale\.norm\)'),
     ('train', 'stage3.3.se.conv1.conv.bias', r'stage3\.3\.se\.conv1\.conv without bias'),
     ('deploy', 'stage4.1.se.conv2.conv.bias', r'stage4\.1\.se\.conv2\.conv without bias'),
     ('deploy', 'stage2.1.branch_reparam.bias', r'stage2\.1\.branch_reparam without bias'),
@@ -323,6 +328,9 @@ def test_format_is_named_and_a_foreign_state_dict_shows_its_first_keys():
     assert detect_format({'module.stage0.rbr_skip.weight': one}) == 'apple'
     assert detect_format({'stem.conv_kxk.0.conv.weight': one,
                           'stages.0.0.conv_kxk.0.conv.weight': one}) == 'timm'
+    for half in ('stem.conv_kxk.0.conv.weight', 'stages.0.0.conv_kxk.0.conv.weight'):
+        with pytest.raises(CheckpointError, match='match none of the known formats'):
+            detect_format({half: one})  # timm's stem or stages alone: another model
     foreign = {f'layer{i}.weight': one for i in range(6)}
     with pytest.raises(CheckpointError, match=r'its keys \(layer0.weight, layer1.weight, '
                                               r'layer2.weight, layer3.weight, \.\.\.\).* '
@@ -347,6 +355,25 @@ def test_numpy_values_become_the_same_tensors_and_timm_extras_are_dropped():
     peer = timm.create_model('mobileone_s0').state_dict()
     converted, fmt = convert_state_dict({**peer, 'final_conv.conv.weight': torch.zeros(1)})
     assert fmt == 'timm' and not any('final_conv' in k for k in converted)
+
+
+def test_conversion_keeps_what_is_not_the_backbone_and_every_dtype():
+    """A classifier-layout dict converts to itself; a bare backbone's extra keys keep
+    their names; bfloat16 weights stay bfloat16 (no trip through numpy); a value that is
+    not a tensor is refused, naming its key."""
+    from mobileone_mm import CheckpointError, convert_state_dict
+    state = MobileOne(TINY_ARCH).state_dict()
+    head = {'head.fc.weight': torch.ones(4, 8), 'head.fc.bias': torch.zeros(4)}
+    classifier = {**{f'backbone.{k}': v for k, v in state.items()}, **head}
+    converted, fmt = convert_state_dict(classifier)
+    assert fmt == 'mmpretrain' and converted == classifier
+    converted, _ = convert_state_dict({**state, **head})
+    assert converted == classifier
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    converted, _ = convert_state_dict(half)
+    assert all(converted[f'backbone.{k}'].dtype == v.dtype for k, v in half.items())
+    with pytest.raises(CheckpointError, match="'head.fc.weight' is a list, not a tensor"):
+        convert_state_dict({**state, 'head.fc.weight': [1.0, 2.0]})
 
 
 def test_pretrained_checkpoint_is_read_once_by_our_loader(tmp_path, monkeypatch):
@@ -383,13 +410,16 @@ def test_make_divisible_is_mmpretrains():
             assert make_divisible(value, divisor) == reference(value, divisor), (value, divisor)
 
 
-@pytest.mark.parametrize('channels,ratio', [(143, 8), (107, 4), (512, 16), (176, 16)])
+@pytest.mark.parametrize('channels,ratio', [(143, 8), (107, 4), (512, 16), (176, 16),
+                                            (2048, None)])
 def test_squeeze_width_is_mmpretrains(channels, ratio):
+    """ratio None: both defaults (2048 channels: a ratio of 17 would give 120, not 128)."""
     from mmpretrain.models.utils import SELayer
 
     from mobileone_mm.models.mobileone import SqueezeExcite
-    expected = SELayer(channels, ratio=ratio).conv1.conv.out_channels
-    assert SqueezeExcite(channels, ratio=ratio).conv1.conv.out_channels == expected
+    kwargs = {} if ratio is None else dict(ratio=ratio)
+    expected = SELayer(channels, **kwargs).conv1.conv.out_channels
+    assert SqueezeExcite(channels, **kwargs).conv1.conv.out_channels == expected
 
 
 
@@ -432,3 +462,55 @@ def test_argument_edges_defaults_and_messages():
         MobileOne(TINY_ARCH)(torch.rand(3, 32, 32))
     blocks = [m for m in MobileOne(TINY_ARCH).modules() if isinstance(m, MobileOneBlock)]
     assert blocks and not any(block.with_cp for block in blocks)  # with_cp: default False
+
+
+# --------------------------------------------------------------------------------------
+# Loading into a block, the input check, init entries beside Pretrained
+# --------------------------------------------------------------------------------------
+def test_block_load_reports_missing_and_mismatched_keys_as_torch_does():
+    """A deploy model whose checkpoint lacks one SE block's fused conv (its SE weights
+    there) and a train model given a wrong-shaped BN weight: torch's own load_state_dict
+    errors, naming the key (our fuse-on-load and refusal paths step aside)."""
+    model = MobileOne(TINY_SE_ARCH, deploy=True)
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith('stage3.3.branch_reparam.')}
+    assert any(k.startswith('stage3.3.se.') for k in state)
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\).*stage3\.3\.branch_reparam\.'):
+        model.load_state_dict(state)
+    model = MobileOne(TINY_ARCH)
+    state = model.state_dict()
+    key = next(k for k in state if k.startswith('stage1.') and k.endswith('norm.weight'))
+    state[key] = torch.ones(3)
+    with pytest.raises(RuntimeError, match=rf'size mismatch for {re.escape(key)}'):
+        model.load_state_dict(state)
+
+
+def test_input_dtype_must_be_the_weights_unless_autocast_casts_it():
+    model = MobileOne(TINY_ARCH).eval()
+    with pytest.raises(TypeError, match='weights are torch.float32 but the input is '
+                                        'torch.float64'):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(torch.zeros(1, 3, 32, 32, dtype=torch.bfloat16))
+    assert out[-1].dtype == torch.bfloat16
+
+
+def test_init_entries_beside_pretrained_still_run(tmp_path):
+    """init_cfg = [Constant on BN layers, Pretrained of a checkpoint without stage 4's BN
+    weights]: those keep the Constant init, the rest is the checkpoint's, and init_cfg is
+    unchanged afterwards."""
+    state = MobileOne(TINY_ARCH).state_dict()
+    path = tmp_path / 'partial.pth'
+
+    def stage4_norm(key):
+        return key.startswith('stage4.') and '.norm.' in key
+    torch.save({k: v for k, v in state.items() if not stage4_norm(k)}, path)
+    init_cfg = [dict(type='Constant', val=0.5, layer='_BatchNorm'),
+                dict(type='Pretrained', checkpoint=str(path))]
+    model = MobileOne(TINY_ARCH, init_cfg=copy.deepcopy(init_cfg))
+    model.init_weights()
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if not stage4_norm(k))
+    weights = [v for k, v in loaded.items() if stage4_norm(k) and k.endswith('norm.weight')]
+    assert weights and all((v == 0.5).all() for v in weights)
+    assert model.init_cfg == init_cfg

@@ -120,10 +120,9 @@ def check_complete(backbone: StateDict):
     prefix): a stage, a block in a stage's sequence, or part of a layer (a BN without its
     running statistics, a branch conv without its BN, a fused conv or SE without its bias).
     What is not there at all (a branch, SE) is the arch's business: models/arch.py."""
-    problems = []
     stages = {k.split('.')[0] for k in backbone}
-    problems += [f'no stage{i}' for i in range(5) if f'stage{i}' not in stages]
-    for i in range(1, 5):
+    problems = [f'no stage{i}' for i in range(5) if f'stage{i}' not in stages]
+    for i in range(1, 5):  # stage0 is one block, without a number
         blocks = sorted({int(k.split('.')[1]) for k in backbone
                          if k.startswith(f'stage{i}.') and k.split('.')[1].isdigit()})
         if blocks and blocks != list(range(blocks[-1] + 1)):
