@@ -144,11 +144,17 @@ def test_ssd_wrapper_gives_mmdet_boxes_and_scores(models, ctr_clamp, clip_border
         coder.add_ctr_clamp, coder.ctr_clamp, coder.clip_border = saved
 
 
-@pytest.mark.parametrize('task', ['rtmdet', 'retinanet'])
-def test_dense_wrapper_gives_mmdet_boxes_and_scores(models, task):
-    """The same for RTMDet (points, distance coder, sigmoid) and RetinaNet (9 anchors a
-    location, delta coder, sigmoid)."""
-    _check_dense_wrapper(models[task])
+@pytest.mark.parametrize('task,clip_border', [('rtmdet', True), ('rtmdet', False),
+                                               ('retinanet', True)])
+def test_dense_wrapper_gives_mmdet_boxes_and_scores(models, task, clip_border):
+    """The same for RTMDet (points, distance coder, sigmoid; boxes clipped at the border
+    or not) and RetinaNet (9 anchors a location, delta coder, sigmoid)."""
+    coder = models[task].bbox_head.bbox_coder
+    saved, coder.clip_border = coder.clip_border, clip_border
+    try:
+        _check_dense_wrapper(models[task])
+    finally:
+        coder.clip_border = saved
 
 
 def _check_dense_wrapper(model):
@@ -514,3 +520,19 @@ def test_init_entries_beside_pretrained_still_run(tmp_path):
     weights = [v for k, v in loaded.items() if stage4_norm(k) and k.endswith('norm.weight')]
     assert weights and all((v == 0.5).all() for v in weights)
     assert model.init_cfg == init_cfg
+
+
+def test_init_cfg_given_as_a_tuple_runs_like_a_list():
+    model = MobileOne(TINY_ARCH, init_cfg=(dict(type='Constant', val=0.5, layer='_BatchNorm'),))
+    model.init_weights()
+    weights = [v for k, v in model.state_dict().items() if k.endswith('norm.weight')]
+    assert weights and all((v == 0.5).all() for v in weights)
+
+
+def test_in_channels_one_is_a_grey_image_and_zero_is_refused():
+    model = MobileOne(TINY_ARCH, in_channels=1).eval()
+    assert model(torch.zeros(1, 1, 32, 32))[-1].shape[1] == model.out_channels[-1]
+    for bad in (0, -3, 2.0):
+        with pytest.raises(ValueError, match=f'in_channels must be a positive int, got '
+                                             f'{re.escape(repr(bad))}'):
+            MobileOne(TINY_ARCH, in_channels=bad)

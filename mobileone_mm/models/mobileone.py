@@ -323,7 +323,7 @@ class MobileOne(BaseModule):
                               se_cfg=se_cfg if j >= first_se else None)
                 blocks.append(MobileOneBlock(  # depthwise k x k
                     channels, channels, 3, stride=self.strides[i] if first else 1,
-                    dilation=(previous_dilation if first and contract_dilation
+                    dilation=(previous_dilation if first and self.contract_dilation
                               else self.dilations[i]),
                     groups=channels, identity=not first, **common))
                 blocks.append(MobileOneBlock(  # pointwise 1 x 1
