@@ -536,3 +536,25 @@ def test_in_channels_one_is_a_grey_image_and_zero_is_refused():
         with pytest.raises(ValueError, match=f'in_channels must be a positive int, got '
                                              f'{re.escape(repr(bad))}'):
             MobileOne(TINY_ARCH, in_channels=bad)
+
+
+@pytest.mark.parametrize('args,message', [
+    (dict(in_channels=8, out_channels=8, dilation=0), r"\{'dilation': 0\} must be positive"),
+    (dict(in_channels=8, out_channels=6, groups=4), r'groups=4 must divide in_channels=8 '
+                                                    r'and out_channels=6'),
+    (dict(in_channels=6, out_channels=8, groups=4), r'groups=4 must divide in_channels=6'),
+], ids=['dilation-0', 'out-not-divisible', 'in-not-divisible'])
+def test_block_arguments_are_refused_by_name(args, message):
+    from mobileone_mm.models.mobileone import MobileOneBlock
+    with pytest.raises(ValueError, match=f'MobileOneBlock: {message}'):
+        MobileOneBlock(kernel_size=3, identity=False, **args)
+
+
+def test_se_cfg_reaches_every_squeeze_excite():
+    from mobileone_mm.models.mobileone import SqueezeExcite, make_divisible
+    model = MobileOne(TINY_SE_ARCH, se_cfg=dict(ratio=4))
+    found = [m for m in model.modules() if isinstance(m, SqueezeExcite)]
+    assert found
+    for se in found:
+        channels = se.conv1.conv.in_channels
+        assert se.conv1.conv.out_channels == make_divisible(channels // 4, 8)
