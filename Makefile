@@ -3,12 +3,16 @@
 PY := $(shell bash tools/install.sh --python)
 PYTEST_ARGS ?=
 
-.PHONY: install test demo
+.PHONY: install test test-fast demo
 install:
 	@bash tools/install.sh
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast set (no `slow` tests) on both cores: two pytest workers of one thread each.
+test-fast: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 demo: install
 	$(PY) tools/demo.py

@@ -27,7 +27,7 @@ setup(
         'mmdeploy': ['aenum', 'prettytable', 'onnx', 'onnxruntime'],
         # tools/ (tiny data sets, benchmark's peer rows) and the test suite
         'tools': ['Pillow', 'timm'],
-        'tests': ['pytest', 'hypothesis', 'timm'],
+        'tests': ['pytest', 'pytest-xdist', 'hypothesis', 'timm'],
         # mutation testing of the suite (docs/mutation.md)
         'mutation': ['mutmut==3.8.1'],
     },

@@ -21,7 +21,7 @@ from devkit.tiny_data import make_tiny_coco
 from mobileone_mm import MobileOne, convert_state_dict
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
 from mobileone_mm.deploy.export import ExportError, export_onnx
-from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape, test_preprocess
+from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape, preprocess_steps
 from mobileone_mm.deploy.predict import (_batched_nms, load_onnx, predict, preprocess,
                                          read_photo)
 from mobileone_mm.deploy.reparameterize import build_model, load_config
@@ -231,7 +231,7 @@ def photos(tmp_path_factory):
 def small_model(name, photos, num_classes=None, shape=(96, 128), steps=None):
     """A random model of the config in eval mode, and its config, made to behave like a
     trained one on real photos (resized to ``shape``, or through the test pipeline's
-    ``steps``, metadata.test_preprocess): BN statistics from the photos (as training sets them;
+    ``steps``, metadata.preprocess_steps): BN statistics from the photos (as training sets them;
     random ones, devkit's randomize_bn, make this deep random model's float32 scores
     1e-3 off its float64 ones), and the head's output convs scaled on them so that class
     logits spread by 2 around the head's prior (scores over (0, 1), not saturated, few
@@ -355,7 +355,7 @@ def test_coco_configs_letterbox_is_in_the_onnx_metadata():
     """The COCO RTMDet test pipeline (keep-ratio resize, then Pad with 114 to 640 x 640)
     is repeated by onnx_infer, and its fixed 640 x 640 is the graph's size."""
     cfg = load_config(str(CONFIGS / 'rtmdet_mobileone-s0_8xb32-300e_coco.py'))
-    steps, unsupported = test_preprocess(cfg)
+    steps, unsupported = preprocess_steps(cfg)
     assert unsupported == '' and [s['op'] for s in steps] == ['resize', 'pad']
     assert steps[0]['size'] == [640, 640] and steps[0]['keep_ratio']
     assert steps[1]['size'] == [640, 640] and steps[1]['pad_val'] == [114] * 3
@@ -391,7 +391,7 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 """)
     cfg = load_config(str(config))
-    model, _ = small_model(TINY.name, photos, steps=test_preprocess(cfg)[0])
+    model, _ = small_model(TINY.name, photos, steps=preprocess_steps(cfg)[0])
     checkpoint = dict(meta=dict(dataset_meta=dict(classes=cfg.metainfo['classes'])),
                       state_dict=model.state_dict())
     torch.save(checkpoint, tmp_path / 'rtmdet.pth')

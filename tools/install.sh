@@ -24,7 +24,7 @@ STACK_PINS=(
   "numpy<2.4"                   # mmpretrain retrieval metrics use np.in1d
   timm==1.0.31                  # peer implementation, used as a test oracle
   onnx onnxruntime
-  pytest hypothesis
+  pytest hypothesis pytest-xdist  # pytest-xdist: `make test-fast` on both cores
   mutmut==3.8.1                 # mutation testing of the suite (docs/mutation.md)
 )
 # mmdeploy: its metadata pins protobuf<=3.20.2, which onnx >= 1.18 refuses (pip would take

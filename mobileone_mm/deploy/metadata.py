@@ -73,7 +73,7 @@ def _pad_step(transform: dict) -> dict:
                 else int(pad_val))
 
 
-def test_preprocess(cfg) -> Tuple[Optional[List[dict]], str]:
+def preprocess_steps(cfg) -> Tuple[Optional[List[dict]], str]:
     """The config's test pipeline as steps tools/onnx_infer.py repeats on a photo
     (``predict.preprocess``): ``resize`` (mmcv / mmdet / mmseg ``Resize``: size (w, h),
     keep_ratio), ``resize_edge`` (mmpretrain ``ResizeEdge``), ``center_crop`` (``CenterCrop``
@@ -137,7 +137,7 @@ def export_metadata(cfg, checkpoint: dict, model: nn.Module, config_path: str = 
     preprocessing (None when it cannot be repeated), the config path; ``notes`` says what
     is missing and why."""
     classes, source = class_names(cfg, checkpoint, model)
-    steps, unsupported = test_preprocess(cfg)
+    steps, unsupported = preprocess_steps(cfg)
     notes = [] if classes else [source]
     if steps is None:
         notes.append(f'{unsupported} is not repeated by onnx_infer: photos are resized to '

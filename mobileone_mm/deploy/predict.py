@@ -1,6 +1,6 @@
 """An exported graph on a photo, as the codebases' own inferencers run the model: the
 photo read as mmcv reads it (cv2, BGR, alpha dropped, grey to 3 channels), the config's
-test pipeline repeated (the steps are in the ONNX metadata, see metadata.test_preprocess),
+test pipeline repeated (the steps are in the ONNX metadata, see metadata.preprocess_steps),
 the graph run in onnxruntime, and the result reported in the photo's frame:
 
 * detection: mmdet's test-time steps (``postprocess_detections``) on boxes scaled back
@@ -133,7 +133,7 @@ def _size_after(step: dict, w: int, h: int) -> Tuple[int, int]:
 
 def preprocess(photo: np.ndarray, steps: Optional[List[dict]],
                graph_shape: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, Frame]:
-    """The photo through the test pipeline's ``steps`` (see metadata.test_preprocess), or,
+    """The photo through the test pipeline's ``steps`` (see metadata.preprocess_steps), or,
     when there are none or their result does not fit a graph of fixed ``graph_shape``
     (H, W), resized to that shape; returns (network input HxWx3 uint8, Frame). The frame's
     notes say what differs from the config's pipeline and when a photo is stretched or
