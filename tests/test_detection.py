@@ -14,6 +14,8 @@ from mobileone_mm import MobileOne, convert_state_dict
 from devkit.tiny_data import make_tiny_coco
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
 
+from apple_layout import to_apple  # tests/ on the path: conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs' / 'detection'
 ARCHS = ['s0', 's1', 's2', 's3', 's4']
@@ -81,20 +83,6 @@ def test_mmdet_ssd_head_cannot_predict_and_ours_can():
         assert len(ours(**batch, mode='predict')) == 2
 
 
-def _apple(state):
-    """Apple ml-mobileone layout of an mmpretrain-layout classifier state dict."""
-    rules = [('backbone.', ''), ('head.fc.', 'linear.'), ('.norm.', '.bn.'),
-             ('branch_conv_list', 'rbr_conv'), ('branch_scale', 'rbr_scale'),
-             ('branch_norm', 'rbr_skip'), ('se.conv1.conv', 'se.reduce'),
-             ('se.conv2.conv', 'se.expand')]
-    out = {}
-    for key, value in state.items():
-        for ours, apple in rules:
-            key = key.replace(ours, apple)
-        out[key] = value
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('arch', ARCHS)
 def test_config_backbone_loads_every_format(arch, tmp_path, randomize_bn):
@@ -108,7 +96,7 @@ def test_config_backbone_loads_every_format(arch, tmp_path, randomize_bn):
     classifier = {f'backbone.{k}': v for k, v in expected.items()}
     files = {'timm.safetensors': None, 'timm.pth': peer.state_dict(),
              'mmpretrain.pth': dict(state_dict=classifier, meta=dict()),
-             'apple_unfused.pth.tar': _apple(classifier)}
+             'apple_unfused.pth.tar': to_apple(classifier)}
     save_file(peer.state_dict(), str(tmp_path / 'timm.safetensors'))
     for name, checkpoint in files.items():
         if checkpoint is not None:

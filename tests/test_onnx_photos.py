@@ -14,7 +14,6 @@ takes the photo's aspect ratio (the config keeps it).
 Tiny S0 configs, random weights with randomised BN statistics (non-trivial outputs),
 photos from tests/photos.py (RGB and grey JPEG / PNG, RGBA, odd sizes).
 """
-import sys
 from pathlib import Path
 
 import cv2
@@ -28,9 +27,7 @@ from mobileone_mm.deploy.predict import load_onnx, predict, read_photo
 from mobileone_mm.deploy.reparameterize import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / 'tests') not in sys.path:  # tests/photos.py (pytest runs in importlib mode)
-    sys.path.insert(0, str(REPO / 'tests'))
-from photos import photo_paths  # noqa: E402
+from photos import photo_paths  # noqa: E402  (tests/ on the path: conftest.py)
 BASES = {
     'detection': 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
     'segmentation':

@@ -28,8 +28,7 @@ from mobileone_mm.deploy.reparameterize import build_model, load_config
 from mobileone_mm.deploy.verify import verify_onnx
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / 'tests') not in sys.path:  # tests/photos.py (pytest runs in importlib mode)
-    sys.path.insert(0, str(REPO / 'tests'))
+from apple_layout import to_apple  # noqa: E402  (tests/ on the path: conftest.py)
 from photos import photo_paths  # noqa: E402
 
 CONFIGS = REPO / 'configs' / 'detection'
@@ -149,25 +148,12 @@ def published_weights(tmp_path_factory):
     import timm
     from safetensors.torch import save_file
     folder = tmp_path_factory.mktemp('weights')
-    rules = [('backbone.', ''), ('head.fc.', 'linear.'), ('.norm.', '.bn.'),
-             ('branch_conv_list', 'rbr_conv'), ('branch_scale', 'rbr_scale'),
-             ('branch_norm', 'rbr_skip'), ('se.conv1.conv', 'se.reduce'),
-             ('se.conv2.conv', 'se.expand')]
-
-    def apple(state):  # Apple ml-mobileone's layout of an mmpretrain state dict
-        out = {}
-        for key, value in state.items():
-            for ours, theirs in rules:
-                key = key.replace(ours, theirs)
-            out[key] = value
-        return out
-
     def make(arch):
         peer = randomize_bn(timm.create_model(f'mobileone_{arch}'))
         expected = backbone_state_dict(convert_state_dict(peer.state_dict())[0])
         classifier = {f'backbone.{k}': v for k, v in expected.items()}
         files = {'mmpretrain.pth': dict(state_dict=classifier, meta=dict()),
-                 'apple_unfused.pth.tar': apple(classifier), 'timm.pth': peer.state_dict()}
+                 'apple_unfused.pth.tar': to_apple(classifier), 'timm.pth': peer.state_dict()}
         paths = {}
         for file_name, checkpoint in files.items():
             paths[file_name] = folder / f'{arch}_{file_name}'

@@ -19,16 +19,9 @@ from mobileone_mm import (CheckpointError, check_arch, MobileOne, convert_state_
 from mobileone_mm.checkpoints.formats import backbone_state_dict
 from mobileone_mm.models.arch import infer_arch
 
+from apple_layout import to_apple  # tests/ on the path: conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
-
-# Apple ml-mobileone key layout (mobileone.py of apple/ml-mobileone): per block
-# rbr_conv.{j}.conv / .bn, rbr_scale.conv / .bn, rbr_skip (BN), reparam_conv when fused,
-# se.reduce / se.expand; classifier `linear`; stages named stage0..stage4 like ours.
-TO_APPLE = [('backbone.', ''), ('head.fc.', 'linear.'), ('.norm.', '.bn.'),
-            ('branch_conv_list', 'rbr_conv'), ('branch_scale', 'rbr_scale'),
-            ('branch_norm', 'rbr_skip'), ('branch_reparam', 'reparam_conv'),
-            ('se.conv1.conv', 'se.reduce'), ('se.conv2.conv', 'se.expand')]
-
 
 def classifier_state_dict(arch, randomize_bn, deploy=False):
     model = MobileOne(arch, deploy=deploy)
@@ -37,15 +30,6 @@ def classifier_state_dict(arch, randomize_bn, deploy=False):
     width = model.out_channels[-1]
     state.update({'head.fc.weight': torch.randn(1000, width), 'head.fc.bias': torch.randn(1000)})
     return state
-
-
-def to_apple(state, module_prefix=False):
-    out = {}
-    for key, value in state.items():
-        for ours, apple in TO_APPLE:
-            key = key.replace(ours, apple)
-        out[('module.' if module_prefix else '') + key] = value
-    return out
 
 
 @pytest.mark.parametrize('deploy', [False, True])
