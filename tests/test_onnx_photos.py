@@ -77,18 +77,13 @@ def make_task(task, folder: Path, photos: dict):
     torch.manual_seed(0)
     model, _ = build_model(cfg)
     model.init_weights()
-    from devkit.analysis import randomize_bn
+    from devkit.analysis import randomize_bn, spread_class_logits
     randomize_bn(model)
+    if task == 'classification':  # logits that vary by photo, softmax not saturated
+        spread_class_logits(model, [
+            torch.from_numpy(cv2.resize(read_photo(p), (64, 48))).permute(2, 0, 1)
+            for p in photos.values()])
     with torch.no_grad():
-        if task == 'classification':  # logits that vary by photo, softmax not saturated
-            images = [torch.from_numpy(cv2.resize(read_photo(p), (64, 48))).permute(2, 0, 1)
-                      for p in photos.values()]
-            inputs = model.data_preprocessor(dict(inputs=images))['inputs']
-            features = model.extract_feat(inputs)[-1]
-            mean, fc = features.mean(0), model.head.fc
-            fc.weight.sub_(torch.outer(fc.weight @ mean, mean) / mean.dot(mean))
-            fc.bias.zero_()
-            fc.weight.div_(fc(features).std() / 2)
         for name, param in model.named_parameters():
             if 'cls_convs' in name and name.endswith('weight'):
                 param.mul_(4)  # a detector's class logits spread out: fewer score ties

@@ -23,6 +23,7 @@ from mobileone_mm.deploy.quantize import (COSINE_MIN, QuantizeError, judge_int8,
                                           layer_sensitivity, output_layers,
                                           quantizable_nodes, quantize_graph)
 from mobileone_mm.deploy.reparameterize import build_model, load_config
+from devkit.analysis import spread_class_logits
 from devkit.tiny_data import ADE20K_IDS, make_tiny_ade20k, make_tiny_flowers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,16 +261,11 @@ def test_graph_evaluation_equals_the_codebase_test_loop(flowers, tmp_path, rando
     the PyTorch model) gives: same photos, pipeline, predictions and metric."""
     config, _ = flowers
     classifier = random_model('classification', randomize_bn)
-    with torch.no_grad():  # logits that vary from image to image (float32 only: they
-        # hang on feature differences far below int8's resolution)
-        images = [torch.from_numpy(read_photo(str(p))).permute(2, 0, 1)[:, :64, :64]
-                  for p in sorted((tmp_path / 'data/tiny_flowers/jpg').glob('*.jpg'))]
-        inputs = classifier.data_preprocessor(dict(inputs=images))['inputs']
-        features = classifier.extract_feat(inputs)[-1]
-        mean, fc = features.mean(0), classifier.head.fc
-        fc.weight.sub_(torch.outer(fc.weight @ mean, mean) / mean.dot(mean))
-        fc.bias.zero_()
-        fc.weight.div_(fc(features).std() / 2)
+    # logits that vary from image to image (float32 only: they hang on feature
+    # differences far below int8's resolution)
+    spread_class_logits(classifier, [
+        torch.from_numpy(read_photo(str(p))).permute(2, 0, 1)[:, :64, :64]
+        for p in sorted((tmp_path / 'data/tiny_flowers/jpg').glob('*.jpg'))])
     checkpoint = tmp_path / 'spread_classifier.pth'
     torch.save(dict(meta={}, state_dict=classifier.state_dict()), checkpoint)
     make_tiny_ade20k('data/ade', num_train=2, num_val=4)

@@ -38,6 +38,22 @@ def randomize_bn(model: nn.Module, seed: int = 0, mean_std: float = 0.5,
     return model
 
 
+def spread_class_logits(classifier: nn.Module, images) -> nn.Module:
+    """Make a random mmpretrain classifier's logits vary from image to image, in place:
+    the linear head loses the direction of the mean feature over ``images`` (uint8 CHW
+    tensors, as the codebase's pipeline packs them; a random head otherwise gives every
+    image nearly the same logits) and is scaled to logits of spread 2 over them (softmax
+    not saturated)."""
+    with torch.no_grad():
+        inputs = classifier.data_preprocessor(dict(inputs=list(images)))['inputs']
+        features = classifier.extract_feat(inputs)[-1]
+        mean, fc = features.mean(0), classifier.head.fc
+        fc.weight.sub_(torch.outer(fc.weight @ mean, mean) / mean.dot(mean))
+        fc.bias.zero_()
+        fc.weight.div_(fc(features).std() / 2)
+    return classifier
+
+
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of the convolutions and linear layers for one forward pass
     (what papers report as "FLOPs", e.g. MobileOne-S0: 0.27 G at 224x224)."""
