@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 import torch.nn as nn
 
 from .export import task_of
+from .predict import pad_size
 from .reparameterize import _registry, codebase_of
 
 
@@ -121,8 +122,8 @@ def fixed_input_shape(steps: Optional[List[dict]]) -> Optional[Tuple[int, int]]:
             shape, bound = None, (max(step['size']), ) * 2  # the long side fits max(size)
         elif step['op'] == 'pad' and not step['pad_to_square']:
             if step['size_divisor']:
-                shape = bound = None if shape is None else tuple(
-                    -(-v // step['size_divisor']) * step['size_divisor'] for v in shape)
+                shape = bound = None if shape is None else \
+                    pad_size(step, shape[1], shape[0])[::-1]
             elif step['size'] is not None:
                 size = (step['size'][1], step['size'][0])
                 fits = bound is not None and bound[0] <= size[0] and bound[1] <= size[1]

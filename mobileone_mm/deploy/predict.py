@@ -99,11 +99,10 @@ def _resize(image: np.ndarray, size: Tuple[int, int], step: dict) -> np.ndarray:
     return cv2.resize(image, size, interpolation=codes[step.get('interpolation', 'bilinear')])
 
 
-def _pad(image: np.ndarray, step: dict) -> np.ndarray:
-    """mmcv's Pad with constant padding: to a fixed (w, h), to a square and / or to a
-    multiple of ``size_divisor``, at the bottom and right; never crops."""
-    import cv2
-    h, w = image.shape[:2]
+def pad_size(step: dict, w: int, h: int) -> Tuple[int, int]:
+    """(w, h) of an image of w x h after a ``pad`` step, as mmcv's Pad computes it: a
+    fixed size, a square and / or a multiple of ``size_divisor`` (which wins over a
+    fixed size); never smaller than the image."""
     target_w, target_h = step['size'] or (w, h)
     if step['pad_to_square']:
         target_w = target_h = max(h, w)
@@ -112,9 +111,17 @@ def _pad(image: np.ndarray, step: dict) -> np.ndarray:
             target_w, target_h = w, h
         divisor = step['size_divisor']
         target_w, target_h = -(-target_w // divisor) * divisor, -(-target_h // divisor) * divisor
+    return max(target_w, w), max(target_h, h)
+
+
+def _pad(image: np.ndarray, step: dict) -> np.ndarray:
+    """mmcv's Pad with constant padding (``pad_size``), at the bottom and right."""
+    import cv2
+    h, w = image.shape[:2]
+    target_w, target_h = pad_size(step, w, h)
     value = step['pad_val']
     value = list(value) if isinstance(value, list) else [value] * image.shape[2]
-    return cv2.copyMakeBorder(image, 0, max(target_h - h, 0), 0, max(target_w - w, 0),
+    return cv2.copyMakeBorder(image, 0, target_h - h, 0, target_w - w,
                               cv2.BORDER_CONSTANT, value=value)
 
 
