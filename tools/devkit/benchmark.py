@@ -340,13 +340,14 @@ def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return cv2.resize(noise.astype(np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def build_photo_to_boxes(threads: int, workdir: str) -> Dict[str, dict]:
+def build_photo_to_boxes(threads: int, workdir: str) -> tuple:
     """SSDLite-S0 (``random_fused_model``) from a photo as mmcv reads it to boxes in the
     photo's pixels, per image, pre- and post-processing included: mmdet's
     ``inference_detector`` on the fused model (eager PyTorch, mmdet's pipeline and
     post-process), and onnx_infer's path (``deploy.predict``: the test pipeline in numpy,
     onnxruntime, the numpy post-process) on the ``export_onnx`` graph in fp32 and
-    quantized to int8 (``quantize_graph``, random calibration: timing only)."""
+    quantized to int8 (``quantize_graph``, random calibration: timing only). Returns
+    (the fused model, its input (H, W), path name -> photo -> detections)."""
     from mmdet.apis import inference_detector
     from mobileone_mm.deploy.export import export_onnx
     from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
@@ -368,12 +369,9 @@ def build_photo_to_boxes(threads: int, workdir: str) -> Dict[str, dict]:
     with open(int8_path, 'wb') as f:  # a temporary folder: nobody else reads it
         f.write(int8_graph)
     fp32, int8 = (load_onnx(path, threads) for path in (fp32_path, int8_path))
-    return dict(mmdet_eager=dict(fn=lambda photo: inference_detector(model, photo),
-                                 module=model, input_shape=shape),
-                onnxruntime_fp32=dict(fn=lambda photo: predict(*fp32, photo), module=model,
-                                      input_shape=shape),
-                onnxruntime_int8=dict(fn=lambda photo: predict(*int8, photo), module=model,
-                                      input_shape=shape))
+    return model, shape, dict(mmdet_eager=lambda photo: inference_detector(model, photo),
+                              onnxruntime_fp32=lambda photo: predict(*fp32, photo),
+                              onnxruntime_int8=lambda photo: predict(*int8, photo))
 
 
 def train_step(model: nn.Module) -> Callable:
@@ -541,13 +539,11 @@ def _measure_photo_to_boxes(settings: dict, threads: int, log) -> List[dict]:
     height, width = settings['photo_size']
     timing = dict(warmup=2, runs=settings['whole_runs'], min_runs=settings['whole_runs'])
     with tempfile.TemporaryDirectory() as workdir:
-        paths = build_photo_to_boxes(threads, workdir)
-        stats = measure_interleaved({k: m['fn'] for k, m in paths.items()},
-                                    synthetic_photo(height, width), **timing)
-    module, shape = paths['mmdet_eager']['module'], paths['mmdet_eager']['input_shape']
+        model, shape, paths = build_photo_to_boxes(threads, workdir)
+        stats = measure_interleaved(paths, synthetic_photo(height, width), **timing)
     common = dict(section='photo_to_boxes', arch='s0', model='ssdlite', size=shape[0],
-                  photo=f'{width}x{height}', params=count_params(module),
-                  gmacs=count_macs(module, torch.randn(1, 3, *shape)) / 1e9)
+                  photo=f'{width}x{height}', params=count_params(model),
+                  gmacs=count_macs(model, torch.randn(1, 3, *shape)) / 1e9)
     log(f'ssdlite photo {width}x{height} -> boxes: '
         + ', '.join(f'{k} {v["median_ms"]:.1f} ms' for k, v in stats.items()))
     return [dict(common, form=name, **stats[name]) for name in paths]
