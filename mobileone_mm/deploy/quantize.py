@@ -361,7 +361,7 @@ class Int8Model:
 
     def run(self, x) -> list:
         """The flat outputs (numpy arrays) of one input tensor."""
-        x = check_input(x, 'the input', runner=INT8_RUNNER, dims=4)
+        x = check_input(x, 'the input', runner=INT8_RUNNER, batch=True)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f'The int8 graph was calibrated and checked for inputs '
                              f'{self.input_shape} (C, H, W); got {tuple(x.shape[1:])}. Call '
@@ -406,8 +406,8 @@ def optimize_int8(model, example, calibration, threads: Optional[int] = None,
     if backend not in ('auto', 'onnxruntime'):
         raise ValueError(f'precision="int8" runs on onnxruntime; got backend={backend!r}: '
                          f'use "auto" or "onnxruntime".')
-    example = check_input(example, 'the example', runner=INT8_RUNNER, dims=4)
-    batches = [check_input(b, f'calibration batch {i}', runner=INT8_RUNNER, dims=4)
+    example = check_input(example, 'the example', runner=INT8_RUNNER, batch=True)
+    batches = [check_input(b, f'calibration batch {i}', runner=INT8_RUNNER, batch=True)
                for i, b in enumerate(calibration or [])]
     if not batches:
         raise QuantizeError('precision="int8" needs calibration=batches: a few real input '

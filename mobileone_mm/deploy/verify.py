@@ -35,7 +35,7 @@ Also here: ``verify_onnx``, the check of an exported graph in onnxruntime.
 """
 import copy
 import math
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Sequence
 
 import numpy as np
 import torch
@@ -57,17 +57,20 @@ Outputs = List[List[torch.Tensor]]  # per input, the output tensors
 
 
 def check_input(x, what: str, finite: bool = False, runner: str = 'optimize_for_inference',
-                dims: Optional[int] = None):
-    """TypeError unless ``x`` is a float32 CPU tensor (of ``dims`` dimensions when given:
-    ``runner`` and the fix are named); with ``finite``, ValueError when it holds NaN or
-    inf (the output check compares outputs on it: NaN never compares)."""
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or \
-            x.device.type != 'cpu' or (dims is not None and x.dim() != dims):
-        kind = f'{dims}-d float32 CPU tensors (N, C, H, W)' if dims == 4 else \
-            f'{dims}-d float32 CPU tensors' if dims else 'float32 CPU tensors'
-        found = (f'a {x.dim()}-d {x.dtype} tensor on {x.device}' if dims else
-                 f'{x.dtype} on {x.device}') if isinstance(x, torch.Tensor) \
-            else type(x).__name__
+                batch: bool = False):
+    """TypeError unless ``x`` is a float32 CPU tensor (a 4-d (N, C, H, W) batch with
+    ``batch``), naming ``runner`` and the fix; with ``finite``, ValueError when it holds NaN
+    or inf (the output check compares outputs on it: NaN never compares)."""
+    is_tensor = isinstance(x, torch.Tensor)
+    if not (is_tensor and x.dtype == torch.float32 and x.device.type == 'cpu'
+            and (not batch or x.dim() == 4)):
+        kind = '4-d float32 CPU tensors (N, C, H, W)' if batch else 'float32 CPU tensors'
+        if not is_tensor:
+            found = type(x).__name__
+        elif batch:
+            found = f'a {x.dim()}-d {x.dtype} tensor on {x.device}'
+        else:
+            found = f'{x.dtype} on {x.device}'
         raise TypeError(f'{runner} runs {kind}; {what} is {found}: pass x.float().cpu().')
     if finite and not torch.isfinite(x).all():
         raise ValueError(f'{what.capitalize()} {tuple(int(s) for s in x.shape)} holds NaN '
