@@ -34,6 +34,17 @@ STACK_PINS=(
 # fallback when torch.multiprocessing is missing) are not needed.
 MMDEPLOY_PIN=mmdeploy==1.3.1
 MMDEPLOY_DEPS=(aenum prettytable)
+# The runtimes MobileOne was made for (setup.py extras of the same names; docs/runtimes.md):
+# versions shown to work with torch 2.14.1. Measured: +850 MB in the venv, about 1 minute.
+RUNTIME_PINS=(
+  executorch==1.5.1 torchao==0.18.0   # executorch: ExecuTorch + XNNPACK (fp32, PT2E int8)
+  openvino==2026.4.1                  # openvino: OpenVINO CPU (fp32, int8)
+  ncnn==1.0.20261020 pnnx==20261020   # ncnn: pnnx converts, ncnn runs
+  coremltools==9.0                    # coreml: converts on Linux; runs only on macOS
+  safetensors                         # .safetensors checkpoints (convert_weights.py)
+)
+# make lint (ruff) and make docs (mkdocs-material, API page from the docstrings)
+DEV_PINS=(ruff==0.17.5 mkdocs==1.6.1 mkdocs-material==9.8.1 mkdocstrings-python==2.0.11)
 # openmim without its openxlab chain (which downgrades setuptools and breaks torch)
 MIM_DEPS=(click colorama model-index pandas requests rich tabulate)
 
@@ -142,6 +153,9 @@ fi
 step "OpenMMLab packages, timm, onnxruntime, pytest"
 pip_install -c "$CONSTRAINTS" "${STACK_PINS[@]}" "${MIM_DEPS[@]}"
 pip_install --no-deps openmim==0.3.9
+
+step "runtimes (${RUNTIME_PINS[*]}), lint and docs tools"
+pip_install -c "$CONSTRAINTS" "numpy<2.4" "${RUNTIME_PINS[@]}" "${DEV_PINS[@]}"
 
 step "$MMDEPLOY_PIN without its protobuf pin, and ${MMDEPLOY_DEPS[*]}"
 pip_install -c "$CONSTRAINTS" "${MMDEPLOY_DEPS[@]}"
