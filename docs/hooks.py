@@ -7,9 +7,9 @@ adds the files of ``REPOSITORY_FILES`` to the site under ``repo/`` and points th
 ``../`` links there; a link to any other file outside docs/ stays broken and fails the
 build.
 """
-import glob
-import os
+
 import re
+from pathlib import Path
 
 from mkdocs.structure.files import File
 
@@ -21,11 +21,11 @@ LINK_OUT_OF_DOCS = re.compile(r'\]\(\.\./')
 
 
 def on_files(files, config):
-    root = os.path.dirname(config.config_file_path)
+    root = Path(config.config_file_path).parent
     for pattern in REPOSITORY_FILES:
-        for path in sorted(glob.glob(pattern, root_dir=root, recursive=True)):
-            files.append(File.generated(config, f'{SITE_FOLDER}/{path}',
-                                        abs_src_path=os.path.join(root, path)))
+        for path in sorted(root.glob(pattern)):
+            src_uri = f'{SITE_FOLDER}/{path.relative_to(root).as_posix()}'
+            files.append(File.generated(config, src_uri, abs_src_path=str(path)))
     return files
 
 
