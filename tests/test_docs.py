@@ -57,7 +57,7 @@ def _build(site: Path):
 
 @pytest.fixture(scope='module')
 def docs_copy(tmp_path_factory):
-    """The docs sources in a folder of their own, and a way to plant one fault in them."""
+    """What a strict build reads, copied: a fault planted there leaves the checkout alone."""
     root = tmp_path_factory.mktemp('docs_copy')
     for name in SITE_SOURCES:
         source = REPO / name
