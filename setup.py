@@ -23,16 +23,13 @@ setup(
         # mmdeploy_compat / tools/mmdeploy_export.py: what mmdeploy 1.3.1 needs at run time
         # for ONNX Runtime (prettytable: its speed-test timings). mmdeploy itself goes in
         # apart, `pip install --no-deps mmdeploy==1.3.1`: its metadata pins
-        # protobuf<=3.20.2, for which pip would take onnx back to 1.17 (docs/deploy.md).
+        # protobuf<=3.20.2, for which pip would take onnx back to 1.17 (README, "mmdeploy").
         'mmdeploy': ['aenum', 'prettytable', 'onnx', 'onnxruntime'],
         # tools/ (tiny data sets, benchmark's peer rows) and the test suite
         'tools': ['Pillow', 'timm'],
         'tests': ['pytest', 'pytest-xdist', 'hypothesis', 'timm'],
         # mutation testing of the suite (docs/mutation.md)
         'mutation': ['mutmut==3.8.1'],
-        # `make lint` (pyproject.toml) and `make docs` (mkdocs.yml)
-        'lint': ['ruff==0.17.5'],
-        'docs': ['mkdocs==1.6.1', 'mkdocs-material==9.8.1', 'mkdocstrings-python==2.0.11'],
     },
     license='Apache-2.0',
 )

@@ -26,8 +26,6 @@ STACK_PINS=(
   onnx onnxruntime
   pytest hypothesis pytest-xdist  # pytest-xdist: `make test-fast` on both cores
   mutmut==3.8.1                 # mutation testing of the suite (docs/mutation.md)
-  ruff==0.17.5                  # make lint (settings in pyproject.toml)
-  mkdocs==1.6.1 mkdocs-material==9.8.1 mkdocstrings-python==2.0.11  # make docs (mkdocs.yml)
 )
 # mmdeploy: its metadata pins protobuf<=3.20.2, which onnx >= 1.18 refuses (pip would take
 # onnx back to 1.17), so it goes in without its dependencies, plus what its ONNX Runtime
@@ -141,7 +139,7 @@ if ! "$PY" -c "from mmcv.ops import nms; import mmcv; assert mmcv.__version__ ==
   fi
 fi
 
-step "OpenMMLab packages, timm, onnxruntime, pytest, ruff, mkdocs"
+step "OpenMMLab packages, timm, onnxruntime, pytest"
 pip_install -c "$CONSTRAINTS" "${STACK_PINS[@]}" "${MIM_DEPS[@]}"
 pip_install --no-deps openmim==0.3.9
 
