@@ -3,7 +3,7 @@
 PY := $(shell bash tools/install.sh --python)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo
+.PHONY: install test test-fast demo lint docs
 install:
 	@bash tools/install.sh
 
@@ -16,3 +16,13 @@ test-fast: install
 
 demo: install
 	$(PY) tools/demo.py
+
+# ruff (settings in pyproject.toml): lint rules, then the formatting, checked only.
+LINTED := mobileone_mm tools tests configs docs
+lint: install
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+
+# The docs site (mkdocs.yml) into site/, offline; --strict fails on a broken link or page.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
