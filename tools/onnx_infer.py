@@ -30,7 +30,9 @@ def main(argv=None):
     picture, lines = draw(photo, prediction, meta.get('classes') or [],
                           score_thr=args.score_thr)
     frame = prediction.frame
-    print(f'class names: {meta.get("classes_source") or "none, class numbers shown"}')
+    print('class names: ' + (meta.get('classes_source') or (
+        'the graph metadata (source not recorded)' if meta.get('classes')
+        else 'none, class numbers shown')))
     print(f'{meta["task"]} on {args.image} ({frame.photo_size[0]}x{frame.photo_size[1]}, '
           f'network input {frame.input_size[0]}x{frame.input_size[1]}; results in the '
           f"photo's pixels):")

@@ -71,11 +71,11 @@ _OTHER_FILES = {('.pth', '.pt', '.ckpt', '.tar', '.bin', '.safetensors'): 'a che
                 ('.onnx', ): 'an ONNX model'}
 
 
-def read_config(path, what: str = 'Config') -> Config:
-    """The config file at ``path`` read by mmengine. Every way it can fail is a
-    DeployError naming ``what``, the file, the problem and the fix: missing
-    (ConfigNotFound, also a FileNotFoundError), a folder, another kind of file (arguments
-    swapped), a syntax error, an exception or a failed import while mmengine runs it."""
+def check_config_file(path, what: str = 'Config') -> str:
+    """``path`` as a string when it is a file with a config's extension, before mmengine
+    reads it; else DeployError naming ``what``, the file and the fix: missing
+    (ConfigNotFound, also a FileNotFoundError), a folder, another kind of file (a
+    checkpoint or a photo: arguments swapped)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ConfigNotFound(f'{what} {path!r} does not exist.')
@@ -89,6 +89,15 @@ def read_config(path, what: str = 'Config') -> Config:
         raise DeployError(f'{what} {path!r} is {kind}, not a config '
                           f'({", ".join(CONFIG_EXTENSIONS)}): are the arguments swapped? '
                           f'See the order in --help.')
+    return path
+
+
+def read_config(path, what: str = 'Config') -> Config:
+    """The config file at ``path`` read by mmengine. Every way it can fail is a
+    DeployError naming ``what``, the file, the problem and the fix: the file checks of
+    ``check_config_file``, a syntax error, an exception or a failed import while mmengine
+    runs it."""
+    path = check_config_file(path, what)
     try:
         cfg = Config.fromfile(path)
         for key in list(cfg.keys()):  # a config with imports is read lazily (mmengine's
@@ -221,8 +230,10 @@ def load_model(config, checkpoint: str) -> Tuple[nn.Module, Config, dict]:
     A fused checkpoint is loaded into the deploy form of the config, a train-form one into
     the train form (a deploy config's backbone is switched back for it).
     """
-    cfg = load_config(config)  # first: a checkpoint given as the config is named so
+    if not isinstance(config, Config):  # first: a checkpoint given as the config is
+        check_config_file(config)       # named so, not read as a checkpoint
     ckpt = load_checkpoint(checkpoint)
+    cfg = load_config(config)
     state_dict = state_dict_of(ckpt)
     fused = is_fused(state_dict)
     if not fused and cfg.model.get('backbone', {}).get('deploy'):
