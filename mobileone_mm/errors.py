@@ -18,6 +18,7 @@ import inspect
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, Optional, Sequence
 
 EXIT_USER_ERROR = 2
@@ -62,7 +63,13 @@ def run_tool(main: Callable) -> Callable:
     @functools.wraps(main)
     def boundary(argv: Optional[Sequence[str]] = None):
         try:
-            return main(argv)
+            with warnings.catch_warnings():
+                # mmengine imports pkg_resources, which setuptools 81 (the pinned stack,
+                # docs/stack.md) deprecates: four lines meant for mmengine's authors
+                # before every tool's first line of output, or its one-line error
+                warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                                        category=UserWarning)
+                return main(argv)
         except UserError as error:
             if _debug_requested(argv):
                 traceback.print_exc()

@@ -198,6 +198,19 @@ def test_a_mistake_ends_in_one_line_and_exit_code_2(case, files, tmp_path, monke
     assert last.startswith(f'{case.tool}: ') and re.search(case.error, last), last
 
 
+def test_a_mistake_as_a_command_is_one_line_on_stderr(files, tmp_path):
+    """What a user sees: stderr is the one line, nothing before it (mmengine's
+    pkg_resources notice was four lines above it whenever a config was read)."""
+    done = subprocess.run([sys.executable, str(REPO / 'tools' / 'export_onnx.py'),
+                           files['badarch_py'], files['cls_pth'], str(tmp_path / 'm.onnx')],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith('export_onnx: ') and done.stderr.count('\n') == 1, \
+        done.stderr
+    assert 'Unknown MobileOne arch' in done.stderr and done.stdout == ''
+
+
 def test_a_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
     """An exception that is not a user's mistake leaves main (in-process) and, as a
     command, prints its traceback with exit code 1, not 2."""
