@@ -110,38 +110,38 @@ class Mistake:
     error: str  # pattern of the one line, after 'tool: '
 
 
-O = '{out}'
+OUT = '{out}'
 MISTAKES = {
     # a config file that raises, imports a missing module, or has no model
-    'config-raises': Mistake('reparameterize', ('{raises_py}', '{cls_pth}', O + '/d.pth'),
+    'config-raises': Mistake('reparameterize', ('{raises_py}', '{cls_pth}', OUT + '/d.pth'),
                              r"Config '.*raises.py' \(or a config it inherits\) failed while "
                              r'mmengine read it \(ZeroDivisionError: division by zero\)'),
-    'config-raises-export': Mistake('export_onnx', ('{raises_py}', '{cls_pth}', O + '/m.onnx'),
+    'config-raises-export': Mistake('export_onnx', ('{raises_py}', '{cls_pth}', OUT + '/m.onnx'),
                                     r'ZeroDivisionError.*Fix the file'),
     'config-imports-missing-module': Mistake(
-        'export_onnx', ('{imports_py}', '{cls_pth}', O + '/m.onnx'),
+        'export_onnx', ('{imports_py}', '{cls_pth}', OUT + '/m.onnx'),
         r"'.*imports.py' .*imports 'no_such_module_xyz', which is not installed: "
         r'install it'),
     'config-custom-imports-missing': Mistake(
-        'quantize', ('{custom_imports_py}', '{cls_pth}', O + '/q.onnx'),
+        'quantize', ('{custom_imports_py}', '{cls_pth}', OUT + '/q.onnx'),
         r"imports 'no_such_module_xyz', which is not installed: install it"),
     'config-without-model': Mistake('image_demo', ('{nomodel_py}', '{cls_pth}', '{photo_jpg}'),
                                     r"'.*nomodel.py' has no model .*not a model config"),
-    'config-bad-arch': Mistake('export_onnx', ('{badarch_py}', '{cls_pth}', O + '/m.onnx'),
+    'config-bad-arch': Mistake('export_onnx', ('{badarch_py}', '{cls_pth}', OUT + '/m.onnx'),
                                r"model cannot be built: .*Unknown MobileOne arch 's9'"),
     # arguments swapped
-    'checkpoint-as-config': Mistake('reparameterize', ('{cls_pth}', CONFIG, O + '/d.pth'),
+    'checkpoint-as-config': Mistake('reparameterize', ('{cls_pth}', CONFIG, OUT + '/d.pth'),
                                     r"Config '.*cls.pth' is a checkpoint, not a config .*"
                                     r'arguments swapped'),
     'photo-as-config': Mistake('image_demo', ('{photo_jpg}', '{cls_pth}', '{photo_jpg}'),
                                r"Config '.*photo.jpg' is an image, not a config"),
     # mmdeploy_export: the deploy config and the model config
     'mmdeploy-detection-deploy-seg-model': Mistake(
-        'mmdeploy_export', (DETECTION_DEPLOY, SEG_TINY, '{cls_pth}', O + '/e.onnx'),
+        'mmdeploy_export', (DETECTION_DEPLOY, SEG_TINY, '{cls_pth}', OUT + '/e.onnx'),
         r'is for mmdet models \(codebase_config.type\) but .* is an mmseg model: use a '
         r'segmentation deploy config'),
     'mmdeploy-model-config-as-deploy-config': Mistake(
-        'mmdeploy_export', (CONFIG, CONFIG, '{cls_pth}', O + '/e.onnx'),
+        'mmdeploy_export', (CONFIG, CONFIG, '{cls_pth}', OUT + '/e.onnx'),
         r"Deploy config '.*' is a model config .*without onnx_config, codebase_config, "
         r'backend_config: the deploy config comes first'),
     # a device this machine does not have
@@ -153,18 +153,18 @@ MISTAKES = {
                                       r'--device cuda.*(no CUDA|has \d CUDA GPU).*'),
     'mmdeploy-device-gpu0': Mistake('mmdeploy_export', (
         'configs/mmdeploy/classification_onnxruntime_static.py', CONFIG, '{cls_pth}',
-        O + '/e.onnx', '--device', 'gpu0'), r'--device gpu0: not a device name'),
+        OUT + '/e.onnx', '--device', 'gpu0'), r'--device gpu0: not a device name'),
     'mmdeploy-device-cuda': Mistake('mmdeploy_export', (
         'configs/mmdeploy/classification_onnxruntime_static.py', CONFIG, '{cls_pth}',
-        O + '/e.onnx', '--device', unavailable_cuda()), r'--device cuda.*use --device cpu|'
+        OUT + '/e.onnx', '--device', unavailable_cuda()), r'--device cuda.*use --device cpu|'
                                                         r'has \d CUDA GPU'),
     # an input shape whose memory the machine cannot hold: said before allocating
-    'export-shape-too-large': Mistake('export_onnx', (CONFIG, '{cls_pth}', O + '/m.onnx',
+    'export-shape-too-large': Mistake('export_onnx', (CONFIG, '{cls_pth}', OUT + '/m.onnx',
                                                       '--shape', '300000', '300000'),
                                       r'An input of 300000x300000 pixels needs at least '
                                       r'\d+\.\d GiB of memory and this machine has '
                                       r'\d+\.\d GiB free: use a smaller input shape'),
-    'quantize-shape-too-large': Mistake('quantize', (CONFIG, '{cls_pth}', O + '/q.onnx',
+    'quantize-shape-too-large': Mistake('quantize', (CONFIG, '{cls_pth}', OUT + '/q.onnx',
                                                      '--shape', '300000', '300000'),
                                         r'needs at least .* GiB of memory'),
     # photos and ONNX files
@@ -176,7 +176,7 @@ MISTAKES = {
         r"keeps its weights in external data files, and 'external.onnx.data' \(tensor .*\) "
         r"is missing: looked for '.*/external.onnx.data'"),
     # make_tiny_datasets: a settings mistake of the library (was a ValueError list)
-    'tiny-data-no-val-images': Mistake('make_tiny_datasets', ('coco', '--out', O + '/d',
+    'tiny-data-no-val-images': Mistake('make_tiny_datasets', ('coco', '--out', OUT + '/d',
                                                               '--num-val', '0'),
                                        r'Need at least one train and one val image'),
 }
