@@ -105,7 +105,8 @@ def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
     last layers, keep that many more layers float, the ones int8 hurts most
     (``quantize.layer_sensitivity`` on 8 of the calibration images).
 
-    Returns (int8 graph, report: task, shape, calibration, float nodes, check, metrics)."""
+    Returns (int8 graph, report: task, shape, class-name source, calibration, float
+    nodes, check, metrics)."""
     model, cfg, ckpt = load_model(config, checkpoint)
     metadata = export_metadata(cfg, ckpt, model, os.fspath(config))
     shape = tuple(shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg))
@@ -126,6 +127,7 @@ def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
                        one_batch([session8.run(None, {'image': x}) for x in inputs]),
                        meta['task'], meta)
     report = dict(task=meta['task'], shape=shape, notes=metadata['notes'],
+                  classes_source=metadata['classes_source'] or 'none, class numbers shown',
                   calibration=f'{len(calibration)} {calib_split} images, {method}',
                   float_nodes=keep, check=check,
                   check_images=f'{len(inputs)} {source} images')

@@ -27,10 +27,12 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from ..checkpoints.io import atomic_file
+from ..errors import UserError
+from ..machine import check_memory, input_memory
 from ..models.reparam import reparameterize_model
 
 
-class ExportError(TypeError):
+class ExportError(UserError, TypeError):
     """A model this exporter does not cover, with what to use instead."""
 
 
@@ -206,6 +208,8 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
     import onnx
     input_shape = check_input_shape(input_shape)
     task = task_of(model)
+    check_memory(input_memory(model, input_shape), f'An input of {input_shape[0]}x'
+                 f'{input_shape[1]} pixels', 'use a smaller input shape (--shape H W)')
     if task == 'detection':
         check_dense_head(model)
     model = reparameterize_model(model.eval())

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from ..errors import UserError
 from ..models.reparam import reparameterize_model
 from .export import FlatOutputs, flat_onnx, flatten, make_session, task_of
 from .predict import postprocess_detections
@@ -63,7 +64,7 @@ METADATA_KEY = 'int8'
 INT8_RUNNER = 'The int8 form'  # check_input's messages: 'The int8 form runs 4-d ...'
 
 
-class QuantizeError(ValueError):
+class QuantizeError(UserError, ValueError):
     """Calibration data or a graph that cannot be quantized, or an int8 graph whose
     outputs are too far from float32, with the reason and the fix."""
 

@@ -376,6 +376,11 @@ class MobileOne(BaseModule):
         backbones, the input must have the weights' floating dtype (float32 images from a
         data preprocessor; model.double() for float64). A uint8 image is refused rather
         than cast, since casting would skip the mean / std normalisation."""
+        if not isinstance(x, torch.Tensor):
+            kind = f'{type(x).__module__}.{type(x).__name__}'.replace('builtins.', '')
+            raise TypeError(f'MobileOne expects a torch.Tensor (N, {self.in_channels}, H, W), '
+                            f'got a {kind}: convert it first, e.g. '
+                            f'torch.from_numpy(x).float() for a normalised numpy image.')
         shape = tuple(int(s) for s in x.shape)  # ints, also while tracing (no tensor(1))
         if len(shape) != 4 or shape[1] != self.in_channels:
             hint = (f' (or build the backbone with in_channels={shape[1]})'
