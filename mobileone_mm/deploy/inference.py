@@ -30,10 +30,11 @@ import torch
 import torch.nn as nn
 
 from ..models.reparam import reparameterize_model
-from .export import FlatOutputs, flat_onnx, flatten, make_session, unflatten
+from .export import (FlatOutputs, compile_openvino, flat_onnx, flatten, make_session,
+                     openvino_runner, unflatten)
 from .verify import Reference, check_input, describe
 
-BACKENDS = ('onnxruntime', 'torchscript', 'eager')
+BACKENDS = ('openvino', 'onnxruntime', 'torchscript', 'eager')
 
 
 # ------------------------------------------------------------------------ backends
@@ -44,6 +45,11 @@ def _onnxruntime(flat: nn.Module, example: torch.Tensor, threads: int) -> Callab
         arrays = session.run(None, {'input': x.detach().contiguous().numpy()})
         return [torch.from_numpy(a) for a in arrays]
     return run
+
+
+def _openvino(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
+    arrays = openvino_runner(compile_openvino(flat_onnx(flat, example), threads))
+    return lambda x: [torch.from_numpy(a) for a in arrays(x.detach().contiguous().numpy())]
 
 
 class _OneDNNFusion:
@@ -79,7 +85,8 @@ def _eager(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
     return run
 
 
-BUILDERS = dict(onnxruntime=_onnxruntime, torchscript=_torchscript, eager=_eager)
+BUILDERS = dict(openvino=_openvino, onnxruntime=_onnxruntime, torchscript=_torchscript,
+                eager=_eager)
 
 
 # ------------------------------------------------------------------------- the API

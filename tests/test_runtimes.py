@@ -1,0 +1,167 @@
+"""The runtime layer's frame (mobileone_mm/runtimes, tools/export.py, tools/infer.py):
+its table, bad input (an unknown runtime or precision lists the valid ones, a runtime
+that is not installed names the extra, an operator a runtime cannot take names the
+runtime, the operator and the layer, a failed export leaves nothing on disk), and the
+checked export of a real mmpretrain classifier to onnxruntime and OpenVINO."""
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from devkit.analysis import randomize_bn
+from mobileone_mm.checkpoints.paths import PathError
+from mobileone_mm.deploy.export import ExportError, wrap_for_export
+from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.runtimes import (RUNTIMES, export_to_runtime, get_runtime, install_hint,
+                                   load_runner, operator_error, runtime_of_path)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
+CLASSES = ['disk', 'square', 'triangle', 'star']
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def classifier(tmp_path_factory):
+    """(config, checkpoint) of a random tiny classifier with realistic BN statistics."""
+    folder = tmp_path_factory.mktemp('classifier')
+    torch.manual_seed(0)
+    model, _ = build_model(load_config(CONFIG))
+    model.init_weights()
+    randomize_bn(model)  # devkit.analysis: realistic BN statistics
+    path = folder / 'cls.pth'
+    torch.save(dict(meta=dict(dataset_meta=dict(classes=CLASSES)),
+                    state_dict=model.state_dict()), path)
+    return CONFIG, str(path)
+
+
+class Odd(nn.Module):
+    """A layer with an operator no exporter here takes (aten::i0: no ONNX form)."""
+
+    def forward(self, x):
+        return tuple(torch.special.i0(t) for t in x)  # the neck gives a tuple
+
+
+def odd_classifier():
+    model, _ = build_model(load_config(CONFIG))
+    model.neck = nn.Sequential(model.neck, Odd())
+    return model.eval()
+
+
+def without(package):
+    """sys.modules with ``package`` marked absent: import and find_spec see it missing,
+    as on a system without it."""
+    return {package: None}
+
+
+# ------------------------------------------------------------------------ the table
+def test_table_lists_the_five_runtimes_and_agrees_with_the_modules():
+    assert list(RUNTIMES) == ['onnxruntime', 'openvino', 'executorch', 'ncnn', 'coreml']
+    for name, entry in RUNTIMES.items():
+        if importlib.util.find_spec(entry.module) is None:
+            continue  # a module of another branch, not merged here
+        module = importlib.import_module(entry.module)
+        assert (module.NAME, module.EXTRA, tuple(module.PRECISIONS), module.SUFFIX) == \
+            (name, entry.extra, entry.precisions, entry.suffix), name
+    assert runtime_of_path('a/b.onnx') == 'onnxruntime'
+    assert runtime_of_path('m.xml') == 'openvino' and runtime_of_path('m.pte') == 'executorch'
+    assert runtime_of_path('m.ncnn.param') == 'ncnn'
+    assert runtime_of_path('out/m.mlpackage/') == 'coreml'
+
+
+def test_import_mobileone_mm_imports_no_runtime_package():
+    import subprocess
+    code = ('import sys, mobileone_mm, mobileone_mm.runtimes, mobileone_mm.runtimes.openvino, '
+            'mobileone_mm.runtimes.onnxruntime\n'
+            'print(sorted(p for p in ("openvino", "executorch", "ncnn", "pnnx", "coremltools") '
+            'if p in sys.modules))')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0 and done.stdout.strip() == '[]', done.stderr
+
+
+# -------------------------------------------------------------------- bad input
+class Case(NamedTuple):
+    call: Callable           # (checkpoint pair, tmp_path) -> anything; must raise
+    error: str               # regex the one-line message must match
+    modules: dict = {}       # sys.modules entries set for the call
+    kind: type = ExportError
+
+
+CASES = {
+    'unknown-runtime': Case(lambda c, t: get_runtime('tflite'),
+                            r"^Unknown runtime 'tflite': use one of onnxruntime, openvino, "
+                            r"executorch, ncnn, coreml\.$"),
+    'unknown-precision': Case(lambda c, t: get_runtime('openvino', 'bf16'),
+                              r"^The openvino runtime takes precision fp32 or int8, not "
+                              r"'bf16'\.$"),
+    'precision-of-another-runtime': Case(lambda c, t: get_runtime('ncnn', 'int8'),
+                                         r"takes precision fp32, not 'int8'"),
+    'openvino-not-installed': Case(lambda c, t: get_runtime('openvino'),
+                                   r"^The openvino runtime is not installed \(no openvino\): "
+                                   r"pip install 'mobileone-mm\[openvino\]'$",
+                                   without('openvino')),
+    'onnxruntime-not-installed': Case(lambda c, t: get_runtime('onnxruntime', 'int8'),
+                                      r"not installed \(no onnxruntime\): pip install "
+                                      r"'mobileone-mm\[onnx\]'$", without('onnxruntime')),
+    'export-without-the-runtime': Case(
+        lambda c, t: export_to_runtime(*c, t / 'm.xml', 'openvino'),
+        r"pip install 'mobileone-mm\[openvino\]'$", without('openvino')),
+    'infer-without-the-runtime': Case(lambda c, t: load_runner(t / 'm.xml'),
+                                      r"pip install 'mobileone-mm\[openvino\]'$",
+                                      without('openvino')),
+    'unknown-artefact': Case(lambda c, t: load_runner(t / 'm.tflite'),
+                             r"must end in \.onnx \(onnxruntime\), \.xml \(openvino\), "
+                             r"\.pte \(executorch\), \.ncnn\.param \(ncnn\), \.mlpackage"),
+    'export-unknown-runtime': Case(lambda c, t: export_to_runtime(*c, t / 'm.x', 'tvm'),
+                                   r"Unknown runtime 'tvm': use one of onnxruntime"),
+    'export-wrong-extension': Case(lambda c, t: export_to_runtime(*c, t / 'm.onnx',
+                                                                  'openvino'),
+                                   r"openvino output .*m\.onnx' has extension '\.onnx': use "
+                                   r"\.xml", kind=PathError),
+    'export-int8-to-ncnn': Case(lambda c, t: export_to_runtime(*c, t / 'm.ncnn.param', 'ncnn',
+                                                               'int8'),
+                                r"The ncnn runtime takes precision fp32, not 'int8'"),
+    'onnx-operator': Case(lambda c, t: get_runtime('onnxruntime').export(
+        *wrap_for_export(odd_classifier(), (32, 32)), str(t / 'm.onnx'), {}),
+        r"^The onnxruntime runtime cannot take the operator aten::(special_)?i0 in layer "
+        r"'model\.neck\.1' \(no ONNX opset 17 form\): replace that layer, or export to "
+        r"another runtime\.$"),
+    'openvino-operator': Case(lambda c, t: get_runtime('openvino').export(
+        *wrap_for_export(odd_classifier(), (32, 32)), str(t / 'm.xml'), {}),
+        r"^The openvino runtime cannot take the operator aten::(special_)?i0 in layer "
+        r"'model\.neck\.1'"),
+}
+
+
+@pytest.mark.parametrize('case', list(CASES.values()), ids=list(CASES))
+def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, classifier, tmp_path,
+                                                             monkeypatch):
+    for name, value in case.modules.items():
+        monkeypatch.setitem(sys.modules, name, value)
+    with pytest.raises(case.kind) as error:
+        case.call(classifier, tmp_path)
+    message = str(error.value)
+    assert '\n' not in message and re.search(case.error, message), message
+    assert os.listdir(tmp_path) == []
+
+
+def test_operator_error_names_the_layer_running_an_aten_operator():
+    wrapper, example = wrap_for_export(odd_classifier(), (32, 32))
+    message = str(operator_error('ncnn', 'aten::i0', wrapper, example))
+    assert "operator aten::i0 in layer 'model.neck.1'" in message
+    message = str(operator_error('ncnn', 'aten::no_such_op', wrapper, example))
+    assert 'aten::no_such_op:' in message and 'layer' not in message.split(':')[0]
