@@ -165,3 +165,84 @@ def test_operator_error_names_the_layer_running_an_aten_operator():
     assert "operator aten::i0 in layer 'model.neck.1'" in message
     message = str(operator_error('ncnn', 'aten::no_such_op', wrapper, example))
     assert 'aten::no_such_op:' in message and 'layer' not in message.split(':')[0]
+
+
+# ------------------------------------------------------------- checked exports
+def run_tool(name, argv, capsys, monkeypatch):
+    """(exit code, the error line or '', stdout) of a tool's main() in this process."""
+    monkeypatch.setattr(sys, 'argv', [f'{name}.py', *map(str, argv)])
+    code = 0
+    try:
+        load_tool(name).main()
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    if isinstance(code, str):
+        return 1, code, captured.out
+    return code or 0, (captured.err.strip().splitlines() or [''])[-1], captured.out
+
+
+@pytest.mark.parametrize('runtime, files', [('onnxruntime', ['m.onnx']),
+                                            ('openvino', ['m.bin', 'm.xml'])])
+def test_export_tool_writes_a_checked_artefact_that_infer_runs(runtime, files, classifier,
+                                                               tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data here: the check runs on random images
+    out = tmp_path / 'out' / files[-1]
+    code, error, stdout = run_tool('export', [*classifier, out, '--runtime', runtime,
+                                              '--shape', 48, 64, '--verify'],
+                                   capsys, monkeypatch)
+    assert code == 0, error
+    assert f'classification for {runtime} fp32: input 48x64' in stdout
+    assert 'verify on 8 random images (val set not on disk): task classification, images 8, ' \
+        'passed True' in stdout
+    assert sorted(os.listdir(tmp_path / 'out')) == files
+    runner = load_runner(str(out))
+    assert runner.metadata['classes'] == CLASSES and runner.input_shape == (48, 64)
+    from photos import photo_paths
+    photo = photo_paths(tmp_path / 'photos')['small_jpeg']
+    code, error, stdout = run_tool('infer', [out, photo], capsys, monkeypatch)
+    assert code == 0, error
+    assert 'classification on' in stdout and '(97x75, network input 64x48' in stdout
+    assert len([line for line in stdout.splitlines() if line.startswith('  disk: ')
+                or re.match(r'  (square|triangle|star): ', line)]) == 4
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--runtime', 'tflite'], r"argument --runtime: invalid choice: 'tflite' \(choose from "
+                              r"'?onnxruntime'?, '?openvino'?, '?executorch'?, '?ncnn'?, "
+                              r"'?coreml'?\)"),
+    (['--runtime', 'ncnn', '--precision', 'int8'],
+     r"^export: The ncnn runtime takes precision fp32, not 'int8'\.$"),
+    (['--runtime', 'openvino', '--precision', 'fp64'], r'argument --precision: invalid choice'),
+])
+def test_export_tool_lists_the_valid_runtimes_and_precisions(argv, message, classifier,
+                                                             tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'm.ncnn.param'
+    code, error, _ = run_tool('export', [*classifier, out, *argv], capsys, monkeypatch)
+    assert code != 0 and re.search(message, error), error
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('runtime', ['onnxruntime', 'openvino'])
+def test_a_failed_check_writes_nothing(runtime, classifier, tmp_path, monkeypatch):
+    """An artefact of another model (one weight scaled by 1.5 before the ONNX graph both
+    runtimes start from) is refused by the check, and nothing is left on disk."""
+    import mobileone_mm.runtimes.onnxruntime as module
+    real = module.onnx_graph
+
+    def wrong_graph(wrapper, *args, **kwargs):
+        import copy
+        altered = copy.deepcopy(wrapper)
+        with torch.no_grad():
+            altered.model.head.fc.weight.mul_(1.5)
+        return real(altered, *args, **kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(module, 'onnx_graph', wrong_graph)
+    out = tmp_path / f'm{RUNTIMES[runtime].suffix}'
+    with pytest.raises(ExportError, match=r'from the exact \(float64\).*Nothing written\.$'):
+        export_to_runtime(*classifier, str(out), runtime, shape=(32, 32), verify=True,
+                          num_images=2)
+    assert os.listdir(tmp_path) == []
+    export_to_runtime(*classifier, str(out), runtime, shape=(32, 32), verify=False)
+    assert out.exists()  # the same wrong artefact, unchecked, is written
