@@ -246,3 +246,35 @@ def test_a_failed_check_writes_nothing(runtime, classifier, tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
     export_to_runtime(*classifier, str(out), runtime, shape=(32, 32), verify=False)
     assert out.exists()  # the same wrong artefact, unchecked, is written
+
+
+# ------------------------------------------------- OpenVINO in optimize_for_inference
+TINY = dict(num_blocks=[1, 1, 1, 1], width_factor=[0.25, 0.25, 0.25, 0.25],
+            num_conv_branches=[2, 2, 2, 2], num_se_blocks=[0, 0, 0, 1])
+
+
+def test_openvino_is_a_backend_of_optimize_for_inference(monkeypatch):
+    """fp32: OpenVINO when named, checked against the float64 train form like every
+    backend; auto keeps onnxruntime first (faster in fp32 here). int8: auto picks
+    OpenVINO (faster), and onnxruntime when OpenVINO is not installed."""
+    from mobileone_mm import MobileOne, optimize_for_inference
+    torch.manual_seed(0)
+    model = randomize_bn(MobileOne(TINY, out_indices=(1, 2, 3))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    fp32 = optimize_for_inference(model, x, backend='openvino', threads=1)
+    assert fp32.backend == 'openvino' and fp32.check['passed']
+    with torch.no_grad():
+        expected = model(x)
+    for found, wanted in zip(fp32(x), expected):
+        assert (found - wanted).abs().max() <= 1e-4 * wanted.abs().max()
+    assert optimize_for_inference(model, x, threads=1).backend == 'onnxruntime'
+    calibration = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(i))
+                   for i in range(3)]
+    int8 = optimize_for_inference(model, x, precision='int8', calibration=calibration,
+                                  threads=1)
+    assert int8.backend == 'openvino' and int8.check['passed'] and int8.skipped == {}
+    monkeypatch.setitem(sys.modules, 'openvino', None)
+    int8 = optimize_for_inference(model, x, precision='int8', calibration=calibration,
+                                  threads=1)
+    assert int8.backend == 'onnxruntime' and int8.check['passed']
+    assert 'ModuleNotFoundError' in int8.skipped['openvino']
