@@ -278,3 +278,32 @@ def test_openvino_is_a_backend_of_optimize_for_inference(monkeypatch):
                                   threads=1)
     assert int8.backend == 'onnxruntime' and int8.check['passed']
     assert 'ModuleNotFoundError' in int8.skipped['openvino']
+
+
+# -------------------------------------------------------- int8 on the config's data
+@pytest.mark.slow
+def test_int8_export_calibrates_on_the_config_images_and_is_checked(classifier, tmp_path,
+                                                                    monkeypatch):
+    """int8 for onnxruntime and OpenVINO through export_to_runtime, as tools/quantize.py
+    does it: calibrated on the train images, checked on the val images; the fp32
+    artefacts of both runtimes score the val set as the codebase's test loop's metric
+    path does (evaluate_graph), equal to each other."""
+    from devkit.tiny_data import make_tiny_flowers
+    from mobileone_mm.deploy.evaluate import evaluate_graph
+    monkeypatch.chdir(tmp_path)
+    make_tiny_flowers('data/tiny_flowers', num_train=8, num_val=8)
+    cfg = load_config(CONFIG)
+    scores = {}
+    for runtime in ('onnxruntime', 'openvino'):
+        for precision in ('fp32', 'int8'):
+            out = tmp_path / f'{precision}{RUNTIMES[runtime].suffix}'
+            report = export_to_runtime(*classifier, str(out), runtime, precision,
+                                       shape=(64, 64), verify=True, calib_images=8)
+            assert report['check']['passed'] and report['images'] == '8 val images'
+            if precision == 'int8':
+                assert report['calibration'] == '8 train images'
+                assert report['check']['agreement'] >= 0.75
+            runner = load_runner(str(out))
+            assert runner.metadata['precision'] == precision
+            scores[runtime, precision] = evaluate_graph(cfg, runner, runner.metadata)
+    assert scores['openvino', 'fp32'] == scores['onnxruntime', 'fp32']
