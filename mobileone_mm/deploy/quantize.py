@@ -61,11 +61,11 @@ METHODS = ('minmax', 'percentile')
 COSINE_MIN = 0.95
 AGREEMENT_MIN = 0.75
 METADATA_KEY = 'int8'
-INT8_RUNNER = 'The int8 form'
+INT8_RUNNER = 'The int8 form'  # check_input's messages: 'The int8 form runs 4-d ...'
 # auto: the first that builds and passes. OpenVINO first: the same QDQ graph ran in 0.76x /
 # 0.65x onnxruntime's time here (S0 / S1 at 320, one thread; issue 22: 0.21x against 0.28x
 # timm's fp32 on 2 AMD EPYC threads).
-INT8_BACKENDS = ('openvino', 'onnxruntime')  # check_input's messages: 'The int8 form runs 4-d ...'
+INT8_BACKENDS = ('openvino', 'onnxruntime')
 
 
 class QuantizeError(ValueError):
