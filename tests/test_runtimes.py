@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -19,8 +18,8 @@ from devkit.analysis import randomize_bn
 from mobileone_mm.checkpoints.paths import PathError
 from mobileone_mm.deploy.export import ExportError, wrap_for_export
 from mobileone_mm.deploy.reparameterize import build_model, load_config
-from mobileone_mm.runtimes import (RUNTIMES, export_to_runtime, get_runtime, install_hint,
-                                   load_runner, operator_error, runtime_of_path)
+from mobileone_mm.runtimes import (RUNTIMES, export_to_runtime, get_runtime, load_runner,
+                                   operator_error, runtime_of_path)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')

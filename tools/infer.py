@@ -7,6 +7,7 @@ pixels, the picture at the photo's size. The runtime is picked by the file name.
 """
 import argparse
 import sys
+from typing import Optional
 
 from argtypes import score_threshold
 from mobileone_mm.checkpoints.io import atomic_file
@@ -17,7 +18,8 @@ from mobileone_mm.deploy.predict import (PredictError, draw, picture_extension, 
 from mobileone_mm.runtimes import load_runner
 
 
-def main(tool: str = 'infer', runtime: str = None, what: str = 'model', doc: str = __doc__):
+def main(tool: str = 'infer', runtime: Optional[str] = None, what: str = 'model',
+         doc: str = __doc__):
     """The CLI; tools/onnx_infer.py is this with runtime 'onnxruntime'."""
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
