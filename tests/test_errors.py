@@ -50,7 +50,8 @@ def load_tool(name):
 
 TOOLS = {name: load_tool(name) for name in
          ('reparameterize', 'export_onnx', 'onnx_infer', 'convert_weights', 'image_demo',
-          'quantize', 'mmdeploy_export', 'make_tiny_datasets', 'benchmark', 'demo')}
+          'quantize', 'mmdeploy_export', 'make_tiny_datasets', 'benchmark', 'demo', 'export',
+          'infer')}
 
 
 def run_tool(tool: str, argv) -> Tuple[int, str, str]:

@@ -11,19 +11,15 @@ and PyTorch agree.
 import copy
 import sys
 
-import numpy as np
-import torch
-
 from argtypes import positive_int
-from devkit.analysis import measure_latency
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
-from mobileone_mm.deploy.export import build_onnx, load_session
+from mobileone_mm.deploy.export import build_onnx
 from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
-from mobileone_mm.deploy.predict import read_image
-from mobileone_mm.deploy.reparameterize import input_shape_of, load_model, val_image_paths
-from mobileone_mm.deploy.verify import describe, torch_reference, verify_onnx
+from mobileone_mm.deploy.reparameterize import input_shape_of, load_model
+from mobileone_mm.deploy.verify import describe, verify_onnx
 from mobileone_mm.errors import run_tool, tool_parser
+from mobileone_mm.runtimes.export import check_images
 
 
 @run_tool
@@ -62,33 +58,17 @@ def main(argv=None):
         sys.exit('export_onnx: the graph has another number of convolutions than the '
                  'fused model: some branch structure was not fused. Nothing written.')
     if args.verify:
-        verify(args, model, train_form, cfg, graph, shape)
+        verify(args, train_form, cfg, graph, shape)
     with atomic_file(args.out) as f:
         f.write(graph)
     print(f'written: {args.out}')
 
 
-def verify(args, model, train_form, cfg, graph: bytes, shape):
-    paths = val_image_paths(cfg, args.num_images)
-    if paths:
-        images, source = [read_image(p, shape) for p in paths], f'{len(paths)} val images'
-    else:
-        rng = np.random.RandomState(0)
-        images = [rng.randint(0, 256, (1, 3, *shape)).astype(np.float32)
-                  for _ in range(args.num_images)]
-        source = f'{args.num_images} random images (val set not on disk)'
+def verify(args, train_form, cfg, graph: bytes, shape):
+    images, source = check_images(cfg, shape, args.num_images)
     report = verify_onnx(train_form, graph, images, score_thr=args.score_thr)
-    session, meta = load_session(graph)
-    example = torch.from_numpy(images[0])
-    report['torch_ms'] = measure_latency(
-        lambda x: torch_reference(model, meta['task'], x), example, warmup=2,
-        runs=10)['median_ms']
-    report['onnx_ms'] = measure_latency(
-        lambda x: session.run(None, {'image': x.numpy()}), example, warmup=2,
-        runs=10)['median_ms']
     print(f'verify on {source}: ' +
-          ', '.join(f'{k} {v:.1f}' if k.endswith('_ms') else
-                    f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
+          ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
                     for k, v in report.items()))
     if not report['passed']:
         sys.exit(f'export_onnx: onnxruntime and PyTorch disagree: '

@@ -30,15 +30,22 @@ def graph_images(cfg, meta: dict, session, split: str = 'train', num_images: int
     """The first ``num_images`` images of ``split`` (fewer when the set is smaller) as the
     graph behind ``session`` takes them: (1, 3, H, W) float32 BGR 0..255, the photo put
     through the test pipeline of the graph's metadata."""
+    return dataset_images(cfg, meta.get('preprocess'), graph_input_shape(session), split,
+                          num_images)
+
+
+def dataset_images(cfg, steps: Optional[List[dict]], shape: Optional[Sequence[int]],
+                   split: str = 'train', num_images: int = 16) -> List[np.ndarray]:
+    """``graph_images`` for any exported model: the photos through the test pipeline
+    ``steps`` (metadata ``preprocess``), resized to ``shape`` (H, W) where that is fixed."""
     if not (isinstance(num_images, int) and num_images >= 1):
         raise DeployError(f'The number of images must be a whole number of at least 1, '
                           f'got {num_images!r}.')
     dataset = dataset_of(cfg, split)
-    shape = graph_input_shape(session)
     images = []
     for index in range(min(num_images, len(dataset))):
         photo = read_photo(dataset.get_data_info(index)['img_path'])
-        image, _ = preprocess(photo, meta.get('preprocess'), shape)
+        image, _ = preprocess(photo, steps, None if shape is None else tuple(shape))
         images.append(image.transpose(2, 0, 1)[None].astype(np.float32))
     return images
 

@@ -338,15 +338,31 @@ class Prediction:
     label_map: Optional[np.ndarray] = None      # (H, W) segmentation
 
 
-def predict(session, meta: dict, photo: np.ndarray) -> Prediction:
-    """Run the graph on a photo (``read_photo``) as the codebase's inferencer runs the
-    model; see the module docstring."""
+class SessionRunner:
+    """An onnxruntime session of an exported graph as a runtime's Runner
+    (mobileone_mm.runtimes): ``runner(image)`` gives the graph's outputs for a
+    (1, 3, H, W) float32 BGR 0..255 image; ``input_shape`` is (H, W) when fixed."""
+
+    def __init__(self, session, metadata: dict):
+        self.session, self.metadata = session, metadata
+        self.input_shape = graph_input_shape(session)
+
+    def __call__(self, image: np.ndarray) -> List[np.ndarray]:
+        return self.session.run(None, {'image': image})
+
+
+def predict(runner, meta: dict, photo: np.ndarray) -> Prediction:
+    """Run an exported model on a photo (``read_photo``) as the codebase's inferencer runs
+    the model; see the module docstring. ``runner``: any runtime's Runner
+    (mobileone_mm.runtimes: ``runner(image)`` -> raw outputs, ``input_shape``) or an
+    onnxruntime session of an exported graph; ``meta``: the export metadata."""
+    if not callable(runner):  # an onnxruntime InferenceSession
+        runner = SessionRunner(runner, meta)
     steps = meta.get('preprocess')
     # without the pipeline (graphs exported before it was recorded), the export size
-    shape = graph_input_shape(session) or (tuple(meta['input_shape']) if steps is None
-                                           else None)
+    shape = runner.input_shape or (tuple(meta['input_shape']) if steps is None else None)
     image, frame = preprocess(photo, steps, shape)
-    outputs = session.run(None, {'image': image.transpose(2, 0, 1)[None].astype(np.float32)})
+    outputs = runner(image.transpose(2, 0, 1)[None].astype(np.float32))
     task = meta['task']
     if task == 'detection':
         boxes, scores, labels = postprocess_detections(frame.to_photo(outputs[0][0]),
