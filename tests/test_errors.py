@@ -215,12 +215,11 @@ def test_a_mistake_as_a_command_is_one_line_on_stderr(files, tmp_path):
 def test_a_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
     """An exception that is not a user's mistake leaves main (in-process) and, as a
     command, prints its traceback with exit code 1, not 2."""
-    tool = TOOLS['onnx_infer']
-
     def broken(*args, **kwargs):
         raise RuntimeError('a bug in predict')
 
-    monkeypatch.setattr(tool, 'predict', broken)
+    # onnx_infer is tools/infer.py's run with the onnxruntime runtime
+    monkeypatch.setattr(TOOLS['onnx_infer'].infer, 'predict', broken)
     with pytest.raises(RuntimeError, match='a bug in predict'):
         run_tool('onnx_infer', [files['cls_onnx'], files['photo_jpg']])
     script = ('import sys, runpy; sys.argv = ["onnx_infer.py"] + sys.argv[1:]; '
