@@ -10,8 +10,8 @@ import sys
 from argtypes import score_threshold
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import PathError, plan_outputs
-from mobileone_mm.deploy.predict import (PredictError, draw, load_onnx, picture_extension,
-                                         predict, read_photo)
+from mobileone_mm.deploy.predict import (PredictError, draw, encode_picture, load_onnx,
+                                         picture_extension, predict, read_photo)
 
 
 def main():
@@ -26,13 +26,13 @@ def main():
     try:
         plan_outputs(inputs={'ONNX model': args.model, 'photo': args.image},
                      outputs={'picture': args.out})
-        ext = picture_extension(args.out) if args.out else None
+        if args.out:
+            picture_extension(args.out)
         session, meta = load_onnx(args.model)
         photo = read_photo(args.image)
         prediction = predict(session, meta, photo)
     except (PathError, PredictError) as error:
         sys.exit(f'onnx_infer: {error}')
-    import cv2
     picture, lines = draw(photo, prediction, meta.get('classes') or [],
                           score_thr=args.score_thr)
     frame = prediction.frame
@@ -44,7 +44,7 @@ def main():
     print('\n'.join(f'  {line}' for line in lines) or '  nothing above the threshold')
     if args.out:
         with atomic_file(args.out) as f:
-            f.write(cv2.imencode(ext, picture)[1].tobytes())
+            f.write(encode_picture(picture, args.out))
         print(f'picture: {args.out}')
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from ..checkpoints.io import atomic_file
+from ..checkpoints.paths import ONNX_MARK, check_extension, plan_outputs
 from ..models.reparam import reparameterize_model
 
 
@@ -190,8 +191,11 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 
 
     ``dynamic`` makes the batch size (and, for classifiers and segmentors, the image
     size) free. Returns what was exported: task, output names, conv counts of the fused
-    PyTorch model and of the graph (equal: no branch is left), metadata.
+    PyTorch model and of the graph (equal: no branch is left), metadata. ``path`` is
+    checked first (checkpoints.paths.plan_outputs: a new file or one our tools wrote).
     """
+    check_extension(path, ['.onnx'], 'ONNX output')
+    plan_outputs(outputs={'ONNX model': path})
     graph, info = build_onnx(model, input_shape, dynamic, metadata)
     with atomic_file(path) as f:
         f.write(graph)
@@ -233,6 +237,7 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
     graph = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=json.dumps(value))
+    graph.metadata_props.add(key=ONNX_MARK[0], value=ONNX_MARK[1])  # ours: replaceable
     return graph.SerializeToString(), dict(
         task=task, outputs=wrapper.output_names, metadata=meta,
         torch_convs=count_conv_calls(wrapper, example),
