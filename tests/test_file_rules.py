@@ -29,7 +29,6 @@ import torch
 from PIL import Image
 
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
-from mobileone_mm.checkpoints.paths import written_here
 from mobileone_mm.deploy.export import export_onnx
 from mobileone_mm.deploy.metadata import export_metadata
 from mobileone_mm.deploy.reparameterize import build_model, load_config, load_model
@@ -292,6 +291,14 @@ NEVER_REPLACE = {
         'export_onnx', (*REPARAM, '{out}/m.onnx', '--shape', '64', '64'),
         first=('export_onnx', (*REPARAM, '{out}/m.onnx', '--shape', '64', '64')),
         ok=r'written: .*m.onnx', writes=('m.onnx', )),
+    'mmdeploy-again-onto-its-own-output': Row(
+        'mmdeploy_export', (DEPLOY_CFG, *REPARAM, '{out}/e.onnx'),
+        first=('mmdeploy_export', (DEPLOY_CFG, *REPARAM, '{out}/e.onnx')),
+        ok=r'wrote .*e.onnx', writes=('e.onnx', ), slow=True),
+    'demo-again-onto-its-own-pictures': Row(
+        'image_demo', (*REPARAM, '{photo}', '--out-dir', '{out}/vis'),
+        first=('image_demo', (*REPARAM, '{photo}', '--out-dir', '{out}/vis')),
+        ok=r'pictures: .*vis', writes=('vis/photo.png', ), slow=True),
     'quant-again-onto-its-own-output': Row(
         'quantize', (*REPARAM, '{out}/q.onnx', '--shape', '64', '64', '--calib-images', '1',
                      '--check-images', '1'),
@@ -335,6 +342,7 @@ def deploy_form_as_safetensors(out, made):
     model, _, ckpt = load_model(str(out / 'd.py'), str(out / 'd.safetensors'))  # strict
     assert model.backbone.deploy
     assert ckpt['meta']['dataset_meta']['classes'] == ['disk', 'square', 'triangle', 'star']
+    from mobileone_mm.checkpoints.paths import written_here
     assert written_here(out / 'd.safetensors') and written_here(out / 'd.py')
 
 
