@@ -173,7 +173,7 @@ def run_row(row, made, out, capsys, monkeypatch):
 
 # ------------------------------------------------- rule 1: never replace a file of the user
 NOT_OURS = r'already exists and was not written by this tool .*not replaced. Choose another name'
-NOT_A_FOLDER = r"'.*notes.txt' is a file, not a folder"
+NOT_A_FOLDER = r"'[^']*notes.txt' is a file, not a folder: give a folder"
 REPARAM = ('{config}', '{cls_pth}')
 
 
