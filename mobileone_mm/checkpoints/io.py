@@ -225,29 +225,33 @@ def _json_value(value):
     """numpy values in a checkpoint's meta (mmengine's) as JSON ones."""
     if hasattr(value, 'tolist'):
         return value.tolist()
-    raise TypeError(f'a {type(value).__name__} in the checkpoint meta cannot be written '
-                    f'to a safetensors header (JSON); save the checkpoint as .pth.')
+    raise CheckpointError(f'A {type(value).__name__} in the checkpoint meta cannot be '
+                          f'written to a safetensors header (JSON): save it as .pth.')
 
 
 def dump_checkpoint(checkpoint: dict, f, path: str):
-    """Write ``checkpoint`` (its ``state_dict`` and ``meta``, marked as ours: WRITTEN_BY)
-    to the open binary file ``f`` in the format that ``path``'s extension names: a
-    PyTorch checkpoint for .pth, safetensors (tensors, meta as JSON) for .safetensors."""
+    """Write ``checkpoint`` to the open binary file ``f`` in the format that ``path``'s
+    extension names: a PyTorch checkpoint for .pth, safetensors (the state dict's tensors,
+    ``meta`` as JSON in the header) for .safetensors. A checkpoint dict (with a
+    ``state_dict``) is marked as ours, ``meta['written_by'] = WRITTEN_BY``, as is every
+    safetensors header; a bare state dict is written as it is in a .pth."""
     path = os.fspath(path)
     meta = dict(checkpoint.get('meta') or {}, written_by=WRITTEN_BY)
     if path.lower().endswith('.pth'):
-        torch.save(dict(checkpoint, meta=meta), f)
+        torch.save(dict(checkpoint, meta=meta) if 'state_dict' in checkpoint else checkpoint,
+                   f)
         return
     if not path.lower().endswith('.safetensors'):
         raise CheckpointError(f'Cannot write the checkpoint {path!r}: its extension names no '
                               f'checkpoint format; use {" or ".join(CHECKPOINT_EXTENSIONS)}.')
-    other = sorted(set(checkpoint) - {'state_dict', 'meta'})
+    other = sorted(set(checkpoint) - {'state_dict', 'meta'}) if 'state_dict' in checkpoint \
+        else []
     if other:
         raise CheckpointError(f'A safetensors file holds weights and meta only, not '
                               f'{", ".join(other)}: drop them or save as .pth.')
     from safetensors.torch import save
     tensors = {k: v.detach().cpu().contiguous().clone()  # no shared storage (refused)
-               for k, v in checkpoint['state_dict'].items()}
+               for k, v in state_dict_of(checkpoint).items()}
     f.write(save(tensors, metadata=dict(written_by=WRITTEN_BY,
                                         meta=json.dumps(meta, default=_json_value))))
 
