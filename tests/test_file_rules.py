@@ -407,3 +407,31 @@ def test_a_failed_data_set_leaves_nothing(tmp_path, monkeypatch, capsys):
     tiny_data.make_tiny_flowers(tmp_path, num_train=3, num_val=1)
     assert sorted(os.listdir(tmp_path)) == ['jpg', 'readme.txt', 'tiny_flowers_files.json',
                                             'train.txt', 'val.txt']
+
+
+def test_deploy_hook_leaves_a_users_file_alone(made, tmp_path):
+    """SaveDeployCheckpointHook (a training run's deploy copy of its best checkpoint) does
+    not write over a file of the user's named like its deploy config: it warns, the run
+    goes on; with the name free it writes both files."""
+    from mmengine.config import Config
+    from mmengine.logging import MessageHub, MMLogger
+    from mobileone_mm.deploy.hooks import SaveDeployCheckpointHook
+
+    class Runner:  # what the hook reads of mmengine's Runner
+        cfg = Config.fromfile(CONFIG)
+        model, _ = build_model(cfg)
+        logger = MMLogger.get_instance('file_rules_hook', log_level='WARNING')
+        message_hub = MessageHub.get_instance('file_rules_hook')
+
+    best = tmp_path / 'best_accuracy_epoch_1.pth'
+    shutil.copy(made['cls_pth'], best)
+    Runner.message_hub.update_info('best_ckpt', str(best))
+    users = tmp_path / 'best_accuracy_epoch_1_deploy.py'
+    users.write_text('# my notes\n')
+    SaveDeployCheckpointHook(verify=False).after_val_epoch(Runner())
+    assert users.read_text() == '# my notes\n'
+    assert sorted(os.listdir(tmp_path)) == [best.name, users.name]
+    users.unlink()
+    SaveDeployCheckpointHook(verify=False).after_val_epoch(Runner())
+    assert sorted(os.listdir(tmp_path)) == sorted([best.name, users.name,
+                                                   'best_accuracy_epoch_1_deploy.pth'])
