@@ -191,6 +191,12 @@ def our_data_set_has_these_files(names):
     return check
 
 
+def manifest_lists_a_file_outside_the_set(out, made):
+    listed = out / 'set' / 'tiny_flowers_files.json'
+    entries = json.loads(listed.read_text())
+    listed.write_text(json.dumps(dict(entries, files=entries['files'] + ['../mine.pth'])))
+
+
 TINY = ('flowers', '--out', '{out}/set', '--num-train', '2', '--num-val', '1')
 TINY_FILES = ['jpg/train_00000.jpg', 'jpg/train_00001.jpg', 'jpg/val_00000.jpg', 'train.txt',
               'val.txt']
@@ -271,6 +277,10 @@ NEVER_REPLACE = {
         deletes=('set/jpg/train_00001.jpg', ),
         check=our_data_set_has_these_files(['jpg/train_00000.jpg', 'jpg/val_00000.jpg',
                                             'train.txt', 'val.txt'])),
+    'tiny-overwrite-deletes-nothing-outside-the-set': Row(
+        'make_tiny_datasets', (*TINY, '--overwrite'), first=('make_tiny_datasets', TINY),
+        prepare=manifest_lists_a_file_outside_the_set, ok=r'written to',
+        writes=tuple(f'set/{name}' for name in TINY_FILES + ['tiny_flowers_files.json'])),
     'conv-again-onto-its-own-output': Row(
         'convert_weights', ('{cls_pth}', '{out}/c.pth'),
         first=('convert_weights', ('{cls_pth}', '{out}/c.pth')), ok=r'-> .*c.pth',
