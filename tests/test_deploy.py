@@ -78,10 +78,12 @@ def test_trained_model_reparameterizes_and_evaluates_the_same(task, tmp_path, mo
     train_cfg['model']['backbone'].pop('deploy', None)
     assert deploy_cfg == train_cfg
 
-    # The deploy checkpoint: meta kept, training state dropped, fused weights that load
-    # strictly into the deploy config's model.
+    # The deploy checkpoint: meta kept (plus our mark, by which a later run may replace
+    # it), training state dropped, fused weights that load strictly into the deploy
+    # config's model.
     original, deployed = load_checkpoint_file(checkpoint), load_checkpoint_file(out)
-    assert set(deployed) == {'meta', 'state_dict'} and deployed['meta'] == original['meta']
+    assert set(deployed) == {'meta', 'state_dict'}
+    assert deployed['meta'] == dict(original['meta'], written_by='mobileone_mm')
     model, _, _ = load_model(result.out_config, str(out))
     assert model.backbone.deploy
     assert not any('branch_conv_list' in k for k in deployed['state_dict'])

@@ -10,7 +10,8 @@ from typing import Optional
 from argtypes import score_threshold
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import plan_outputs
-from mobileone_mm.deploy.predict import draw, picture_extension, predict, read_photo
+from mobileone_mm.deploy.predict import (draw, encode_picture, picture_extension, predict,
+                                         read_photo)
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.runtimes import load_runner
 
@@ -26,12 +27,12 @@ def run(argv=None, runtime: Optional[str] = None, what: str = 'model', doc: str 
     args = parser.parse_args(argv)
     plan_outputs(inputs={what: args.model, 'photo': args.image},
                  outputs={'picture': args.out})
-    ext = picture_extension(args.out) if args.out else None
+    if args.out:
+        picture_extension(args.out)
     runner = load_runner(args.model, runtime)
     meta = runner.metadata
     photo = read_photo(args.image)
     prediction = predict(runner, meta, photo)
-    import cv2
     picture, lines = draw(photo, prediction, meta.get('classes') or [],
                           score_thr=args.score_thr)
     frame = prediction.frame
@@ -46,7 +47,7 @@ def run(argv=None, runtime: Optional[str] = None, what: str = 'model', doc: str 
     print('\n'.join(f'  {line}' for line in lines) or '  nothing above the threshold')
     if args.out:
         with atomic_file(args.out) as f:
-            f.write(cv2.imencode(ext, picture)[1].tobytes())
+            f.write(encode_picture(picture, args.out))
         print(f'picture: {args.out}')
 
 

@@ -35,7 +35,8 @@ def main(argv=None):
             check_input_file(getattr(args, what), what.replace('_cfg', ' config'))
     plan_outputs(inputs={'deploy config': args.deploy_cfg, 'config': args.config,
                          'checkpoint': args.checkpoint, 'image': args.image},
-                 outputs={'ONNX model': args.out})
+                 outputs={'ONNX model': args.out},
+                 folders={'work dir (--work-dir)': args.work_dir if args.test else None})
     check_extension(args.out, ['.onnx'], 'ONNX output')
     export_end2end(args.deploy_cfg, args.config, args.checkpoint, args.out, args.image,
                    args.device)

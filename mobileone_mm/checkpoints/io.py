@@ -1,6 +1,7 @@
 """Checkpoint files: safe loading (``weights_only=True`` with an allow-list) and atomic
 writes. Nothing here knows about MobileOne; see formats.py for the weight layouts."""
 import contextlib
+import json
 import os
 import pickle
 import re
@@ -77,12 +78,7 @@ def load_checkpoint_file(path: str, map_location='cpu') -> dict:
         raise CheckpointError(f'Checkpoint {path!r} is empty (0 bytes): an interrupted '
                               f'download or save? Fetch or write it again.')
     if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        try:
-            return load_file(path, device=str(map_location))
-        except Exception as error:
-            raise CheckpointError(f'{path!r} is not a readable safetensors file: '
-                                  f'{error}') from error
+        return _load_safetensors(path, map_location)
 
     try:
         with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
@@ -103,6 +99,23 @@ def load_checkpoint_file(path: str, map_location='cpu') -> dict:
         raise CheckpointError(f'{path!r} holds a {type(checkpoint).__name__}, not a '
                               f'checkpoint dict or state dict.')
     return checkpoint
+
+
+def _load_safetensors(path: str, map_location) -> dict:
+    """A safetensors file (safe by construction: tensors and a JSON header only): the
+    tensors, or ``dict(state_dict=..., meta=...)`` for one we wrote (``save_checkpoint``
+    keeps the meta as JSON in the header)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework='pt', device=str(map_location)) as f:
+            header = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as error:
+        raise CheckpointError(f'{path!r} is not a readable safetensors file: '
+                              f'{error}') from error
+    if header.get('written_by') != WRITTEN_BY:
+        return tensors
+    return dict(state_dict=tensors, meta=json.loads(header.get('meta', '{}')))
 
 
 def load_checkpoint(source: str, map_location='cpu') -> dict:
@@ -203,10 +216,68 @@ def _fsync_directory(directory: str):
         os.close(fd)
 
 
+# What our checkpoints say in ``meta['written_by']`` (a safetensors file in its header):
+# the mark by which a tool knows it may replace the file (checkpoints.paths.plan_outputs).
+WRITTEN_BY = 'mobileone_mm'
+# An output checkpoint's extension is its format.
+CHECKPOINT_EXTENSIONS = ('.pth', '.safetensors')
+
+
+def _json_value(value):
+    """numpy values in a checkpoint's meta (mmengine's) as JSON ones."""
+    if hasattr(value, 'tolist'):
+        return value.tolist()
+    raise CheckpointError(f'A {type(value).__name__} in the checkpoint meta cannot be '
+                          f'written to a safetensors header (JSON): save it as .pth.')
+
+
+def dump_checkpoint(checkpoint: dict, f, path: str):
+    """Write ``checkpoint`` to the open binary file ``f`` in the format that ``path``'s
+    extension names: a PyTorch checkpoint for .pth, safetensors (the state dict's tensors,
+    ``meta`` as JSON in the header) for .safetensors. A checkpoint dict (with a
+    ``state_dict``) is marked as ours, ``meta['written_by'] = WRITTEN_BY``, as is every
+    safetensors header; a bare state dict is written as it is in a .pth."""
+    path = os.fspath(path)
+    meta = dict(checkpoint.get('meta') or {}, written_by=WRITTEN_BY)
+    if path.lower().endswith('.pth'):
+        torch.save(dict(checkpoint, meta=meta) if 'state_dict' in checkpoint else checkpoint,
+                   f)
+        return
+    if not path.lower().endswith('.safetensors'):
+        raise CheckpointError(f'Cannot write the checkpoint {path!r}: its extension names no '
+                              f'checkpoint format; use {" or ".join(CHECKPOINT_EXTENSIONS)}.')
+    other = sorted(set(checkpoint) - {'state_dict', 'meta'}) if 'state_dict' in checkpoint \
+        else []
+    if other:
+        raise CheckpointError(f'A safetensors file holds weights and meta only, not '
+                              f'{", ".join(other)}: drop them or save as .pth.')
+    from safetensors.torch import save
+    tensors = {k: v.detach().cpu().contiguous().clone()  # no shared storage (refused)
+               for k, v in state_dict_of(checkpoint).items()}
+    f.write(save(tensors, metadata=dict(written_by=WRITTEN_BY,
+                                        meta=json.dumps(meta, default=_json_value))))
+
+
 def save_checkpoint(checkpoint: dict, path: str):
-    """torch.save, atomically (see atomic_file)."""
+    """``dump_checkpoint`` to ``path``, atomically (see atomic_file)."""
     with atomic_file(path) as f:
-        torch.save(checkpoint, f)
+        dump_checkpoint(checkpoint, f, path)
+
+
+def checkpoint_written_here(path: str) -> bool:
+    """Whether the checkpoint ``path`` carries our mark (WRITTEN_BY); read without
+    loading its tensors (safetensors header; .pth memory-mapped)."""
+    try:
+        if path.lower().endswith('.safetensors'):
+            from safetensors import safe_open
+            with safe_open(path, framework='pt') as f:
+                return (f.metadata() or {}).get('written_by') == WRITTEN_BY
+        with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # unreadable, foreign, legacy format: not ours
+        return False
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    return isinstance(meta, dict) and meta.get('written_by') == WRITTEN_BY
 
 
 def state_dict_of(checkpoint: dict) -> StateDict:

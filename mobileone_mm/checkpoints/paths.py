@@ -1,26 +1,134 @@
 """One rule for every file a tool writes, and the first checks of every file it reads.
 
+The rules: a tool never replaces or deletes a file it did not write, and an output's
+extension names its format; both are checked before any work, and a failed run leaves
+nothing on disk.
+
 ``plan_outputs`` runs before any work: an output is never an input of the same run, no
-two outputs share a path, an output is not a folder or a device, and its folder exists or
-can be created and takes a new file (tried, not guessed from permission bits: root, read-
-only mounts and /proc all answer truthfully). ``atomic_files`` then writes several files
-as one: all of them or none. ``check_input_file`` says what is wrong with a file to read
-(missing, a folder, unreadable, empty) in one line naming it.
+two outputs share a path, an output is not a folder or a device, an existing output is
+one our tools wrote (``written_here``: the mark its format carries, e.g. a checkpoint's
+``meta['written_by']``, a config's first line), and its folder exists or can be created
+and takes a new file (tried, not guessed from permission bits: root, read-only mounts and
+/proc all answer truthfully). ``atomic_files`` then writes several files as one: all of
+them or none. ``written_files`` does the same for a folder of files (a data set): a
+manifest lists what the tool wrote, and only that is ever deleted. ``check_input_file``
+says what is wrong with a file to read (missing, a folder, unreadable, empty) in one line
+naming it.
 """
 import contextlib
+import json
 import os
 import socket
+import struct
 import tempfile
+import zlib
+from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from ..errors import UserError
-from .io import TEMP_MARK, atomic_file
+from .io import CHECKPOINT_EXTENSIONS, TEMP_MARK, WRITTEN_BY, atomic_file
+from .io import checkpoint_written_here
 
 PathLike = Union[str, os.PathLike]
 
 
 class PathError(UserError, ValueError):
     """A file that cannot be read or written as asked; the message names it and the fix."""
+
+
+class DataSetExists(UserError, FileExistsError):
+    """The output folder already holds a data set, and overwriting was not asked for."""
+
+
+class ForeignFileError(PathError):
+    """A file a tool would replace or delete but did not write (it carries no mark of
+    ours): refused, naming the file and the fix."""
+
+
+# ------------------------------------------------------------------ marks of our own
+# A tool replaces or deletes only files it knows it wrote, by a mark in the file that its
+# format names by extension (what an output is written as follows its extension too):
+CONFIG_MARK = '# written by mobileone_mm'  # first line of a config we write (.py)
+ONNX_MARK = ('written_by', json.dumps(WRITTEN_BY))  # metadata entry of our ONNX graphs
+PICTURE_MARK = WRITTEN_BY  # PNG tEXt 'Software', JPEG comment
+
+
+def _config_marked(path: str) -> bool:
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f:
+            return f.readline().startswith(CONFIG_MARK)
+    except OSError:  # unreadable: not known to be ours
+        return False
+
+
+def _onnx_marked(path: str) -> bool:
+    import onnx
+    try:
+        graph = onnx.load(path, load_external_data=False)
+    except Exception:  # not an ONNX file: not ours
+        return False
+    return ONNX_MARK in {(p.key, p.value) for p in graph.metadata_props}
+
+
+def _picture_marked(path: str) -> bool:
+    from PIL import Image
+    try:
+        with Image.open(path) as picture:
+            info = picture.info
+    except Exception:  # not a picture: not ours
+        return False
+    comment = info.get('comment', b'')
+    return PICTURE_MARK in (info.get('Software'),
+                            comment.decode('latin-1') if isinstance(comment, bytes) else comment)
+
+
+MARK_READERS = {**{ext: checkpoint_written_here for ext in CHECKPOINT_EXTENSIONS},
+                '.py': _config_marked, '.onnx': _onnx_marked,
+                '.png': _picture_marked, '.jpg': _picture_marked, '.jpeg': _picture_marked}
+
+
+def written_here(path: PathLike) -> bool:
+    """Whether the existing file ``path`` carries the mark of our tools for its format
+    (MARK_READERS, by extension); files of other extensions never do."""
+    path = os.fspath(path)
+    reader = MARK_READERS.get(os.path.splitext(path)[1].lower())
+    return reader is not None and reader(path)
+
+
+def mark_picture(data: bytes, ext: str) -> bytes:
+    """An encoded .png / .jpg picture with our mark (PICTURE_MARK) added: a PNG tEXt
+    chunk 'Software' after the header, a JPEG comment after the start marker and the
+    JFIF segment. Other
+    formats come back as they are (they carry no mark: an existing one is never
+    replaced)."""
+    ext = ext.lower()
+    if ext == '.png':
+        text = b'Software\0' + PICTURE_MARK.encode()
+        chunk = (struct.pack('>I', len(text)) + b'tEXt' + text
+                 + struct.pack('>I', zlib.crc32(b'tEXt' + text)))
+        end_of_header = 8 + 25  # signature, then IHDR: length, type, 13 bytes, CRC
+        return data[:end_of_header] + chunk + data[end_of_header:]
+    if ext in ('.jpg', '.jpeg'):
+        text = PICTURE_MARK.encode()
+        start = 2  # after SOI; after the JFIF APP0 segment when there is one
+        if data[2:4] == b'\xff\xe0':
+            start = 4 + struct.unpack('>H', data[4:6])[0]
+        return (data[:start] + b'\xff\xfe' + struct.pack('>H', len(text) + 2) + text
+                + data[start:])
+    return data
+
+
+def check_replaceable(path: str, what: str):
+    """ForeignFileError unless ``path`` is new or a file our tools wrote (``written_here``)."""
+    if not os.path.lexists(path):
+        return
+    if not written_here(path):
+        ext = os.path.splitext(path)[1].lower()
+        why = ('it carries no mark of our tools' if ext in MARK_READERS else
+               f'files named {ext or "without an extension"} carry no mark of our tools')
+        raise ForeignFileError(f'The {what} {path!r} already exists and was not written by '
+                               f'this tool ({why}): it is not replaced. Choose another '
+                               f'name, or move that file away first.')
 
 
 def check_input_file(path: PathLike, what: str = 'file') -> str:
@@ -77,23 +185,35 @@ def _check_folder(path: str, what: str):
 
 
 def plan_outputs(inputs: Optional[Dict[str, Optional[PathLike]]] = None,
-                 outputs: Optional[Dict[str, Optional[PathLike]]] = None) -> Dict[str, str]:
+                 outputs: Optional[Dict[str, Optional[PathLike]]] = None,
+                 folders: Optional[Dict[str, Optional[PathLike]]] = None) -> Dict[str, str]:
     """Check, before any work, that each output of a run can be written without harm.
 
-    ``inputs`` and ``outputs`` map a description ('checkpoint', 'deploy config', ...) to a
-    path; ``None`` paths are skipped (optional outputs, URLs are not files). PathError,
-    naming both files where two are involved, when an output
+    ``inputs``, ``outputs`` and ``folders`` (output folders: a tool writes files in them)
+    map a description ('checkpoint', 'deploy config', ...) to a path; ``None`` paths are
+    skipped (optional outputs, URLs are not files). PathError, naming both files where
+    two are involved, when an output folder is an existing file, or an output
 
     * is an input of the same run (the same file, through links too),
     * shares its path with another output,
     * is an existing folder, or a path ending in a separator, or not a regular file,
-    * sits under a file, or in a folder that does not take new files.
+    * exists and was not written by our tools (``check_replaceable``: ForeignFileError;
+      the mark its format carries, MARK_READERS),
+    * sits under a file, or in a folder that does not take new files (tried last, after
+      every other check: a refused run changes nothing, not even a folder's time).
 
     Missing folders are not created here (atomic_files / atomic_file create them when
     writing). Returns ``outputs`` with the paths as strings.
     """
     inputs = {k: os.fspath(v) for k, v in (inputs or {}).items()
               if v is not None and '://' not in os.fspath(v)}
+    folders = {k: os.fspath(v) for k, v in (folders or {}).items() if v is not None}
+    for what, path in folders.items():
+        if not path:
+            raise PathError(f'The {what} path is empty: give a folder name.')
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise PathError(f'The {what} {path!r} is a file, not a folder: give a folder '
+                            f'(a new name makes one).')
     planned: Dict[str, str] = {}
     for what, path in (outputs or {}).items():
         if path is None:
@@ -116,8 +236,12 @@ def plan_outputs(inputs: Optional[Dict[str, Optional[PathLike]]] = None,
             if _same_file(path, other_path):
                 raise PathError(f'The {other_what} and the {what} would both be written to '
                                 f'{path!r}: choose another name for one of them.')
-        _check_folder(path, what)
+        check_replaceable(path, what)
         planned[what] = path
+    for what, path in folders.items():
+        _check_folder(os.path.join(path, 'NAME'), what)
+    for what, path in planned.items():
+        _check_folder(path, what)
     return planned
 
 
@@ -143,3 +267,105 @@ def check_extension(path: PathLike, allowed: Sequence[str], what: str) -> str:
         found = f'extension {ext!r}' if ext else 'no extension'
         raise PathError(f'The {what} {path!r} has {found}: use {" or ".join(allowed)}.')
     return path
+
+
+class WrittenFiles:
+    """The files and folders a tool creates under ``folder`` (paths relative to it), for
+    its manifest: ``file(relative)`` makes the missing folders above it and returns where
+    to write."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.files, self.folders = folder, [], []
+
+    def file(self, relative: str) -> Path:
+        path = self.folder / relative
+        missing = []
+        parent = path.parent
+        while parent != self.folder and not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        for created in reversed(missing):
+            created.mkdir()
+            self.folders.append(created.relative_to(self.folder).as_posix())
+        self.files.append(Path(relative).as_posix())
+        return path
+
+    def remove(self):
+        """Delete what was created, files first, then the folders if they are empty."""
+        for relative in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / relative).unlink()
+        for relative in sorted(self.folders, key=len, reverse=True):
+            with contextlib.suppress(OSError):  # not empty: files of someone else
+                (self.folder / relative).rmdir()
+
+
+def _files_under(path: Path) -> Iterator[Path]:
+    if path.is_dir() and not path.is_symlink():
+        for child in sorted(path.iterdir()):
+            yield from _files_under(child)
+    else:
+        yield path
+
+
+def _read_manifest(path: Path) -> WrittenFiles:
+    """What a tool's last run in ``path``'s folder wrote (none when ``path`` is new);
+    ForeignFileError when ``path`` exists and is not a manifest of ours."""
+    own = WrittenFiles(path.parent)
+    if not os.path.lexists(path):
+        return own
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+        ours = entries.get('written_by') == WRITTEN_BY
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise ForeignFileError(f'{str(path)!r} is where this tool lists the files it wrote, '
+                               f'but it was not written by this tool: it is not replaced. '
+                               f'Move it away, or choose another output folder.')
+    own.files, own.folders = list(entries['files']), list(entries['folders'])
+    return own
+
+
+@contextlib.contextmanager
+def written_files(folder: PathLike, manifest: str, targets: Sequence[str],
+                  overwrite: bool = False) -> Iterator[WrittenFiles]:
+    """A set of files a tool writes under ``folder``, as its own: ``targets`` (files and
+    folders, relative to ``folder``) are what it writes. When one exists: without
+    ``overwrite`` FileExistsError; with it, every file under them must be listed in the
+    manifest of the tool's last run (``folder/manifest``), else ForeignFileError naming
+    the first that is not, and nothing is deleted; then the listed files and folders are
+    deleted. The body writes through ``WrittenFiles.file``; the manifest is written last.
+    A failure in the body deletes what it wrote: nothing is left of a failed run."""
+    folder = Path(folder)
+    listed = folder / manifest
+    own = _read_manifest(listed)
+    existing = [folder / t for t in targets if os.path.lexists(folder / t)]
+    if existing and not overwrite:
+        raise DataSetExists(f'{existing[0]} already exists: choose another output folder '
+                            f'or pass overwrite=True (--overwrite) to replace it.')
+    for path in (p for target in existing for p in _files_under(target)):
+        if path.relative_to(folder).as_posix() not in own.files:
+            raise ForeignFileError(
+                f'{str(path)!r} was not written by this tool (it is not in '
+                f'{str(listed)!r}, the list of what it wrote): --overwrite deletes only '
+                f'those files. Move it away, or choose another output folder.')
+    plan_outputs(folders={'output folder': folder})
+    if existing:
+        own.remove()
+        listed.unlink(missing_ok=True)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # nearest first
+    folder.mkdir(parents=True, exist_ok=True)
+    written = WrittenFiles(folder)
+    try:
+        yield written
+        with atomic_file(folder / manifest, 'w') as f:
+            json.dump(dict(written_by=WRITTEN_BY, files=written.files, folders=written.folders),
+                  f, indent=0)
+    except BaseException:
+        written.remove()
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise

@@ -31,6 +31,7 @@ import torch.utils._pytree as pytree
 from ..checkpoints.io import atomic_file
 from ..errors import UserError
 from ..machine import check_memory, input_memory
+from ..checkpoints.paths import ONNX_MARK, check_extension, plan_outputs
 from ..models.reparam import reparameterize_model
 
 
@@ -196,8 +197,11 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 
 
     ``dynamic`` makes the batch size (and, for classifiers and segmentors, the image
     size) free. Returns what was exported: task, output names, conv counts of the fused
-    PyTorch model and of the graph (equal: no branch is left), metadata.
+    PyTorch model and of the graph (equal: no branch is left), metadata. ``path`` is
+    checked first (checkpoints.paths.plan_outputs: a new file or one our tools wrote).
     """
+    check_extension(path, ['.onnx'], 'ONNX output')
+    plan_outputs(outputs={'ONNX model': path})
     graph, info = build_onnx(model, input_shape, dynamic, metadata)
     with atomic_file(path) as f:
         f.write(graph)
@@ -274,6 +278,7 @@ def onnx_graph(wrapper: nn.Module, example: torch.Tensor, meta: dict,
     graph = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=json.dumps(value))
+    graph.metadata_props.add(key=ONNX_MARK[0], value=ONNX_MARK[1])  # ours: replaceable
     return graph
 
 

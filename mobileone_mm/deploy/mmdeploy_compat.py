@@ -33,6 +33,7 @@ from .reparameterize import DeployError, codebase_of, load_config, read_config
 
 DEPLOY_KEYS = ('onnx_config', 'codebase_config', 'backend_config')  # what mmdeploy reads
 TASKS = dict(mmdet='detection', mmseg='segmentation', mmpretrain='classification')
+from ..checkpoints.paths import ONNX_MARK, plan_outputs
 
 
 @contextlib.contextmanager
@@ -82,7 +83,9 @@ def check_configs(deploy_cfg: str, model_cfg: str):
 def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], out: str,
                    image: Union[str, np.ndarray, None] = None, device: str = 'cpu') -> str:
     """mmdeploy's ``torch2onnx`` for a trained checkpoint (train or deploy form; mmdeploy
-    fuses it): writes ``out`` (mmdeploy's end2end.onnx) atomically and returns its path.
+    fuses it): writes ``out`` (mmdeploy's end2end.onnx, with our mark in its metadata:
+    checkpoints.paths.ONNX_MARK) atomically and returns its path. ``out`` is checked first
+    (checkpoints.paths.plan_outputs: a new file or one our tools wrote).
 
     ``image`` is what the export traces (a path or an HxWx3 BGR uint8 array); by default a
     grey image of the deploy config's static input shape, else 320x320. The configs
@@ -90,19 +93,23 @@ def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], o
     """
     check_configs(deploy_cfg, model_cfg)
     device = check_device(device)
+    import onnx
     from mmdeploy.apis import torch2onnx
     from mmdeploy.utils import get_input_shape
     from mmdeploy.utils import load_config as load_configs
 
+    plan_outputs(inputs={'deploy config': deploy_cfg, 'config': model_cfg,
+                         'checkpoint': checkpoint}, outputs={'ONNX model': out})
     if image is None:
         width, height = get_input_shape(load_configs(deploy_cfg)[0]) or (320, 320)
         image = np.full((height, width, 3), 128, np.uint8)
     with tempfile.TemporaryDirectory() as work_dir, torchscript_onnx_export():
         torch2onnx(image, work_dir, 'end2end.onnx', deploy_cfg, model_cfg, checkpoint,
                    device=device)
-        with open(os.path.join(work_dir, 'end2end.onnx'), 'rb') as src, \
-                atomic_file(out) as dst:
-            dst.write(src.read())
+        graph = onnx.load(os.path.join(work_dir, 'end2end.onnx'))
+        graph.metadata_props.add(key=ONNX_MARK[0], value=ONNX_MARK[1])
+        with atomic_file(out) as dst:
+            dst.write(graph.SerializeToString())
     return out
 
 

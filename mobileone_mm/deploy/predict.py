@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..checkpoints.paths import check_input_file
+from ..checkpoints.paths import check_input_file, mark_picture
 from ..errors import UserError
 
 TASK_OUTPUTS = dict(detection=['boxes', 'scores'], segmentation=['logits', 'labels'],
@@ -508,6 +508,19 @@ def picture_extension(path: str) -> str:
                            f'{"no extension" if not ext else f"unknown format {ext!r}"}; '
                            f'use .png or .jpg.')
     return ext
+
+
+def encode_picture(picture: np.ndarray, path: str) -> bytes:
+    """A BGR picture encoded in the format ``path``'s extension names
+    (``picture_extension``), with our mark in .png and .jpg files
+    (checkpoints.paths.mark_picture: a later run may replace it)."""
+    import cv2
+    ext = picture_extension(path)
+    ok, data = cv2.imencode(ext, np.ascontiguousarray(picture))
+    if not ok:
+        raise PredictError(f'OpenCV cannot encode the picture for {os.fspath(path)!r} as '
+                           f'{ext}: use .png or .jpg.')
+    return mark_picture(data.tobytes(), ext)
 
 
 PALETTE = np.random.RandomState(3).randint(64, 256, (256, 3)).astype(np.uint8)

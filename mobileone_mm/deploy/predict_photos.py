@@ -35,7 +35,7 @@ from ..checkpoints.paths import plan_outputs
 from ..machine import check_device
 from ..models.reparam import reparameterize_model
 from .metadata import dataset_meta, num_classes_of
-from .predict import read_photo
+from .predict import encode_picture, read_photo
 from .reparameterize import codebase_of, deploy_config, load_config, load_model
 
 # codebase -> (module, inferencer class, name of its checkpoint argument)
@@ -183,22 +183,20 @@ class PhotoDemo:
 
 def picture_paths(photos: Sequence[str], out_dir: str) -> Dict[str, str]:
     """photo -> where its picture goes: ``out_dir/<photo name>.png``, checked before any
-    work (checkpoints.paths.plan_outputs: no photo overwritten, no two pictures on one
-    path)."""
+    work (checkpoints.paths: ``out_dir`` a folder, no photo overwritten, no two pictures on
+    one path, no file replaced that our tools did not write)."""
     outputs = {f'picture of {photo}': os.path.join(
         out_dir, os.path.splitext(os.path.basename(photo))[0] + '.png') for photo in photos}
-    plan_outputs(inputs={f'photo {photo}': photo for photo in photos}, outputs=outputs)
+    plan_outputs(inputs={f'photo {photo}': photo for photo in photos}, outputs=outputs,
+                 folders={'picture folder (--out-dir)': out_dir})
     return {photo: outputs[f'picture of {photo}'] for photo in photos}
 
 
 def write_picture(picture: np.ndarray, path: str):
-    """An RGB picture as a PNG file, atomically."""
-    import cv2
-    ok, data = cv2.imencode('.png', np.ascontiguousarray(picture[..., ::-1]))
-    if not ok:
-        raise ValueError(f'Cannot encode the picture for {path!r} as PNG.')
+    """An RGB picture as a PNG file with our mark (predict.encode_picture), atomically."""
+    data = encode_picture(picture[..., ::-1], path)
     with atomic_file(path) as f:
-        f.write(data.tobytes())
+        f.write(data)
 
 
 def run_demo(config, checkpoint: str, photos: Sequence[str], out_dir: Optional[str] = None,

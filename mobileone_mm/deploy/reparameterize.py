@@ -25,8 +25,10 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_state_dict
 
 from ..checkpoints.formats import is_fused
-from ..checkpoints.io import CheckpointError, load_checkpoint, state_dict_of
-from ..checkpoints.paths import PathError, atomic_files, plan_outputs
+from ..checkpoints.io import (CHECKPOINT_EXTENSIONS, CheckpointError, dump_checkpoint,
+                              load_checkpoint, state_dict_of)
+from ..checkpoints.paths import (CONFIG_MARK, PathError, atomic_files, check_extension,
+                                 plan_outputs)
 from ..errors import UserError
 from ..models.reparam import reparameterize_model
 from .export import flatten
@@ -343,12 +345,15 @@ def deploy_config_path(out_checkpoint) -> str:
 
 def write_deploy_files(state_dict: dict, meta: dict, config_text: str,
                        out_checkpoint) -> Tuple[str, str]:
-    """Write the deploy checkpoint (``meta`` and the fused ``state_dict``) and the deploy
-    config beside it, as one: both or neither (checkpoints.paths.atomic_files); returns
-    (checkpoint path, config path)."""
+    """Write the deploy checkpoint (``meta`` and the fused ``state_dict``, in the format its
+    extension names: io.dump_checkpoint) and the deploy config beside it, its first line
+    our mark (checkpoints.paths.CONFIG_MARK), as one: both or neither
+    (checkpoints.paths.atomic_files); returns (checkpoint path, config path)."""
     out_checkpoint, out_config = os.fspath(out_checkpoint), deploy_config_path(out_checkpoint)
     with atomic_files([(out_checkpoint, 'wb'), (out_config, 'w')]) as (ckpt_file, cfg_file):
-        torch.save(dict(meta=meta, state_dict=state_dict), ckpt_file)
+        dump_checkpoint(dict(meta=meta, state_dict=state_dict), ckpt_file, out_checkpoint)
+        cfg_file.write(f'{CONFIG_MARK} (tools/reparameterize.py): the deploy form, '
+                       f'model.backbone.deploy=True\n')
         cfg_file.write(config_text)
     return out_checkpoint, out_config
 
@@ -356,15 +361,17 @@ def write_deploy_files(state_dict: dict, meta: dict, config_text: str,
 def check_output_names(config, checkpoint, out_checkpoint):
     """DeployError, before any work, when the deploy checkpoint or its config (beside it,
     .py) cannot be written without harm (checkpoints.paths.plan_outputs): over an input,
-    onto one path, into a folder that takes no file."""
+    onto one path, over a file our tools did not write, into a folder that takes no file;
+    or when its extension names no checkpoint format (.pth, .safetensors)."""
     if os.fspath(out_checkpoint).lower().endswith('.py'):
         raise DeployError(f'The deploy checkpoint {os.fspath(out_checkpoint)!r} ends in .py, '
-                          f'the name its deploy config takes: name it .pth.')
+                          f'the name its deploy config takes: name it .pth or .safetensors.')
     try:
         plan_outputs(inputs={'config': config if not isinstance(config, Config) else None,
                              'checkpoint': checkpoint},
                      outputs={'deploy checkpoint': out_checkpoint,
                               'deploy config': deploy_config_path(out_checkpoint)})
+        check_extension(out_checkpoint, CHECKPOINT_EXTENSIONS, 'deploy checkpoint')
     except PathError as error:
         raise DeployError(str(error)) from None
 

@@ -23,16 +23,17 @@ only encode a scene in each format:
   the Flowers102 config's data.
 
 Image ``i`` of a split depends only on ``(seed, split, i)``, so changing the number of
-images does not change the others.
+images does not change the others. Each writer lists the files it wrote in
+``out_dir/tiny_<format>_files.json``; ``overwrite=True`` deletes those and no other.
 """
 import json
-import shutil
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mobileone_mm.checkpoints.paths import written_files
 from mobileone_mm.errors import UserError
 
 CLASSES = ('disk', 'square', 'triangle', 'star')
@@ -197,10 +198,6 @@ class TinyDataError(UserError, ValueError):
     """Settings a tiny data set cannot be written with."""
 
 
-class DataSetExists(UserError, FileExistsError):
-    """The output folder already holds a data set, and overwriting was not asked for."""
-
-
 def _check_args(num_train: int, num_val: int, image_size: Sequence[int]):
     if num_train < 1 or num_val < 1:
         raise TinyDataError(f'Need at least one train and one val image, got num_train='
@@ -210,14 +207,12 @@ def _check_args(num_train: int, num_val: int, image_size: Sequence[int]):
                             f'{image_size}.')
 
 
-def _clear(paths: Sequence[Path], overwrite: bool):
-    """Refuse to mix with an existing data set (stale files would join the splits)."""
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise DataSetExists(f'{existing[0]} already exists: choose another output folder '
-                            f'or pass overwrite=True (--overwrite) to replace it.')
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+def _data_set_files(out_dir, name: str, targets: Sequence[str], overwrite: bool):
+    """The files of data set ``name`` written under ``out_dir`` (checkpoints.paths.
+    written_files): never mixed with an existing one (stale files would join the splits),
+    which ``overwrite`` replaces only when this tool wrote all of it (the manifest
+    ``tiny_<name>_files.json`` lists what it wrote); nothing is left of a failed run."""
+    return written_files(out_dir, f'tiny_{name}_files.json', targets, overwrite)
 
 
 def _save_jpg(image: np.ndarray, path: Path):
@@ -233,37 +228,36 @@ def make_tiny_coco(out_dir, seed: int = 0, num_train: int = 320, num_val: int = 
     Categories are ``CLASSES`` with ids 1..4 (configs set ``metainfo=dict(classes=...)``).
     """
     _check_args(num_train, num_val, image_size)
-    root = Path(out_dir)
     splits = {'train': num_train, 'val': num_val}
-    _clear([root / 'annotations' / f'instances_{s}2017.json' for s in splits]
-           + [root / f'{s}2017' for s in splits], overwrite)
-    (root / 'annotations').mkdir(parents=True, exist_ok=True)
     categories = [dict(id=i + 1, name=name, supercategory='shape')
                   for i, name in enumerate(CLASSES)]
-    for split, count in splits.items():
-        (root / f'{split}2017').mkdir()
-        images, annotations = [], []
-        for index in range(count):
-            scene = render_split(seed, split, index, image_size, radius_range)
-            image_id = index + 1
-            file_name = f'{image_id:012d}.jpg'
-            _save_jpg(scene.image, root / f'{split}2017' / file_name)
-            height, width = scene.image.shape[:2]
-            images.append(dict(id=image_id, file_name=file_name, height=height, width=width))
-            for instance in scene.instances:
-                ys, xs = np.nonzero(instance.mask)
-                x0, y0 = float(xs.min()), float(ys.min())
-                annotations.append(dict(
-                    id=len(annotations) + 1, image_id=image_id, iscrowd=0,
-                    category_id=CLASSES.index(instance.category) + 1,
-                    bbox=[x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
-                    area=float(instance.mask.sum()),
-                    segmentation=[np.round(instance.polygon, 2).ravel().tolist()]))
-        with open(root / 'annotations' / f'instances_{split}2017.json', 'w') as f:
-            json.dump(dict(info=dict(description=f'tiny synthetic COCO, seed {seed}'),
-                           licenses=[], images=images, annotations=annotations,
-                           categories=categories), f)
-    return root
+    with _data_set_files(out_dir, 'coco', [f'annotations/instances_{s}2017.json'
+                                           for s in splits] + [f'{s}2017' for s in splits],
+                         overwrite) as files:
+        for split, count in splits.items():
+            images, annotations = [], []
+            for index in range(count):
+                scene = render_split(seed, split, index, image_size, radius_range)
+                image_id = index + 1
+                file_name = f'{image_id:012d}.jpg'
+                _save_jpg(scene.image, files.file(f'{split}2017/{file_name}'))
+                height, width = scene.image.shape[:2]
+                images.append(dict(id=image_id, file_name=file_name, height=height,
+                                   width=width))
+                for instance in scene.instances:
+                    ys, xs = np.nonzero(instance.mask)
+                    x0, y0 = float(xs.min()), float(ys.min())
+                    annotations.append(dict(
+                        id=len(annotations) + 1, image_id=image_id, iscrowd=0,
+                        category_id=CLASSES.index(instance.category) + 1,
+                        bbox=[x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
+                        area=float(instance.mask.sum()),
+                        segmentation=[np.round(instance.polygon, 2).ravel().tolist()]))
+            with open(files.file(f'annotations/instances_{split}2017.json'), 'w') as f:
+                json.dump(dict(info=dict(description=f'tiny synthetic COCO, seed {seed}'),
+                               licenses=[], images=images, annotations=annotations,
+                               categories=categories), f)
+    return Path(out_dir)
 
 
 def make_tiny_ade20k(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 50,
@@ -274,21 +268,20 @@ def make_tiny_ade20k(out_dir, seed: int = 0, num_train: int = 200, num_val: int 
     band along the horizon.
     """
     _check_args(num_train, num_val, image_size)
-    root = Path(out_dir) / 'ADEChallengeData2016'
-    _clear([root], overwrite)
+    root = 'ADEChallengeData2016'
     background = (ADE20K_IDS['sky'], ADE20K_IDS['ground'])
-    for split, folder, count in (('train', 'training', num_train),
-                                 ('val', 'validation', num_val)):
-        (root / 'images' / folder).mkdir(parents=True)
-        (root / 'annotations' / folder).mkdir(parents=True)
-        for index in range(count):
-            scene = render_split(seed, split, index, image_size)
-            labels = scene.label_map(ADE20K_IDS)
-            labels[boundary(scene.sky, 1) & np.isin(labels, background)] = 0
-            name = f'ADE_{split}_{index + 1:08d}'
-            _save_jpg(scene.image, root / 'images' / folder / f'{name}.jpg')
-            Image.fromarray(labels).save(root / 'annotations' / folder / f'{name}.png')
-    return root
+    with _data_set_files(out_dir, 'ade20k', [root], overwrite) as files:
+        for split, folder, count in (('train', 'training', num_train),
+                                     ('val', 'validation', num_val)):
+            for index in range(count):
+                scene = render_split(seed, split, index, image_size)
+                labels = scene.label_map(ADE20K_IDS)
+                labels[boundary(scene.sky, 1) & np.isin(labels, background)] = 0
+                name = f'ADE_{split}_{index + 1:08d}'
+                _save_jpg(scene.image, files.file(f'{root}/images/{folder}/{name}.jpg'))
+                Image.fromarray(labels).save(
+                    files.file(f'{root}/annotations/{folder}/{name}.png'))
+    return Path(out_dir) / root
 
 
 def _voc_palette() -> List[int]:
@@ -317,31 +310,29 @@ def make_tiny_voc(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 5
     _check_args(num_train, num_val, image_size)
     if num_aug < 0:
         raise TinyDataError(f'num_aug must be >= 0, got {num_aug}.')
-    root = Path(out_dir) / 'VOC2012'
-    _clear([root], overwrite)
-    for folder in ('JPEGImages', 'SegmentationClass', 'SegmentationClassAug',
-                   'ImageSets/Segmentation'):
-        (root / folder).mkdir(parents=True)
+    root = 'VOC2012'
     palette = _voc_palette()
     names = {}
-    for split, count in (('train', num_train), ('val', num_val), ('aug', num_aug)):
-        names[split] = [f'2012_{SPLIT_CODES[split]}{i:05d}' for i in range(count)]
-        for index, name in enumerate(names[split]):
-            scene = render_split(seed, split, index, image_size)
-            labels = scene.label_map(VOC_IDS)
-            _save_jpg(scene.image, root / 'JPEGImages' / f'{name}.jpg')
-            Image.fromarray(labels).save(root / 'SegmentationClassAug' / f'{name}.png')
-            if split != 'aug':
-                labels[boundary(labels, 1)] = VOC_IGNORE  # the void outline of VOC
-                annotation = Image.frombytes('P', labels.shape[::-1], labels.tobytes())
-                annotation.putpalette(palette)
-                annotation.save(root / 'SegmentationClass' / f'{name}.png')
-    lists = {'train': names['train'], 'val': names['val'],
-             'aug': names['train'] + names['aug']}
-    for split, split_names in lists.items():
-        (root / 'ImageSets' / 'Segmentation' / f'{split}.txt').write_text(
-            ''.join(f'{n}\n' for n in split_names))
-    return root
+    with _data_set_files(out_dir, 'voc', [root], overwrite) as files:
+        for split, count in (('train', num_train), ('val', num_val), ('aug', num_aug)):
+            names[split] = [f'2012_{SPLIT_CODES[split]}{i:05d}' for i in range(count)]
+            for index, name in enumerate(names[split]):
+                scene = render_split(seed, split, index, image_size)
+                labels = scene.label_map(VOC_IDS)
+                _save_jpg(scene.image, files.file(f'{root}/JPEGImages/{name}.jpg'))
+                Image.fromarray(labels).save(
+                    files.file(f'{root}/SegmentationClassAug/{name}.png'))
+                if split != 'aug':
+                    labels[boundary(labels, 1)] = VOC_IGNORE  # the void outline of VOC
+                    annotation = Image.frombytes('P', labels.shape[::-1], labels.tobytes())
+                    annotation.putpalette(palette)
+                    annotation.save(files.file(f'{root}/SegmentationClass/{name}.png'))
+        lists = {'train': names['train'], 'val': names['val'],
+                 'aug': names['train'] + names['aug']}
+        for split, split_names in lists.items():
+            files.file(f'{root}/ImageSets/Segmentation/{split}.txt').write_text(
+                ''.join(f'{n}\n' for n in split_names))
+    return Path(out_dir) / root
 
 
 def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int = 40,
@@ -354,17 +345,16 @@ def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int
     ``i % 4``.
     """
     _check_args(num_train, num_val, image_size)
-    root = Path(out_dir)
-    _clear([root / 'jpg', root / 'train.txt', root / 'val.txt'], overwrite)
-    (root / 'jpg').mkdir(parents=True)
-    for split, count in (('train', num_train), ('val', num_val)):
-        lines = []
-        for index in range(count):
-            label = index % len(CLASSES)
-            name = f'jpg/{split}_{index:05d}.jpg'
-            scene = render_split(seed, split, index, image_size, FLOWERS_RADIUS_RANGE,
-                                 category=CLASSES[label])
-            _save_jpg(scene.image, root / name)
-            lines.append(f'{name} {label}\n')
-        (root / f'{split}.txt').write_text(''.join(lines))
-    return root
+    with _data_set_files(out_dir, 'flowers', ['jpg', 'train.txt', 'val.txt'],
+                         overwrite) as files:
+        for split, count in (('train', num_train), ('val', num_val)):
+            lines = []
+            for index in range(count):
+                label = index % len(CLASSES)
+                name = f'jpg/{split}_{index:05d}.jpg'
+                scene = render_split(seed, split, index, image_size, FLOWERS_RADIUS_RANGE,
+                                     category=CLASSES[label])
+                _save_jpg(scene.image, files.file(name))
+                lines.append(f'{name} {label}\n')
+            files.file(f'{split}.txt').write_text(''.join(lines))
+    return Path(out_dir)
