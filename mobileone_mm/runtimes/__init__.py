@@ -1,0 +1,1 @@
+"""The runtimes a fused model is deployed to, one module each."""
