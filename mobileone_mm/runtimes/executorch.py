@@ -70,9 +70,10 @@ def build_program(wrapper: torch.nn.Module, example: torch.Tensor, metadata: dic
         if precision == 'int8':
             exported = quantize(exported, example, calibration)
     edge = lower(exported, metadata)
+    delegated = delegation(edge)  # before to_executorch, which adds memory planning nodes
     program = edge.to_executorch()
     check_kernels(program)
-    return program.buffer, delegation(edge)
+    return program.buffer, delegated
 
 
 def quantize(exported, example: torch.Tensor, calibration: Optional[Sequence[np.ndarray]]):
@@ -84,10 +85,10 @@ def quantize(exported, example: torch.Tensor, calibration: Optional[Sequence[np.
 
     from ..deploy.quantize import check_calibration
     images = check_calibration(calibration or [], tuple(example.shape))
+    float_layers = set(output_layers(exported.graph))
     quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True))
-    for layer in output_layers(exported.graph):
-        quantizer.set_module_name(layer, None)
+        get_symmetric_quantization_config(is_per_channel=True)).set_filter_function(
+            lambda node: _layer(node) not in float_layers)
     prepared = prepare_pt2e(exported.module(), quantizer)
     for image in images:
         prepared(torch.from_numpy(image))
