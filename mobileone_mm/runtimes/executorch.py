@@ -16,7 +16,8 @@ ExecuTorch's ``XNNPACKQuantizer`` (weights int8 symmetric per output channel, ac
 int8 per tensor, ranges = min / max over the calibration images), then the same lowering:
 XNNPACK runs the quantized convolutions as integer kernels. As in the onnxruntime int8
 graph (``deploy/quantize.py``), the heads' last layers stay float (``output_layers``):
-their outputs are the model's answers.
+their outputs are the model's answers; so do layers XNNPACK refuses in int8
+(``refused_layers``).
 
 Two ways a model can be refused, both ExportError naming the runtime, the operator and
 the layer: an operator outside the Core ATen set ExecuTorch programs are made of (edge
@@ -42,6 +43,7 @@ PRECISIONS = ('fp32', 'int8')
 SUFFIX = '.pte'
 RUNS_HERE = True
 METADATA_METHOD = 'mobileone_mm_metadata'
+MAX_REQUANTIZATION = 256.0  # XNNPACK's limit for int8 convolutions / linear layers
 COMPUTE_OPS = ('aten.convolution.default', 'aten.conv2d.default', 'aten.linear.default',
                'aten.addmm.default', 'aten.mm.default')
 
@@ -78,21 +80,67 @@ def build_program(wrapper: torch.nn.Module, example: torch.Tensor, metadata: dic
 
 def quantize(exported, example: torch.Tensor, calibration: Optional[Sequence[np.ndarray]]):
     """``exported`` (a torch.export program) statically quantized for XNNPACK (module
-    docstring), calibrated on ``calibration`` (arrays of the example's shape)."""
+    docstring), calibrated on ``calibration`` (arrays of the example's shape). Layers
+    whose int8 form XNNPACK refuses (``refused_layers``) are calibrated again in float."""
+    from ..deploy.quantize import check_calibration
+    images = [torch.from_numpy(image)
+              for image in check_calibration(calibration or [], tuple(example.shape))]
+    float_layers = set(output_layers(exported.graph))
+    converted = _calibrated(exported, float_layers, images)
+    refused = refused_layers(converted)
+    if refused:
+        converted = _calibrated(exported, float_layers | set(refused), images)
+    return torch.export.export(converted, (example, ))
+
+
+def _calibrated(exported, float_layers, images):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from ..deploy.quantize import check_calibration
-    images = check_calibration(calibration or [], tuple(example.shape))
-    float_layers = set(output_layers(exported.graph))
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)).set_filter_function(
             lambda node: _layer(node) not in float_layers)
     prepared = prepare_pt2e(exported.module(), quantizer)
     for image in images:
-        prepared(torch.from_numpy(image))
-    return torch.export.export(convert_pt2e(prepared), (example, ))
+        prepared(image)
+    return convert_pt2e(prepared)
+
+
+def refused_layers(converted) -> List[str]:
+    """The quantized convolutions / linear layers of a converted PT2E model whose
+    requantization scale (input scale x weight scale / output scale, largest over the
+    channels) is at least ``MAX_REQUANTIZATION``: XNNPACK refuses them when the program
+    is loaded (xnn_status_unsupported_parameter; in a large graph a heap corruption
+    instead). It happens when a layer's outputs are (nearly) constant on the calibration
+    images, so that their int8 scale is tiny: a dead layer of a randomly initialised
+    detector (the neck's first extra depthwise conv of the tiny SSDLite: 1.2e8)."""
+    def scale(node):
+        value = node.args[1]
+        return getattr(converted, value.target) if isinstance(value, torch.fx.Node) else value
+
+    def is_dequantize(node):
+        return isinstance(node, torch.fx.Node) and 'dequantize' in str(node.target)
+
+    found = []
+    for node in converted.graph.nodes:
+        if not (node.op == 'call_function' and str(node.target) in COMPUTE_OPS
+                and is_dequantize(node.args[0]) and is_dequantize(node.args[1])):
+            continue
+        after, output = node, None
+        for _ in range(3):  # through a fused activation (ReLU, ReLU6) to the quantize
+            if len(after.users) != 1:
+                break
+            after = next(iter(after.users))
+            if 'quantize_per_tensor' in str(after.target) and not is_dequantize(after):
+                output = after
+                break
+        if output is None:
+            continue
+        weight_scale = float(torch.as_tensor(scale(node.args[1])).max())
+        requantization = float(scale(node.args[0])) * weight_scale / float(scale(output))
+        if requantization >= MAX_REQUANTIZATION:
+            found.append(_layer(node))
+    return found
 
 
 def _layer(node) -> Optional[str]:
