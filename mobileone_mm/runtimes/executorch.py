@@ -15,9 +15,10 @@ int8: PT2E static quantization with torchao's ``prepare_pt2e`` / ``convert_pt2e`
 ExecuTorch's ``XNNPACKQuantizer`` (weights int8 symmetric per output channel, activations
 int8 per tensor, ranges = min / max over the calibration images), then the same lowering:
 XNNPACK runs the quantized convolutions as integer kernels. As in the onnxruntime int8
-graph (``deploy/quantize.py``), the heads' last layers stay float (``output_layers``):
-their outputs are the model's answers; so do layers XNNPACK refuses in int8
-(``refused_layers``).
+graph (``deploy/quantize.py``), only the network's layers are quantized: the input
+normalisation and the wrapper's decoding stay float, and so do the heads' last layers
+(``output_layers``: their outputs are the model's answers) and layers XNNPACK refuses in
+int8 (``refused_layers``).
 
 Two ways a model can be refused, both ExportError naming the runtime, the operator and
 the layer: an operator outside the Core ATen set ExecuTorch programs are made of (edge
@@ -99,7 +100,7 @@ def _calibrated(exported, float_layers, images):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)).set_filter_function(
-            lambda node: _layer(node) not in float_layers)
+            lambda node: _in_network(node) and _layer(node) not in float_layers)
     prepared = prepare_pt2e(exported.module(), quantizer)
     for image in images:
         prepared(image)
@@ -141,6 +142,15 @@ def refused_layers(converted) -> List[str]:
         if requantization >= MAX_REQUANTIZATION:
             found.append(_layer(node))
     return found
+
+
+def _in_network(node) -> bool:
+    """Whether ``node`` runs inside a layer of the wrapped network: not in the wrapper's
+    own forward (box decoding, score softmax, output reshapes) nor in its input
+    normalisation, which stay float as in the onnxruntime int8 graph."""
+    layers = [(path, kind) for path, kind in (node.meta.get('nn_module_stack') or {}).values()
+              if path]  # the wrapper itself is the entry with an empty path
+    return bool(layers) and not any(str(kind).endswith('Normalize') for _, kind in layers)
 
 
 def _layer(node) -> Optional[str]:
