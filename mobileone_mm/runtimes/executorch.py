@@ -27,7 +27,7 @@ runtime's operator registry, instead of failing when the program is loaded).
 """
 import json
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -164,14 +164,13 @@ def output_layers(graph) -> List[str]:
     reach a graph output without passing through another one: the heads' last layers.
     The torch.export counterpart of ``deploy.quantize.output_layers``."""
     outputs = next(node for node in graph.nodes if node.op == 'output')
-    compute = lambda node: node.op == 'call_function' and str(node.target) in COMPUTE_OPS  # noqa: E731
     found, stack, seen = [], list(outputs.all_input_nodes), set()
     while stack:  # backwards from the outputs, stopping at each compute node
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        if compute(node):
+        if node.op == 'call_function' and str(node.target) in COMPUTE_OPS:
             layer = _layer(node)
             if layer and layer not in found:
                 found.append(layer)
