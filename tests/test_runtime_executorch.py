@@ -77,7 +77,7 @@ def test_program_keeps_metadata_outputs_and_input_shape(tmp_path):
     out = tmp_path / 'model.pte'
     assert runtime.export(model, example, str(out), small_metadata()) == [str(out)]
     assert sorted(os.listdir(tmp_path)) == ['model.pte']  # one file: metadata inside
-    runner = runtime.load(str(out), threads=1)
+    runner = runtime.load(str(out))
     assert runner.metadata == small_metadata()
     assert runner.input_shape == SHAPE
     image = np.random.RandomState(0).randint(0, 256, (1, 3, *SHAPE)).astype(np.float32)
@@ -89,6 +89,14 @@ def test_program_keeps_metadata_outputs_and_input_shape(tmp_path):
     with pytest.raises(PredictError, match=r'takes a float32 image \(1, 3, 64, 96\).*'
                                            r'\(1, 3, 96, 64\)'):
         runner(image.transpose(0, 1, 3, 2))
+    # one XNNPACK thread pool per process: programs loaded on it break when it is replaced
+    from executorch.extension.pybindings import portable_lib
+    threads = portable_lib._threadpool_get_thread_count()
+    assert runtime.load(str(out), threads=threads)(image)[1].shape == (1, *SHAPE)
+    with pytest.raises(PredictError, match=f'one thread pool, of {threads} threads.*'
+                                           f'{threads + 1} threads were asked for'):
+        runtime.load(str(out), threads=threads + 1)
+    np.testing.assert_array_equal(runner(image)[0], logits)  # still runs
 
 
 def test_foreign_and_broken_programs_are_refused(tmp_path):
@@ -197,7 +205,7 @@ def test_fp32_program_matches_the_float64_train_form(task, images, tmp_path, ran
     program, delegation = runtime.build_program(wrapper, torch.zeros(1, 3, *SHAPE),
                                                 metadata)
     (tmp_path / 'model.pte').write_bytes(program)
-    runner = runtime.load(str(tmp_path / 'model.pte'), threads=1)
+    runner = runtime.load(str(tmp_path / 'model.pte'))
     assert runner.metadata == metadata and runner.input_shape == SHAPE
     inputs = images['photos'][:3] + images['val'][:2]
     reference = Reference(WRAPPERS[task](model, SHAPE).eval(),

@@ -241,11 +241,10 @@ def check_kernels(program):
 
 
 class Runner:
-    """A ``.pte`` program's forward method on this CPU (XNNPACK's thread pool with
-    ``threads`` threads: one pool per process, so the last runner's setting holds)."""
+    """A ``.pte`` program's forward method on this CPU."""
 
-    def __init__(self, program, path: str, threads: Optional[int] = None):
-        self.path, self.threads = path, threads
+    def __init__(self, program, path: str):
+        self.path = path
         self.metadata = _metadata(program, path)
         task = self.metadata.get('task')
         self.forward = program.load_method('forward')
@@ -260,14 +259,11 @@ class Runner:
 
     def __call__(self, image: np.ndarray) -> List[np.ndarray]:
         """(1, 3, H, W) float32 BGR 0..255 at the program's shape -> the raw outputs."""
-        from executorch.extension.pybindings import portable_lib
         image = np.asarray(image)
         if image.dtype != np.float32 or tuple(image.shape) != self.input_size:
             raise PredictError(f'The ExecuTorch program {self.path!r} takes a float32 image '
                                f'{self.input_size} (fixed at export); got {image.dtype} '
                                f'{tuple(image.shape)}: resize the photo to it first.')
-        if self.threads and portable_lib._threadpool_get_thread_count() != self.threads:
-            portable_lib._unsafe_reset_threadpool(self.threads)
         outputs = self.forward.execute([torch.from_numpy(np.ascontiguousarray(image))])
         return [output.numpy() for output in outputs]
 
@@ -285,9 +281,31 @@ def load(path: str, threads: Optional[int] = None) -> Runner:
     is refused with PathError / PredictError naming it."""
     from executorch.runtime import Runtime
     path = check_input_file(path, 'ExecuTorch program')
+    set_threads(threads)
     try:
         program = Runtime.get().load_program(path)
     except RuntimeError as error:
         raise PredictError(f'{path!r} is not a readable ExecuTorch program ({error}): export '
                            f'it again with tools/export.py --runtime executorch.') from None
-    return Runner(program, path, threads)
+    runner = Runner(program, path)
+    _LOADED.append(path)
+    return runner
+
+
+_LOADED: List[str] = []  # the programs loaded in this process
+
+
+def set_threads(threads: Optional[int]):
+    """XNNPACK's thread pool to ``threads`` threads. ExecuTorch has one pool per process,
+    and the programs loaded with one pool fail (xnn_status_invalid_state, or worse) once
+    it is replaced: so it is set before the first program is loaded, and a later load
+    asking for another count is refused."""
+    from executorch.extension.pybindings import portable_lib
+    if not threads or threads == portable_lib._threadpool_get_thread_count():
+        return
+    if _LOADED:
+        raise PredictError(f'ExecuTorch runs every program of a process on one thread pool, '
+                           f'of {portable_lib._threadpool_get_thread_count()} threads since '
+                           f'{_LOADED[0]!r} was loaded; {threads} threads were asked for: '
+                           f'load every program with the same threads.')
+    portable_lib._unsafe_reset_threadpool(threads)
