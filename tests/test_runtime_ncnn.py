@@ -113,6 +113,9 @@ def test_metadata_round_trip_and_only_the_artefact_on_disk(exported):
     assert {k: runner.metadata[k] for k in metadata} == metadata
     assert runner.metadata['outputs'] == ['boxes', 'scores']
     assert runner.input_shape == SHAPE
+    with pytest.raises(ValueError, match=r'takes \(N, 3, 96, 128\) float32 BGR images; got '
+                                         r'shape \(1, 3, 128, 96\)'):
+        runner(np.zeros((1, 3, 128, 96), np.float32))
 
 
 class Erfinv(nn.Module):

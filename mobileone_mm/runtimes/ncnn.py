@@ -230,6 +230,12 @@ class Runner:
 
     def __call__(self, image: np.ndarray) -> List[np.ndarray]:
         image = np.asarray(image, np.float32)
+        if image.ndim != 4 or image.shape[1] != 3 or \
+                (self.input_shape and tuple(image.shape[2:]) != self.input_shape):
+            size = 'H, W' if self.input_shape is None else \
+                ', '.join(str(s) for s in self.input_shape)
+            raise ValueError(f'This ncnn model takes (N, 3, {size}) float32 BGR images; got '
+                             f'shape {image.shape}: resize the image to the input shape.')
         runs = [self._run_one(one) for one in image]
         return [np.concatenate([run[name] for run in runs]) for name in self.output_names]
 
