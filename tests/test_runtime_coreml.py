@@ -38,10 +38,10 @@ def fused_model(task: str) -> nn.Module:
     return reparameterize_model(model.eval())
 
 
-def export(model, task, path, **metadata):
+def export(model, task, path, precision='fp16', **metadata):
     wrapper = WRAPPERS[task](model, SHAPE).eval()
     return runtime.export(wrapper, EXAMPLE, str(path), dict(task=task, **metadata),
-                          precision=metadata.pop('precision', 'fp16'))
+                          precision=precision)
 
 
 @pytest.fixture(scope='module')
@@ -60,6 +60,7 @@ def test_structure_of_each_task(task, precision, tmp_path):
     classes = CLASSES if task != 'segmentation' else None
     path = tmp_path / 'model.mlpackage'
     assert export(model, task, path, classes=classes, precision=precision) == [str(path)]
+    assert os.listdir(tmp_path) == ['model.mlpackage']  # no temp folder left
     report = runtime.check_structure(str(path), model, EXAMPLE, classes=classes)
     assert report['passed'], report['problems']
     names = WRAPPERS[task].output_names
@@ -67,6 +68,8 @@ def test_structure_of_each_task(task, precision, tmp_path):
     assert report['convs'] == report['torch_convs'] > 40
     assert report['metadata']['precision'] == precision
     assert report['metadata']['task'] == task
+    assert report['metadata']['input_shape'] == list(SHAPE)
+    assert report['metadata']['classes'] == classes
 
 
 @pytest.mark.slow

@@ -108,8 +108,9 @@ def export(wrapper: nn.Module, example: torch.Tensor, out: str, metadata: dict,
         model = _convert(program, wrapper, example, precision)
     except Exception as error:  # coremltools names the op it has no conversion for
         raise ExportError(unconvertible_message(error, program)) from error
-    for key, value in dict(metadata, runtime=NAME, precision=precision,
-                           outputs=list(wrapper.output_names)).items():
+    stored = {'input_shape': list(example.shape[2:]), **metadata, 'runtime': NAME,
+              'precision': precision, 'outputs': list(wrapper.output_names)}
+    for key, value in stored.items():
         model.user_defined_metadata[key] = json.dumps(value)
     model.input_description[INPUT_NAME] = ('float32 (1, 3, H, W) BGR 0..255 as cv2 reads '
                                            'it, resized; normalisation is inside')
@@ -163,6 +164,8 @@ def check_structure(path: str, fused_model: nn.Module, example: torch.Tensor,
       the export wrapper gives them;
     * the normalisation inside: the mean and the std (or its reciprocal) of the model's
       data preprocessor are constants of the program (float16 ones within its rounding);
+    * the compute precision: float16 convolution weights in an fp16 artefact, float32
+      ones in an fp32 one;
     * the class names in the metadata: ``classes`` when given, and as many as the model
       has classes;
     * as many convolutions as the fused model runs (``count_conv_calls``): none lost,
@@ -209,6 +212,12 @@ def check_structure(path: str, fused_model: nn.Module, example: torch.Tensor,
     if meta.get('task') not in (None, task):
         problems.append(f'metadata task {meta.get("task")!r}, the model is a {task} model')
 
+    weights = {str(op.weight.val.dtype) for op in _operations(program)
+               if op.op_type == 'conv' and op.weight.val is not None}
+    wanted_weights = {dict(fp16='float16', fp32='float32').get(precision)}
+    if weights != wanted_weights:
+        problems.append(f'convolution weights are {sorted(weights)} in a {precision!r} '
+                        f'artefact, expected {sorted(map(str, wanted_weights))}')
     ops = Counter(op.op_type for op in _operations(program))
     torch_convs = count_conv_calls(wrapper, example)
     if ops['conv'] != torch_convs:

@@ -173,11 +173,11 @@ def export(wrapper: nn.Module, example: torch.Tensor, out: str, metadata: dict,
         missing = unsupported_layers(param)
         if missing:
             raise ExportError(unsupported_message(missing, traced))
-        sidecar = dict(metadata, runtime=NAME, precision=precision,
-                       outputs=list(wrapper.output_names),
-                       ncnn_blobs=dict(input=INPUT_BLOB, outputs={
+        sidecar = {'input_shape': list(example.shape[2:]), **metadata, 'runtime': NAME,
+                   'precision': precision, 'outputs': list(wrapper.output_names),
+                   'ncnn_blobs': dict(input=INPUT_BLOB, outputs={
                            name: dict(blob=f'out{i}', shape=shape) for i, (name, shape)
-                           in enumerate(zip(graph.output_names, shapes))}))
+                           in enumerate(zip(graph.output_names, shapes))})}
         paths = [out, weights_path(out), sidecar_path(out)]
         with atomic_files([(paths[0], 'w'), (paths[1], 'wb'), (paths[2], 'w')]) as files:
             files[0].write(param)
