@@ -19,6 +19,7 @@ from .models import (
     synthetic_photo,
     train_step,
 )
+from .runtimes import MODEL_ARCHS, build_runtime_models, runtime_plan
 from .stacked import with_stacked_branches
 from .targets import evaluate_targets
 
@@ -62,7 +63,7 @@ def _measure(section: str, models: Dict[str, dict], example: torch.Tensor, peak:
                    gmacs=macs / 1e9, **stats[name])
         row['gflops'] = 2 * macs / (row['median_ms'] / 1e3) / 1e9
         row['peak_pct'] = 100 * row['gflops'] / peak
-        for key in ('backend', 'rel_diff', 'cosine'):
+        for key in ('backend', 'rel_diff', 'cosine', 'runtime', 'precision'):
             if key in model:
                 row[key] = model[key]
         rows.append(row)
@@ -90,10 +91,11 @@ def run_benchmark(preset: str = 'full', threads: Optional[int] = None,
         log(f'fp32 peak: {peak:.0f} GFLOP/s with {threads} thread(s) '
             f'({result["peak"]["best"]}); load average '
             f'{describe_load(result["load_average_start"])}')
-        result['rows'] = (_measure_backbones(settings, peak, log)
-                          + _measure_whole_models(settings, threads, peak, log)
-                          + _measure_photo_to_boxes(settings, threads, log)
-                          + _measure_train_steps(settings, peak, log))
+        rows = (_measure_backbones(settings, peak, log)
+                + _measure_whole_models(settings, threads, peak, log)
+                + _measure_photo_to_boxes(settings, threads, log))
+        runtime_rows, result['runtimes'] = _measure_runtimes(settings, threads, peak, log)
+        result['rows'] = rows + runtime_rows + _measure_train_steps(settings, peak, log)
         result['load_average_end'] = load_average()
         result['duration_s'] = time.time() - started
         result['targets'] = evaluate_targets(result)
@@ -155,6 +157,29 @@ def _measure_photo_to_boxes(settings: dict, threads: int, log) -> List[dict]:
     log(f'ssdlite photo {width}x{height} -> boxes: '
         + ', '.join(f'{k} {v["median_ms"]:.1f} ms' for k, v in stats.items()))
     return [dict(common, form=name, **stats[name]) for name in paths]
+
+
+def _measure_runtimes(settings: dict, threads: int, peak: float, log) -> tuple:
+    """Each of ``runtime_models`` ((name, input size) pairs) exported to every runtime
+    that runs here at each precision (``runtimes.build_runtime_models``), timed
+    interleaved with PyTorch and the peers. Returns (rows, dict(table: the runtimes and
+    their precisions, skipped: {'runtime precision': why not timed}, failed: {'model
+    size form': why its export failed})), ([], None) when ``runtime_models`` is empty."""
+    if not settings.get('runtime_models'):
+        return [], None
+    plan, table, skipped = runtime_plan()
+    log('runtimes not timed: ' + '; '.join(f'{k}: {v}' for k, v in skipped.items()))
+    timing = dict(warmup=2, runs=settings['runs'], budget_s=settings['group_budget_s'],
+                  min_runs=settings['min_runs'])
+    rows, failed = [], {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, size in settings['runtime_models']:
+            models, errors, example = build_runtime_models(name, size, plan, threads, workdir)
+            failed.update({f'{name} {size} {form}': error for form, error in errors.items()})
+            rows += _measure('runtime', models, example, peak, timing, log,
+                             f'{name} {size} runtimes', arch=MODEL_ARCHS[name], size=size,
+                             model=name)
+    return rows, dict(table=table, skipped=skipped, failed=failed)
 
 
 def _measure_train_steps(settings: dict, peak: float, log) -> List[dict]:

@@ -7,7 +7,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[3]  # tools/devkit/benchmark/ -> the che
 WHOLE_MODEL_CONFIGS = dict(
     ssdlite='configs/detection/ssdlite_mobileone-s0_8xb24-600e_coco.py',
     rtmdet='configs/detection/rtmdet_mobileone-s0_8xb32-300e_coco.py',
-    deeplabv3='configs/segmentation/deeplabv3_mobileone-s0-d8_4xb4-160k_ade20k-512x512.py')
+    deeplabv3='configs/segmentation/deeplabv3_mobileone-s0-d8_4xb4-160k_ade20k-512x512.py',
+    classifier_s0='configs/classification/mobileone-s0_8xb32_in1k.py',
+    classifier_s1='configs/classification/mobileone-s1_8xb32_in1k.py')
 INT8_CALIBRATION = 4  # random inputs: latency does not depend on them
 
 
@@ -106,13 +108,22 @@ def build_int8(fused: nn.Module, example: torch.Tensor) -> dict:
 
 
 def random_fused_model(name: str) -> tuple:
-    """(config, model): the WHOLE_MODEL_CONFIGS model with a fused MobileOne-S0, random
+    """(config, model): the WHOLE_MODEL_CONFIGS model with a fused MobileOne, random
     weights (the config's init_cfg removed) and realistic BN statistics, in eval mode."""
+    cfg, model = random_model(name)
+    return cfg, reparameterize_model(model)
+
+
+def random_model(name: str, backbone_type: Optional[str] = None) -> tuple:
+    """``random_fused_model`` before fusion; ``backbone_type``: another registry's MobileOne
+    in the config's place ('mmpretrain.MobileOne': the classifiers' peer)."""
     from mmengine.logging import MMLogger
 
     from mobileone_mm.deploy.reparameterize import build_model, load_config
     cfg = load_config(str(REPO / WHOLE_MODEL_CONFIGS[name]))
     cfg.model.backbone.init_cfg = None  # nothing can be downloaded
+    if backbone_type:
+        cfg.model.backbone.type = backbone_type
     model, _ = build_model(cfg)
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -121,7 +132,7 @@ def random_fused_model(name: str) -> tuple:
         model.init_weights()
     finally:
         logger.setLevel(level)
-    return cfg, reparameterize_model(realistic_bn(model).eval())
+    return cfg, realistic_bn(model).eval()
 
 
 def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[str, dict]:

@@ -8,6 +8,7 @@ from typing import Dict, Iterable, Optional, Sequence
 from mobileone_mm.checkpoints.io import atomic_file
 
 from .machine import describe_isa, describe_load
+from .runtimes import runtime_table
 from .targets import best_peer, lookup, target_size
 
 BUSY_LOAD = 0.5  # load average above which the report says the timings are not clean
@@ -217,8 +218,13 @@ def _train_step_table(result: dict) -> Optional[str]:
                    'ours / mmpretrain', 'stacked / mmpretrain'], cells)
 
 
+def _runtimes_table(result: dict) -> Optional[str]:
+    table = runtime_table(result)
+    return None if table is None else _table(*table)
+
+
 TABLES = (_backbones_table, _int8_table, _mobilenet_table, _dilated_table,
-          _whole_models_table, _photo_to_boxes_table, _train_step_table)
+          _whole_models_table, _photo_to_boxes_table, _runtimes_table, _train_step_table)
 
 
 def to_markdown(result: dict) -> str:
