@@ -258,3 +258,36 @@ def test_runtime_table_rows_ratios_stand_ins_and_skipped_reasons():
     assert table['ours fused, PyTorch', 'fp32'] == ['11.0 (1.10x)', '25.0 (1.00x)',
                                                     'ratio base: SSDLite-S0 320x320']
     assert runtime_table(dict(rows=[r for r in rows if r['section'] != 'runtime'])) is None
+
+
+@pytest.mark.slow
+def test_runtime_section_exports_each_runtime_and_peers_share_the_weights(tmp_path):
+    """The runtime section on the S0 classifier at 64x64: Core ML listed as not runnable
+    here; onnxruntime, OpenVINO and ncnn (ExecuTorch's lowering takes minutes on this
+    CPU: left to the benchmark run) exported, loaded, near the PyTorch wrapper; and
+    mmpretrain's peer is its own classifier with our weights: on the normalised image it
+    gives the wrapper's logits."""
+    from devkit.benchmark.runtimes import build_runtime_models, runtime_plan
+    plan, table, skipped = runtime_plan()
+    assert set(table) == {'onnxruntime', 'openvino', 'executorch', 'ncnn', 'coreml'}
+    for precision in table['coreml']['precisions']:
+        assert skipped[f'coreml {precision}'].startswith('runs only on iPhone')
+    fast = [entry for entry in plan if entry[0] in ('onnxruntime', 'openvino', 'ncnn')]
+    assert len(fast) == 5  # onnxruntime and OpenVINO fp32 / int8, ncnn fp32
+    models, failed, example = build_runtime_models('classifier_s0', 64, fast, 1,
+                                                   str(tmp_path))
+    assert failed == {}
+    assert set(models) == {'pytorch_fused', 'timm_fused', 'mmpretrain_fused',
+                           *(f'{name}_{precision}' for name, precision, _ in fast)}
+    with torch.no_grad():
+        logits = models['pytorch_fused']['fn'](example)
+        wrapper = models['pytorch_fused']['module']
+        peer = models['mmpretrain_fused']['fn'](wrapper.normalize(example))
+        assert _max_rel(peer, logits) <= TOLERANCE
+        assert models['timm_fused']['fn'](example).shape == logits.shape == (1, 1000)
+    for name, precision, _ in fast:
+        model = models[f'{name}_{precision}']
+        assert (model['runtime'], model['precision']) == (name, precision)
+        assert model['cosine'] >= (0.999999 if precision == 'fp32' else 0.99)
+        (out, ) = model['fn'](example)
+        assert _max_rel(torch.from_numpy(out), logits) <= (1e-4 if precision == 'fp32' else 0.2)
