@@ -33,7 +33,9 @@ PRESETS = dict(
               whole_models=(('ssdlite', 320), ('rtmdet', 320), ('rtmdet', 640),
                             ('deeplabv3', 512)), whole_runs=8, photo_size=(480, 640),
               train_archs=('s0', 's1'), train_batch=4, train_size=224, train_runs=6,
-              peak_runs=5),
+              peak_runs=5,
+              runtime_models=(('classifier_s0', 320), ('classifier_s1', 320),
+                              ('ssdlite', 320))),
     quick=dict(archs=('s0', 's1'), sizes=(320, ), dilated_size=None, runs=10, warmup=2,
                photo_size=(480, 640),
                int8_archs=('s0', 's1'), int8_sizes=(320, ),
@@ -41,7 +43,8 @@ PRESETS = dict(
                whole_models=(('ssdlite', 320), ('rtmdet', 320), ('deeplabv3', 256)),
                whole_runs=3,
                train_archs=('s0', ), train_batch=2, train_size=224, train_runs=3,
-               peak_runs=3),
+               peak_runs=3,
+               runtime_models=()),  # ExecuTorch's lowering alone takes minutes
 )
 
 
