@@ -1,6 +1,6 @@
 """CPU benchmark: our MobileOne against timm's, mmpretrain's and mmdet's MobileNetV2,
-whole SSDLite / RTMDet / DeepLabV3 models, SSDLite from a photo to boxes, a training
-step, and the machine's fp32 peak.
+whole SSDLite / RTMDet / DeepLabV3 models, SSDLite from a photo to boxes, every deploy
+runtime, a training step, and the machine's fp32 peak.
 
 Everything runs in one process, on the same inputs, interleaved (``measure_interleaved``:
 each round calls every model of a group once), with the thread count stated. Latency is
@@ -14,8 +14,9 @@ Used by tools/benchmark.py. Weights are random (nothing is downloaded): latency 
 depend on them; the output checks use realistic BN statistics.
 
 One module per job: ``machine`` (CPU, versions, load, fp32 peak), ``models`` (what is
-timed), ``stacked`` (the training form with stacked branches), ``measure`` (timing each
-section, ``run_benchmark``), ``targets`` (the speed targets), ``report`` (tables, plot).
+timed), ``stacked`` (the training form with stacked branches), ``runtimes`` (every deploy
+runtime's artefacts and their table), ``measure`` (timing each section,
+``run_benchmark``), ``targets`` (the speed targets), ``report`` (tables, plot).
 """
 from .machine import INT8_BF16_FLAGS, cpu_info, describe_isa, load_average, peak_gflops
 from .measure import ARCHS, PRESETS, run_benchmark
