@@ -25,6 +25,13 @@ setup(
         # apart, `pip install --no-deps mmdeploy==1.3.1`: its metadata pins
         # protobuf<=3.20.2, for which pip would take onnx back to 1.17 (README, "mmdeploy").
         'mmdeploy': ['aenum', 'prettytable', 'onnx', 'onnxruntime'],
+        # the runtimes of tools/export.py --runtime (mobileone_mm/runtimes), pinned to the
+        # versions checked with the pinned stack (issue 22); onnxruntime is the 'onnx' extra
+        # openvino reads our ONNX graph; its int8 graph is onnxruntime's quantization
+        'openvino': ['openvino==2026.4.1', 'onnx', 'onnxruntime'],
+        'executorch': ['executorch==1.5.1', 'torchao==0.18.0'],
+        'ncnn': ['ncnn==1.0.20261020', 'pnnx==20261020'],
+        'coreml': ['coremltools==9.0'],
         # tools/ (tiny data sets, benchmark's peer rows) and the test suite
         'tools': ['Pillow', 'timm'],
         'tests': ['pytest', 'pytest-xdist', 'hypothesis', 'timm'],

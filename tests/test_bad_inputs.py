@@ -311,7 +311,8 @@ CLI_CASES = {
     # bad case 7: class names from the checkpoint's meta reach the graph
     'exp-works-with-class-names': Cli('export_onnx', ('{config}', '{cls_pth}', '{out}/m.onnx',
                                                       '--shape', '48', '64'),
-                                      ok=r'input 48x64.*classes: 4\nwritten: .*m.onnx',
+                                      ok=r"input 48x64.*classes: 4 \(the checkpoint's meta\)"
+                                         r'\nwritten: .*m.onnx',
                                       writes=('m.onnx', )),
     # tools/onnx_infer.py ----------------------------------------------------------
     'inf-model-missing': Cli('onnx_infer', ('{dir}/nope.onnx', '{photo_jpg}'),
@@ -436,7 +437,8 @@ CLI_CASES = {
 
 
 def run_cli(tool, argv, capsys, monkeypatch):
-    """(exit code, the error line or '', stdout) of a tool's main() in this process."""
+    """(exit code, the error line or '', stdout, stderr) of a tool's main() in this
+    process (sys.argv set as on the command line)."""
     monkeypatch.setattr(sys, 'argv', [f'{tool}.py', *argv])
     code = 0
     try:
@@ -444,10 +446,10 @@ def run_cli(tool, argv, capsys, monkeypatch):
     except SystemExit as exit_:
         code = exit_.code
     captured = capsys.readouterr()
-    if isinstance(code, str):  # sys.exit('tool: message')
-        return 1, code, captured.out
+    if isinstance(code, str):  # sys.exit('tool: message'): a failed check, exit code 1
+        return 1, code, captured.out, captured.err
     lines = captured.err.strip().splitlines()
-    return code or 0, (lines[-1] if code else ''), captured.out
+    return code or 0, (lines[-1] if code else ''), captured.out, captured.err
 
 
 @pytest.mark.parametrize('case', [
@@ -459,12 +461,18 @@ def test_cli(case, files, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data folder here: checks use random inputs
     argv = [a.format(out=tmp_path, **files) for a in case.args]
     inputs, outputs = snapshot(files['dir']), snapshot(tmp_path)
-    code, message, out = run_cli(case.tool, argv, capsys, monkeypatch)
+    code, message, out, err = run_cli(case.tool, argv, capsys, monkeypatch)
     assert snapshot(files['dir']) == inputs, 'an input changed'
     assert not (Path(files['dir']) / 'pwned').exists()
     if case.error:
-        assert code != 0 and '\n' not in message, (code, message)
-        assert message.startswith(f'{case.tool}' if code == 1 else f'{case.tool}.py: error')
+        # a mistake: exit code 2 and one line, from argparse (after its usage) or from
+        # the tools' error boundary (mobileone_mm.errors.run_tool: that line alone)
+        assert code == 2 and '\n' not in message and 'Traceback' not in err, (code, err)
+        if message.startswith(f'{case.tool}.py: error: '):
+            assert err.startswith('usage: '), err
+        else:
+            assert message.startswith(f'{case.tool}: '), err  # the line, and no other:
+            assert [line for line in err.splitlines() if line.startswith(case.tool)] == [message]
         assert re.search(case.error, message), message
         assert snapshot(tmp_path) == outputs, 'something was written'
     else:
@@ -727,7 +735,7 @@ def test_export_verify_failure_writes_nothing(files, tmp_path, capsys, monkeypat
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tool, 'build_onnx', wrong_graph)
-    code, message, _ = run_cli('export_onnx', [CONFIG, files['cls_pth'],
+    code, message, _, _ = run_cli('export_onnx', [CONFIG, files['cls_pth'],
                                                str(tmp_path / 'm.onnx'), '--verify',
                                                '--num-images', '1'], capsys, monkeypatch)
     assert code == 1 and message.endswith('Nothing written.'), message

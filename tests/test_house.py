@@ -157,6 +157,7 @@ LAYERS = {  # a room may import only the rooms listed (and itself)
     'deploy': {'checkpoints', 'models', 'mobileone_mm.registry'},
     'fixes': {'checkpoints', 'models'},
     'training': {'mobileone_mm.registry'},
+    'runtimes': {'checkpoints', 'models', 'deploy', 'mobileone_mm.registry'},
 }
 
 

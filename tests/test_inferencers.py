@@ -300,6 +300,7 @@ def test_image_demo_errors_are_one_line(photos, tmp_path, randomize_bn, capsys):
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             image_demo.main(argv)
-        error = str(exit_info.value.code)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2, error
         assert error.startswith('image_demo: ') and message in error, error
-        assert '\n' not in error
+        assert error.count('\n') == 1 and error.endswith('\n'), error

@@ -65,10 +65,11 @@ def photos(tmp_path_factory):
     return {name: paths[name] for name in PHOTOS}
 
 
-def make_task(task, folder: Path, photos: dict):
-    """(config path, checkpoint path, ONNX path) of a random tiny model of ``task``."""
+def make_task(task, folder: Path, photos: dict, overrides: str = None):
+    """(config path, checkpoint path, ONNX path) of a random tiny model of ``task``
+    (``overrides``: the config's test pipeline, default ``OVERRIDES[task]``)."""
     config = folder / f'{task}.py'
-    overrides = OVERRIDES[task]
+    overrides = OVERRIDES[task] if overrides is None else overrides
     if overrides:
         overrides += ('val_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n'
                       'test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n')
@@ -109,59 +110,85 @@ def onnx_predictions(onnx_path, photos):
                   for name, path in photos.items()}
 
 
-def test_detections_in_the_photo_frame_match_mmdet(exported, photos):
+def expected_detections(config, checkpoint, photos) -> dict:
+    """mmdet's DetInferencer on each photo: name -> pred_instances."""
     from mmdet.apis import DetInferencer
-    config, checkpoint, onnx_path = exported['detection']
-    meta, ours = onnx_predictions(onnx_path, photos)
-    assert meta['classes'] == CLASSES['detection'] and meta['input_shape'] == [96, 128]
     inferencer = DetInferencer(model=config, weights=checkpoint, device='cpu',
                                show_progress=False)
-    for name, path in photos.items():
-        expected = inferencer(path, return_datasamples=True)['predictions'][0].pred_instances
-        found = ours[name]
-        h, w = read_photo(path).shape[:2]
-        assert found.frame.photo_size == (w, h) and found.frame.input_size == (128, 96)
-        # the confident half of mmdet's detections: all there, same order, within a pixel
-        count = max(int((expected.scores >= expected.scores[0] / 2).sum()), 5)
-        assert len(found.scores) >= count, name
-        np.testing.assert_allclose(found.scores[:count], expected.scores[:count].numpy(),
-                                   atol=1e-4, err_msg=name)
-        assert (found.labels[:count] == expected.labels[:count].numpy()).all(), name
-        assert np.abs(found.boxes[:count] - expected.bboxes[:count].numpy()).max() <= 1, name
+    return {name: inferencer(path, return_datasamples=True)['predictions'][0].pred_instances
+            for name, path in photos.items()}
 
 
-def test_label_maps_in_the_photo_frame_match_mmseg(exported, photos):
+def assert_detections_match(found, expected, photo_path, input_size, name):
+    h, w = read_photo(photo_path).shape[:2]
+    assert found.frame.photo_size == (w, h) and found.frame.input_size == input_size
+    # the confident half of mmdet's detections: all there, same order, within a pixel
+    count = max(int((expected.scores >= expected.scores[0] / 2).sum()), 5)
+    assert len(found.scores) >= count, name
+    np.testing.assert_allclose(found.scores[:count], expected.scores[:count].numpy(),
+                               atol=1e-4, err_msg=name)
+    assert (found.labels[:count] == expected.labels[:count].numpy()).all(), name
+    assert np.abs(found.boxes[:count] - expected.bboxes[:count].numpy()).max() <= 1, name
+
+
+def expected_label_maps(config, checkpoint, photos) -> dict:
+    """mmseg's MMSegInferencer on each photo: name -> label map (H, W)."""
     from mmseg.apis import MMSegInferencer
-    config, checkpoint, onnx_path = exported['segmentation']
-    meta, ours = onnx_predictions(onnx_path, photos)
     inferencer = MMSegInferencer(model=config, weights=checkpoint, device='cpu')
-    for name, path in photos.items():
-        expected = inferencer(path, return_datasamples=True).pred_sem_seg.data[0].numpy()
-        found = ours[name]
-        assert found.label_map.shape == expected.shape == read_photo(path).shape[:2], name
-        w, h = found.frame.input_size
-        assert w != h and (w > h) == (expected.shape[1] > expected.shape[0]), name
-        assert len(np.unique(expected)) > 3, name  # a non-trivial map
-        assert (found.label_map == expected).mean() >= 0.999, name
+    return {name: inferencer(path, return_datasamples=True).pred_sem_seg.data[0].numpy()
+            for name, path in photos.items()}
 
 
-def test_class_scores_match_mmpretrain(exported, photos):
+def assert_label_maps_match(found, expected, photo_path, name):
+    assert found.label_map.shape == expected.shape == read_photo(photo_path).shape[:2], name
+    w, h = found.frame.input_size
+    assert w != h and (w > h) == (expected.shape[1] > expected.shape[0]), name
+    assert len(np.unique(expected)) > 3, name  # a non-trivial map
+    assert (found.label_map == expected).mean() >= 0.999, name
+
+
+def expected_class_scores(config, checkpoint, photos) -> dict:
+    """mmpretrain's ImageClassificationInferencer on each photo: name -> scores."""
     from mmengine.registry import DefaultScope
     from mmpretrain.apis import ImageClassificationInferencer
-    config, checkpoint, onnx_path = exported['classification']
-    meta, ours = onnx_predictions(onnx_path, photos)
-    assert meta['input_shape'] == [48, 64]
     # mmpretrain's inferencer builds its pipeline in the current default scope, which the
     # mmdet / mmseg inferencers of the tests before left at theirs
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         inferencer = ImageClassificationInferencer(model=config, pretrained=checkpoint,
                                                    device='cpu')
-        results = {name: inferencer(path)[0]['pred_scores'] for name, path in photos.items()}
-    for name, expected in results.items():
-        found = ours[name].scores
-        top = np.argsort(-expected)[:5]
-        assert (np.argsort(-found)[:5] == top).all(), name
-        # float32 in onnxruntime and in torch differ by ~1e-5 here; the bugs this test is
-        # for move the scores by 1e-2 or more
-        np.testing.assert_allclose(found, expected, atol=1e-3, err_msg=name)
-        assert np.sort(expected)[-2] > 0.02, name  # not saturated: a runner-up exists
+        return {name: inferencer(path)[0]['pred_scores'] for name, path in photos.items()}
+
+
+def assert_class_scores_match(found, expected, name):
+    top = np.argsort(-expected)[:5]
+    assert (np.argsort(-found)[:5] == top).all(), name
+    # float32 in onnxruntime and in torch differ by ~1e-5 here; the bugs this test is
+    # for move the scores by 1e-2 or more
+    np.testing.assert_allclose(found, expected, atol=1e-3, err_msg=name)
+    assert np.sort(expected)[-2] > 0.02, name  # not saturated: a runner-up exists
+
+
+def test_detections_in_the_photo_frame_match_mmdet(exported, photos):
+    config, checkpoint, onnx_path = exported['detection']
+    meta, ours = onnx_predictions(onnx_path, photos)
+    assert meta['classes'] == CLASSES['detection'] and meta['input_shape'] == [96, 128]
+    expected = expected_detections(config, checkpoint, photos)
+    for name, path in photos.items():
+        assert_detections_match(ours[name], expected[name], path, (128, 96), name)
+
+
+def test_label_maps_in_the_photo_frame_match_mmseg(exported, photos):
+    config, checkpoint, onnx_path = exported['segmentation']
+    meta, ours = onnx_predictions(onnx_path, photos)
+    expected = expected_label_maps(config, checkpoint, photos)
+    for name, path in photos.items():
+        assert_label_maps_match(ours[name], expected[name], path, name)
+
+
+def test_class_scores_match_mmpretrain(exported, photos):
+    config, checkpoint, onnx_path = exported['classification']
+    meta, ours = onnx_predictions(onnx_path, photos)
+    assert meta['input_shape'] == [48, 64]
+    expected = expected_class_scores(config, checkpoint, photos)
+    for name in photos:
+        assert_class_scores_match(ours[name].scores, expected[name], name)

@@ -64,19 +64,21 @@ def scaled_activations(graph: bytes, factor: float) -> bytes:
 
 # --------------------------------------------------- the check and its threshold
 @pytest.mark.slow
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 @pytest.mark.parametrize('arch', ['s1'])
-def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, randomize_bn):
+def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, backend,
+                                                                  randomize_bn):
     """COSINE_MIN (0.95) against measurement: int8 S0 / S1 backbones with random BN
     statistics came out at cosine 0.985-0.999 to float32 (3 seeds, three outputs each,
     calibrated on 8 inputs); quantizations with wrong ranges at 0.0-0.42 (calibrated on
     inputs 255x too large: images that skipped normalisation) and 0.33-0.76 (every activation
-    scale x100)."""
+    scale x100). The same QDQ graph in onnxruntime and in OpenVINO."""
     model = random_backbone(arch, 0, randomize_bn)
     example = torch.randn(1, 3, 64, 64)
     int8 = optimize_for_inference(model, example, precision='int8',
-                                  calibration=batches(4, 64, 1))
+                                  calibration=batches(4, 64, 1), backend=backend)
     assert int8.check['passed'] and int8.check['cosine'] >= 0.98
-    assert int8.precision == 'int8' and int8.backend == 'onnxruntime'
+    assert int8.precision == 'int8' and int8.backend == backend
     # new inputs, another batch size: as close to float32 as on the calibration inputs
     x = batches(1, 64, 2)[0]
     with torch.no_grad():
@@ -86,23 +88,25 @@ def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, randomiz
 
     with pytest.raises(QuantizeError, match='cosine to float32'):
         optimize_for_inference(model, example, precision='int8',
-                               calibration=batches(4, 64, 1, scale=255.0))
+                               calibration=batches(4, 64, 1, scale=255.0), backend=backend)
     session = load_session(scaled_activations(int8.graph, 100.0))[0]
     broken = judge_int8([expected], [session.run(None, {'input': x.numpy()})])
     assert not broken['passed'] and broken['cosine'] < COSINE_MIN
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 @pytest.mark.parametrize('task', list(CONFIGS))
-def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, randomize_bn):
+def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, backend,
+                                                                 randomize_bn):
     """optimize_for_inference(precision='int8') of a detector / segmentor / classifier in
     tensor mode: the outputs of model(x) in the same nesting, near float32, the heads'
     last layers left float."""
     model = random_model(task, randomize_bn)
     example = torch.randn(1, 3, 64, 64)
     int8 = optimize_for_inference(model, example, precision='int8',
-                                  calibration=batches(3, 64, 1))
-    assert int8.check['passed'], int8.check
+                                  calibration=batches(3, 64, 1), backend=backend)
+    assert int8.check['passed'] and int8.backend == backend, int8.check
     if task == 'detection':
         assert int8.check['agreement'] is None  # raw score maps in tensor mode: cosine only
     else:

@@ -29,6 +29,7 @@ from mobileone_mm.deploy.verify import verify_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 from apple_layout import to_apple  # noqa: E402  (tests/ on the path: conftest.py)
+from detectors import small_model  # noqa: E402
 from photos import photo_paths  # noqa: E402
 
 CONFIGS = REPO / 'configs' / 'detection'
@@ -214,55 +215,6 @@ def photos(tmp_path_factory):
     return photo_paths(tmp_path_factory.mktemp('photos'))
 
 
-def small_model(name, photos, num_classes=None, shape=(96, 128), steps=None):
-    """A random model of the config in eval mode, and its config, made to behave like a
-    trained one on real photos (resized to ``shape``, or through the test pipeline's
-    ``steps``, metadata.preprocess_steps): BN statistics from the photos (as training sets them;
-    random ones, devkit's randomize_bn, make this deep random model's float32 scores
-    1e-3 off its float64 ones), and the head's output convs scaled on them so that class
-    logits spread by 2 around the head's prior (scores over (0, 1), not saturated, few
-    ties) and box deltas by 0.5 (RTMDet: box sides of 2 +- 0.5 strides)."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-    from mobileone_mm.deploy.export import Normalize
-    cfg = load_config(str(CONFIGS / name))
-    cfg.model.backbone.init_cfg = None
-    if num_classes:
-        cfg.model.bbox_head.num_classes = num_classes
-    torch.manual_seed(0)
-    model, _ = build_model(cfg)
-    model.init_weights()
-    model = revert_sync_batchnorm(model)
-    def network_input(path):
-        photo = read_photo(path)
-        return cv2.resize(photo, shape[::-1]) if steps is None else preprocess(photo, steps)[0]
-    images = Normalize(model.data_preprocessor)(torch.stack([
-        torch.from_numpy(network_input(path)).permute(2, 0, 1).float()
-        for path in photos.values()]))
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # the plain average over the batches seen
-    with torch.no_grad():
-        model.train()._forward(images)
-    outputs = {}
-    final = {layer: module for layer, module in model.bbox_head.named_modules()
-             if layer.split('.')[0] in ('rtm_cls', 'rtm_reg', 'retina_cls', 'retina_reg')
-             and isinstance(module, torch.nn.Conv2d)}
-    hooks = [module.register_forward_hook(
-        lambda module, _, out, layer=layer: outputs.setdefault(layer, []).append(
-            out - module.bias.view(1, -1, 1, 1))) for layer, module in final.items()]
-    with torch.no_grad():
-        model.eval()._forward(images)
-        for hook in hooks:
-            hook.remove()
-        for layer, module in final.items():
-            spread = torch.cat([out.flatten() for out in outputs[layer]]).std()
-            module.weight.mul_((2.0 if '_cls' in layer else 0.5) / spread)
-            if layer.startswith('rtm_reg'):
-                module.bias.fill_(2.0)
-    return model, cfg
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('name', [TINY.name, 'retinanet_mobileone-s1_fpn_1x_coco.py'])
 def test_graph_outputs_are_mmdet_decoding_before_nms(name, photos):
@@ -272,7 +224,7 @@ def test_graph_outputs_are_mmdet_decoding_before_nms(name, photos):
     a non-square input."""
     from mmengine.config import ConfigDict
     from mobileone_mm.deploy.export import DenseDetectorForExport
-    model, _ = small_model(name, photos, num_classes=4)
+    model, _ = small_model(CONFIGS / name, photos, num_classes=4)
     shape = (96, 128)
     wrapper = DenseDetectorForExport(model, shape).double()
     image = torch.from_numpy(cv2.resize(read_photo(photos['landscape_rgb']), shape[::-1]))
@@ -305,7 +257,7 @@ def test_export_matches_mmdet(name, score_thr, tmp_path, photos):
     """RTMDet (points, distances, sigmoid) and RetinaNet (anchors, deltas, sigmoid): the
     graph's boxes and scores agree with the float64 model, and after the numpy post-process
     its detections are mmdet's own (model.predict), on a non-square input."""
-    model, _ = small_model(name, photos, num_classes=4)
+    model, _ = small_model(CONFIGS / name, photos, num_classes=4)
     info = export_onnx(model, str(tmp_path / 'model.onnx'), (96, 128))
     assert info['onnx_convs'] == info['torch_convs'] > 30
     images = [cv2.resize(read_photo(photos[photo]), (128, 96)).transpose(2, 0, 1)[None]
@@ -377,7 +329,7 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 """)
     cfg = load_config(str(config))
-    model, _ = small_model(TINY.name, photos, steps=preprocess_steps(cfg)[0])
+    model, _ = small_model(TINY, photos, steps=preprocess_steps(cfg)[0])
     checkpoint = dict(meta=dict(dataset_meta=dict(classes=cfg.metainfo['classes'])),
                       state_dict=model.state_dict())
     torch.save(checkpoint, tmp_path / 'rtmdet.pth')

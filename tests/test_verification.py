@@ -97,7 +97,10 @@ NAMES = ['detector', pytest.param('segmentor', marks=pytest.mark.slow), 'classif
 def test_correct_fusion_of_a_model_with_huge_activations_is_accepted(name, randomize_bn):
     config, bn_ranges, size, _ = MODELS[name]
     model = model_of(config, randomize_bn, **bn_ranges)
-    inputs = inputs_of(size, 2)
+    # The 90th percentile is a statistic only over enough output values: the classifier
+    # gives 4 logits an input, so 2 inputs make it the 8th of 8 numbers, a random draw
+    # (ratio 3.5 on an Intel Xeon, 1.1-1.3 from 8 inputs on). 8 inputs for all.
+    inputs = inputs_of(size, 8)
     with torch.no_grad():
         activations = max(f.abs().max().item() for f in model.backbone(inputs[0]['inputs']))
     assert activations > 1e7

@@ -11,26 +11,27 @@ benchmark.png, and prints the tables with PASS / FAIL for each speed target.
 
 Run it on an otherwise idle machine (how long it takes: docs/speed.md).
 """
-import argparse
 import os
 
+from argtypes import positive_int
 from devkit.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
+from mobileone_mm.errors import run_tool, tool_parser
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument('--quick', action='store_true',
                         help='S0 and S1 at 320x320 (fp32 and int8), few runs, small '
                              'DeepLabV3 input, S0 training step at batch 2')
-    parser.add_argument('--threads', type=int, default=None,
+    parser.add_argument('--threads', type=positive_int, default=None,
                         help='torch and onnxruntime threads (default: torch\'s, '
                              f'{os.cpu_count()} here)')
     parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
     parser.add_argument('--archs', nargs='+', choices=ARCHS, help='override the preset')
-    parser.add_argument('--sizes', nargs='+', type=int, help='override the preset')
-    parser.add_argument('--runs', type=int, help='most timed rounds per group')
-    args = parser.parse_args()
+    parser.add_argument('--sizes', nargs='+', type=positive_int, help='override the preset')
+    parser.add_argument('--runs', type=positive_int, help='most timed rounds per group')
+    args = parser.parse_args(argv)
     overrides = {k: v for k, v in dict(archs=args.archs, sizes=args.sizes,
                                        runs=args.runs).items() if v}
     if args.sizes and PRESETS['quick' if args.quick else 'full']['dilated_size'] \

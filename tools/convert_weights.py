@@ -3,38 +3,31 @@ mmpretrain's classifier layout, which our backbone, mmpretrain and the configs l
 
     python tools/convert_weights.py mobileone_s0_unfused.pth.tar mobileone-s0.pth --arch s0
 """
-import argparse
-import sys
-
-from mobileone_mm import (ARCH_SETTINGS, CheckpointError, convert_state_dict,
-                          load_checkpoint_file, save_checkpoint)
+from mobileone_mm import ARCH_SETTINGS, convert_state_dict, load_checkpoint_file, save_checkpoint
 from mobileone_mm.checkpoints.formats import backbone_state_dict
 from mobileone_mm.checkpoints.io import state_dict_of
-from mobileone_mm.checkpoints.paths import PathError, plan_outputs
+from mobileone_mm.checkpoints.paths import plan_outputs
+from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.models.arch import check_arch, describe_arch, infer_arch, resolve_arch
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument('src', help='checkpoint in any supported format')
     parser.add_argument('dst', help='output .pth (written atomically; never over src)')
     parser.add_argument('--arch', choices=sorted(ARCH_SETTINGS),
                         help='refuse weights of another arch')
-    args = parser.parse_args()
-    try:
-        plan_outputs(inputs={'checkpoint to convert': args.src},
-                     outputs={'converted checkpoint': args.dst})
-        state_dict, fmt = convert_state_dict(state_dict_of(load_checkpoint_file(args.src)))
-        backbone = backbone_state_dict(state_dict)
-        if args.arch:
-            check_arch(backbone, resolve_arch(args.arch))
-        arch = describe_arch(infer_arch(backbone))
-        save_checkpoint(dict(state_dict=state_dict,
-                             meta=dict(source_format=fmt, arch=arch, source=args.src)),
-                        args.dst)
-    except (CheckpointError, PathError) as error:
-        sys.exit(f'convert_weights: {error}')
+    args = parser.parse_args(argv)
+    plan_outputs(inputs={'checkpoint to convert': args.src},
+                 outputs={'converted checkpoint': args.dst})
+    state_dict, fmt = convert_state_dict(state_dict_of(load_checkpoint_file(args.src)))
+    backbone = backbone_state_dict(state_dict)
+    if args.arch:
+        check_arch(backbone, resolve_arch(args.arch))
+    arch = describe_arch(infer_arch(backbone))
+    save_checkpoint(dict(state_dict=state_dict,
+                         meta=dict(source_format=fmt, arch=arch, source=args.src)), args.dst)
     print(f'{args.src}: {fmt} format, {arch}, {len(state_dict)} tensors -> {args.dst}')
 
 

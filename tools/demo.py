@@ -9,7 +9,6 @@ of the README:
 3. segmentation: the same with DeepLabV3-S0 on tiny ADE20K.
 4. a summary table.
 """
-import argparse
 import os
 import re
 import subprocess
@@ -20,8 +19,10 @@ from pathlib import Path
 
 import torch
 
+from argtypes import positive_int
 from devkit.analysis import compare_forms
 from mobileone_mm import ARCH_SETTINGS, MobileOne
+from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.models.pretrained import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,16 +127,17 @@ def task(name: str, settings: dict, quick: bool = False) -> dict:
                 files=[checkpoint, deploy, str(work / 'deploy.py'), onnx_file, picture])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--archs', nargs='+', default=sorted(ARCH_SETTINGS))
-    parser.add_argument('--runs', type=int, default=20, help='latency runs per model')
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
+    parser.add_argument('--archs', nargs='+', default=sorted(ARCH_SETTINGS),
+                        choices=sorted(ARCH_SETTINGS))
+    parser.add_argument('--runs', type=positive_int, default=20, help='latency runs per model')
     parser.add_argument('--tasks', nargs='*', default=list(TASKS), choices=list(TASKS),
                         help='end-to-end tasks to run (none: backbones only)')
     parser.add_argument('--quick', action='store_true',
                         help='train a few iterations only (checks the path, not the metric)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = time.time()
     step('backbones: load, fuse, compare')
     backbones(args.archs, args.runs)

@@ -8,29 +8,23 @@ The graph carries what tools/onnx_infer.py needs in its metadata: the task, the 
 detector's post-process settings. With --verify, nothing is written unless onnxruntime
 and PyTorch agree.
 """
-import argparse
 import copy
 import sys
 
-import numpy as np
-import torch
-
 from argtypes import positive_int
-from devkit.analysis import measure_latency
-from mobileone_mm import CheckpointError
 from mobileone_mm.checkpoints.io import atomic_file
-from mobileone_mm.checkpoints.paths import PathError, check_extension, plan_outputs
-from mobileone_mm.deploy.export import ExportError, build_onnx, load_session
+from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
+from mobileone_mm.deploy.export import build_onnx
 from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
-from mobileone_mm.deploy.predict import PredictError, read_image
-from mobileone_mm.deploy.reparameterize import (DeployError, input_shape_of, load_model,
-                                                val_image_paths)
-from mobileone_mm.deploy.verify import describe, torch_reference, verify_onnx
+from mobileone_mm.deploy.reparameterize import input_shape_of, load_model
+from mobileone_mm.deploy.verify import describe, verify_onnx
+from mobileone_mm.errors import run_tool, tool_parser
+from mobileone_mm.runtimes.export import check_images
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument('config')
     parser.add_argument('checkpoint', help='training (train-form) or deploy checkpoint')
     parser.add_argument('out', help='.onnx file (written atomically)')
@@ -43,56 +37,38 @@ def main():
     parser.add_argument('--num-images', type=positive_int, default=8)
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detections compared by --verify')
-    args = parser.parse_args()
-    try:
-        plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},
-                     outputs={'ONNX model': args.out})
-        check_extension(args.out, ['.onnx'], 'ONNX output')
-        model, cfg, ckpt = load_model(args.config, args.checkpoint)
-        metadata = export_metadata(cfg, ckpt, model, args.config)
-        shape = args.shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg)
-        train_form = copy.deepcopy(model) if args.verify else None  # build_onnx fuses
-        graph, info = build_onnx(model, shape, dynamic=args.dynamic, metadata=metadata)
-        print(f'{info["task"]}: input {shape[0]}x{shape[1]}'
-              f'{" (dynamic)" if args.dynamic else ""}, outputs {info["outputs"]}; '
-              f'convs: fused PyTorch {info["torch_convs"]}, ONNX {info["onnx_convs"]}; '
-              f'classes: {len(metadata["classes"]) or "numbers only"}')
-        for note in metadata['notes']:
-            print(f'  note: {note}')
-        if info['torch_convs'] != info['onnx_convs']:
-            sys.exit('export_onnx: the graph has another number of convolutions than the '
-                     'fused model: some branch structure was not fused. Nothing written.')
-        if args.verify:
-            verify(args, model, train_form, cfg, graph, shape)
-    except (FileNotFoundError, CheckpointError, DeployError, ExportError, PathError,
-            PredictError) as error:
-        sys.exit(f'export_onnx: {error}')
+    args = parser.parse_args(argv)
+    plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},
+                 outputs={'ONNX model': args.out})
+    check_extension(args.out, ['.onnx'], 'ONNX output')
+    model, cfg, ckpt = load_model(args.config, args.checkpoint)
+    metadata = export_metadata(cfg, ckpt, model, args.config)
+    shape = args.shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg)
+    train_form = copy.deepcopy(model) if args.verify else None  # build_onnx fuses
+    graph, info = build_onnx(model, shape, dynamic=args.dynamic, metadata=metadata)
+    print(f'{info["task"]}: input {shape[0]}x{shape[1]}'
+          f'{" (dynamic)" if args.dynamic else ""}, outputs {info["outputs"]}; '
+          f'convs: fused PyTorch {info["torch_convs"]}, ONNX {info["onnx_convs"]}; '
+          f'classes: {len(metadata["classes"]) or "numbers only"}'
+          f'{" (" + metadata["classes_source"] + ")" if metadata["classes"] else ""}')
+    for note in metadata['notes']:
+        print(f'  note: {note}')
+    # A failed check is a result, not an input mistake: exit code 1 (run_tool: 2).
+    if info['torch_convs'] != info['onnx_convs']:
+        sys.exit('export_onnx: the graph has another number of convolutions than the '
+                 'fused model: some branch structure was not fused. Nothing written.')
+    if args.verify:
+        verify(args, train_form, cfg, graph, shape)
     with atomic_file(args.out) as f:
         f.write(graph)
     print(f'written: {args.out}')
 
 
-def verify(args, model, train_form, cfg, graph: bytes, shape):
-    paths = val_image_paths(cfg, args.num_images)
-    if paths:
-        images, source = [read_image(p, shape) for p in paths], f'{len(paths)} val images'
-    else:
-        rng = np.random.RandomState(0)
-        images = [rng.randint(0, 256, (1, 3, *shape)).astype(np.float32)
-                  for _ in range(args.num_images)]
-        source = f'{args.num_images} random images (val set not on disk)'
+def verify(args, train_form, cfg, graph: bytes, shape):
+    images, source = check_images(cfg, shape, args.num_images)
     report = verify_onnx(train_form, graph, images, score_thr=args.score_thr)
-    session, meta = load_session(graph)
-    example = torch.from_numpy(images[0])
-    report['torch_ms'] = measure_latency(
-        lambda x: torch_reference(model, meta['task'], x), example, warmup=2,
-        runs=10)['median_ms']
-    report['onnx_ms'] = measure_latency(
-        lambda x: session.run(None, {'image': x.numpy()}), example, warmup=2,
-        runs=10)['median_ms']
     print(f'verify on {source}: ' +
-          ', '.join(f'{k} {v:.1f}' if k.endswith('_ms') else
-                    f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
+          ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
                     for k, v in report.items()))
     if not report['passed']:
         sys.exit(f'export_onnx: onnxruntime and PyTorch disagree: '

@@ -8,20 +8,14 @@ The codebase comes from the config. CHECKPOINT is a training checkpoint or a dep
 (tools/reparameterize.py); --deploy fuses the model in memory first. With --out-dir, each
 picture is written there as <photo name>.png, at the photo's size.
 """
-import argparse
-import sys
-
 from argtypes import score_threshold
-from mobileone_mm.checkpoints.io import CheckpointError
-from mobileone_mm.checkpoints.paths import PathError
-from mobileone_mm.deploy.predict import PredictError
 from mobileone_mm.deploy.predict_photos import run_demo
-from mobileone_mm.deploy.reparameterize import DeployError
+from mobileone_mm.errors import run_tool, tool_parser
 
 
+@run_tool
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help='mmdet, mmseg or mmpretrain config')
     parser.add_argument('checkpoint', help='training or deploy checkpoint of that config')
     parser.add_argument('images', nargs='+', metavar='IMAGE', help='photos')
@@ -32,11 +26,10 @@ def main(argv=None):
     parser.add_argument('--score-thr', type=score_threshold, default=0.3,
                         help='detections printed and drawn (0..1, default 0.3)')
     args = parser.parse_args(argv)
-    try:
-        results = run_demo(args.config, args.checkpoint, args.images, args.out_dir,
-                           deploy=args.deploy, device=args.device, score_thr=args.score_thr)
-    except (FileNotFoundError, CheckpointError, DeployError, PathError, PredictError) as error:
-        sys.exit(f'image_demo: {error}')
+    results, classes_source = run_demo(args.config, args.checkpoint, args.images,
+                                       args.out_dir, deploy=args.deploy, device=args.device,
+                                       score_thr=args.score_thr)
+    print(f'class names: {classes_source}')
     for result in results:
         print(f'{result.path} ({result.size[0]}x{result.size[1]}):')
         print('\n'.join(f'  {line}' for line in result.lines) or '  nothing above the threshold')

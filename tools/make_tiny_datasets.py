@@ -6,19 +6,17 @@ mmdet / mmseg / mmpretrain read, for the tiny-data configs, the tests and the de
     python tools/make_tiny_datasets.py voc --out data/VOCdevkit --seed 1
     python tools/make_tiny_datasets.py flowers --out data/tiny_flowers
 """
-import argparse
-import sys
-
 from devkit.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
                               make_tiny_voc)
+from mobileone_mm.errors import run_tool, tool_parser
 
 WRITERS = {'coco': make_tiny_coco, 'ade20k': make_tiny_ade20k, 'voc': make_tiny_voc,
            'flowers': make_tiny_flowers}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument('format', choices=sorted(WRITERS))
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--seed', type=int, default=0)
@@ -26,14 +24,10 @@ def main():
     parser.add_argument('--num-val', type=int, help='val images (default: per format)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace a data set already written there')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     counts = {k: v for k, v in (('num_train', args.num_train), ('num_val', args.num_val))
               if v is not None}
-    try:
-        root = WRITERS[args.format](args.out, seed=args.seed, overwrite=args.overwrite,
-                                    **counts)
-    except (ValueError, FileExistsError) as error:
-        sys.exit(f'make_tiny_datasets: {error}')
+    root = WRITERS[args.format](args.out, seed=args.seed, overwrite=args.overwrite, **counts)
     print(f'tiny {args.format} data set (seed {args.seed}) written to {root}')
 
 

@@ -9,19 +9,16 @@ MobileOne backbone itself; the checkpoint may be a training one or a deploy one.
 mmdeploy's tools/deploy.py + tools/test.py for ONNX Runtime, run in this process, where
 mobileone_mm.deploy.mmdeploy_compat makes torch.onnx.export use the TorchScript exporter.
 """
-import argparse
 import json
-import sys
 
-from mobileone_mm import CheckpointError
-from mobileone_mm.checkpoints.paths import (PathError, check_extension, check_input_file,
-                                            plan_outputs)
+from mobileone_mm.checkpoints.paths import check_extension, check_input_file, plan_outputs
 from mobileone_mm.deploy.mmdeploy_compat import evaluate_backend, export_end2end
+from mobileone_mm.errors import run_tool, tool_parser
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument('deploy_cfg', help='mmdeploy deploy config (configs/mmdeploy/)')
     parser.add_argument('config', help='model config')
     parser.add_argument('checkpoint', help='training or deploy checkpoint')
@@ -32,24 +29,22 @@ def main():
     parser.add_argument('--work-dir', default='work_dirs/mmdeploy_test',
                         help='logs of --test')
     parser.add_argument('--device', default='cpu')
-    args = parser.parse_args()
-    try:
-        for what in ('deploy_cfg', 'config', 'checkpoint', 'image'):
-            if getattr(args, what) is not None:
-                check_input_file(getattr(args, what), what.replace('_cfg', ' config'))
-        plan_outputs(inputs={'deploy config': args.deploy_cfg, 'config': args.config,
-                             'checkpoint': args.checkpoint, 'image': args.image},
-                     outputs={'ONNX model': args.out})
-        check_extension(args.out, ['.onnx'], 'ONNX output')
-        export_end2end(args.deploy_cfg, args.config, args.checkpoint, args.out, args.image,
-                       args.device)
-        print(f'wrote {args.out}')
-        if args.test:
-            _, metrics = evaluate_backend(args.deploy_cfg, args.config, args.out,
-                                          args.work_dir, device=args.device)
-            print(json.dumps(metrics, indent=1))
-    except (CheckpointError, PathError) as error:
-        sys.exit(f'error: {error}')
+    args = parser.parse_args(argv)
+    for what in ('deploy_cfg', 'config', 'checkpoint', 'image'):
+        if getattr(args, what) is not None:
+            check_input_file(getattr(args, what), what.replace('_cfg', ' config'))
+    plan_outputs(inputs={'deploy config': args.deploy_cfg, 'config': args.config,
+                         'checkpoint': args.checkpoint, 'image': args.image},
+                 outputs={'ONNX model': args.out})
+    check_extension(args.out, ['.onnx'], 'ONNX output')
+    export_end2end(args.deploy_cfg, args.config, args.checkpoint, args.out, args.image,
+                   args.device)
+    print(f'wrote {args.out}')
+    if args.test:
+        _, metrics = evaluate_backend(args.deploy_cfg, args.config, args.out, args.work_dir,
+                                      device=args.device)
+        print(json.dumps(metrics, indent=1))
+
 
 if __name__ == '__main__':
     main()

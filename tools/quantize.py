@@ -13,22 +13,18 @@ written when the check fails. --verify also scores the float32 and the int8 grap
 whole val set with the config's own metric (mmdet's COCO mAP, mmseg's mIoU, mmpretrain's
 accuracy) and prints both.
 """
-import argparse
-import sys
-
 from argtypes import non_negative_int, positive_int
-from mobileone_mm import CheckpointError
 from mobileone_mm.checkpoints.io import atomic_file
-from mobileone_mm.checkpoints.paths import PathError, check_extension, plan_outputs
+from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
 from mobileone_mm.deploy.evaluate import quantize_checkpoint
-from mobileone_mm.deploy.predict import PredictError
-from mobileone_mm.deploy.quantize import METHODS, QuantizeError, describe_int8
-from mobileone_mm.deploy.reparameterize import SPLITS, DeployError
+from mobileone_mm.deploy.quantize import METHODS, describe_int8
+from mobileone_mm.deploy.reparameterize import SPLITS
+from mobileone_mm.errors import run_tool, tool_parser
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument('config')
     parser.add_argument('checkpoint', help='training (train-form) or deploy checkpoint')
     parser.add_argument('out', help='.onnx file (written atomically)')
@@ -48,24 +44,21 @@ def main():
                         help='val images the int8 outputs are checked on')
     parser.add_argument('--verify', action='store_true',
                         help="score float32 and int8 on the val set with the config's metric")
-    args = parser.parse_args()
-    try:
-        check_extension(args.out, ['.onnx'], 'ONNX output')
-        plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},
-                     outputs={'ONNX model': args.out})
-        graph, report = quantize_checkpoint(
-            args.config, args.checkpoint, calib_images=args.calib_images,
-            calib_split=args.calib_split, method=args.method, shape=args.shape,
-            dynamic=args.dynamic, check_images=args.check_images,
-            float_layers=args.float_layers, evaluate=args.verify)
-    except (FileNotFoundError, CheckpointError, DeployError, PathError, PredictError,
-            QuantizeError) as error:
-        sys.exit(f'quantize: {error}')
+    args = parser.parse_args(argv)
+    check_extension(args.out, ['.onnx'], 'ONNX output')
+    plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},
+                 outputs={'ONNX model': args.out})
+    graph, report = quantize_checkpoint(
+        args.config, args.checkpoint, calib_images=args.calib_images,
+        calib_split=args.calib_split, method=args.method, shape=args.shape,
+        dynamic=args.dynamic, check_images=args.check_images,
+        float_layers=args.float_layers, evaluate=args.verify)
     shape = report['shape']
     print(f'{report["task"]}: input {shape[0]}x{shape[1]}'
           f'{" (dynamic)" if args.dynamic else ""}; calibrated on {report["calibration"]}; '
           f'{len(report["float_nodes"])} layer(s) kept float: '
           f'{", ".join(report["float_nodes"]) or "none"}')
+    print(f'class names: {report["classes_source"]}')
     for note in report['notes']:
         print(f'  note: {note}')
     print(describe_int8(report['check'], f'check on {report["check_images"]}'))

@@ -8,18 +8,15 @@ Writes OUT_CHECKPOINT (meta + fused weights) and, next to it, the deploy config 
 tools/export_onnx.py or mmengine's Runner. Run it from the folder the config's data paths
 are relative to, so that the check uses val images (random inputs otherwise).
 """
-import argparse
-import sys
-
 from argtypes import positive_int
-from mobileone_mm.checkpoints.io import CheckpointError
-from mobileone_mm.deploy.reparameterize import DeployError, reparameterize_checkpoint
+from mobileone_mm.deploy.reparameterize import reparameterize_checkpoint
 from mobileone_mm.deploy.verify import describe
+from mobileone_mm.errors import run_tool, tool_parser
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@run_tool
+def main(argv=None):
+    parser = tool_parser(__doc__)
     parser.add_argument('config', help='training config (mmdet, mmseg or mmpretrain)')
     parser.add_argument('checkpoint', help='training checkpoint of that config')
     parser.add_argument('out_checkpoint', help='deploy checkpoint to write (.pth; the deploy '
@@ -28,13 +25,9 @@ def main():
                         help='skip comparing the outputs of both forms')
     parser.add_argument('--num-images', type=positive_int, default=4,
                         help='images compared (default: 4)')
-    args = parser.parse_args()
-    try:
-        result = reparameterize_checkpoint(args.config, args.checkpoint,
-                                           args.out_checkpoint, verify=not args.no_verify,
-                                           num_images=args.num_images)
-    except (FileNotFoundError, CheckpointError, DeployError) as error:
-        sys.exit(f'reparameterize: {error}')
+    args = parser.parse_args(argv)
+    result = reparameterize_checkpoint(args.config, args.checkpoint, args.out_checkpoint,
+                                       verify=not args.no_verify, num_images=args.num_images)
     if result.already_fused:
         print(f'{args.checkpoint} is already in deploy form (fused) and fits the deploy '
               f'form of the config: left alone, nothing written.')

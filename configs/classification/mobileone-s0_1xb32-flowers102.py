@@ -3,14 +3,7 @@
 # data in CustomDataset layout and a fine-tuning schedule. Accuracy not measured here.
 #   data/flowers102/jpg/image_00001.jpg ...
 #   data/flowers102/train.txt, val.txt: lines "jpg/image_00001.jpg 76" (label 0..101)
-_base_ = 'mmpretrain::mobileone/mobileone-s0_8xb32_in1k.py'
-custom_imports = dict(imports=[
-    'mobileone_mm',  # registers mobileone_mm.MobileOne
-    # the stack fixes (docs/stack.md): drop a line to leave that fix out
-    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
-    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
-    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
-], allow_failed_imports=False)
+_base_ = ['mmpretrain::mobileone/mobileone-s0_8xb32_in1k.py', '../_base_/mobileone.py']
 
 data_preprocessor = dict(num_classes=102)
 model = dict(

@@ -16,14 +16,7 @@
 # (auto_scale_lr.base_batch_size); the EMA momentum, warm-up and the schedule in epochs
 # stay as they are (with fewer, larger iterations an epoch the EMA then averages over
 # more epochs: scale momentum by the same factor to keep it at 0.4 of an epoch).
-_base_ = 'mmpretrain::mobileone/mobileone-s0_8xb32_in1k.py'
-custom_imports = dict(imports=[
-    'mobileone_mm',  # registers mobileone_mm.MobileOne
-    # the stack fixes (docs/stack.md): drop a line to leave that fix out
-    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
-    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
-    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
-], allow_failed_imports=False)
+_base_ = ['mmpretrain::mobileone/mobileone-s0_8xb32_in1k.py', '../_base_/mobileone.py']
 
 model = dict(backbone=dict(type='mobileone_mm.MobileOne'))
 

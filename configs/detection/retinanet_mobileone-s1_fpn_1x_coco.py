@@ -1,15 +1,7 @@
 # RetinaNet with an ImageNet-pretrained MobileOne-S1: mmdet's RetinaNet R-50 FPN 1x recipe
 # (1333x800, SGD lr 0.01, 12 epochs, 8 GPUs x 2 images), only the backbone changed, so
 # results compare with its 36.5 box AP. See README.md.
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=[
-    'mobileone_mm',  # registers mobileone_mm.MobileOne
-    # the stack fixes (docs/stack.md): drop a line to leave that fix out
-    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
-    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
-    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
-], allow_failed_imports=False)
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', '../_base_/mobileone.py']
 
 model = dict(
     backbone=dict(

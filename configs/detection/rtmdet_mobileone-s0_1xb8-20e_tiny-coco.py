@@ -12,18 +12,14 @@ metainfo = dict(classes=('disk', 'square', 'triangle', 'star'))  # devkit.tiny_d
 input_size = 128
 
 norm_cfg = dict(type='BN')  # one process (SyncBN would be reverted to BN anyway)
-act_cfg = {{_base_.act_cfg}}
-width = {{_base_.width}}
 model = dict(
     # No download here: random init. With ImageNet weights on disk, use the base
     # config's init_cfg with checkpoint='/path/to/mobileone-s0.pth'.
     backbone=dict(norm_cfg=norm_cfg,
                   init_cfg=dict(_delete_=True, type='Kaiming', layer='Conv2d')),
     neck=[  # a list is replaced, not merged: the S0 neck with BN
-        dict(type='ChannelMapper', in_channels=[128, 256, 1024], out_channels=width,
-             kernel_size=1, norm_cfg=norm_cfg, act_cfg=act_cfg),
-        dict(type='CSPNeXtPAFPN', in_channels=[width] * 3, out_channels=width,
-             num_csp_blocks=1, expand_ratio=0.5, norm_cfg=norm_cfg, act_cfg=act_cfg),
+        dict(_base_.model.neck[0], norm_cfg=norm_cfg),
+        dict(_base_.model.neck[1], norm_cfg=norm_cfg),
     ],
     bbox_head=dict(num_classes=4, norm_cfg=norm_cfg))
 

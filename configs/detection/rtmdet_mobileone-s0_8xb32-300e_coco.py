@@ -5,15 +5,7 @@
 # Nearest RTMDet size: tiny. MobileOne-S0 fused has 1.05 M parameters and 2.24 GMACs at
 # 640 (stages 2-4), CSPNeXt-tiny 2.35 M and 2.73 G; CSPNeXt-s (4.38 M, 5.37 G) is twice
 # as big. So the neck and head keep RTMDet-tiny's width, 96.
-_base_ = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'
-
-custom_imports = dict(imports=[
-    'mobileone_mm',  # registers mobileone_mm.MobileOne
-    # the stack fixes (docs/stack.md): drop a line to leave that fix out
-    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
-    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
-    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
-], allow_failed_imports=False)
+_base_ = ['mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py', '../_base_/mobileone.py']
 
 # RTMDet's norm and activation, for the backbone (BN eps stays 1e-5, as in the ImageNet
 # training) and the neck.

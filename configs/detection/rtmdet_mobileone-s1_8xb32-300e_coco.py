@@ -13,17 +13,17 @@ model = dict(
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
             'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth')),
-    neck=[
-        dict(type='ChannelMapper', in_channels=[192, 512, 1280], out_channels=width,
-             kernel_size=1, norm_cfg={{_base_.norm_cfg}}, act_cfg={{_base_.act_cfg}}),
-        dict(type='CSPNeXtPAFPN', in_channels=[width] * 3, out_channels=width,
-             num_csp_blocks=1, expand_ratio=0.5, norm_cfg={{_base_.norm_cfg}},
-             act_cfg={{_base_.act_cfg}}),
+    neck=[  # a list is replaced, not merged: the S0 config's layers at these widths
+        dict(_base_.model.neck[0], in_channels=[192, 512, 1280], out_channels=width),
+        dict(_base_.model.neck[1], in_channels=[width] * 3, out_channels=width),
     ],
     bbox_head=dict(in_channels=width, feat_channels=width))
 
 # RTMDet-s's first-stage pipeline (mmdet rtmdet_s_8xb32-300e_coco.py); its second stage is
-# the one the S0 config's PipelineSwitchHook already holds.
+# the one the S0 config's PipelineSwitchHook already holds. Stated whole, as mmdet does:
+# RTMDet-tiny's differs by keys that RTMDet-s leaves out (CachedMosaic's
+# max_cached_images and random_pop, CachedMixUp's random_pop and prob), which an override
+# of the base's list cannot remove.
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
     dict(type='LoadAnnotations', with_bbox=True),

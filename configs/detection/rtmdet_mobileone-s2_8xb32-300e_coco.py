@@ -6,8 +6,6 @@
 # compute between them (5.37 / 15.62 G).
 _base_ = './rtmdet_mobileone-s1_8xb32-300e_coco.py'
 
-width = {{_base_.width}}
-
 model = dict(
     backbone=dict(
         arch='s2',
@@ -15,9 +13,6 @@ model = dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
             'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth')),
     neck=[  # a list is replaced, not merged: the PAFPN is the S1 config's
-        dict(type='ChannelMapper', in_channels=[256, 640, 2048], out_channels=width,
-             kernel_size=1, norm_cfg={{_base_.norm_cfg}}, act_cfg={{_base_.act_cfg}}),
-        dict(type='CSPNeXtPAFPN', in_channels=[width] * 3, out_channels=width,
-             num_csp_blocks=1, expand_ratio=0.5, norm_cfg={{_base_.norm_cfg}},
-             act_cfg={{_base_.act_cfg}}),
+        dict(_base_.model.neck[0], in_channels=[256, 640, 2048]),
+        _base_.model.neck[1],
     ])

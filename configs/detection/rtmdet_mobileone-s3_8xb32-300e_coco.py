@@ -13,44 +13,23 @@ model = dict(
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
             'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth')),
-    neck=[
-        dict(type='ChannelMapper', in_channels=[320, 768, 2048], out_channels=width,
-             kernel_size=1, norm_cfg={{_base_.norm_cfg}}, act_cfg={{_base_.act_cfg}}),
-        dict(type='CSPNeXtPAFPN', in_channels=[width] * 3, out_channels=width,
-             num_csp_blocks=2, expand_ratio=0.5, norm_cfg={{_base_.norm_cfg}},
-             act_cfg={{_base_.act_cfg}}),
+    neck=[  # a list is replaced, not merged: the S2 config's layers at these widths
+        dict(_base_.model.neck[0], in_channels=[320, 768, 2048], out_channels=width),
+        dict(_base_.model.neck[1], in_channels=[width] * 3, out_channels=width,
+             num_csp_blocks=2),
     ],
     bbox_head=dict(in_channels=width, feat_channels=width, exp_on_reg=True))
 
-# RTMDet-m's pipelines (mmdet rtmdet_l_8xb32-300e_coco.py, which m inherits): scale
-# jitter 0.1-2.0 in both stages.
+# RTMDet-m's pipelines (mmdet rtmdet_l_8xb32-300e_coco.py, which m inherits): the S2
+# config's two stages with scale jitter 0.1-2.0.
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='CachedMosaic', img_scale=(640, 640), pad_val=114.0),
-    dict(type='RandomResize', scale=(1280, 1280), ratio_range=(0.1, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=(640, 640)),
-    dict(type='YOLOXHSVRandomAug'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='Pad', size=(640, 640), pad_val=dict(img=(114, 114, 114))),
-    dict(type='CachedMixUp', img_scale=(640, 640), ratio_range=(1.0, 1.0),
-         max_cached_images=20, pad_val=(114, 114, 114)),
-    dict(type='PackDetInputs')
-]
+    dict(step, ratio_range=(0.1, 2.0)) if step['type'] == 'RandomResize' else step
+    for step in _base_.train_pipeline]
 train_pipeline_stage2 = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RandomResize', scale=(640, 640), ratio_range=(0.1, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=(640, 640)),
-    dict(type='YOLOXHSVRandomAug'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='Pad', size=(640, 640), pad_val=dict(img=(114, 114, 114))),
-    dict(type='PackDetInputs')
-]
+    dict(step, ratio_range=(0.1, 2.0)) if step['type'] == 'RandomResize' else step
+    for step in _base_.train_pipeline_stage2]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 custom_hooks = [
-    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002, update_buffers=True,
-         priority=49),
-    dict(type='PipelineSwitchHook', switch_epoch=280,
-         switch_pipeline=train_pipeline_stage2)
+    _base_.custom_hooks[0],  # EMAHook
+    dict(_base_.custom_hooks[1], switch_pipeline=train_pipeline_stage2),  # at epoch 280
 ]

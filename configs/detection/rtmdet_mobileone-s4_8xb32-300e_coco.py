@@ -5,7 +5,6 @@
 # 640 (stages 2-4), CSPNeXt-m 12.28 M and 15.62 G.
 _base_ = './rtmdet_mobileone-s3_8xb32-300e_coco.py'
 
-width = {{_base_.width}}
 model = dict(
     backbone=dict(
         arch='s4',
@@ -13,9 +12,6 @@ model = dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
             'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth')),
     neck=[  # a list is replaced, not merged: the PAFPN is the S3 config's
-        dict(type='ChannelMapper', in_channels=[448, 896, 2048], out_channels=width,
-             kernel_size=1, norm_cfg={{_base_.norm_cfg}}, act_cfg={{_base_.act_cfg}}),
-        dict(type='CSPNeXtPAFPN', in_channels=[width] * 3, out_channels=width,
-             num_csp_blocks=2, expand_ratio=0.5, norm_cfg={{_base_.norm_cfg}},
-             act_cfg={{_base_.act_cfg}}),
+        dict(_base_.model.neck[0], in_channels=[448, 896, 2048]),
+        _base_.model.neck[1],
     ])

@@ -1,14 +1,9 @@
 # SSDLite with an ImageNet-pretrained MobileOne-S0: mmdet's SSDLite-MobileNetV2
 # recipe (320x320, SGD, 600 epochs), only the backbone changed. See README.md.
-_base_ = 'mmdet::ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py'
-
-custom_imports = dict(imports=[
-    'mobileone_mm',  # registers mobileone_mm.MobileOne
+_base_ = ['mmdet::ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py',
+          '../_base_/mobileone.py']
+custom_imports = dict(imports=_base_.custom_imports.imports + [
     'mobileone_mm.models.ssd_head',  # mmdet 3.3's SSDHead, able to predict
-    # the stack fixes (docs/stack.md): drop a line to leave that fix out
-    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
-    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
-    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
 ], allow_failed_imports=False)
 
 model = dict(

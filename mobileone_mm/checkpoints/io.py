@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
+from ..errors import UserError
+
 StateDict = Dict[str, torch.Tensor]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file or state dict that cannot be used, with the reason and the fix."""
 
 

@@ -13,12 +13,13 @@ import socket
 import tempfile
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
+from ..errors import UserError
 from .io import TEMP_MARK, atomic_file
 
 PathLike = Union[str, os.PathLike]
 
 
-class PathError(ValueError):
+class PathError(UserError, ValueError):
     """A file that cannot be read or written as asked; the message names it and the fix."""
 
 

@@ -30,15 +30,22 @@ def graph_images(cfg, meta: dict, session, split: str = 'train', num_images: int
     """The first ``num_images`` images of ``split`` (fewer when the set is smaller) as the
     graph behind ``session`` takes them: (1, 3, H, W) float32 BGR 0..255, the photo put
     through the test pipeline of the graph's metadata."""
+    return dataset_images(cfg, meta.get('preprocess'), graph_input_shape(session), split,
+                          num_images)
+
+
+def dataset_images(cfg, steps: Optional[List[dict]], shape: Optional[Sequence[int]],
+                   split: str = 'train', num_images: int = 16) -> List[np.ndarray]:
+    """``graph_images`` for any exported model: the photos through the test pipeline
+    ``steps`` (metadata ``preprocess``), resized to ``shape`` (H, W) where that is fixed."""
     if not (isinstance(num_images, int) and num_images >= 1):
         raise DeployError(f'The number of images must be a whole number of at least 1, '
                           f'got {num_images!r}.')
     dataset = dataset_of(cfg, split)
-    shape = graph_input_shape(session)
     images = []
     for index in range(min(num_images, len(dataset))):
         photo = read_photo(dataset.get_data_info(index)['img_path'])
-        image, _ = preprocess(photo, meta.get('preprocess'), shape)
+        image, _ = preprocess(photo, steps, None if shape is None else tuple(shape))
         images.append(image.transpose(2, 0, 1)[None].astype(np.float32))
     return images
 
@@ -105,7 +112,8 @@ def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
     last layers, keep that many more layers float, the ones int8 hurts most
     (``quantize.layer_sensitivity`` on 8 of the calibration images).
 
-    Returns (int8 graph, report: task, shape, calibration, float nodes, check, metrics)."""
+    Returns (int8 graph, report: task, shape, class-name source, calibration, float
+    nodes, check, metrics)."""
     model, cfg, ckpt = load_model(config, checkpoint)
     metadata = export_metadata(cfg, ckpt, model, os.fspath(config))
     shape = tuple(shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg))
@@ -126,6 +134,7 @@ def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
                        one_batch([session8.run(None, {'image': x}) for x in inputs]),
                        meta['task'], meta)
     report = dict(task=meta['task'], shape=shape, notes=metadata['notes'],
+                  classes_source=metadata['classes_source'] or 'none, class numbers shown',
                   calibration=f'{len(calibration)} {calib_split} images, {method}',
                   float_nodes=keep, check=check,
                   check_images=f'{len(inputs)} {source} images')

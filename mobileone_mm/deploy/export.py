@@ -19,7 +19,9 @@ import io
 import json
 import numbers
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -27,10 +29,12 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 from ..checkpoints.io import atomic_file
+from ..errors import UserError
+from ..machine import check_memory, input_memory
 from ..models.reparam import reparameterize_model
 
 
-class ExportError(TypeError):
+class ExportError(UserError, TypeError):
     """A model this exporter does not cover, with what to use instead."""
 
 
@@ -55,6 +59,7 @@ class ClassifierForExport(nn.Module):
     def __init__(self, model, input_shape):
         super().__init__()
         self.model, self.normalize = model, Normalize(model.data_preprocessor)
+        self.input_shape = tuple(input_shape)
 
     def forward(self, img):
         return self.model(self.normalize(img), mode='tensor')
@@ -66,6 +71,7 @@ class SegmentorForExport(nn.Module):
     def __init__(self, model, input_shape):
         super().__init__()
         self.model, self.normalize = model, Normalize(model.data_preprocessor)
+        self.input_shape = tuple(input_shape)
 
     def forward(self, img):
         x = self.normalize(img)
@@ -203,18 +209,40 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
                ) -> Tuple[bytes, dict]:
     """``export_onnx`` without writing: (the serialized graph, what was exported), so that
     a caller can check the graph (``verify_onnx`` takes the bytes) before writing it."""
-    import onnx
+    wrapper, example = wrap_for_export(model, input_shape)
+    meta = export_metadata_of(wrapper, dynamic, metadata)
+    graph = onnx_graph(wrapper, example, meta, dynamic)
+    return graph.SerializeToString(), dict(
+        task=meta['task'], outputs=wrapper.output_names, metadata=meta,
+        torch_convs=count_conv_calls(wrapper, example),
+        onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node))
+
+
+def wrap_for_export(model: nn.Module, input_shape: Sequence[int]
+                    ) -> Tuple[nn.Module, torch.Tensor]:
+    """(the export wrapper of ``model`` fused in place, in eval mode; a zero example
+    (1, 3, H, W)): what every runtime exports. ExportError for a model no wrapper covers,
+    ValueError for a bad shape."""
     input_shape = check_input_shape(input_shape)
     task = task_of(model)
+    check_memory(input_memory(model, input_shape), f'An input of {input_shape[0]}x'
+                 f'{input_shape[1]} pixels', 'use a smaller input shape (--shape H W)')
     if task == 'detection':
         check_dense_head(model)
     model = reparameterize_model(model.eval())
     wrapper = WRAPPERS[task](model, input_shape).eval()
-    example = torch.zeros(1, 3, *input_shape)
-    axes = {0: 'batch'} if task == 'detection' else {0: 'batch', 2: 'height', 3: 'width'}
-    dynamic_axes = ({'image': axes, **{name: {0: 'batch'} for name in wrapper.output_names}}
-                    if dynamic else None)
-    meta = dict(task=task, input_shape=list(input_shape), dynamic=bool(dynamic),
+    return wrapper, torch.zeros(1, 3, *input_shape)
+
+
+def export_metadata_of(wrapper: nn.Module, dynamic: bool = False,
+                       metadata: Dict[str, object] = None) -> dict:
+    """What an exported artefact carries besides the network, the same for every runtime:
+    task, input shape, ``metadata`` (``metadata.export_metadata``: class names, test
+    pipeline, config), and the task's post-process settings (segmentation: the resize's
+    align_corners; detection: the levels' prior counts and mmdet's test_cfg)."""
+    task = next(name for name, cls in WRAPPERS.items() if isinstance(wrapper, cls))
+    model = wrapper.model
+    meta = dict(task=task, input_shape=list(wrapper.input_shape), dynamic=bool(dynamic),
                 **(metadata or {}))
     if task == 'segmentation':
         meta['align_corners'] = bool(model.align_corners)
@@ -225,6 +253,19 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
                     iou_threshold=test_cfg['nms']['iou_threshold'],
                     min_bbox_size=test_cfg.get('min_bbox_size', -1),
                     max_per_img=test_cfg.get('max_per_img', 100))
+    return meta
+
+
+def onnx_graph(wrapper: nn.Module, example: torch.Tensor, meta: dict,
+               dynamic: bool = False):
+    """The wrapper traced on ``example`` as an ONNX ModelProto (opset 17, input ``image``,
+    outputs ``wrapper.output_names``), ``meta`` in its metadata (JSON values); with
+    ``dynamic`` the batch (and for classifiers and segmentors the image size) free."""
+    import onnx
+    axes = {0: 'batch'} if isinstance(wrapper, DenseDetectorForExport) else \
+        {0: 'batch', 2: 'height', 3: 'width'}
+    dynamic_axes = ({'image': axes, **{name: {0: 'batch'} for name in wrapper.output_names}}
+                    if dynamic else None)
     buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(wrapper, (example, ), buffer, dynamo=False, opset_version=17,
@@ -233,10 +274,7 @@ def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
     graph = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=json.dumps(value))
-    return graph.SerializeToString(), dict(
-        task=task, outputs=wrapper.output_names, metadata=meta,
-        torch_convs=count_conv_calls(wrapper, example),
-        onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node))
+    return graph
 
 
 # ------------------------------------------------- any model with nested outputs, flat
@@ -315,3 +353,29 @@ def load_session(path: str, threads: Optional[int] = None):
     session = make_session(path, threads)
     meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     return session, meta
+
+
+# ---------------------------------------------------------------------- OpenVINO side
+def compile_openvino(model, threads: Optional[int] = None):
+    """An OpenVINO model (``openvino.Model``) or ONNX graph (bytes) compiled for this CPU:
+    float32 inference precision (not the bf16 some CPUs default to; a QDQ int8 graph still
+    runs int8 kernels), latency mode, ``threads`` inference threads (default: OpenVINO's
+    choice)."""
+    import openvino as ov
+    if isinstance(model, bytes):
+        model = ov.convert_model(io.BytesIO(model))
+    config = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY'}
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = int(threads)
+    return ov.Core().compile_model(model, 'CPU', config)
+
+
+def openvino_runner(compiled) -> Callable[[np.ndarray], List[np.ndarray]]:
+    """``run(array)`` -> the outputs (numpy arrays, in the model's output order) of a
+    compiled OpenVINO model with one input."""
+    request = compiled.create_infer_request()
+
+    def run(x):
+        results = request.infer({0: np.ascontiguousarray(x, np.float32)})
+        return [np.array(results[output]) for output in compiled.outputs]
+    return run

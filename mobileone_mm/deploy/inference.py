@@ -7,11 +7,16 @@ first backend of this list that works and passes the output check:
 1. ``onnxruntime``: the fused model exported to ONNX (opset 17) and run by onnxruntime's
    CPU provider with all graph optimisations (its NCHWc layout pass, conv + bias + ReLU
    fusion). The winner everywhere we measured.
-2. ``torchscript``: ``torch.jit.trace`` + ``torch.jit.freeze`` with oneDNN Graph fusion
+2. ``openvino``: the same ONNX graph compiled by OpenVINO's CPU plugin (float32
+   inference precision; ``export.compile_openvino``), when OpenVINO is installed. In
+   float32 slower than onnxruntime on this project's machine (S0 / S1 at 320, one
+   thread: 1.3x / 1.1x onnxruntime's time), so second; in int8 the faster one
+   (``quantize.INT8_BACKENDS``).
+3. ``torchscript``: ``torch.jit.trace`` + ``torch.jit.freeze`` with oneDNN Graph fusion
    (enabled only around our own calls, the global flag is restored). Used when
-   onnxruntime is missing or cannot export the model. ``torch.jit.trace`` is deprecated
-   (FutureWarning) in torch 2.14; its warnings are silenced here.
-3. ``eager``: the fused model in channels_last memory format.
+   onnxruntime and OpenVINO are missing or cannot run the model. ``torch.jit.trace`` is
+   deprecated (FutureWarning) in torch 2.14; its warnings are silenced here.
+4. ``eager``: the fused model in channels_last memory format.
 
 Measured speed-ups, and the forms tried and not kept, are in the README's "Speed on a
 CPU" section (tools/benchmark.py; results of this project's machine in tools/results/).
@@ -30,10 +35,11 @@ import torch
 import torch.nn as nn
 
 from ..models.reparam import reparameterize_model
-from .export import FlatOutputs, flat_onnx, flatten, make_session, unflatten
+from .export import (FlatOutputs, compile_openvino, flat_onnx, flatten, make_session,
+                     openvino_runner, unflatten)
 from .verify import Reference, check_input, describe
 
-BACKENDS = ('onnxruntime', 'torchscript', 'eager')
+BACKENDS = ('onnxruntime', 'openvino', 'torchscript', 'eager')
 
 
 # ------------------------------------------------------------------------ backends
@@ -44,6 +50,11 @@ def _onnxruntime(flat: nn.Module, example: torch.Tensor, threads: int) -> Callab
         arrays = session.run(None, {'input': x.detach().contiguous().numpy()})
         return [torch.from_numpy(a) for a in arrays]
     return run
+
+
+def _openvino(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
+    arrays = openvino_runner(compile_openvino(flat_onnx(flat, example), threads))
+    return lambda x: [torch.from_numpy(a) for a in arrays(x.detach().contiguous().numpy())]
 
 
 class _OneDNNFusion:
@@ -79,7 +90,8 @@ def _eager(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
     return run
 
 
-BUILDERS = dict(onnxruntime=_onnxruntime, torchscript=_torchscript, eager=_eager)
+BUILDERS = dict(onnxruntime=_onnxruntime, openvino=_openvino, torchscript=_torchscript,
+                eager=_eager)
 
 
 # ------------------------------------------------------------------------- the API
@@ -153,14 +165,16 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
             eval mode and fused (``reparameterize_model``); ``model`` is not changed.
         example: a float32 CPU input, e.g. ``torch.randn(1, 3, 320, 320)``. The graph is
             built for its shape; other shapes get their own graph on first use.
-        backend: 'auto' (the first of onnxruntime, torchscript, eager that builds and
+        backend: 'auto' (the first of ``BACKENDS`` that builds and
             passes the check), or one of them by name (errors are raised).
-        threads: intra-op threads of onnxruntime (default: ``torch.get_num_threads()``).
+        threads: intra-op threads of onnxruntime / OpenVINO (default:
+            ``torch.get_num_threads()``).
         verify: run the output check (module docstring; building a graph then costs a
             float64 and a float32 forward pass of the train form, and a copy of the train
             form is kept for the graphs of other shapes).
         precision: 'fp32', or 'int8' with ``calibration`` (a few input batches like the
-            example): a statically quantized onnxruntime graph, checked against float32
+            example): a statically quantized ONNX graph run by OpenVINO (when installed)
+            or onnxruntime (``quantize.INT8_BACKENDS``), checked against float32
             by cosine and task agreement instead (``deploy/quantize.py``, ``Int8Model``).
 
     Returns an ``OptimizedModel``: ``optimized(x)`` gives what ``model(x)`` gives.

@@ -1,5 +1,6 @@
 """What an exported graph's users need besides the graph, from the config and the
-checkpoint: the class names (as the codebases' inferencers find them) and the config's
+checkpoint: the class names (``dataset_meta``: the one rule for them, also followed by
+predict_photos for the codebases' inferencers) and the config's
 test-pipeline resizing as steps tools/onnx_infer.py repeats on a photo
 (``predict.preprocess``). tools/export_onnx.py stores them in the ONNX metadata."""
 import numbers
@@ -26,29 +27,44 @@ def _test_dataset_cfg(cfg) -> dict:
     return dataset or {}
 
 
-def class_names(cfg, checkpoint: dict, model: nn.Module) -> Tuple[List[str], str]:
-    """(class names, where they came from) as the codebases' inferencers find them: the
-    checkpoint's ``meta.dataset_meta.classes`` (``meta.CLASSES`` of older files), else
-    the config's test dataset ``metainfo``, else its dataset type's ``METAINFO``. Names
-    whose count is not the model's number of classes are not used: ([], why)."""
+def dataset_meta(cfg, checkpoint: dict, model: nn.Module) -> Tuple[dict, str]:
+    """(dataset meta, where it came from): the one rule every tool follows for class
+    names, as mmengine's Runner records them. The first source that lists class names:
+    the checkpoint's ``meta.dataset_meta`` (``meta.CLASSES`` of older files), else the
+    config's test dataset ``metainfo``, else its dataset type's ``METAINFO``. The meta is
+    ``classes`` (strings) and, when that source has one for every class, ``palette``.
+    Names whose count is not the model's number of classes are not used: ({}, why)."""
     meta = checkpoint.get('meta') or {}
+    recorded = meta.get('dataset_meta') or {}
+    if not recorded.get('classes'):
+        recorded = dict(classes=meta.get('CLASSES'))
     dataset = _test_dataset_cfg(cfg)
-    candidates = [((meta.get('dataset_meta') or {}).get('classes') or meta.get('CLASSES'),
-                   "the checkpoint's meta"),
-                  ((dataset.get('metainfo') or {}).get('classes'),
-                   "the config's test dataset metainfo")]
+    candidates = [(recorded, "the checkpoint's meta"),
+                  (dataset.get('metainfo') or {}, "the config's test dataset metainfo")]
     if dataset.get('type'):
         dataset_type = _registry(codebase_of(cfg), 'DATASETS').get(dataset['type'])
-        candidates.append((getattr(dataset_type, 'METAINFO', {}).get('classes'),
+        candidates.append((getattr(dataset_type, 'METAINFO', {}),
                            f'{dataset["type"]}.METAINFO'))
     count = num_classes_of(model)
-    for names, source in candidates:
+    for info, source in candidates:
+        names = info.get('classes')
         if names:
-            if len(names) == count:
-                return [str(n) for n in names], source
-            return [], (f'{source} lists {len(names)} class names but the model predicts '
-                        f'{count} classes: names left out')
-    return [], 'no class names in the checkpoint or the config'
+            if len(names) != count:
+                return {}, (f'{source} lists {len(names)} class names but the model predicts '
+                            f'{count} classes: names left out')
+            found = dict(classes=[str(n) for n in names])
+            palette = info.get('palette')
+            if palette is not None and len(palette) == count:
+                found['palette'] = [tuple(colour) for colour in palette]
+            return found, source
+    return {}, 'no class names in the checkpoint or the config'
+
+
+def class_names(cfg, checkpoint: dict, model: nn.Module) -> Tuple[List[str], str]:
+    """(class names, where they came from) by the rule of ``dataset_meta``: ([], why)
+    when there are none for this model."""
+    meta, source = dataset_meta(cfg, checkpoint, model)
+    return meta.get('classes', []), source
 
 
 # Test-pipeline transforms that do not change the image (loading as cv2 does, packing).

@@ -28,6 +28,11 @@ import numpy as np
 import torch
 
 from ..checkpoints.io import atomic_file
+from ..machine import check_device
+from .reparameterize import DeployError, codebase_of, load_config, read_config
+
+DEPLOY_KEYS = ('onnx_config', 'codebase_config', 'backend_config')  # what mmdeploy reads
+TASKS = dict(mmdet='detection', mmseg='segmentation', mmpretrain='classification')
 
 
 @contextlib.contextmanager
@@ -52,19 +57,45 @@ def torchscript_onnx_export() -> Iterator[None]:
         torch.onnx.export = original
 
 
+def check_configs(deploy_cfg: str, model_cfg: str):
+    """DeployError naming the fix unless ``deploy_cfg`` is an mmdeploy deploy config (it
+    has onnx_config, codebase_config and backend_config) for the codebase of the model
+    config ``model_cfg`` (both read as ``reparameterize.read_config`` reads them)."""
+    deploy = read_config(deploy_cfg, 'Deploy config')
+    missing = [key for key in DEPLOY_KEYS if key not in deploy]
+    if missing:
+        kind = ('a model config (it has a model)' if 'model' in deploy
+                else 'not an mmdeploy deploy config')
+        raise DeployError(f'Deploy config {deploy_cfg!r} is {kind}, without '
+                          f'{", ".join(missing)}: the deploy config comes first '
+                          f'(DEPLOY_CFG CONFIG CHECKPOINT OUT); use one of '
+                          f'configs/mmdeploy/*.py.')
+    codebase = codebase_of(load_config(model_cfg))
+    wanted = deploy.codebase_config.get('type')
+    if wanted != codebase:
+        raise DeployError(f'Deploy config {deploy_cfg!r} is for {wanted} models '
+                          f'(codebase_config.type) but {model_cfg!r} is an {codebase} '
+                          f'model: use a {TASKS[codebase]} deploy config '
+                          f'(configs/mmdeploy/{TASKS[codebase]}_*.py).')
+
+
 def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], out: str,
                    image: Union[str, np.ndarray, None] = None, device: str = 'cpu') -> str:
     """mmdeploy's ``torch2onnx`` for a trained checkpoint (train or deploy form; mmdeploy
     fuses it): writes ``out`` (mmdeploy's end2end.onnx) atomically and returns its path.
 
     ``image`` is what the export traces (a path or an HxWx3 BGR uint8 array); by default a
-    grey image of the deploy config's static input shape, else 320x320.
+    grey image of the deploy config's static input shape, else 320x320. The configs
+    (``check_configs``) and the device (``machine.check_device``) are checked first.
     """
+    check_configs(deploy_cfg, model_cfg)
+    device = check_device(device)
     from mmdeploy.apis import torch2onnx
-    from mmdeploy.utils import get_input_shape, load_config
+    from mmdeploy.utils import get_input_shape
+    from mmdeploy.utils import load_config as load_configs
 
     if image is None:
-        width, height = get_input_shape(load_config(deploy_cfg)[0]) or (320, 320)
+        width, height = get_input_shape(load_configs(deploy_cfg)[0]) or (320, 320)
         image = np.full((height, width, 3), 128, np.uint8)
     with tempfile.TemporaryDirectory() as work_dir, torchscript_onnx_export():
         torch2onnx(image, work_dir, 'end2end.onnx', deploy_cfg, model_cfg, checkpoint,
@@ -80,9 +111,11 @@ def build_backend_model(deploy_cfg: str, model_cfg: str, onnx_file: str,
     """(mmdeploy's task processor, its backend model for ``onnx_file``): the model takes
     the codebase's data batches (``test_step``) and returns its data samples."""
     from mmdeploy.apis.utils import build_task_processor
-    from mmdeploy.utils import load_config
+    from mmdeploy.utils import load_config as load_configs
 
-    deploy, model = load_config(deploy_cfg, model_cfg)
+    check_configs(deploy_cfg, model_cfg)
+    device = check_device(device)
+    deploy, model = load_configs(deploy_cfg, model_cfg)
     processor = build_task_processor(model, deploy, device)
     backend_model = processor.build_backend_model(
         [onnx_file], data_preprocessor_updater=processor.update_data_preprocessor)

@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..checkpoints.paths import check_input_file
+from ..errors import UserError
 
 TASK_OUTPUTS = dict(detection=['boxes', 'scores'], segmentation=['logits', 'labels'],
                     classification=['logits'])
@@ -28,7 +29,7 @@ DETECTION_KEYS = ('level_sizes', 'score_thr', 'nms_pre', 'iou_threshold', 'min_b
                   'max_per_img')
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """A photo or an exported model that cannot be used, with the reason and the fix."""
 
 
@@ -42,9 +43,11 @@ def read_photo(path: str) -> np.ndarray:
     from PIL import Image, ImageFile, UnidentifiedImageError
     path = check_input_file(path, 'photo')
     previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    mode = None  # Pillow's pixel mode, when Pillow reads the file
     try:
         with Image.open(path) as image:
             image.load()
+            mode = image.mode
     except (UnidentifiedImageError, Image.DecompressionBombError):
         pass  # a format only OpenCV reads (EXR, PFM, ...), or huge: cv2 decides below
     except (OSError, SyntaxError, ValueError) as error:
@@ -53,6 +56,16 @@ def read_photo(path: str) -> np.ndarray:
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
     photo = cv2.imread(path, cv2.IMREAD_COLOR)
+    if photo is None and mode == 'F':
+        raise PredictError(f'The photo {path!r} is a 32-bit floating-point image (Pillow mode '
+                           f"'F'): OpenCV, which mmcv and the inferencers read photos with, "
+                           f'does not read it as a colour image, and its value range (0..1? '
+                           f'0..255?) is not known. Scale it and save it as 8 or 16 bits per '
+                           f'channel.')
+    if photo is None and mode is not None:
+        raise PredictError(f'The photo {path!r} is an image Pillow reads (mode {mode!r}) but '
+                           f'OpenCV, which mmcv and the inferencers read photos with, does '
+                           f'not: save it as 8-bit RGB (PNG or JPEG).')
     if photo is None:
         raise PredictError(f'The photo {path!r} is not an image that OpenCV or Pillow can '
                            f'read (JPEG, PNG, BMP, TIFF, WebP, ...): give an image file.')
@@ -255,6 +268,29 @@ def check_metadata(session, meta: dict, path: str):
                            f'{"; ".join(problems)}. {fix}')
 
 
+def check_external_data(path: str):
+    """PredictError naming the file and where it was looked for when the ONNX model at
+    ``path`` keeps tensors in external data files (onnx's save_as_external_data, needed
+    above 2 GB) and one of them is missing. A file onnx cannot parse is left to
+    onnxruntime's error."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    try:
+        graph = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a readable model: load_onnx says so
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    for tensor in graph.graph.initializer:
+        if uses_external_data(tensor):
+            location = os.path.join(folder, ExternalDataInfo(tensor).location)
+            if not os.path.isfile(location):
+                raise PredictError(
+                    f'The ONNX model {path!r} keeps its weights in external data files, and '
+                    f'{ExternalDataInfo(tensor).location!r} (tensor {tensor.name!r}) is '
+                    f'missing: looked for {location!r}. Copy the data file next to the '
+                    f'model, as it was when exported.')
+
+
 def load_onnx(path: str, threads: Optional[int] = None):
     """(onnxruntime session, metadata) of a graph written by tools/export_onnx.py; a
     missing or unreadable file, a PyTorch checkpoint, a foreign or inconsistent graph are
@@ -266,6 +302,7 @@ def load_onnx(path: str, threads: Optional[int] = None):
     if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':
         raise PredictError(f'{path!r} is a PyTorch checkpoint, not an ONNX model: export it '
                            f'first with tools/export_onnx.py CONFIG {path} OUT.onnx.')
+    check_external_data(path)
     try:
         session = make_session(path, threads)
     except Exception as error:  # noqa: BLE001 (onnxruntime's own exception types)
@@ -301,15 +338,31 @@ class Prediction:
     label_map: Optional[np.ndarray] = None      # (H, W) segmentation
 
 
-def predict(session, meta: dict, photo: np.ndarray) -> Prediction:
-    """Run the graph on a photo (``read_photo``) as the codebase's inferencer runs the
-    model; see the module docstring."""
+class SessionRunner:
+    """An onnxruntime session of an exported graph as a runtime's Runner
+    (mobileone_mm.runtimes): ``runner(image)`` gives the graph's outputs for a
+    (1, 3, H, W) float32 BGR 0..255 image; ``input_shape`` is (H, W) when fixed."""
+
+    def __init__(self, session, metadata: dict):
+        self.session, self.metadata = session, metadata
+        self.input_shape = graph_input_shape(session)
+
+    def __call__(self, image: np.ndarray) -> List[np.ndarray]:
+        return self.session.run(None, {'image': image})
+
+
+def predict(runner, meta: dict, photo: np.ndarray) -> Prediction:
+    """Run an exported model on a photo (``read_photo``) as the codebase's inferencer runs
+    the model; see the module docstring. ``runner``: any runtime's Runner
+    (mobileone_mm.runtimes: ``runner(image)`` -> raw outputs, ``input_shape``) or an
+    onnxruntime session of an exported graph; ``meta``: the export metadata."""
+    if not callable(runner):  # an onnxruntime InferenceSession
+        runner = SessionRunner(runner, meta)
     steps = meta.get('preprocess')
     # without the pipeline (graphs exported before it was recorded), the export size
-    shape = graph_input_shape(session) or (tuple(meta['input_shape']) if steps is None
-                                           else None)
+    shape = runner.input_shape or (tuple(meta['input_shape']) if steps is None else None)
     image, frame = preprocess(photo, steps, shape)
-    outputs = session.run(None, {'image': image.transpose(2, 0, 1)[None].astype(np.float32)})
+    outputs = runner(image.transpose(2, 0, 1)[None].astype(np.float32))
     task = meta['task']
     if task == 'detection':
         boxes, scores, labels = postprocess_detections(frame.to_photo(outputs[0][0]),

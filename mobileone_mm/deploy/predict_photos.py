@@ -14,7 +14,11 @@ The checkpoint is first loaded strictly into the form of the config it fits (tra
 or the deploy form for a fused checkpoint; reparameterize.load_model), so a checkpoint
 of another config is a one-line error instead of the inferencers' non-strict load with
 random weights left in place. ``deploy=True`` fuses the inferencer's model in memory
-(``reparameterize_model``) before the first photo.
+(``reparameterize_model``) before the first photo. The class names the inferencer's model
+and visualizer get follow the one rule of ``metadata.dataset_meta`` (checkpoint meta,
+else the config's metainfo, else the dataset type's), as the ONNX path's do, instead of
+the inferencers' own fallback (COCO names for any detector without names in its
+checkpoint).
 """
 import contextlib
 import importlib
@@ -28,7 +32,9 @@ import numpy as np
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
 from ..checkpoints.paths import plan_outputs
+from ..machine import check_device
 from ..models.reparam import reparameterize_model
+from .metadata import dataset_meta, num_classes_of
 from .predict import read_photo
 from .reparameterize import codebase_of, deploy_config, load_config, load_model
 
@@ -63,6 +69,11 @@ def check_photo(path) -> str:
     return os.fspath(path)
 
 
+def _seg_palette(count: int) -> List[List[int]]:
+    """The colours mmseg gives classes without a palette (``BaseSegDataset``: seed 42)."""
+    return np.random.RandomState(42).randint(0, 255, size=(count, 3)).tolist()
+
+
 @dataclass
 class PhotoResult:
     path: str
@@ -79,9 +90,14 @@ class PhotoDemo:
 
     def __init__(self, config, checkpoint: str, deploy: bool = False, device: str = 'cpu',
                  score_thr: float = 0.3, top: int = 5):
+        device = check_device(device)
         cfg = load_config(config)
         self.codebase = codebase_of(cfg)
-        _, cfg, ckpt = load_model(cfg, checkpoint)  # strict: fits, or a one-line error
+        model, cfg, ckpt = load_model(cfg, checkpoint)  # strict: fits, or a one-line error
+        # the one rule for class names (metadata.dataset_meta), not the inferencers' own
+        # fallback (COCO / Cityscapes names for a model without them in its checkpoint)
+        meta, source = dataset_meta(cfg, ckpt, model)
+        self.classes_source = source if meta else f'none, class numbers shown ({source})'
         if is_fused(state_dict_of(ckpt)):
             cfg = deploy_config(cfg)
         module, name, weights = INFERENCERS[self.codebase]
@@ -90,18 +106,27 @@ class PhotoDemo:
             warnings.filterwarnings('ignore', message='.*dataset_meta or class names')
             self.inferencer = inferencer_class(cfg, **{weights: os.fspath(checkpoint)},
                                                device=device)
+        self._set_dataset_meta(meta, num_classes_of(model))
         self.inferencer.show_progress = False
         if deploy:
             reparameterize_model(self.inferencer.model)
         self.score_thr, self.top = score_thr, top
 
-    @property
-    def classes(self) -> Sequence[str]:
-        """Class names as the inferencer shows them (the checkpoint's ``dataset_meta``,
-        else the codebase's default)."""
+    def _set_dataset_meta(self, meta: dict, num_classes: int):
+        """Give the inferencer's model and visualizer ``meta`` (class names by the rule of
+        ``metadata.dataset_meta``; none: class numbers are shown)."""
+        self.classes = tuple(meta.get('classes', ()))
         if self.codebase == 'mmpretrain':
-            return self.inferencer.classes or ()
-        return (self.inferencer.model.dataset_meta or {}).get('classes') or ()
+            self.inferencer.classes = list(self.classes) or None
+            self.inferencer.model.dataset_meta = dict(meta)
+        elif self.codebase == 'mmdet':
+            self.inferencer.model.dataset_meta = dict(meta)
+            self.inferencer.visualizer.dataset_meta = dict(meta)
+        else:  # mmseg's visualizer needs names and a palette of one colour per class
+            classes = list(self.classes) or [str(i) for i in range(num_classes)]
+            palette = meta.get('palette') or _seg_palette(len(classes))
+            self.inferencer.model.dataset_meta = dict(classes=classes, palette=palette)
+            self.inferencer.visualizer.set_dataset_meta(classes, palette)
 
     def class_name(self, label: int) -> str:
         classes = self.classes
@@ -178,9 +203,10 @@ def write_picture(picture: np.ndarray, path: str):
 
 def run_demo(config, checkpoint: str, photos: Sequence[str], out_dir: Optional[str] = None,
              deploy: bool = False, device: str = 'cpu', score_thr: float = 0.3
-             ) -> List[PhotoResult]:
+             ) -> Tuple[List[PhotoResult], str]:
     """``PhotoDemo`` on ``photos``; with ``out_dir``, each picture written there as
-    ``<photo name>.png`` (paths checked before the model is built)."""
+    ``<photo name>.png`` (paths checked before the model is built). Returns the results
+    and where the class names came from (``metadata.dataset_meta``)."""
     photos = [check_photo(photo) for photo in photos]
     targets = picture_paths(photos, out_dir) if out_dir is not None else {}
     demo = PhotoDemo(config, checkpoint, deploy=deploy, device=device, score_thr=score_thr)
@@ -188,4 +214,4 @@ def run_demo(config, checkpoint: str, photos: Sequence[str], out_dir: Optional[s
     for result in results:
         if result.path in targets:
             write_picture(result.picture, targets[result.path])
-    return results
+    return results, demo.classes_source

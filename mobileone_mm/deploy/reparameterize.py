@@ -14,6 +14,7 @@ the rest of the package does not need it.
 import copy
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -26,6 +27,7 @@ from mmengine.runner import load_state_dict
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import CheckpointError, load_checkpoint, state_dict_of
 from ..checkpoints.paths import PathError, atomic_files, plan_outputs
+from ..errors import UserError
 from ..models.reparam import reparameterize_model
 from .export import flatten
 from .verify import Reference, describe
@@ -33,7 +35,7 @@ from .verify import Reference, describe
 CODEBASES = ('mmdet', 'mmseg', 'mmpretrain')
 
 
-class DeployError(ValueError):
+class DeployError(UserError, ValueError):
     """A config / model that cannot be re-parameterized, or outputs that changed."""
 
 
@@ -59,29 +61,93 @@ class ReparamResult:
 
 
 # ------------------------------------------------------------------ config and model
-def load_config(config) -> Config:
-    """A Config, or the config file ``config`` read by mmengine; a missing file is a
-    FileNotFoundError, a folder or a syntax error a DeployError naming the file."""
-    if isinstance(config, Config):
-        return config
-    config = os.fspath(config)
-    if not os.path.exists(config):
-        raise FileNotFoundError(f'Config {config!r} does not exist.')
-    if not os.path.isfile(config):
-        raise DeployError(f'Config {config!r} is a folder, not a config file: give the .py '
+class ConfigNotFound(DeployError, FileNotFoundError):
+    """The config file does not exist."""
+
+
+CONFIG_EXTENSIONS = ('.py', '.json', '.yaml', '.yml')  # what mmengine's Config reads
+_OTHER_FILES = {('.pth', '.pt', '.ckpt', '.tar', '.bin', '.safetensors'): 'a checkpoint',
+                ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif'): 'an image',
+                ('.onnx', ): 'an ONNX model'}
+
+
+def check_config_file(path, what: str = 'Config') -> str:
+    """``path`` as a string when it is a file with a config's extension, before mmengine
+    reads it; else DeployError naming ``what``, the file and the fix: missing
+    (ConfigNotFound, also a FileNotFoundError), a folder, another kind of file (a
+    checkpoint or a photo: arguments swapped)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigNotFound(f'{what} {path!r} does not exist.')
+    if not os.path.isfile(path):
+        raise DeployError(f'{what} {path!r} is a folder, not a config file: give the .py '
                           f'file in it.')
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in CONFIG_EXTENSIONS:
+        kind = next((kind for extensions, kind in _OTHER_FILES.items()
+                     if extension in extensions), f'a {extension or "extensionless"} file')
+        raise DeployError(f'{what} {path!r} is {kind}, not a config '
+                          f'({", ".join(CONFIG_EXTENSIONS)}): are the arguments swapped? '
+                          f'See the order in --help.')
+    return path
+
+
+def read_config(path, what: str = 'Config') -> Config:
+    """The config file at ``path`` read by mmengine. Every way it can fail is a
+    DeployError naming ``what``, the file, the problem and the fix: the file checks of
+    ``check_config_file``, a syntax error, an exception or a failed import while mmengine
+    runs it."""
+    path = check_config_file(path, what)
     try:
-        return Config.fromfile(config)
+        cfg = Config.fromfile(path)
+        for key in list(cfg.keys()):  # a config with imports is read lazily (mmengine's
+            cfg[key]                  # LazyObject): import them now, not at first use
+        return cfg
     except SyntaxError as error:  # mmengine names no file: is it this one or a base?
-        where = f'Config {config!r}'
+        where = f'{what} {path!r}'
         try:
-            with open(config, encoding='utf-8') as f:
-                compile(f.read(), config, 'exec')
-            where = f'A config that {config!r} inherits (_base_)'
+            with open(path, encoding='utf-8') as f:
+                compile(f.read(), path, 'exec')
+            where = f'A config that {path!r} inherits (_base_)'
         except SyntaxError:
             pass
         raise DeployError(f'{where} has a syntax error at line {error.lineno}: {error.msg} '
                           f'({(error.text or "").strip()!r}). Fix the file.') from None
+    except ImportError as error:  # an import in the file, or custom_imports
+        raise DeployError(f'{what} {path!r} (or a config it inherits) imports '
+                          f'{_failed_import(error)}: install it, or fix the import or '
+                          f'custom_imports.') from error
+    except Exception as error:  # noqa: BLE001 - a config is a program: any error is its own
+        raise DeployError(f'{what} {path!r} (or a config it inherits) failed while '
+                          f'mmengine read it ({type(error).__name__}: {error}). Fix the '
+                          f'file.') from error
+
+
+def _failed_import(error: ImportError) -> str:
+    """What could not be imported, in words: the missing module's name when one of the
+    chained errors names it (mmengine re-raises them with its own message)."""
+    while error is not None:
+        name = getattr(error, 'name', None)
+        if name is None:
+            match = re.search(r"No module named '([^']+)'", str(error))
+            name = match and match.group(1)
+        if name:
+            return f'{name!r}, which is not installed'
+        error = error.__cause__ or error.__context__
+    return 'a module that cannot be imported'
+
+
+def load_config(config) -> Config:
+    """A Config, or the model config file ``config`` (``read_config``) that has a
+    ``model``; else DeployError naming the file and the fix."""
+    if isinstance(config, Config):
+        return config
+    cfg = read_config(config)
+    if not isinstance(cfg.get('model'), dict):
+        raise DeployError(f'Config {os.fspath(config)!r} has no model (a dict): it is not a '
+                          f'model config (a dataset, schedule or deploy config?). Give the '
+                          f'config the checkpoint was trained with.')
+    return cfg
 
 
 def codebase_of(cfg: Config) -> str:
@@ -109,7 +175,15 @@ def build_model(cfg: Config) -> Tuple[nn.Module, str]:
     model_cfg = copy.deepcopy(cfg.model)
     if cfg.get('data_preprocessor') is not None:  # the Runner merges it the same way
         model_cfg.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
-    return _registry(codebase, 'MODELS').build(model_cfg).eval(), codebase
+    try:
+        model = _registry(codebase, 'MODELS').build(model_cfg)
+    except (KeyError, ValueError, TypeError) as error:  # a wrong type name or argument
+        if isinstance(error, UserError):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise DeployError(f"The config's model cannot be built: {message} Fix the model "
+                          f'settings of the config.') from error
+    return model.eval(), codebase
 
 
 def deploy_config(cfg: Config) -> Config:
@@ -156,6 +230,8 @@ def load_model(config, checkpoint: str) -> Tuple[nn.Module, Config, dict]:
     A fused checkpoint is loaded into the deploy form of the config, a train-form one into
     the train form (a deploy config's backbone is switched back for it).
     """
+    if not isinstance(config, Config):  # first: a checkpoint given as the config is
+        check_config_file(config)       # named so, not read as a checkpoint
     ckpt = load_checkpoint(checkpoint)
     cfg = load_config(config)
     state_dict = state_dict_of(ckpt)

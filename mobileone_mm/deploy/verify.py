@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .export import WRAPPERS, load_session
-from .predict import postprocess_detections
+from .predict import SessionRunner, postprocess_detections
 
 FACTOR = 4.0
 MAX_FACTOR = 64.0
@@ -218,10 +218,18 @@ def _float_outputs(module: nn.Module, image: torch.Tensor) -> List[torch.Tensor]
 
 def verify_onnx(model: nn.Module, path: str, images: Sequence[np.ndarray],
                 score_thr: float = 0.3) -> dict:
-    """Run an exported graph in onnxruntime and judge its float outputs (logits; boxes
-    and per-anchor scores) by the shared criterion against ``model``, the PyTorch model it
-    was exported from: in train form where there is one (then the fusion is judged too),
-    else as loaded. ``images``: (1, 3, H, W) float32 BGR 0..255, as the graph takes them.
+    """Run an exported graph (a path or the serialized bytes) in onnxruntime and judge it
+    as ``verify_runner`` does."""
+    return verify_runner(model, SessionRunner(*load_session(path)), images, score_thr)
+
+
+def verify_runner(model: nn.Module, runner, images: Sequence[np.ndarray],
+                  score_thr: float = 0.3) -> dict:
+    """Run an exported model (``runner``: a runtime's Runner, mobileone_mm.runtimes, with
+    the export ``metadata``) and judge its float outputs (logits; boxes and per-anchor
+    scores) by the shared criterion against ``model``, the PyTorch model it was exported
+    from: in train form where there is one (then the fusion is judged too), else as
+    loaded. ``images``: (1, 3, H, W) float32 BGR 0..255, as the artefact takes them.
 
     ``passed`` is the criterion's verdict. Also reported, from the same runs: the
     logits' max difference relative to their scale (``logits_rel_diff``), the share of
@@ -229,13 +237,13 @@ def verify_onnx(model: nn.Module, path: str, images: Sequence[np.ndarray],
     ``score_thr`` after post-processing, matched to mmdet's own (``detections``,
     ``unmatched``, ``min_box_iou``, ``max_score_diff``).
     """
-    session, meta = load_session(path)
+    meta = runner.metadata
     task = meta['task']
     model = model.eval()
     wrapper = WRAPPERS[task](model, images[0].shape[2:]).eval()
     tensors = [torch.from_numpy(image) for image in images]
     reference = Reference(wrapper, tensors, _float_outputs)
-    actual = [session.run(None, {'image': image}) for image in images]
+    actual = [[np.asarray(a) for a in runner(image)] for image in images]
     check = reference.judge([[torch.from_numpy(a) for a in out if a.dtype.kind == 'f']
                              for out in actual])
     report = dict(task=task, images=len(images), **check)

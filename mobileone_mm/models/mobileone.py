@@ -68,10 +68,29 @@ class MobileOneBlock(BaseModule):
     Deploy form: ``branch_reparam``, one k x k conv with bias (see reparam.py).
 
     Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        kernel_size (int): odd size k of the k x k branches (1 for a pointwise block,
+            which then has no ``branch_scale``).
+        stride (int): stride of every branch. Default: 1.
+        dilation (int): dilation of the k x k branches (padding = dilation x (k // 2));
+            the 1 x 1 scale branch is not dilated. Default: 1.
+        groups (int): groups of every conv; ``in_channels`` makes the block depthwise.
+            Must divide in_channels and out_channels. Default: 1.
+        num_branches (int): number of k x k conv + BN branches (the paper's
+            over-parameterisation factor k). Default: 1.
         identity (bool, optional): whether to build the identity branch. Default: when
             in_channels == out_channels and stride == 1. The backbone passes it
             explicitly so that a stage made to stop striding (output stride 8/16) keeps
             the structure, and so the weights, of its ImageNet checkpoint.
+        se_cfg (dict, optional): squeeze-excite after the branch sum, the keyword
+            arguments of ``SqueezeExcite`` (ratio, divisor); None for none. Default: None.
+        norm_cfg (dict): norm layer of each branch. Default: dict(type='BN').
+        act_cfg (dict): activation after the (SE-gated) sum. Default: ReLU, in place.
+        deploy (bool): build the fused form (``branch_reparam``) directly. Default: False.
+        with_cp (bool): recompute the branches in backward (gradient checkpointing) to
+            save memory while training. Default: False.
+        init_cfg (dict | list[dict], optional): mmengine init config. Default: None.
     """
 
     def __init__(self,
@@ -291,45 +310,65 @@ class MobileOne(BaseModule):
         super().__init__(init_cfg=list(init_cfg) if isinstance(init_cfg, tuple) else init_cfg)
         self.arch = resolve_arch(arch)
         self.arch_name = arch_name(self.arch)
+        self.out_indices, self.strides, self.dilations = self._check_args(
+            in_channels, out_indices, strides, dilations, frozen_stages)
         self.in_channels = in_channels
-        self.out_indices = self._check_out_indices(out_indices)
-        self.strides = self._check_per_stage('strides', strides, (1, 2))
-        self.dilations = self._check_per_stage('dilations', dilations, None)
         self.contract_dilation = contract_dilation
-        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= NUM_STAGES):
-            raise ValueError(f'frozen_stages must be -1 (none), 0 (stem) .. {NUM_STAGES}, '
-                             f'got {frozen_stages!r}.')
-        if not (isinstance(in_channels, int) and in_channels > 0):
-            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}.')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.deploy = deploy
         self.out_channels = [stage_channels(self.arch)[i] for i in self.out_indices]
 
-        block = dict(norm_cfg=norm_cfg, act_cfg=act_cfg, deploy=deploy, with_cp=with_cp)
+        block_cfg = dict(norm_cfg=norm_cfg, act_cfg=act_cfg, deploy=deploy, with_cp=with_cp)
         channels = stem_channels(self.arch)
-        self.stage0 = MobileOneBlock(in_channels, channels, 3, stride=2, **block)
+        self.stage0 = MobileOneBlock(in_channels, channels, 3, stride=2, **block_cfg)
         for i, out_channels in enumerate(stage_channels(self.arch)):
-            num_blocks = self.arch['num_blocks'][i]
-            first_se = num_blocks - self.arch['num_se_blocks'][i]
             previous_dilation = self.dilations[i - 1] if i else 1
-            blocks = []
-            for j in range(num_blocks):
-                # The first block of a stage is the downsampling one in the ImageNet
-                # model: it has no identity branch even when made to stop striding, and
-                # (contract_dilation) it keeps the dilation of the grid it reads.
-                first = j == 0
-                common = dict(block, num_branches=self.arch['num_conv_branches'][i],
-                              se_cfg=se_cfg if j >= first_se else None)
-                blocks.append(MobileOneBlock(  # depthwise k x k
-                    channels, channels, 3, stride=self.strides[i] if first else 1,
-                    dilation=(previous_dilation if first and self.contract_dilation
-                              else self.dilations[i]),
-                    groups=channels, identity=not first, **common))
-                blocks.append(MobileOneBlock(  # pointwise 1 x 1
-                    channels, out_channels, 1, **common))
-                channels = out_channels
-            self.add_module(f'stage{i + 1}', Sequential(*blocks))
+            self.add_module(f'stage{i + 1}', self._make_stage(
+                channels, out_channels, num_blocks=self.arch['num_blocks'][i],
+                num_se_blocks=self.arch['num_se_blocks'][i],
+                num_conv_branches=self.arch['num_conv_branches'][i],
+                stride=self.strides[i], dilation=self.dilations[i],
+                first_dilation=previous_dilation if contract_dilation else self.dilations[i],
+                se_cfg=se_cfg, block_cfg=block_cfg))
+            channels = out_channels
+
+    @staticmethod
+    def _make_stage(in_channels: int, out_channels: int, num_blocks: int, num_se_blocks: int,
+                    num_conv_branches: int, stride: int, dilation: int, first_dilation: int,
+                    se_cfg: dict, block_cfg: dict) -> Sequential:
+        """One stage: ``num_blocks`` pairs of a depthwise 3 x 3 and a pointwise 1 x 1
+        block, SE on the last ``num_se_blocks`` pairs. The first pair is the downsampling
+        one in the ImageNet model: it strides by ``stride``, has no identity branch even
+        when made to stop striding, and reads with ``first_dilation`` (the previous
+        stage's dilation under contract_dilation) the grid it is given."""
+        blocks = []
+        for j in range(num_blocks):
+            first = j == 0
+            common = dict(block_cfg, num_branches=num_conv_branches,
+                          se_cfg=se_cfg if j >= num_blocks - num_se_blocks else None)
+            blocks.append(MobileOneBlock(  # depthwise k x k
+                in_channels, in_channels, 3, stride=stride if first else 1,
+                dilation=first_dilation if first else dilation, groups=in_channels,
+                identity=not first, **common))
+            blocks.append(MobileOneBlock(  # pointwise 1 x 1
+                in_channels, out_channels, 1, **common))
+            in_channels = out_channels
+        return Sequential(*blocks)
+
+    @classmethod
+    def _check_args(cls, in_channels, out_indices, strides, dilations, frozen_stages):
+        """The arguments' checks, in the order they are reported; returns the resolved
+        out_indices, strides and dilations."""
+        out_indices = cls._check_out_indices(out_indices)
+        strides = cls._check_per_stage('strides', strides, (1, 2))
+        dilations = cls._check_per_stage('dilations', dilations, None)
+        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= NUM_STAGES):
+            raise ValueError(f'frozen_stages must be -1 (none), 0 (stem) .. {NUM_STAGES}, '
+                             f'got {frozen_stages!r}.')
+        if not (isinstance(in_channels, int) and in_channels > 0):
+            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}.')
+        return out_indices, strides, dilations
 
     @staticmethod
     def _check_out_indices(out_indices) -> list:
@@ -376,6 +415,11 @@ class MobileOne(BaseModule):
         backbones, the input must have the weights' floating dtype (float32 images from a
         data preprocessor; model.double() for float64). A uint8 image is refused rather
         than cast, since casting would skip the mean / std normalisation."""
+        if not isinstance(x, torch.Tensor):
+            kind = f'{type(x).__module__}.{type(x).__name__}'.replace('builtins.', '')
+            raise TypeError(f'MobileOne expects a torch.Tensor (N, {self.in_channels}, H, W), '
+                            f'got a {kind}: convert it first, e.g. '
+                            f'torch.from_numpy(x).float() for a normalised numpy image.')
         shape = tuple(int(s) for s in x.shape)  # ints, also while tracing (no tensor(1))
         if len(shape) != 4 or shape[1] != self.in_channels:
             hint = (f' (or build the backbone with in_channels={shape[1]})'

@@ -83,6 +83,10 @@ def reparameterize_model(model: nn.Module) -> nn.Module:
     Any submodule with a ``switch_to_deploy()`` method is switched (ours, mmpretrain's
     MobileOne / RepVGG blocks, ...). Switching twice is harmless.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'reparameterize_model expects a torch.nn.Module (a detector, '
+                        f'segmentor, classifier or backbone), got {type(model).__name__}: '
+                        f'pass the built model (e.g. MODELS.build(cfg.model)).')
     for module in list(model.modules()):
         switch = getattr(module, 'switch_to_deploy', None)
         if callable(switch):

@@ -33,6 +33,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mobileone_mm.errors import UserError
+
 CLASSES = ('disk', 'square', 'triangle', 'star')
 # per class: RGB colour and texture
 CLASS_LOOKS = {'disk': ((215, 45, 40), 'noise'), 'square': ((40, 170, 60), 'stripes'),
@@ -191,20 +193,29 @@ def boundary(labels: np.ndarray, width: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- writers
+class TinyDataError(UserError, ValueError):
+    """Settings a tiny data set cannot be written with."""
+
+
+class DataSetExists(UserError, FileExistsError):
+    """The output folder already holds a data set, and overwriting was not asked for."""
+
+
 def _check_args(num_train: int, num_val: int, image_size: Sequence[int]):
     if num_train < 1 or num_val < 1:
-        raise ValueError(f'Need at least one train and one val image, got num_train='
-                         f'{num_train}, num_val={num_val}.')
+        raise TinyDataError(f'Need at least one train and one val image, got num_train='
+                            f'{num_train}, num_val={num_val}.')
     if len(image_size) != 2 or min(image_size) < 32:
-        raise ValueError(f'image_size must be (height, width), both >= 32, got {image_size}.')
+        raise TinyDataError(f'image_size must be (height, width), both >= 32, got '
+                            f'{image_size}.')
 
 
 def _clear(paths: Sequence[Path], overwrite: bool):
     """Refuse to mix with an existing data set (stale files would join the splits)."""
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f'{existing[0]} already exists: choose another output folder '
-                              f'or pass overwrite=True (--overwrite) to replace it.')
+        raise DataSetExists(f'{existing[0]} already exists: choose another output folder '
+                            f'or pass overwrite=True (--overwrite) to replace it.')
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -305,7 +316,7 @@ def make_tiny_voc(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 5
     """
     _check_args(num_train, num_val, image_size)
     if num_aug < 0:
-        raise ValueError(f'num_aug must be >= 0, got {num_aug}.')
+        raise TinyDataError(f'num_aug must be >= 0, got {num_aug}.')
     root = Path(out_dir) / 'VOC2012'
     _clear([root], overwrite)
     for folder in ('JPEGImages', 'SegmentationClass', 'SegmentationClassAug',
