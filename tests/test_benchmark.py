@@ -195,3 +195,100 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
     assert all(f'{flag} ' in markdown for flag in INT8_BF16_FLAGS)
     with open(paths['png'], 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def _runtime_row(model, form, ms, **extra):
+    return dict(section='runtime', model=model, size=320, form=form, median_ms=ms, **extra)
+
+
+RUNTIMES_TABLE = dict(
+    onnxruntime=dict(precisions=['fp32', 'int8'], platform='x86 / ARM CPUs'),
+    executorch=dict(precisions=['fp32', 'int8'], platform='Android / iOS'),
+    ncnn=dict(precisions=['fp32'], platform='Android / ARM boards'),
+    coreml=dict(precisions=['fp32', 'fp16'], platform='iPhone / iPad / Mac'))
+
+
+def test_runtime_table_rows_ratios_stand_ins_and_skipped_reasons():
+    """Fed with rows as _measure_runtimes writes them: every runtime x precision of the
+    runtimes' table is a row, timed ones as ms (time / base, cosine), the base being the
+    faster peer (timm here) or ours in PyTorch for SSDLite; the x86 stand-ins for ARM
+    runtimes and the reasons for what was not timed or could not export are said."""
+    from devkit.benchmark.runtimes import runtime_table
+    rows = [_runtime_row('classifier_s0', 'pytorch_fused', 11.0),
+            _runtime_row('classifier_s0', 'timm_fused', 10.0),
+            _runtime_row('classifier_s0', 'mmpretrain_fused', 12.0),
+            _runtime_row('classifier_s0', 'onnxruntime_fp32', 5.0, cosine=1.0),
+            _runtime_row('classifier_s0', 'onnxruntime_int8', 2.5, cosine=0.9997),
+            _runtime_row('classifier_s0', 'executorch_fp32', 6.0, cosine=0.9999996),
+            _runtime_row('classifier_s0', 'ncnn_fp32', 4.0, cosine=1.0),
+            _runtime_row('ssdlite', 'pytorch_fused', 25.0),
+            _runtime_row('ssdlite', 'onnxruntime_fp32', 20.0, cosine=0.99999),
+            _runtime_row('ssdlite', 'executorch_fp32', 30.0, cosine=1.0)]
+    result = dict(rows=rows, runtimes=dict(
+        table=RUNTIMES_TABLE,
+        skipped={'executorch int8': "The executorch runtime is not installed (no torchao): "
+                                    "pip install 'mobileone-mm[executorch]'",
+                 'coreml fp32': 'runs only on iPhone / iPad / Mac: not timed here',
+                 'coreml fp16': 'runs only on iPhone / iPad / Mac: not timed here'},
+        failed={'ssdlite 320 ncnn_fp32': 'The ncnn runtime cannot take the operator X'}))
+    title, header, cells = runtime_table(result)
+    assert title.startswith('Runtimes')
+    assert header == ['runtime', 'precision', 'S0 classifier 320x320', 'SSDLite-S0 320x320',
+                      'runs on / note']
+    table = {(c[0], c[1]): c[2:] for c in cells}
+    assert len(cells) == 7 + 3
+    assert table['onnxruntime', 'fp32'] == ['5.0 (0.50x, cos 1.000000)',
+                                            '20.0 (0.80x, cos 0.999990)', 'x86 / ARM CPUs']
+    assert table['onnxruntime', 'int8'][:2] == ['2.5 (0.25x, cos 0.999700)', '–']
+    assert table['executorch', 'fp32'] == [
+        '6.0 (0.60x, cos 1.000000)', '30.0 (1.20x, cos 1.000000)',
+        "XNNPACK's x86 kernels, a stand-in for its ARM build"]
+    assert table['executorch', 'int8'] == [
+        '–', '–', "not timed: The executorch runtime is not installed (no torchao): pip "
+                  "install 'mobileone-mm[executorch]'"]
+    assert table['ncnn', 'fp32'] == [
+        '4.0 (0.40x, cos 1.000000)', '–', "ncnn's x86 build, a stand-in for its ARM build; "
+        'SSDLite-S0 320x320: The ncnn runtime cannot take the operator X']
+    for precision in ('fp32', 'fp16'):
+        assert table['coreml', precision] == [
+            '–', '–', 'not timed: runs only on iPhone / iPad / Mac: not timed here']
+    assert table['timm fused', 'fp32'] == ['10.0 (1.00x)', '–',
+                                           'ratio base: S0 classifier 320x320']
+    assert table['mmpretrain fused', 'fp32'] == ['12.0 (1.20x)', '–', '']
+    assert table['ours fused, PyTorch', 'fp32'] == ['11.0 (1.10x)', '25.0 (1.00x)',
+                                                    'ratio base: SSDLite-S0 320x320']
+    assert runtime_table(dict(rows=[r for r in rows if r['section'] != 'runtime'])) is None
+
+
+@pytest.mark.slow
+def test_runtime_section_exports_each_runtime_and_peers_share_the_weights(tmp_path):
+    """The runtime section on the S0 classifier at 64x64: Core ML listed as not runnable
+    here; onnxruntime, OpenVINO and ncnn (ExecuTorch's lowering takes minutes on this
+    CPU: left to the benchmark run) exported, loaded, near the PyTorch wrapper; and
+    mmpretrain's peer is its own classifier with our weights: on the normalised image it
+    gives the wrapper's logits."""
+    from devkit.benchmark.runtimes import build_runtime_models, runtime_plan
+    plan, table, skipped = runtime_plan()
+    assert set(table) == {'onnxruntime', 'openvino', 'executorch', 'ncnn', 'coreml'}
+    for precision in table['coreml']['precisions']:
+        assert skipped[f'coreml {precision}'].startswith('runs only on iPhone')
+    fast = [entry for entry in plan if entry[0] in ('onnxruntime', 'openvino', 'ncnn')]
+    assert len(fast) == 5  # onnxruntime and OpenVINO fp32 / int8, ncnn fp32
+    models, failed, example = build_runtime_models('classifier_s0', 64, fast, 1,
+                                                   str(tmp_path))
+    assert failed == {}
+    assert set(models) == {'pytorch_fused', 'timm_fused', 'mmpretrain_fused',
+                           *(f'{name}_{precision}' for name, precision, _ in fast)}
+    with torch.no_grad():
+        logits = models['pytorch_fused']['fn'](example)
+        wrapper = models['pytorch_fused']['module']
+        peer = models['mmpretrain_fused']['fn'](wrapper.normalize(example))
+        assert _max_rel(peer, logits) <= TOLERANCE
+        assert models['timm_fused']['fn'](example).shape == logits.shape == (1, 1000)
+    for name, precision, _ in fast:
+        model = models[f'{name}_{precision}']
+        assert (model['runtime'], model['precision']) == (name, precision)
+        assert model['cosine'] >= (0.999999 if precision == 'fp32' else 0.99)
+        assert precision == 'fp32' or model['cosine'] < 0.999999  # int8: not float rounding
+        (out, ) = model['fn'](example)
+        assert _max_rel(torch.from_numpy(out), logits) <= (1e-4 if precision == 'fp32' else 0.2)

@@ -41,14 +41,14 @@ def plain_form(model):
 
 def count_stacked_calls(monkeypatch) -> list:
     """Calls of the stacked sum, one entry each (so a test sees that it ran)."""
-    from devkit import benchmark
+    from devkit.benchmark import stacked
     calls = []
-    original = benchmark.stacked_sum
+    original = stacked.stacked_sum
 
     def spy(block, x):
         calls.append(block)
         return original(block, x)
-    monkeypatch.setattr(benchmark, 'stacked_sum', spy)
+    monkeypatch.setattr(stacked, 'stacked_sum', spy)
     return calls
 
 

@@ -1,14 +1,15 @@
 """CPU latency of MobileOne (ours: train, fused, optimize_for_inference in fp32 and int8)
 against timm's and mmpretrain's fused MobileOne and mmdet's MobileNetV2, whole SSDLite /
-DeepLabV3 models (PyTorch, onnxruntime fp32 and int8), a training step (ours, ours with
-the branches stacked, mmpretrain's), the CPU model with its int8 / bf16 instruction sets,
-and the fp32 peak of the best GEMM / conv kernels (MKL, oneDNN, onnxruntime).
-Writes OUT/benchmark.json, benchmark.md (the README table) and benchmark.png, and prints
-the table with PASS / FAIL for each speed target.
+DeepLabV3 models (PyTorch, onnxruntime fp32 and int8), every deploy runtime at each
+precision on the S0 / S1 classifiers and SSDLite-S0 (not with --quick), a training step
+(ours, ours with the branches stacked, mmpretrain's), the CPU model with its int8 / bf16
+instruction sets, and the fp32 peak of the best GEMM / conv kernels (MKL, oneDNN,
+onnxruntime). Writes OUT/benchmark.json, benchmark.md (the tables of docs/speed.md) and
+benchmark.png, and prints the tables with PASS / FAIL for each speed target.
 
     python tools/benchmark.py [--quick] [--threads N] [--out DIR] [--archs s0 s1] [--sizes 320]
 
-Run it on an otherwise idle machine (how long it takes: the README's "Speed on a CPU").
+Run it on an otherwise idle machine (how long it takes: docs/speed.md).
 """
 import os
 

@@ -97,7 +97,7 @@ def measure_interleaved(fns: Dict[str, Callable], example, warmup: int = 5, runs
     (another job, clock changes) hit them all alike. Each timed call follows an untimed
     call of the same callable: what the previous one left behind (PyTorch's OpenMP workers
     still spinning, which took the cores from an onnxruntime run next) is not charged to
-    it; how much that mattered is in the README's "Speed on a CPU".
+    it; how much that mattered is in docs/speed.md.
 
     ``budget_s`` caps the timed rounds: after warm-up, as many rounds as fit in it (at
     least ``min_runs``, at most ``runs``). ``inference=False`` keeps autograd on (a
