@@ -11,9 +11,12 @@ default while it is entered and restores ``torch.onnx.export`` on exit; nothing 
 on import. It patches this process only: mmdeploy's ``tools/deploy.py`` runs torch2onnx
 in a child process, which the patch does not reach; ``export_end2end`` runs it here.
 
-Nothing else needs adapting: mmdeploy fuses the backbone (its ``build_pytorch_model``
-calls ``backbone.switch_to_deploy()``) and its ``BaseDenseHead.predict_by_feat`` rewriter
-handles ``mobileone_mm.SSDHead`` (a subclass of mmdet's). mmdeploy is imported only by
+mmdeploy fuses the backbone (its ``build_pytorch_model`` calls
+``backbone.switch_to_deploy()``) and its ``BaseDenseHead.predict_by_feat`` rewriter
+handles ``mobileone_mm.SSDHead`` (a subclass of mmdet's). Its checkpoint load is
+mmengine's non-strict one (another model's checkpoint would leave random weights):
+``export_end2end`` loads the checkpoint with this package's loader first and hands
+mmdeploy only the weights that passed. mmdeploy is imported only by
 the functions that use it (an optional extra: ``pip install mobileone-mm[mmdeploy]``).
 """
 import contextlib
@@ -27,7 +30,9 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 
-from ..checkpoints.io import atomic_file
+from ..checkpoints.formats import is_fused
+from ..checkpoints.io import atomic_file, state_dict_of
+from .reparameterize import deploy_config, load_model
 
 
 @contextlib.contextmanager
@@ -52,10 +57,16 @@ def torchscript_onnx_export() -> Iterator[None]:
         torch.onnx.export = original
 
 
-def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], out: str,
+def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: str, out: str,
                    image: Union[str, np.ndarray, None] = None, device: str = 'cpu') -> str:
     """mmdeploy's ``torch2onnx`` for a trained checkpoint (train or deploy form; mmdeploy
     fuses it): writes ``out`` (mmdeploy's end2end.onnx) atomically and returns its path.
+
+    The checkpoint is loaded as every tool loads one (``reparameterize.load_model``: the
+    safe loader, weights checked, strict: CheckpointError naming the keys of another
+    model's checkpoint) before mmdeploy sees it. mmdeploy's own load is not strict, so it
+    is handed only what passed: the weights as loaded, in a temporary file, and the
+    config of the form they fit (the deploy form for a fused checkpoint).
 
     ``image`` is what the export traces (a path or an HxWx3 BGR uint8 array); by default a
     grey image of the deploy config's static input shape, else 320x320.
@@ -63,12 +74,17 @@ def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], o
     from mmdeploy.apis import torch2onnx
     from mmdeploy.utils import get_input_shape, load_config
 
+    model, cfg, ckpt = load_model(model_cfg, checkpoint)
+    if is_fused(state_dict_of(ckpt)):
+        cfg = deploy_config(cfg)
     if image is None:
         width, height = get_input_shape(load_config(deploy_cfg)[0]) or (320, 320)
         image = np.full((height, width, 3), 128, np.uint8)
     with tempfile.TemporaryDirectory() as work_dir, torchscript_onnx_export():
-        torch2onnx(image, work_dir, 'end2end.onnx', deploy_cfg, model_cfg, checkpoint,
-                   device=device)
+        weights = os.path.join(work_dir, 'checkpoint.pth')
+        torch.save(dict(state_dict=model.state_dict()), weights)
+        del model
+        torch2onnx(image, work_dir, 'end2end.onnx', deploy_cfg, cfg, weights, device=device)
         with open(os.path.join(work_dir, 'end2end.onnx'), 'rb') as src, \
                 atomic_file(out) as dst:
             dst.write(src.read())

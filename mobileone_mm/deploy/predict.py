@@ -301,6 +301,20 @@ class Prediction:
     label_map: Optional[np.ndarray] = None      # (H, W) segmentation
 
 
+def check_finite_outputs(session, outputs: Sequence[np.ndarray]):
+    """PredictError when a graph output holds NaN or inf: no result is better than a
+    NaN one. Its weights are corrupt (a graph exported before checkpoints with NaN or a
+    negative BatchNorm variance were refused)."""
+    for output, value in zip(session.get_outputs(), outputs):
+        value = np.asarray(value)
+        if value.dtype.kind in 'fc' and not np.isfinite(value).all():
+            raise PredictError(
+                f'The graph\'s output {output.name!r} holds NaN or inf: the weights it was '
+                f'exported with are corrupt (NaN, or a negative BatchNorm variance). Export '
+                f'it again with tools/export_onnx.py, which refuses such a checkpoint and '
+                f'names the bad entry.')
+
+
 def predict(session, meta: dict, photo: np.ndarray) -> Prediction:
     """Run the graph on a photo (``read_photo``) as the codebase's inferencer runs the
     model; see the module docstring."""
@@ -310,6 +324,7 @@ def predict(session, meta: dict, photo: np.ndarray) -> Prediction:
                                            else None)
     image, frame = preprocess(photo, steps, shape)
     outputs = session.run(None, {'image': image.transpose(2, 0, 1)[None].astype(np.float32)})
+    check_finite_outputs(session, outputs)
     task = meta['task']
     if task == 'detection':
         boxes, scores, labels = postprocess_detections(frame.to_photo(outputs[0][0]),

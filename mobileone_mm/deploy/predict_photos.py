@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
 from ..checkpoints.paths import plan_outputs
 from ..models.reparam import reparameterize_model
-from .predict import read_photo
+from .predict import PredictError, read_photo
 from .reparameterize import codebase_of, deploy_config, load_config, load_model
 
 # codebase -> (module, inferencer class, name of its checkpoint argument)
@@ -82,6 +83,8 @@ class PhotoDemo:
         cfg = load_config(config)
         self.codebase = codebase_of(cfg)
         _, cfg, ckpt = load_model(cfg, checkpoint)  # strict: fits, or a one-line error
+        # the inferencer loads it again, through mmengine: by the same loader
+        from ..fixes import safe_loading  # noqa: F401 (importing it registers the loader)
         if is_fused(state_dict_of(ckpt)):
             cfg = deploy_config(cfg)
         module, name, weights = INFERENCERS[self.codebase]
@@ -116,6 +119,12 @@ class PhotoDemo:
             samples = samples['predictions']
         elif not isinstance(samples, list):  # mmseg returns a lone sample for one photo
             samples = [samples]
+        for path, sample in zip(paths, samples):
+            bad = nonfinite_field(sample)
+            if bad:
+                raise PredictError(f'The prediction for {path!r} holds NaN or inf ({bad}): '
+                                   f'the model\'s weights or the photo give values out of '
+                                   f'float range. No result is shown.')
         pictures = self._draw(paths, samples)
         return [PhotoResult(path, tuple(sample.metainfo['ori_shape'][1::-1]), sample,
                             picture, self.describe(sample))
@@ -154,6 +163,21 @@ class PhotoDemo:
         scores = sample.pred_score.cpu().numpy()
         order = np.argsort(-scores, kind='stable')[:self.top]
         return [f'{self.class_name(int(i))} {scores[i]:.3f}' for i in order]
+
+
+def nonfinite_field(sample, prefix: str = '') -> Optional[str]:
+    """The name of the first floating-point field of a data sample (nested ones too:
+    ``pred_instances.scores``) that holds NaN or inf, else None."""
+    from mmengine.structures import BaseDataElement
+    for name, value in sample.items():
+        if isinstance(value, BaseDataElement):
+            found = nonfinite_field(value, f'{prefix}{name}.')
+            if found:
+                return found
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                not torch.isfinite(value).all():
+            return prefix + name
+    return None
 
 
 def picture_paths(photos: Sequence[str], out_dir: str) -> Dict[str, str]:
