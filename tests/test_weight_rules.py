@@ -281,6 +281,71 @@ def test_the_first_bad_entry_is_named():
                    'bn.num_batches_tracked': torch.tensor(-1)})
 
 
+def test_a_state_dict_in_memory_is_held_to_the_rule(files):
+    """load_strict (what load_model uses) judges a state dict that never was a file."""
+    from mobileone_mm.deploy.reparameterize import load_strict
+    model, _ = build_model(load_config(files.config))
+    state = {k: v.clone() for k, v in files.good.items()}
+    state[VAR_KEY][0] = -1.0
+    with pytest.raises(CheckpointError, match=rf'The weights: BatchNorm variance '
+                                              rf'{re.escape(repr(VAR_KEY))}'):
+        load_strict(model, state, 'The weights')
+
+
+def test_other_schemes_are_held_to_the_rule(files, monkeypatch):
+    """A checkpoint from a scheme mmengine loads (s3://, open-mmlab://, ...; here one
+    registered for the test) is judged as a local file is."""
+    from mmengine.runner import CheckpointLoader
+    from mobileone_mm.checkpoints.io import load_checkpoint
+    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
+    CheckpointLoader.register_scheme(
+        'weights-test://', lambda name, map_location=None: torch.load(
+            files.dir / name[len('weights-test://'):], weights_only=True))
+    assert set(state_dict_of(load_checkpoint('weights-test://module.pth'))) == set(files.good)
+    with pytest.raises(CheckpointError, match=rf"'weights-test://inf.pth'.*"
+                                              rf'{re.escape(repr(NAN_KEY))} holds 1 inf'):
+        load_checkpoint('weights-test://inf.pth')
+
+
+def test_torch_advice_to_drop_weights_only_is_never_passed_on(files, tmp_path):
+    """torch's own errors for files the loader refuses (a TorchScript archive past the
+    check for one, a whole pickled model) advise weights_only=False: what is said
+    instead keeps the reason and drops the advice."""
+    from mobileone_mm.checkpoints.io import _load_error
+    torch.save(torch.nn.Linear(2, 2), tmp_path / 'model.pth')
+    for path in (files.dir / 'torchscript.pth', tmp_path / 'model.pth'):
+        with pytest.raises(Exception) as raised:
+            torch.load(path, weights_only=True)
+        assert 'weights_only` set to `False`' in str(raised.value)
+        said = str(_load_error(str(path), raised.value))
+        assert 'weights_only' not in said.replace('loaded with weights_only=True', ''), said
+        assert re.search(r'not a readable PyTorch checkpoint|asks for `torch\.nn', said), said
+
+
+def test_image_demo_loads_through_the_safe_loader_whatever_the_config_imports(
+        files, tmp_path, monkeypatch):
+    """A training checkpoint (numpy values and HistoryBuffer in its message hub, as
+    mmengine writes them) with a config that does not import the safe-loading fix: the
+    inferencer's own load goes through the safe loader too, not torch's bare one (which
+    refuses such a file with its advice to set weights_only=False)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    from mmengine.runner import CheckpointLoader
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    from mobileone_mm.deploy.predict_photos import PhotoDemo
+    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
+    CheckpointLoader.register_scheme('', mmengine_checkpoint.load_from_local, force=True)
+    config = tmp_path / 'no_fix.py'
+    config.write_text(f"_base_ = '{files.config}'\n"
+                      f"custom_imports = dict(_delete_=True, imports=['mobileone_mm'])\n")
+    checkpoint = tmp_path / 'epoch_1.pth'
+    torch.save(dict(meta=dict(seed=np.int64(0)), state_dict=files.good,
+                    message_hub=dict(log_scalars=dict(loss=HistoryBuffer([1.0], [1])))),
+               checkpoint)
+    demo = PhotoDemo(str(config), checkpoint)
+    loaded = demo.inferencer.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in files.good.items())
+
+
 # ------------------------------------------------------------------- the outputs side
 @pytest.fixture(scope='module')
 def corrupt_graphs(files):

@@ -13,8 +13,10 @@ tools/image_demo.py.
 The checkpoint is first loaded strictly into the form of the config it fits (train form,
 or the deploy form for a fused checkpoint; reparameterize.load_model), so a checkpoint
 of another config is a one-line error instead of the inferencers' non-strict load with
-random weights left in place. ``deploy=True`` fuses the inferencer's model in memory
-(``reparameterize_model``) before the first photo.
+random weights left in place; the inferencer's own load of the file then goes through the
+same safe loader (``fixes.safe_loading``, registered for it), whatever the config imports.
+Predictions that hold NaN or inf are refused, not shown. ``deploy=True`` fuses the
+inferencer's model in memory (``reparameterize_model``) before the first photo.
 """
 import contextlib
 import importlib
@@ -84,7 +86,8 @@ class PhotoDemo:
         self.codebase = codebase_of(cfg)
         _, cfg, ckpt = load_model(cfg, checkpoint)  # strict: fits, or a one-line error
         # the inferencer loads it again, through mmengine: by the same loader
-        from ..fixes import safe_loading  # noqa: F401 (importing it registers the loader)
+        from ..fixes.safe_loading import register_safe_checkpoint_loader
+        register_safe_checkpoint_loader()
         if is_fused(state_dict_of(ckpt)):
             cfg = deploy_config(cfg)
         module, name, weights = INFERENCERS[self.codebase]
