@@ -6,9 +6,11 @@ safe-loading fix, ``load_model``, the tools over it, the ``Pretrained`` init, th
 deploy-checkpoint hook, image_demo's inferencer, mmdeploy's export, int8 quantization,
 weight conversion). The checkpoints:
 
-* ``module``: a good one whose keys carry DDP's ``module.`` prefix: it loads, and what
-  the path made of it holds exactly the good weights (fused ones: exactly what fusing
-  the good weights gives);
+* ``module``: a good training checkpoint as mmengine writes it for a model wrapped in
+  DistributedDataParallel (keys with the ``module.`` prefix; numpy values and the
+  message hub beside the weights), with a config that does not import the safe-loading
+  fix: it loads, and what the path made of it holds exactly the good weights (fused
+  ones: exactly what fusing the good weights gives);
 * ``foreign``: torchvision's ResNet-18: refused, naming its keys;
 * ``nan``, ``inf``, ``negative_var``: one corrupt value: refused, naming the entry;
 * ``torchscript``, ``torch_export``: a saved program (``torch.jit.save``,
@@ -61,14 +63,17 @@ def load_tool(name):
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
-    """A tiny-arch Flowers classifier (config, good checkpoint with class names), each
-    kind of checkpoint, a photo, and the tiny Flowers set (for int8 calibration)."""
+    """A tiny-arch Flowers classifier (a config that does not import the safe-loading
+    fix; a good checkpoint with class names), each kind of checkpoint, a photo, and the
+    tiny Flowers set (for int8 calibration)."""
     from devkit.tiny_data import make_tiny_flowers
+    from mmengine.logging.history_buffer import HistoryBuffer
     d = tmp_path_factory.mktemp('weights')
     config = d / 'tiny.py'
     config.write_text(f"_base_ = '{BASE}'\n"
                       f"model = dict(backbone=dict(arch=dict(_delete_=True, **{ARCH!r})),\n"
                       f"             head=dict(in_channels=128))\n"
+                      f"custom_imports = dict(_delete_=True, imports=['mobileone_mm'])\n"
                       f"data_root = '{d}/flowers'\n"
                       f"train_dataloader = dict(dataset=dict(data_root=data_root))\n"
                       f"val_dataloader = dict(dataset=dict(data_root=data_root))\n"
@@ -81,8 +86,8 @@ def files(tmp_path_factory):
     good = model.state_dict()
     meta = dict(dataset_meta=dict(classes=['disk', 'square', 'triangle', 'star']))
 
-    def save(name, state):
-        torch.save(dict(meta=meta, state_dict=state), d / name)
+    def save(name, state, **extra):
+        torch.save(dict(meta=meta, state_dict=state, **extra), d / name)
 
     def corrupt(key, value, index=0):
         state = {k: v.clone() for k, v in good.items()}
@@ -90,7 +95,9 @@ def files(tmp_path_factory):
         return state
 
     save('good.pth', good)
-    save('module.pth', {f'module.{k}': v for k, v in good.items()})
+    # what mmengine writes besides weights: numpy values, its message hub
+    save('module.pth', {f'module.{k}': v for k, v in good.items()}, seed=np.int64(0),
+         message_hub=dict(log_scalars=dict(loss=HistoryBuffer([0.5], [1]))))
     import torchvision
     torch.save(torchvision.models.resnet18().state_dict(), d / 'foreign.pth')
     save('nan.pth', corrupt(NAN_KEY, float('nan')))
@@ -139,10 +146,11 @@ def safe_loader(ckpt, f, out, mp, cs):
 
 
 def mmengine_loader(ckpt, f, out, mp, cs):
-    """What load_from, --resume and `mim test --checkpoint` read (the shipped configs
-    import the safe-loading fix); mmengine strips `module.` itself."""
-    import mobileone_mm.fixes.safe_loading  # noqa: F401
+    """What load_from, --resume and `mim test --checkpoint` read with the safe-loading
+    fix (the shipped configs import it)."""
     from mmengine.runner import CheckpointLoader
+    from mobileone_mm.fixes.safe_loading import register_safe_checkpoint_loader
+    register_safe_checkpoint_loader()  # what importing the fix does
     return state_dict_of(CheckpointLoader.load_checkpoint(str(ckpt))), 'good'
 
 
@@ -248,6 +256,11 @@ ROWS = [(path, kind) for path in PATHS for kind in ['module', *REFUSALS]
 @pytest.mark.parametrize('path,kind', ROWS, ids=[f'{p}-{k}' for p, k in ROWS])
 def test_every_path_loads_weights_by_one_rule(path, kind, files, tmp_path, monkeypatch,
                                               capsys):
+    # as in a process whose configs did not import the fix: mmengine's loader is torch's
+    from mmengine.runner import CheckpointLoader
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
+    CheckpointLoader.register_scheme('', mmengine_checkpoint.load_from_local, force=True)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / 'out'
     out.mkdir()
@@ -301,7 +314,7 @@ def test_other_schemes_are_held_to_the_rule(files, monkeypatch):
     CheckpointLoader.register_scheme(
         'weights-test://', lambda name, map_location=None: torch.load(
             files.dir / name[len('weights-test://'):], weights_only=True))
-    assert set(state_dict_of(load_checkpoint('weights-test://module.pth'))) == set(files.good)
+    assert set(state_dict_of(load_checkpoint('weights-test://good.pth'))) == set(files.good)
     with pytest.raises(CheckpointError, match=rf"'weights-test://inf.pth'.*"
                                               rf'{re.escape(repr(NAN_KEY))} holds 1 inf'):
         load_checkpoint('weights-test://inf.pth')
@@ -320,30 +333,6 @@ def test_torch_advice_to_drop_weights_only_is_never_passed_on(files, tmp_path):
         said = str(_load_error(str(path), raised.value))
         assert 'weights_only' not in said.replace('loaded with weights_only=True', ''), said
         assert re.search(r'not a readable PyTorch checkpoint|asks for `torch\.nn', said), said
-
-
-def test_image_demo_loads_through_the_safe_loader_whatever_the_config_imports(
-        files, tmp_path, monkeypatch):
-    """A training checkpoint (numpy values and HistoryBuffer in its message hub, as
-    mmengine writes them) with a config that does not import the safe-loading fix: the
-    inferencer's own load goes through the safe loader too, not torch's bare one (which
-    refuses such a file with its advice to set weights_only=False)."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    from mmengine.runner import CheckpointLoader
-    from mmengine.runner import checkpoint as mmengine_checkpoint
-    from mobileone_mm.deploy.predict_photos import PhotoDemo
-    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
-    CheckpointLoader.register_scheme('', mmengine_checkpoint.load_from_local, force=True)
-    config = tmp_path / 'no_fix.py'
-    config.write_text(f"_base_ = '{files.config}'\n"
-                      f"custom_imports = dict(_delete_=True, imports=['mobileone_mm'])\n")
-    checkpoint = tmp_path / 'epoch_1.pth'
-    torch.save(dict(meta=dict(seed=np.int64(0)), state_dict=files.good,
-                    message_hub=dict(log_scalars=dict(loss=HistoryBuffer([1.0], [1])))),
-               checkpoint)
-    demo = PhotoDemo(str(config), checkpoint)
-    loaded = demo.inferencer.model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in files.good.items())
 
 
 # ------------------------------------------------------------------- the outputs side
