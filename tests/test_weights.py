@@ -1,11 +1,15 @@
 """Checkpoint formats, Pretrained init, safe loading and atomic saving."""
+import io
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader
 
 import mobileone_mm.fixes.safe_loading  # noqa: F401  (mmengine through our loader)
@@ -130,6 +134,17 @@ def test_pretrained_names_both_archs_and_missing_keys(tmp_path, randomize_bn):
                tmp_path / 'extra.pth')
     with pytest.raises(CheckpointError, match=r'1 unexpected keys: stage2\.3\.extra\.weight'):
         MobileOne('s1', init_cfg=pretrained(tmp_path / 'extra.pth')).init_weights()
+    # strict=False, for weights meant to cover part of the backbone: logged by name
+    torch.save({**partial, 'backbone.stage2.3.extra.weight': torch.zeros(1)},
+               tmp_path / 'partial_extra.pth')
+    logger = MMLogger.get_instance('test_missing_keys')  # the current logger from now on
+    stream = io.StringIO()
+    logger.addHandler(logging.StreamHandler(stream))
+    MobileOne('s1', init_cfg=pretrained(tmp_path / 'partial_extra.pth', strict=False)
+              ).init_weights()
+    log = stream.getvalue()
+    assert re.search(r'missing .*stage2\.3\.branch_conv_list\.0\.norm\.running_mean', log)
+    assert re.search(r'unexpected .*stage2\.3\.extra\.weight', log)
     # what a checkpoint may lack: BN's batch counters (not weights)
     torch.save({k: v for k, v in state.items() if 'num_batches_tracked' not in k},
                tmp_path / 'no_counters.pth')
