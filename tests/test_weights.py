@@ -122,16 +122,36 @@ def test_pretrained_names_both_archs_and_missing_keys(tmp_path, randomize_bn):
     with pytest.raises(CheckpointError, match='MobileOne-s1 weights but the model is '
                                               'MobileOne-s2'):
         MobileOne('s2', init_cfg=pretrained(tmp_path / 's1.pth')).init_weights()
-    del state['backbone.stage2.3.branch_conv_list.0.norm.running_mean']
-    state['backbone.stage2.3.extra.weight'] = torch.zeros(1)
-    torch.save(state, tmp_path / 'partial.pth')
+    # The load is strict (as every load of weights): a part missing or a key left over
+    # is named, not logged with the backbone left half at its random init.
+    partial = {k: v for k, v in state.items()
+               if k != 'backbone.stage2.3.branch_conv_list.0.norm.running_mean'}
+    torch.save(partial, tmp_path / 'partial.pth')
+    with pytest.raises(CheckpointError, match=r'stage2\.3\.branch_conv_list\.0\.norm without '
+                                              r'running_mean'):
+        MobileOne('s1', init_cfg=pretrained(tmp_path / 'partial.pth')).init_weights()
+    torch.save({**state, 'backbone.stage2.3.extra.weight': torch.zeros(1)},
+               tmp_path / 'extra.pth')
+    with pytest.raises(CheckpointError, match=r'1 unexpected keys: stage2\.3\.extra\.weight'):
+        MobileOne('s1', init_cfg=pretrained(tmp_path / 'extra.pth')).init_weights()
+    # strict=False, for weights meant to cover part of the backbone: logged by name
+    torch.save({**partial, 'backbone.stage2.3.extra.weight': torch.zeros(1)},
+               tmp_path / 'partial_extra.pth')
     logger = MMLogger.get_instance('test_missing_keys')  # the current logger from now on
     stream = io.StringIO()
     logger.addHandler(logging.StreamHandler(stream))
-    MobileOne('s1', init_cfg=pretrained(tmp_path / 'partial.pth')).init_weights()
+    MobileOne('s1', init_cfg=pretrained(tmp_path / 'partial_extra.pth', strict=False)
+              ).init_weights()
     log = stream.getvalue()
     assert re.search(r'missing .*stage2\.3\.branch_conv_list\.0\.norm\.running_mean', log)
     assert re.search(r'unexpected .*stage2\.3\.extra\.weight', log)
+    # what a checkpoint may lack: BN's batch counters (not weights)
+    torch.save({k: v for k, v in state.items() if 'num_batches_tracked' not in k},
+               tmp_path / 'no_counters.pth')
+    model = MobileOne('s1', init_cfg=pretrained(tmp_path / 'no_counters.pth'))
+    model.init_weights()
+    assert torch.equal(model.stage2[3].branch_conv_list[0].norm.running_mean,
+                       state['backbone.stage2.3.branch_conv_list.0.norm.running_mean'])
 
 
 class Payload:

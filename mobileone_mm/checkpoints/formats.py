@@ -159,8 +159,8 @@ def convert_state_dict(state_dict: StateDict, complete: bool = True
     Keys other than the backbone's and the classifier's pass through unchanged; numpy
     values become tensors, any other value that is not a tensor is refused. With
     ``complete``, so is a backbone with parts missing (``check_complete``); the
-    ``Pretrained`` init passes False and reports missing keys by name instead, as
-    mmengine does. Which arch the weights are of: ``mobileone_mm.models.arch.check_arch``.
+    ``Pretrained`` init with ``strict=False`` passes False and logs missing keys by name
+    instead, as mmengine does. Which arch the weights are of: ``mobileone_mm.models.arch.check_arch``.
     """
     fmt = detect_format(state_dict)
     state_dict = _as_tensors(state_dict)

@@ -37,10 +37,34 @@ MMENGINE_CHECKPOINT_GLOBALS = [
 ] + [type(np.dtype(code)) for code in '?bBhHiIlLqQefdFD']
 
 
+def _torch_detail(error: Exception) -> str:
+    """The last line of torch's message that is not its advice about ``weights_only``
+    (which never applies here: checkpoints are untrusted), or ''."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and 'weights_only' not in line]
+    return f': {lines[-1][:200]}' if lines else ''
+
+
 def _unreadable(path: str, error: Exception) -> CheckpointError:
     return CheckpointError(f'{path!r} is not a readable PyTorch checkpoint: truncated or '
-                           f'corrupted, or another kind of file ({type(error).__name__}: '
-                           f'{str(error).strip().splitlines()[-1]}). Fetch or write it again.')
+                           f'corrupted, or another kind of file ({type(error).__name__}'
+                           f'{_torch_detail(error)}). Fetch or write it again.')
+
+
+def _program_archive(path: str) -> Optional[str]:
+    """What kind of saved program ``path`` is, if it is one: 'a TorchScript archive
+    (torch.jit.save)' (a zip with ``constants.pkl``, torch's own test) or 'a torch.export
+    archive (torch.export.save)' (a zip with ``archive_format``); else None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {name.rpartition('/')[2] for name in archive.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if 'constants.pkl' in names:
+        return 'a TorchScript archive (torch.jit.save)'
+    if 'archive_format' in names:
+        return 'a torch.export archive (torch.export.save)'
+    return None
 
 
 def _refused_by_weights_only(message: str) -> Optional[str]:
@@ -61,11 +85,13 @@ def _refused_by_weights_only(message: str) -> Optional[str]:
 
 
 def load_checkpoint_file(path: str, map_location='cpu') -> dict:
-    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``).
+    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``), and
+    check its weights (``check_weights``).
 
     Raises CheckpointError naming the file and the problem for a missing, empty, truncated
-    or foreign file, and for a pickle that asks for anything but tensors and the types
-    mmengine writes (such a payload is never executed).
+    or foreign file, a saved program (TorchScript, torch.export), a pickle that asks for anything but tensors and
+    the types mmengine writes (such a payload is never executed), and weights no trained
+    network holds (NaN, inf, a negative BatchNorm variance: the first such entry named).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -79,25 +105,42 @@ def load_checkpoint_file(path: str, map_location='cpu') -> dict:
                               f'download or save? Fetch or write it again.')
     if path.endswith('.safetensors'):
         return _load_safetensors(path, map_location)
+    program = _program_archive(path)
+    if program:
+        raise CheckpointError(
+            f'{path!r} is {program}, not a checkpoint: it holds a program, which is never '
+            f'loaded here. Give the training checkpoint (the .pth file training wrote), or '
+            f'save the weights with torch.save(model.state_dict(), PATH).')
 
     try:
         with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        refused = _refused_by_weights_only(str(error))
-        if refused:
-            raise CheckpointError(
-                f'Refusing to load {path!r}: its pickle {refused}, which a weights file '
-                f'never needs (it may carry code; nothing of it was run). Checkpoints are '
-                f'loaded with weights_only=True; re-save the state dict from a trusted '
-                f'source with torch.save(model.state_dict(), ...).') from error
-        raise _unreadable(path, error) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
-            IndexError) as error:
-        raise _unreadable(path, error) from error
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            KeyError, IndexError) as error:
+        raise _load_error(path, error) from error
+    return _checked(checkpoint, path)
+
+
+def _load_error(source: str, error: Exception) -> CheckpointError:
+    """What to say when torch.load of ``source`` failed with ``error``: a refused pickle
+    (named), else an unreadable file; never torch's advice to set weights_only=False."""
+    refused = isinstance(error, pickle.UnpicklingError) and _refused_by_weights_only(
+        str(error))
+    if refused:
+        return CheckpointError(
+            f'Refusing to load {source!r}: its pickle {refused}, which a weights file '
+            f'never needs (it may carry code; nothing of it was run). Checkpoints are '
+            f'loaded with weights_only=True; re-save the state dict from a trusted '
+            f'source with torch.save(model.state_dict(), ...).')
+    return _unreadable(source, error)
+
+
+def _checked(checkpoint, source: str) -> dict:
+    """``checkpoint`` when it is a dict whose weights pass ``check_weights``."""
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'{path!r} holds a {type(checkpoint).__name__}, not a '
+        raise CheckpointError(f'{source!r} holds a {type(checkpoint).__name__}, not a '
                               f'checkpoint dict or state dict.')
+    check_weights(state_dict_of(checkpoint), f'Checkpoint {source!r}')
     return checkpoint
 
 
@@ -113,9 +156,45 @@ def _load_safetensors(path: str, map_location) -> dict:
     except Exception as error:
         raise CheckpointError(f'{path!r} is not a readable safetensors file: '
                               f'{error}') from error
+    check_weights(tensors, f'Checkpoint {path!r}')
     if header.get('written_by') != WRITTEN_BY:
         return tensors
     return dict(state_dict=tensors, meta=json.loads(header.get('meta', '{}')))
+def describe_mismatch(missing=(), unexpected=(), shapes=()) -> str:
+    """'2 missing keys: a, b; 1 unexpected keys: c' (the first three of each kind)."""
+    return '; '.join(f'{len(keys)} {name}: {", ".join(keys[:3])}{", ..." * (len(keys) > 3)}'
+                     for name, keys in (('missing keys', list(missing)),
+                                        ('unexpected keys', list(unexpected)),
+                                        ('shape mismatches', list(shapes))) if keys)
+
+
+def check_weights(state_dict: StateDict, what: str = 'The state dict'):
+    """CheckpointError naming the first entry of ``state_dict`` (in its order) that no
+    trained network holds: a NaN or infinite value, or a negative BatchNorm
+    ``running_var``. Training that diverged, or a file damaged in a way the format does
+    not catch: loaded, it would give NaN outputs (or, for a variance, NaN fused weights)."""
+    for key, value in state_dict.items():
+        if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in 'fc':
+            value = torch.from_numpy(np.array(value))
+        if not isinstance(value, torch.Tensor) or not (value.is_floating_point()
+                                                       or value.is_complex()):
+            continue
+        finite = torch.isfinite(value)
+        if not finite.all():
+            nan = int(torch.isnan(value).sum())
+            inf = value.numel() - int(finite.sum()) - nan
+            found = ' and '.join(f'{n} {name}' for n, name in ((nan, 'NaN'), (inf, 'inf'))
+                                 if n)
+            raise CheckpointError(
+                f'{what}: {key!r} holds {found} value(s) (of {value.numel()}): the weights '
+                f'are corrupt (a training run that diverged, or a damaged file). Use an '
+                f'earlier checkpoint of the run, or fetch the file again.')
+        if str(key).endswith('running_var') and (value < 0).any():
+            raise CheckpointError(
+                f'{what}: BatchNorm variance {key!r} has {int((value < 0).sum())} negative '
+                f'value(s) (lowest {float(value.min()):.3g}); a variance is never negative, so '
+                f'the weights are corrupt and would give NaN outputs. Use an earlier '
+                f'checkpoint of the run, or fetch the file again.')
 
 
 def load_checkpoint(source: str, map_location='cpu') -> dict:
@@ -132,7 +211,11 @@ def load_checkpoint(source: str, map_location='cpu') -> dict:
         return load_checkpoint_file(path, map_location)
     if '://' in source:
         from mmengine.runner import CheckpointLoader
-        return CheckpointLoader.load_checkpoint(source, map_location)
+        try:
+            checkpoint = CheckpointLoader.load_checkpoint(source, map_location)
+        except pickle.UnpicklingError as error:  # torch.load there, weights_only=True
+            raise _load_error(source, error) from error
+        return _checked(checkpoint, source)
     return load_checkpoint_file(source, map_location)
 
 
@@ -281,8 +364,18 @@ def checkpoint_written_here(path: str) -> bool:
 
 
 def state_dict_of(checkpoint: dict) -> StateDict:
-    """The state dict inside a checkpoint ('state_dict' / 'model' entry, or the dict)."""
-    for key in ('state_dict', 'model'):
-        if isinstance(checkpoint.get(key), dict):
-            return checkpoint[key]
-    return checkpoint
+    """The state dict inside a checkpoint ('state_dict' / 'model' entry, or the dict),
+    without the ``module.`` prefix of a model wrapped in DistributedDataParallel (as
+    mmengine's ``load_checkpoint`` strips it)."""
+    state_dict = next((checkpoint[key] for key in ('state_dict', 'model')
+                       if isinstance(checkpoint.get(key), dict)), checkpoint)
+    if not any(isinstance(k, str) and k.startswith('module.') for k in state_dict):
+        return state_dict
+    unwrapped = {re.sub(r'^module\.', '', k) if isinstance(k, str) else k: v
+                 for k, v in state_dict.items()}
+    if len(unwrapped) != len(state_dict):
+        both = next(k for k in state_dict if f'module.{k}' in state_dict)
+        raise CheckpointError(f'The state dict holds {both!r} both with and without the '
+                              f'`module.` prefix of a DistributedDataParallel model: two '
+                              f'state dicts merged? Save one model\'s state dict.')
+    return unwrapped

@@ -7,9 +7,10 @@ checkpoint (``save_best``), also save its deploy form beside it.
     # work_dir/best_coco_bbox_mAP_epoch_8_deploy.py   (the config, backbone.deploy=True)
 
 The files are those ``tools/reparameterize.py`` writes, after the same output check
-(``reparameterize.check_fusion``) on the first ``num_images`` images of the val set: a
-deploy form that fails it is not written, and the run goes on with a warning in the log
-(a training run is not stopped for its deploy copy). The previous best's deploy files are
+(``reparameterize.check_fusion``) on the first ``num_images`` images of the val set, and
+the best checkpoint read back as every tool reads one (``load_strict``): a deploy form
+that fails either is not written, and the run goes on with a warning in the log (a
+training run is not stopped for its deploy copy). The previous best's deploy files are
 removed like the previous best.
 """
 import copy
@@ -21,12 +22,12 @@ import torch.nn as nn
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.runner import load_state_dict
 
-from ..checkpoints.io import load_checkpoint_file, state_dict_of
+from ..checkpoints.io import CheckpointError, load_checkpoint_file, state_dict_of
 from ..models.reparam import reparameterize_model
 from ..registry import HOOKS
-from .reparameterize import check_fusion, deploy_config, deploy_config_path, write_deploy_files
+from .reparameterize import (check_fusion, deploy_config, deploy_config_path, load_strict,
+                             write_deploy_files)
 from .verify import describe
 
 
@@ -54,8 +55,12 @@ class SaveDeployCheckpointHook(Hook):
         # The weights of the file just written (EMA weights, where an EMAHook swapped them
         # in for saving), not the live ones.
         model = copy.deepcopy(model).cpu().eval()
-        checkpoint = load_checkpoint_file(best_ckpt)
-        load_state_dict(model, state_dict_of(checkpoint), strict=True)
+        try:
+            checkpoint = load_checkpoint_file(best_ckpt)
+            load_strict(model, state_dict_of(checkpoint), f'Checkpoint {best_ckpt!r}')
+        except CheckpointError as error:
+            runner.logger.warning(f'The deploy form of {best_ckpt} is not saved: {error}')
+            return
         fused = reparameterize_model(copy.deepcopy(model))
         if self.verify:
             check = check_fusion(model, fused, self.val_inputs(runner, model))

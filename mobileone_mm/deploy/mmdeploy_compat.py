@@ -11,9 +11,12 @@ default while it is entered and restores ``torch.onnx.export`` on exit; nothing 
 on import. It patches this process only: mmdeploy's ``tools/deploy.py`` runs torch2onnx
 in a child process, which the patch does not reach; ``export_end2end`` runs it here.
 
-Nothing else needs adapting: mmdeploy fuses the backbone (its ``build_pytorch_model``
-calls ``backbone.switch_to_deploy()``) and its ``BaseDenseHead.predict_by_feat`` rewriter
-handles ``mobileone_mm.SSDHead`` (a subclass of mmdet's). mmdeploy is imported only by
+mmdeploy fuses the backbone (its ``build_pytorch_model`` calls
+``backbone.switch_to_deploy()``) and its ``BaseDenseHead.predict_by_feat`` rewriter
+handles ``mobileone_mm.SSDHead`` (a subclass of mmdet's). Its checkpoint load is
+mmengine's non-strict one (another model's checkpoint would leave random weights):
+``export_end2end`` loads the checkpoint with this package's loader first and hands
+mmdeploy only the weights that passed. mmdeploy is imported only by
 the functions that use it (an optional extra: ``pip install mobileone-mm[mmdeploy]``).
 """
 import contextlib
@@ -27,13 +30,15 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 
-from ..checkpoints.io import atomic_file
+from ..checkpoints.formats import is_fused
+from ..checkpoints.io import atomic_file, state_dict_of
+from ..checkpoints.paths import ONNX_MARK, plan_outputs
 from ..machine import check_device
-from .reparameterize import DeployError, codebase_of, load_config, read_config
+from .reparameterize import (DeployError, codebase_of, deploy_config, load_config, load_model,
+                             read_config)
 
 DEPLOY_KEYS = ('onnx_config', 'codebase_config', 'backend_config')  # what mmdeploy reads
 TASKS = dict(mmdet='detection', mmseg='segmentation', mmpretrain='classification')
-from ..checkpoints.paths import ONNX_MARK, plan_outputs
 
 
 @contextlib.contextmanager
@@ -80,12 +85,18 @@ def check_configs(deploy_cfg: str, model_cfg: str):
                           f'(configs/mmdeploy/{TASKS[codebase]}_*.py).')
 
 
-def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], out: str,
+def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: str, out: str,
                    image: Union[str, np.ndarray, None] = None, device: str = 'cpu') -> str:
     """mmdeploy's ``torch2onnx`` for a trained checkpoint (train or deploy form; mmdeploy
     fuses it): writes ``out`` (mmdeploy's end2end.onnx, with our mark in its metadata:
     checkpoints.paths.ONNX_MARK) atomically and returns its path. ``out`` is checked first
     (checkpoints.paths.plan_outputs: a new file or one our tools wrote).
+
+    The checkpoint is loaded as every tool loads one (``reparameterize.load_model``: the
+    safe loader, weights checked, strict: CheckpointError naming the keys of another
+    model's checkpoint) before mmdeploy sees it. mmdeploy's own load is not strict, so it
+    is handed only what passed: the weights as loaded, in a temporary file, and the
+    config of the form they fit (the deploy form for a fused checkpoint).
 
     ``image`` is what the export traces (a path or an HxWx3 BGR uint8 array); by default a
     grey image of the deploy config's static input shape, else 320x320. The configs
@@ -100,12 +111,17 @@ def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: Optional[str], o
 
     plan_outputs(inputs={'deploy config': deploy_cfg, 'config': model_cfg,
                          'checkpoint': checkpoint}, outputs={'ONNX model': out})
+    model, cfg, ckpt = load_model(model_cfg, checkpoint)
+    if is_fused(state_dict_of(ckpt)):
+        cfg = deploy_config(cfg)
     if image is None:
         width, height = get_input_shape(load_configs(deploy_cfg)[0]) or (320, 320)
         image = np.full((height, width, 3), 128, np.uint8)
     with tempfile.TemporaryDirectory() as work_dir, torchscript_onnx_export():
-        torch2onnx(image, work_dir, 'end2end.onnx', deploy_cfg, model_cfg, checkpoint,
-                   device=device)
+        weights = os.path.join(work_dir, 'checkpoint.pth')
+        torch.save(dict(state_dict=model.state_dict()), weights)
+        del model
+        torch2onnx(image, work_dir, 'end2end.onnx', deploy_cfg, cfg, weights, device=device)
         graph = onnx.load(os.path.join(work_dir, 'end2end.onnx'))
         graph.metadata_props.add(key=ONNX_MARK[0], value=ONNX_MARK[1])
         with atomic_file(out) as dst:

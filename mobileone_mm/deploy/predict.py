@@ -351,6 +351,20 @@ class SessionRunner:
         return self.session.run(None, {'image': image})
 
 
+def check_finite_outputs(names: Sequence[str], outputs: Sequence[np.ndarray]):
+    """PredictError when a model output holds NaN or inf: no result is better than a
+    NaN one. Its weights are corrupt (an artefact exported before checkpoints with NaN or
+    a negative BatchNorm variance were refused)."""
+    for name, value in zip(names, outputs):
+        value = np.asarray(value)
+        if value.dtype.kind in 'fc' and not np.isfinite(value).all():
+            raise PredictError(
+                f'The model\'s output {name!r} holds NaN or inf: the weights it was '
+                f'exported with are corrupt (NaN, or a negative BatchNorm variance). Export '
+                f'it again with tools/export.py, which refuses such a checkpoint and '
+                f'names the bad entry.')
+
+
 def predict(runner, meta: dict, photo: np.ndarray) -> Prediction:
     """Run an exported model on a photo (``read_photo``) as the codebase's inferencer runs
     the model; see the module docstring. ``runner``: any runtime's Runner
@@ -363,6 +377,7 @@ def predict(runner, meta: dict, photo: np.ndarray) -> Prediction:
     shape = runner.input_shape or (tuple(meta['input_shape']) if steps is None else None)
     image, frame = preprocess(photo, steps, shape)
     outputs = runner(image.transpose(2, 0, 1)[None].astype(np.float32))
+    check_finite_outputs(TASK_OUTPUTS[meta['task']], outputs)
     task = meta['task']
     if task == 'detection':
         boxes, scores, labels = postprocess_detections(frame.to_photo(outputs[0][0]),

@@ -13,7 +13,9 @@ tools/image_demo.py.
 The checkpoint is first loaded strictly into the form of the config it fits (train form,
 or the deploy form for a fused checkpoint; reparameterize.load_model), so a checkpoint
 of another config is a one-line error instead of the inferencers' non-strict load with
-random weights left in place. ``deploy=True`` fuses the inferencer's model in memory
+random weights left in place: the inferencer is built without weights and given the ones
+that load passed, so it never reads the file itself. Predictions that hold NaN or inf are
+refused, not shown. ``deploy=True`` fuses the inferencer's model in memory
 (``reparameterize_model``) before the first photo. The class names the inferencer's model
 and visualizer get follow the one rule of ``metadata.dataset_meta`` (checkpoint meta,
 else the config's metainfo, else the dataset type's), as the ONNX path's do, instead of
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
@@ -35,14 +38,14 @@ from ..checkpoints.paths import plan_outputs
 from ..machine import check_device
 from ..models.reparam import reparameterize_model
 from .metadata import dataset_meta, num_classes_of
-from .predict import encode_picture, read_photo
+from .predict import PredictError, encode_picture, read_photo
 from .reparameterize import codebase_of, deploy_config, load_config, load_model
 
-# codebase -> (module, inferencer class, name of its checkpoint argument)
-INFERENCERS = dict(mmdet=('mmdet.apis', 'DetInferencer', 'weights'),
-                   mmseg=('mmseg.apis', 'MMSegInferencer', 'weights'),
+# codebase -> (module, inferencer class, its checkpoint argument, the value for none)
+INFERENCERS = dict(mmdet=('mmdet.apis', 'DetInferencer', 'weights', None),
+                   mmseg=('mmseg.apis', 'MMSegInferencer', 'weights', None),
                    mmpretrain=('mmpretrain.apis', 'ImageClassificationInferencer',
-                               'pretrained'))
+                               'pretrained', False))
 
 
 @contextlib.contextmanager
@@ -100,12 +103,15 @@ class PhotoDemo:
         self.classes_source = source if meta else f'none, class numbers shown ({source})'
         if is_fused(state_dict_of(ckpt)):
             cfg = deploy_config(cfg)
-        module, name, weights = INFERENCERS[self.codebase]
+        module, name, weights, no_weights = INFERENCERS[self.codebase]
         inferencer_class = getattr(importlib.import_module(module), name)
-        with warnings.catch_warnings():  # their advice on class names we set right below
-            warnings.filterwarnings('ignore', message='.*dataset_meta or class names')
-            self.inferencer = inferencer_class(cfg, **{weights: os.fspath(checkpoint)},
-                                               device=device)
+        with warnings.catch_warnings():  # their advice on weights and class names: both are
+            warnings.filterwarnings('ignore', message='.*dataset_meta or class names')  # set
+            warnings.filterwarnings('ignore', message='Checkpoint is not loaded')  # right
+            warnings.filterwarnings('ignore', message='weights is None')  # below
+            self.inferencer = inferencer_class(cfg, **{weights: no_weights}, device=device)
+        # the weights load_model checked (strict, finite), not a second read of the file
+        self.inferencer.model.load_state_dict(model.state_dict())
         self._set_dataset_meta(meta, num_classes_of(model))
         self.inferencer.show_progress = False
         if deploy:
@@ -141,6 +147,12 @@ class PhotoDemo:
             samples = samples['predictions']
         elif not isinstance(samples, list):  # mmseg returns a lone sample for one photo
             samples = [samples]
+        for path, sample in zip(paths, samples):
+            bad = nonfinite_field(sample)
+            if bad:
+                raise PredictError(f'The prediction for {path!r} holds NaN or inf ({bad}): '
+                                   f'the model\'s weights or the photo give values out of '
+                                   f'float range. No result is shown.')
         pictures = self._draw(paths, samples)
         return [PhotoResult(path, tuple(sample.metainfo['ori_shape'][1::-1]), sample,
                             picture, self.describe(sample))
@@ -179,6 +191,21 @@ class PhotoDemo:
         scores = sample.pred_score.cpu().numpy()
         order = np.argsort(-scores, kind='stable')[:self.top]
         return [f'{self.class_name(int(i))} {scores[i]:.3f}' for i in order]
+
+
+def nonfinite_field(sample, prefix: str = '') -> Optional[str]:
+    """The name of the first floating-point field of a data sample (nested ones too:
+    ``pred_instances.scores``) that holds NaN or inf, else None."""
+    from mmengine.structures import BaseDataElement
+    for name, value in sample.items():
+        if isinstance(value, BaseDataElement):
+            found = nonfinite_field(value, f'{prefix}{name}.')
+            if found:
+                return found
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                not torch.isfinite(value).all():
+            return prefix + name
+    return None
 
 
 def picture_paths(photos: Sequence[str], out_dir: str) -> Dict[str, str]:

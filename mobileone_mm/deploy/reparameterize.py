@@ -25,8 +25,9 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_state_dict
 
 from ..checkpoints.formats import is_fused
-from ..checkpoints.io import (CHECKPOINT_EXTENSIONS, CheckpointError, dump_checkpoint,
-                              load_checkpoint, state_dict_of)
+from ..checkpoints.io import (CHECKPOINT_EXTENSIONS, CheckpointError, check_weights,
+                              describe_mismatch, dump_checkpoint, load_checkpoint,
+                              state_dict_of)
 from ..checkpoints.paths import (CONFIG_MARK, PathError, atomic_files, check_extension,
                                  plan_outputs)
 from ..errors import UserError
@@ -207,22 +208,22 @@ def _check_reparameterizable(model: nn.Module, cfg: Config):
 
 
 def load_strict(model: nn.Module, state_dict: dict, what: str):
-    """Load every tensor, or CheckpointError naming the keys and shapes that differ."""
+    """Load every tensor, or CheckpointError naming the keys and shapes that differ, or
+    the first corrupt value (checkpoints.io.check_weights)."""
+    check_weights(state_dict, what)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and 'num_batches_tracked' not in k]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f'{k} {tuple(v.shape)} (model {tuple(own[k].shape)})'
               for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    problems = [f'{len(keys)} {name}: {", ".join(keys[:3])}{", ..." * (len(keys) > 3)}'
-                for name, keys in (('missing keys', missing), ('unexpected keys', unexpected),
-                                   ('shape mismatches', shapes)) if keys]
-    if problems:
+    if missing or unexpected or shapes:
         hint = ''
         if is_fused(state_dict) != is_fused(own):
             hint = (' The checkpoint is in ' + ('deploy' if is_fused(state_dict) else 'train')
                     + ' form and the model in the other one.')
-        raise CheckpointError(f'{what} does not fit the model: ' + '; '.join(problems)
-                              + f'.{hint} Is it the checkpoint of another config?')
+        raise CheckpointError(f'{what} does not fit the model: '
+                              f'{describe_mismatch(missing, unexpected, shapes)}.{hint} Is it '
+                              f'the checkpoint of another config?')
     load_state_dict(model, state_dict, strict=True)
 
 

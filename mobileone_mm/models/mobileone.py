@@ -487,7 +487,8 @@ class MobileOne(BaseModule):
     def init_weights(self):
         """mmengine initialisation, except that a ``Pretrained`` init_cfg goes through
         models/pretrained.py: any published checkpoint format, safe loading, arch
-        check, missing / unexpected keys reported by name."""
+        check, a strict load (missing / unexpected keys refused by name; with
+        ``strict=False`` in the init_cfg, logged)."""
         original = self.init_cfg
         cfgs = original if isinstance(original, list) else [original]
         pretrained = [c for c in cfgs if c and c.get('type') == 'Pretrained']

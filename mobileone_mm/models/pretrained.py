@@ -5,18 +5,27 @@ from typing import Optional
 from mmengine.logging import MMLogger, print_log
 
 from ..checkpoints.formats import backbone_state_dict, convert_state_dict, is_fused
-from ..checkpoints.io import CheckpointError, load_checkpoint, state_dict_of
+from ..checkpoints.io import (CheckpointError, describe_mismatch, load_checkpoint,
+                              state_dict_of)
 from .arch import check_arch
 
 
 def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
-                    map_location='cpu'):
+                    map_location='cpu', strict: bool = True):
     """Load ImageNet (or any MobileOne) weights in any known format into ``backbone``.
 
     ``prefix`` selects a sub-model of the checkpoint (e.g. 'backbone.'); a classifier,
     detector or segmentor checkpoint without prefix contributes its ``backbone.*``.
     Train-form weights load into a deploy-form backbone by fusing them first; fused
     weights cannot be un-fused, so they need ``deploy=True``.
+
+    The file goes through the safe loader (``checkpoints.io.load_checkpoint``: no code
+    run, no NaN or negative variance), and the load is strict, as every load of weights
+    here: every backbone tensor from the checkpoint, none left over (CheckpointError
+    naming the keys); keys outside the backbone (a classifier's head) are not the
+    backbone's. ``strict=False`` (``init_cfg=dict(type='Pretrained', ..., strict=False)``)
+    is for a checkpoint meant to cover part of the backbone: what it lacks keeps its
+    init, and the missing and unexpected keys are logged by name, as mmengine does.
     """
     logger = MMLogger.get_current_instance()
     state_dict = state_dict_of(load_checkpoint(checkpoint, map_location))
@@ -25,7 +34,7 @@ def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
                       if k.startswith(prefix)}
         if not state_dict:
             raise CheckpointError(f'No key of {checkpoint!r} starts with prefix {prefix!r}.')
-    converted, fmt = convert_state_dict(state_dict, complete=False)  # missing: logged
+    converted, fmt = convert_state_dict(state_dict, complete=strict)
     weights = backbone_state_dict(converted)
     check_arch(weights, backbone.arch)
     if is_fused(weights) and not backbone.deploy:
@@ -37,6 +46,13 @@ def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
     # Train-form weights into a deploy-form backbone: each block fuses its branches on
     # load (MobileOneBlock._load_from_state_dict).
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
+    if (missing or unexpected) and strict:
+        raise CheckpointError(
+            f'{checkpoint!r} does not fit the MobileOne-{backbone.arch_name} backbone: '
+            f'{describe_mismatch(missing, unexpected)}. Use a complete checkpoint of this '
+            f'arch (or strict=False in the Pretrained init_cfg, for weights meant to cover '
+            f'part of it).')
     if missing:
         print_log(f'MobileOne: keys missing in {checkpoint}: {missing}', logger, 30)
     if unexpected:
