@@ -352,8 +352,13 @@ def written_files(folder: PathLike, manifest: str, targets: Sequence[str],
                 f'{str(listed)!r}, the list of what it wrote): --overwrite deletes only '
                 f'those files. Move it away, or choose another output folder.')
     plan_outputs(folders={'output folder': folder})
-    if existing:
-        own.remove()
+    if existing:  # the set's own files, all listed (checked above); a listed path elsewhere
+        for target in existing:  # is never deleted
+            for path in _files_under(target):
+                path.unlink()
+            if target.is_dir() and not target.is_symlink():
+                for root, _, _ in os.walk(target, topdown=False):
+                    os.rmdir(root)
         listed.unlink(missing_ok=True)
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # nearest first
     folder.mkdir(parents=True, exist_ok=True)

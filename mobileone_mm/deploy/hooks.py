@@ -24,6 +24,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from ..checkpoints.io import CheckpointError, load_checkpoint_file, state_dict_of
+from ..checkpoints.paths import PathError, plan_outputs
 from ..models.reparam import reparameterize_model
 from ..registry import HOOKS
 from .reparameterize import (check_fusion, deploy_config, deploy_config_path, load_strict,
@@ -51,6 +52,13 @@ class SaveDeployCheckpointHook(Hook):
         best_ckpt = runner.message_hub.get_info('best_ckpt')
         if not best_ckpt or best_ckpt == self.best_ckpt or not is_main_process():
             return
+        deploy_checkpoint = self.deploy_checkpoint(best_ckpt)
+        try:  # a user's file named like one of the two is never replaced
+            plan_outputs(outputs={'deploy checkpoint': deploy_checkpoint,
+                                  'deploy config': deploy_config_path(deploy_checkpoint)})
+        except PathError as error:
+            runner.logger.warning(f'The deploy form of {best_ckpt} is not saved: {error}')
+            return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         # The weights of the file just written (EMA weights, where an EMAHook swapped them
         # in for saving), not the live ones.
@@ -71,8 +79,7 @@ class SaveDeployCheckpointHook(Hook):
         # The best checkpoint's meta (dataset_meta: the class names the inferencers show).
         meta = dict(checkpoint.get('meta') or {}, source=os.path.basename(best_ckpt))
         deploy_checkpoint, config = write_deploy_files(
-            fused.state_dict(), meta, deploy_config(runner.cfg).pretty_text,
-            self.deploy_checkpoint(best_ckpt))
+            fused.state_dict(), meta, deploy_config(runner.cfg).pretty_text, deploy_checkpoint)
         if self.best_ckpt is not None:
             old_checkpoint = self.deploy_checkpoint(self.best_ckpt)
             for path in (old_checkpoint, deploy_config_path(old_checkpoint)):

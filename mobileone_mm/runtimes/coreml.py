@@ -31,7 +31,7 @@ from ..deploy.export import WRAPPERS, ExportError, count_conv_calls, task_of
 NAME = 'coreml'
 EXTRA = 'coreml'
 PACKAGES = ('coremltools', )
-PRECISIONS = ('fp16', 'fp32')
+PRECISIONS = ('fp32', 'fp16')
 SUFFIX = '.mlpackage'
 RUNS_HERE = False
 
