@@ -124,6 +124,6 @@ def test_failed_export_leaves_nothing(tmp_path):
     with pytest.raises(ExportError, match=r'^coreml: coremltools could not convert the model '
                        r'\(operator special_erfcx, module model\.backbone\.stage0\.act\)'):
         runtime.export(wrapper, EXAMPLE, str(tmp_path / 'm.mlpackage'), dict(task='x'))
-    with pytest.raises(ValueError, match="Core ML exports precision fp16 or fp32, not 'int8'"):
+    with pytest.raises(ValueError, match="Core ML exports precision fp32 or fp16, not 'int8'"):
         runtime.export(wrapper, EXAMPLE, str(tmp_path / 'm.mlpackage'), {}, precision='int8')
     assert os.listdir(tmp_path) == []
