@@ -7,7 +7,8 @@ config's ``custom_imports``.
 """
 from .checkpoints import (CheckpointError, convert_state_dict, load_checkpoint_file,
                           save_checkpoint)
-from .deploy import SaveDeployCheckpointHook, optimize_for_inference
+from .fusion.hooks import SaveDeployCheckpointHook
+from .runtimes.optimize import optimize_for_inference
 from .models import (ARCH_SETTINGS, MobileOne, MobileOneBlock, atrous_settings,
                      check_arch, reparameterize_model)
 from .registry import HOOKS, MODELS

@@ -11,4 +11,4 @@ from mmengine.registry import Registry
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mobileone_mm',
                   locations=['mobileone_mm'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mobileone_mm',
-                 locations=['mobileone_mm.deploy.hooks'])
+                 locations=['mobileone_mm.fusion.hooks'])

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
-# Developer tooling (tools/devkit: tiny data sets, benchmark) is not part of the package.
+# The command-line tools (argtypes) for tests that load a tool by its path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
 # Test helpers (photos.py); pytest's importlib mode does not put tests/ on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devkit import analysis  # noqa: E402
+from mobileone_mm.devkit import analysis  # noqa: E402
 
 
 def _rel_error(actual, expected) -> float:

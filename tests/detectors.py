@@ -11,9 +11,9 @@ import torch
 from mmengine.model import revert_sync_batchnorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mobileone_mm.deploy.export import Normalize
-from mobileone_mm.deploy.predict import preprocess, read_photo
-from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.runtimes.wrappers import Normalize
+from mobileone_mm.predict.photos import preprocess, read_photo
+from mobileone_mm.loading.config import build_model, load_config
 
 
 def output_convs(head) -> dict:

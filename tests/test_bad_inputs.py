@@ -28,12 +28,12 @@ from mobileone_mm import CheckpointError, MobileOne, convert_state_dict, optimiz
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
 from mobileone_mm.checkpoints.paths import (PathError, atomic_files, check_input_file,
                                             plan_outputs)
-from mobileone_mm.deploy.export import ExportError, export_onnx
-from mobileone_mm.deploy.metadata import class_names, export_metadata
-from mobileone_mm.deploy.predict import PredictError, preprocess, read_photo
-from mobileone_mm.deploy.reparameterize import (DeployError, build_model, load_config,
-                                                reparameterize_checkpoint,
-                                                write_deploy_files)
+from mobileone_mm.loading.config import ExportError
+from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.predict.metadata import class_names, export_metadata
+from mobileone_mm.predict.photos import PredictError, preprocess, read_photo
+from mobileone_mm.loading.config import DeployError, build_model, load_config
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint, write_deploy_files
 from mobileone_mm.models.arch import resolve_arch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -745,7 +745,7 @@ def test_export_verify_failure_writes_nothing(files, tmp_path, capsys, monkeypat
 def test_reparameterize_writes_both_files_or_neither(files, tmp_path, monkeypatch):
     """The deploy config fails to write after the checkpoint did (before, the checkpoint
     stayed without its config)."""
-    import mobileone_mm.deploy.reparameterize as deploy
+    import mobileone_mm.fusion.reparameterize as deploy
     real = deploy.atomic_files
 
     def failing_config(targets):

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from mobileone_mm import MobileOne, optimize_for_inference, reparameterize_model
-from mobileone_mm.deploy.export import flatten, unflatten
-from mobileone_mm.deploy.inference import BACKENDS
+from mobileone_mm.fusion.flat_outputs import flatten, unflatten
+from mobileone_mm.runtimes.optimize import BACKENDS
 
 TOLERANCE = 1e-5  # max |difference| / max |output|, all outputs together
 
@@ -102,7 +102,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_a_failing_check_moves_on_to_the_next_backend(monkeypatch):
-    from mobileone_mm.deploy import inference
+    from mobileone_mm.runtimes import optimize as inference
     real = inference.BUILDERS['onnxruntime']
 
     def wrong(*args):  # a backend that builds but computes something else
@@ -130,7 +130,7 @@ flags\t\t: fpu
 
 
 def test_cpu_info_reads_the_model_clock_and_int8_bf16_instructions(tmp_path):
-    from devkit.benchmark import cpu_info, describe_isa
+    from mobileone_mm.devkit.benchmark import cpu_info, describe_isa
     path = tmp_path / 'cpuinfo'
     path.write_text(CPUINFO)
     info = cpu_info(str(path))
@@ -147,7 +147,7 @@ def test_cpu_info_reads_the_model_clock_and_int8_bf16_instructions(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_writes_json_markdown_and_png(tmp_path):
-    from devkit.benchmark import INT8_BF16_FLAGS, run_benchmark, write_report
+    from mobileone_mm.devkit.benchmark import INT8_BF16_FLAGS, run_benchmark, write_report
     result = run_benchmark(
         'quick', threads=1, log=lambda _: None, archs=('s0', ), sizes=(64, ),
         int8_archs=('s0', ), int8_sizes=(64, ),
@@ -213,7 +213,7 @@ def test_runtime_table_rows_ratios_stand_ins_and_skipped_reasons():
     runtimes' table is a row, timed ones as ms (time / base, cosine), the base being the
     faster peer (timm here) or ours in PyTorch for SSDLite; the x86 stand-ins for ARM
     runtimes and the reasons for what was not timed or could not export are said."""
-    from devkit.benchmark.runtimes import runtime_table
+    from mobileone_mm.devkit.benchmark.runtimes import runtime_table
     rows = [_runtime_row('classifier_s0', 'pytorch_fused', 11.0),
             _runtime_row('classifier_s0', 'timm_fused', 10.0),
             _runtime_row('classifier_s0', 'mmpretrain_fused', 12.0),
@@ -267,7 +267,7 @@ def test_runtime_section_exports_each_runtime_and_peers_share_the_weights(tmp_pa
     CPU: left to the benchmark run) exported, loaded, near the PyTorch wrapper; and
     mmpretrain's peer is its own classifier with our weights: on the normalised image it
     gives the wrapper's logits."""
-    from devkit.benchmark.runtimes import build_runtime_models, runtime_plan
+    from mobileone_mm.devkit.benchmark.runtimes import build_runtime_models, runtime_plan
     plan, table, skipped = runtime_plan()
     assert set(table) == {'onnxruntime', 'openvino', 'executorch', 'ncnn', 'coreml'}
     for precision in table['coreml']['precisions']:

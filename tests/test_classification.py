@@ -10,10 +10,10 @@ from mmengine.config import Config
 
 from PIL import Image
 
-from devkit.tiny_data import CLASS_LOOKS, CLASSES, make_tiny_flowers
+from mobileone_mm.devkit.tiny_data import CLASS_LOOKS, CLASSES, make_tiny_flowers
 from mobileone_mm import MobileOne
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS
-from mobileone_mm.deploy.reparameterize import build_model
+from mobileone_mm.loading.config import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWERS = REPO / 'configs/classification/mobileone-s0_1xb32-flowers102.py'

@@ -1,4 +1,4 @@
-"""The deploy switch for trained models (mobileone_mm.deploy, tools/reparameterize.py) with
+"""The deploy switch for trained models (mobileone_mm.fusion, tools/reparameterize.py) with
 real mmdet / mmseg / mmpretrain: checkpoints written by mmengine's Runner, fused, checked,
 reloaded from the deploy config, and evaluated to the same metric."""
 import subprocess
@@ -11,9 +11,10 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mobileone_mm import CheckpointError, load_checkpoint_file
-from mobileone_mm.deploy.reparameterize import (DeployError, build_model, codebase_of, load_model,
-                                 reparameterize_checkpoint)
-from devkit.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
+from mobileone_mm.loading.config import DeployError, build_model, codebase_of
+from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
+from mobileone_mm.devkit.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -152,7 +153,7 @@ def test_random_inputs_without_data_and_fused_checkpoint_left_alone(
 
 def test_changed_outputs_are_refused_and_nothing_written(classifier_checkpoint, tmp_path,
                                                          monkeypatch):
-    import mobileone_mm.deploy.reparameterize as deploy
+    import mobileone_mm.fusion.reparameterize as deploy
     from mobileone_mm.models.reparam import reparameterize_model
 
     def broken_fusion(model):

@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from mobileone_mm import MobileOne, convert_state_dict
-from devkit.tiny_data import make_tiny_coco
+from mobileone_mm.devkit.tiny_data import make_tiny_coco
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
 
 from apple_layout import to_apple  # tests/ on the path: conftest.py

@@ -1,6 +1,6 @@
 """The detection post-process of an exported detector is its config's, held to mmdet:
 
-* every detection the exported graph gives through ``deploy.predict`` (tools/onnx_infer.py)
+* every detection the exported graph gives through ``predict.prediction`` (tools/onnx_infer.py)
   is one of mmdet's own DetInferencer, and no other: same count, same labels, boxes within
   a pixel, scores close, at the config's own ``test_cfg`` (no display threshold), with
   values chosen so that each setting changes the answer on these photos (score threshold,
@@ -23,11 +23,13 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mobileone_mm.deploy.export import build_onnx, export_onnx
-from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape, preprocess_steps
-from mobileone_mm.deploy.predict import (graph_input_shape, load_onnx, postprocess_detections,
-                                         predict, preprocess, read_photo)
-from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.runtimes.onnxruntime import build_onnx, export_onnx
+from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape, preprocess_steps
+from mobileone_mm.predict.prediction import graph_input_shape, predict
+from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.predict.detections import postprocess_detections
+from mobileone_mm.predict.photos import preprocess, read_photo
+from mobileone_mm.loading.config import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 from detectors import small_model  # noqa: E402  (tests/ on the path: conftest.py)

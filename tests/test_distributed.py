@@ -191,7 +191,7 @@ def mim_train_two_processes(codebase, base_config, imports, tmp_path, options) -
 @pytest.mark.slow
 def test_mim_train_mmdet_with_two_cpu_processes(tmp_path):
     """Tiny SSDLite, one epoch, two processes: each sees half of the batches."""
-    from devkit.tiny_data import make_tiny_coco
+    from mobileone_mm.devkit.tiny_data import make_tiny_coco
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=2)
     probes = mim_train_two_processes(
         'mmdet', REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
@@ -208,7 +208,7 @@ def test_mim_train_mmseg_syncbn_with_two_cpu_processes(tmp_path):
     """Tiny DeepLabV3 (SyncBN in backbone and heads), two iterations, two processes: the
     SyncBN layers run as CPUSyncBatchNorm and their running statistics, computed over
     both processes' batches, are the same on both ranks."""
-    from devkit.tiny_data import make_tiny_ade20k
+    from mobileone_mm.devkit.tiny_data import make_tiny_ade20k
     make_tiny_ade20k(tmp_path / 'data' / 'ade', num_train=4, num_val=1, image_size=(96, 128))
     probes = mim_train_two_processes(
         'mmseg', REPO / 'configs/segmentation/'

@@ -5,7 +5,7 @@
   ``--debug`` prints the traceback too; a bug (any other exception) keeps its traceback
   and is not exit code 2. The API refuses wrong argument types with a TypeError naming
   the fix, not an AttributeError deep inside.
-* Class names come from one place (mobileone_mm.deploy.metadata.dataset_meta): the
+* Class names come from one place (mobileone_mm.predict.metadata.dataset_meta): the
   checkpoint's meta, else the config's test dataset metainfo, else the dataset type's
   default; image_demo (the codebases' inferencers) and export_onnx / onnx_infer show the
   same names and say where they came from.
@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from mobileone_mm import MobileOne, reparameterize_model
-from mobileone_mm.deploy.export import export_onnx
-from mobileone_mm.deploy.metadata import export_metadata
-from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.predict.metadata import export_metadata
+from mobileone_mm.loading.config import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
@@ -223,7 +223,7 @@ def test_a_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match='a bug in predict'):
         run_tool('onnx_infer', [files['cls_onnx'], files['photo_jpg']])
     script = ('import sys, runpy; sys.argv = ["onnx_infer.py"] + sys.argv[1:]; '
-              'import mobileone_mm.deploy.predict as p; '
+              'import mobileone_mm.predict.prediction as p; '
               'p.preprocess = lambda *a, **k: 1 / 0; '
               f'runpy.run_path({str(REPO / "tools" / "onnx_infer.py")!r}, '
               f'run_name="__main__")')

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mobileone_mm.deploy.reparameterize import build_model, load_config
-from mobileone_mm.deploy.export import export_onnx
-from mobileone_mm.deploy.predict import postprocess_detections
-from mobileone_mm.deploy.verify import verify_onnx
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.predict.detections import postprocess_detections
+from mobileone_mm.runtimes.artefact_check import verify_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {

@@ -29,9 +29,10 @@ import torch
 from PIL import Image
 
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
-from mobileone_mm.deploy.export import export_onnx
-from mobileone_mm.deploy.metadata import export_metadata
-from mobileone_mm.deploy.reparameterize import build_model, load_config, load_model
+from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.predict.metadata import export_metadata
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.loading.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
@@ -141,7 +142,7 @@ def run_row(row, made, out, capsys, monkeypatch):
     monkeypatch.chdir(out)  # no data folder here: checks use random inputs
     fill = dict(out=out, **made)
     if row.data:
-        from devkit.tiny_data import make_tiny_flowers
+        from mobileone_mm.devkit.tiny_data import make_tiny_flowers
         make_tiny_flowers(out / 'data' / 'tiny_flowers', num_train=2, num_val=2)
     if row.first:
         tool, args = row.first
@@ -396,7 +397,7 @@ def test_an_outputs_extension_is_its_format(row, made, tmp_path, capsys, monkeyp
 def test_a_failed_data_set_leaves_nothing(tmp_path, monkeypatch, capsys):
     """make_tiny_datasets stopped half-way (a failing image write): the folder is as it was,
     the user's file in it too; a later run writes the set."""
-    import devkit.tiny_data as tiny_data
+    from mobileone_mm.devkit import tiny_data as tiny_data
     (tmp_path / 'readme.txt').write_text('mine\n')
     real, calls = tiny_data._save_jpg, []
 
@@ -425,7 +426,7 @@ def test_deploy_hook_leaves_a_users_file_alone(made, tmp_path):
     goes on; with the name free it writes both files."""
     from mmengine.config import Config
     from mmengine.logging import MessageHub, MMLogger
-    from mobileone_mm.deploy.hooks import SaveDeployCheckpointHook
+    from mobileone_mm.fusion.hooks import SaveDeployCheckpointHook
 
     class Runner:  # what the hook reads of mmengine's Runner
         cfg = Config.fromfile(CONFIG)

@@ -35,7 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mobileone_mm import (CheckpointError, MobileOne, MobileOneBlock, load_checkpoint_file,
                           reparameterize_model, save_checkpoint)
-from devkit.analysis import randomize_bn
+from mobileone_mm.devkit.analysis import randomize_bn
 from mobileone_mm.checkpoints.io import TEMP_MARK, atomic_file, remove_stale_temp_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -627,7 +627,7 @@ def test_training_killed_after_first_checkpoint_resumes(tmp_path):
     checkpoint file appears (which may be before last_checkpoint is written), then run
     again with --resume: it continues from that checkpoint's epoch and iteration, and ends
     where an uninterrupted run would (2 epochs of K iterations: iteration 2K)."""
-    from devkit.tiny_data import make_tiny_coco
+    from mobileone_mm.devkit.tiny_data import make_tiny_coco
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=2)
     work_dir = tmp_path / 'work'
     options = ['--cfg-options', 'train_dataloader.batch_size=4', 'train_cfg.max_epochs=2',

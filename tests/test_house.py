@@ -82,7 +82,7 @@ def _module_name(path: Path) -> str:
 
 def _imports(path: Path, source: str = None) -> set:
     """The mobileone_mm modules a file imports (at any depth of the file: lazy imports
-    inside functions count too), and any import of the tooling (devkit)."""
+    inside functions count too), and any import of the command-line tools."""
     name = _module_name(path)
     package = name if path.name == '__init__.py' else name.rsplit('.', 1)[0]
     found = set()
@@ -100,7 +100,7 @@ def _imports(path: Path, source: str = None) -> set:
             found.update(f'{module}.{a.name}' for a in node.names)
     modules = {_module_name(p) for p in PACKAGE.rglob('*.py')}
     return {m for m in found if m in modules and m != name} | {
-        m for m in found if m.split('.')[0] in ('devkit', 'tools')}
+        m for m in found if m.split('.')[0] == 'tools'}
 
 
 def import_graph() -> dict:
@@ -159,10 +159,12 @@ LAYERS = {  # a room may import only the rooms listed (and itself, and GROUND)
     'mobileone_mm.registry': set(),
     'checkpoints': set(),
     'models': {'checkpoints', 'mobileone_mm.registry'},
-    'deploy': {'checkpoints', 'models', 'mobileone_mm.registry'},
+    'loading': {'checkpoints', 'models'},
+    'fusion': {'checkpoints', 'models', 'loading', 'mobileone_mm.registry'},
+    'predict': {'checkpoints', 'models', 'loading', 'fusion'},
+    'runtimes': {'checkpoints', 'models', 'loading', 'fusion', 'predict'},
     'fixes': {'checkpoints', 'models'},
     'training': {'mobileone_mm.registry'},
-    'runtimes': {'checkpoints', 'models', 'deploy', 'mobileone_mm.registry'},
 }
 
 
@@ -179,15 +181,17 @@ def layer_violations(graph: dict) -> list:
 
 
 def test_imports_point_one_way():
-    """checkpoints <- models <- deploy, fixes; no runtime module imports tooling, none
-    imports the fixes (they are applied only where a config asks)."""
+    """checkpoints <- models <- loading <- fusion <- predict <- runtimes; fixes beside them;
+    the devkit above all, imported by none of them; none imports the fixes (they are applied only where a config asks)."""
     assert layer_violations(import_graph()) == []
 
 
 @pytest.mark.parametrize('room, planted, expected', [
-    ('models/arch.py', 'def f():\n    from ..deploy import export\n', 'deploy'),
+    ('models/arch.py', 'def f():\n    from ..runtimes import wrappers\n', 'runtimes'),
+    ('fusion/output_check.py', 'from ..runtimes import onnxruntime\n', 'runtimes'),
+    ('loading/config.py', 'from ..fusion import reparameterize\n', 'fusion'),
     ('checkpoints/io.py', 'from ..models import arch\n', 'models'),
-    ('deploy/export.py', 'import devkit.analysis\n', 'devkit'),
+    ('runtimes/wrappers.py', 'from ..devkit import analysis\n', 'devkit'),
     ('__init__.py', 'from .fixes import safe_loading\n', 'fixes'),
 ])
 def test_the_checks_see_a_planted_import(room, planted, expected):
@@ -213,7 +217,7 @@ def test_non_editable_install_builds_every_shipped_config(tmp_path):
                      for p in (REPO / 'configs' / task).glob('*.py'))
     script = '''
 import sys, mobileone_mm
-from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.loading.config import build_model, load_config
 print('package', mobileone_mm.__file__)
 for path in sys.argv[1:]:
     model, codebase = build_model(load_config(path))

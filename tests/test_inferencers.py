@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mobileone_mm.deploy.export import Normalize
-from mobileone_mm.deploy.reparameterize import (_registry, build_model, input_shape_of,
-                                                load_config, reparameterize_checkpoint)
+from mobileone_mm.runtimes.wrappers import Normalize
+from mobileone_mm.loading.config import _registry, build_model, input_shape_of, load_config
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
 from photos import photo_paths
 
 DET_TINY = 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'

@@ -1,5 +1,5 @@
 """mmdeploy 1.3.1's route to ONNX Runtime for the three codebases: the deploy configs in
-configs/mmdeploy, mmdeploy's torch2onnx through mobileone_mm.deploy.mmdeploy_compat (the
+configs/mmdeploy, mmdeploy's torch2onnx through mobileone_mm.runtimes.mmdeploy_route (the
 torch >= 2.9 layer), and the backend model evaluated by mmdeploy's task processor on the
 tiny data sets, against mmengine's own test loop (what `mim test` runs) on the same
 checkpoint: the metric within 0.5 % absolute, and the graph's raw outputs within float32
@@ -24,12 +24,11 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from devkit.analysis import randomize_bn
-from devkit.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
+from mobileone_mm.devkit.analysis import randomize_bn
+from mobileone_mm.devkit.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
 from mobileone_mm import reparameterize_model
-from mobileone_mm.deploy.mmdeploy_compat import (build_backend_model, evaluate_backend,
-                                                 export_end2end, torchscript_onnx_export)
-from mobileone_mm.deploy.reparameterize import build_model
+from mobileone_mm.runtimes.mmdeploy_route import build_backend_model, evaluate_backend, export_end2end, torchscript_onnx_export
+from mobileone_mm.loading.config import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / 'configs/mmdeploy'
@@ -45,7 +44,7 @@ METRIC = {'detection': ('coco/bbox_mAP', 0.005), 'segmentation': ('mIoU', 0.5),
 # The static configs at the tiny configs' network input (width, height): the shipped
 # 320x320 / 512x512 ones are for the full-size recipes (checked below on the COCO one).
 TINY_STATIC_SHAPE = {'detection': [128, 128], 'segmentation': [160, 128]}
-FP32_NOISE_FACTOR = 4  # mobileone_mm.deploy.verify.FACTOR
+FP32_NOISE_FACTOR = 4  # mobileone_mm.fusion.output_check.FACTOR
 
 
 @pytest.fixture(scope='module')
@@ -139,7 +138,7 @@ def float32_runs(model, task, inputs, samples, monkeypatch) -> list:
 
 
 def typical_error(found, reference) -> float:
-    """The 90th percentile of |found - reference| (mobileone_mm.deploy.verify's measure:
+    """The 90th percentile of |found - reference| (mobileone_mm.fusion.output_check's measure:
     a few outputs of a deep float32 net jump under any rounding)."""
     diff = (found.double() - reference.double()).abs().flatten()
     return float(diff.kthvalue(max(1, math.ceil(0.9 * diff.numel()))).values)
@@ -154,7 +153,7 @@ def float32_noise(fp32s, fp64) -> float:
 
 def assert_within_float32_noise(found, fp32s, fp64, what):
     """``found`` is no further from float64 than float32 PyTorch is, times FACTOR (the
-    criterion of mobileone_mm.deploy.verify), over all test images at once."""
+    criterion of mobileone_mm.fusion.output_check), over all test images at once."""
     error, noise = typical_error(found, fp64), float32_noise(fp32s, fp64)
     assert error <= FP32_NOISE_FACTOR * noise, \
         f'{what}: {error:.3g} from float64, float32 PyTorch up to {noise:.3g}'
@@ -329,7 +328,7 @@ def test_importing_the_package_leaves_torch_onnx_alone():
     """`import mobileone_mm` and the compat module must not patch torch nor import
     mmdeploy (a fresh interpreter)."""
     code = ('import torch; e = torch.onnx.export; import mobileone_mm, '
-            'mobileone_mm.deploy.mmdeploy_compat; assert torch.onnx.export is e; '
+            'mobileone_mm.runtimes.mmdeploy_route; assert torch.onnx.export is e; '
             'import sys; assert "mmdeploy" not in sys.modules')
     subprocess.run([sys.executable, '-c', code], check=True)
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mobileone_mm import MobileOne
-from mobileone_mm.deploy.export import WRAPPERS, Normalize
-from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.runtimes.wrappers import WRAPPERS, Normalize
+from mobileone_mm.loading.config import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -52,7 +52,7 @@ def models():
     """models[task]: the tiny S0 model of a task, built on first use, with random weights
     and BN statistics, eval, and activations of order one (``calibrate_``): scores and
     labels that are not saturated, so a wrong input or a wrong output shows."""
-    from devkit.analysis import randomize_bn
+    from mobileone_mm.devkit.analysis import randomize_bn
 
     class Models(dict):
         def __missing__(self, task):
@@ -255,7 +255,7 @@ def test_training_size_check_refuses_what_batchnorm_would(output_stride, frozen_
 def test_only_unsynchronised_training_batchnorm_counts_as_local(monkeypatch):
     """A synchronised BN in a process group computes its statistics over every process, so
     a 1 x 1 map on one of them is no reason to refuse the batch; plain BN is."""
-    from mobileone_mm.models.mobileone import _local_batch_norm
+    from mobileone_mm.models.mobileone_block import _local_batch_norm
     from mobileone_mm.models.sync_batchnorm import CPUSyncBatchNorm
     layers = [torch.nn.BatchNorm2d(4), torch.nn.SyncBatchNorm(4), CPUSyncBatchNorm(4)]
     assert [_local_batch_norm(m) for m in layers] == [True, True, True]  # no process group
@@ -410,7 +410,7 @@ def test_pretrained_checkpoint_is_read_once_by_our_loader(tmp_path, monkeypatch)
 def test_make_divisible_is_mmpretrains():
     from mmpretrain.models.utils import make_divisible as reference
 
-    from mobileone_mm.models.mobileone import make_divisible
+    from mobileone_mm.models.mobileone_block import make_divisible
     for divisor in range(1, 17):
         for value in range(1, 400):
             assert make_divisible(value, divisor) == reference(value, divisor), (value, divisor)
@@ -422,7 +422,7 @@ def test_squeeze_width_is_mmpretrains(channels, ratio):
     """ratio None: both defaults (2048 channels: a ratio of 17 would give 120, not 128)."""
     from mmpretrain.models.utils import SELayer
 
-    from mobileone_mm.models.mobileone import SqueezeExcite
+    from mobileone_mm.models.mobileone_block import SqueezeExcite
     kwargs = {} if ratio is None else dict(ratio=ratio)
     expected = SELayer(channels, **kwargs).conv1.conv.out_channels
     assert SqueezeExcite(channels, **kwargs).conv1.conv.out_channels == expected
@@ -457,7 +457,7 @@ def test_bn_without_affine_parameters_fuses_exactly(randomize_bn):
 # Arguments: the edges of what is accepted, the documented defaults
 # --------------------------------------------------------------------------------------
 def test_argument_edges_defaults_and_messages():
-    from mobileone_mm.models.mobileone import MobileOneBlock
+    from mobileone_mm.models.mobileone_block import MobileOneBlock
     # -4 is stage1 counted from the end (out of range starts at -5)
     assert MobileOne(TINY_ARCH, out_indices=(-4, -1)).out_indices == [0, 3]
     for name in ('in_channels', 'out_channels', 'groups'):  # the error names the bad one
@@ -545,13 +545,13 @@ def test_in_channels_one_is_a_grey_image_and_zero_is_refused():
     (dict(in_channels=6, out_channels=8, groups=4), r'groups=4 must divide in_channels=6'),
 ], ids=['dilation-0', 'out-not-divisible', 'in-not-divisible'])
 def test_block_arguments_are_refused_by_name(args, message):
-    from mobileone_mm.models.mobileone import MobileOneBlock
+    from mobileone_mm.models.mobileone_block import MobileOneBlock
     with pytest.raises(ValueError, match=f'MobileOneBlock: {message}'):
         MobileOneBlock(kernel_size=3, identity=False, **args)
 
 
 def test_se_cfg_reaches_every_squeeze_excite():
-    from mobileone_mm.models.mobileone import SqueezeExcite, make_divisible
+    from mobileone_mm.models.mobileone_block import SqueezeExcite, make_divisible
     model = MobileOne(TINY_SE_ARCH, se_cfg=dict(ratio=4))
     found = [m for m in model.modules() if isinstance(m, SqueezeExcite)]
     assert found

@@ -1,5 +1,5 @@
 """The exported graph on real photos, held to the codebases themselves: for the same
-checkpoint, tools/onnx_infer.py's library path (mobileone_mm.deploy.predict) must give
+checkpoint, tools/onnx_infer.py's library path (mobileone_mm.predict.prediction) must give
 what mmdet's DetInferencer, mmseg's MMSegInferencer and mmpretrain's
 ImageClassificationInferencer give, in the photo's frame (boxes within a pixel, label maps
 on >= 99.9 % of pixels, the same top-5).
@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from mobileone_mm.deploy.export import export_onnx
-from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
-from mobileone_mm.deploy.predict import load_onnx, predict, read_photo
-from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape
+from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.predict.prediction import predict
+from mobileone_mm.predict.photos import read_photo
+from mobileone_mm.loading.config import build_model, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 from photos import photo_paths  # noqa: E402  (tests/ on the path: conftest.py)
@@ -78,7 +80,7 @@ def make_task(task, folder: Path, photos: dict, overrides: str = None):
     torch.manual_seed(0)
     model, _ = build_model(cfg)
     model.init_weights()
-    from devkit.analysis import randomize_bn, spread_class_logits
+    from mobileone_mm.devkit.analysis import randomize_bn, spread_class_logits
     randomize_bn(model)
     if task == 'classification':  # logits that vary by photo, softmax not saturated
         spread_class_logits(model, [

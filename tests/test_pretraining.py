@@ -18,13 +18,15 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from devkit.analysis import count_macs
-from devkit.tiny_data import make_tiny_flowers
+from mobileone_mm.devkit.analysis import count_macs
+from mobileone_mm.devkit.tiny_data import make_tiny_flowers
 from mobileone_mm import CheckpointError, MobileOne, load_checkpoint_file, reparameterize_model
 from mobileone_mm.models.arch import ARCH_SETTINGS, resolve_arch, stage_channels
-from mobileone_mm.deploy.reparameterize import (build_model, load_model,
-                                                reparameterize_checkpoint, sample_inputs)
-from mobileone_mm.deploy.verify import Reference
+from mobileone_mm.loading.config import build_model
+from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
+from mobileone_mm.loading.data import sample_inputs
+from mobileone_mm.fusion.output_check import Reference
 
 REPO = Path(__file__).resolve().parents[1]
 CLS = REPO / 'configs/classification'

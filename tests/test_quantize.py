@@ -1,4 +1,4 @@
-"""int8 deployment (mobileone_mm/deploy/quantize.py, deploy/evaluate.py, tools/quantize.py):
+"""int8 deployment (mobileone_mm/runtimes/onnxruntime_int8.py, deploy/evaluate.py, tools/quantize.py):
 statically quantized onnxruntime graphs of real mmdet / mmseg / mmpretrain models, held
 to float32 by the int8 check, to the export graph's interface, to onnx_infer's path and
 to the codebases' own test loop."""
@@ -15,16 +15,17 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mobileone_mm import MobileOne, optimize_for_inference
-from mobileone_mm.deploy.evaluate import evaluate_graph, graph_images, quantize_checkpoint
-from mobileone_mm.deploy.export import build_onnx, load_session
-from mobileone_mm.deploy.metadata import export_metadata
-from mobileone_mm.deploy.predict import load_onnx, predict, read_photo
-from mobileone_mm.deploy.quantize import (COSINE_MIN, QuantizeError, judge_int8,
-                                          layer_sensitivity, output_layers,
-                                          quantizable_nodes, quantize_graph)
-from mobileone_mm.deploy.reparameterize import build_model, load_config
-from devkit.analysis import spread_class_logits
-from devkit.tiny_data import ADE20K_IDS, make_tiny_ade20k, make_tiny_flowers
+from mobileone_mm.runtimes.evaluate import evaluate_graph, graph_images, quantize_checkpoint
+from mobileone_mm.runtimes.onnxruntime import build_onnx, load_session
+from mobileone_mm.predict.metadata import export_metadata
+from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.predict.prediction import predict
+from mobileone_mm.predict.photos import read_photo
+from mobileone_mm.runtimes.int8_check import COSINE_MIN, judge_int8
+from mobileone_mm.runtimes.onnxruntime_int8 import QuantizeError, layer_sensitivity, output_layers, quantizable_nodes, quantize_graph
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.devkit.analysis import spread_class_logits
+from mobileone_mm.devkit.tiny_data import ADE20K_IDS, make_tiny_ade20k, make_tiny_flowers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {

@@ -16,16 +16,19 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 
-from devkit.analysis import randomize_bn
-from devkit.tiny_data import make_tiny_coco
+from mobileone_mm.devkit.analysis import randomize_bn
+from mobileone_mm.devkit.tiny_data import make_tiny_coco
 from mobileone_mm import MobileOne, convert_state_dict
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
-from mobileone_mm.deploy.export import ExportError, export_onnx
-from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape, preprocess_steps
-from mobileone_mm.deploy.predict import (_batched_nms, load_onnx, predict, preprocess,
-                                         read_photo)
-from mobileone_mm.deploy.reparameterize import build_model, load_config
-from mobileone_mm.deploy.verify import verify_onnx
+from mobileone_mm.loading.config import ExportError
+from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape, preprocess_steps
+from mobileone_mm.predict.detections import _batched_nms
+from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.predict.prediction import predict
+from mobileone_mm.predict.photos import preprocess, read_photo
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.runtimes.artefact_check import verify_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 from apple_layout import to_apple  # noqa: E402  (tests/ on the path: conftest.py)
@@ -223,7 +226,7 @@ def test_graph_outputs_are_mmdet_decoding_before_nms(name, photos):
     to rounding, boxes (anchor deltas / point distances, clipped) within 1e-4 pixels, on
     a non-square input."""
     from mmengine.config import ConfigDict
-    from mobileone_mm.deploy.export import DenseDetectorForExport
+    from mobileone_mm.runtimes.wrappers import DenseDetectorForExport
     model, _ = small_model(CONFIGS / name, photos, num_classes=4)
     shape = (96, 128)
     wrapper = DenseDetectorForExport(model, shape).double()

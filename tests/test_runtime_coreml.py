@@ -13,9 +13,10 @@ import torch.nn as nn
 pytest.importorskip('coremltools', reason='the coreml extra is not installed '
                                           "(pip install 'mobileone-mm[coreml]')")
 
-from devkit.analysis import randomize_bn  # noqa: E402
-from mobileone_mm.deploy.export import WRAPPERS, ExportError  # noqa: E402
-from mobileone_mm.deploy.reparameterize import build_model, load_config  # noqa: E402
+from mobileone_mm.devkit.analysis import randomize_bn  # noqa: E402
+from mobileone_mm.runtimes.wrappers import WRAPPERS
+from mobileone_mm.loading.config import ExportError
+from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.models.reparam import reparameterize_model  # noqa: E402
 from mobileone_mm.runtimes import coreml as runtime  # noqa: E402
 

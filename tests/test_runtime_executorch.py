@@ -17,11 +17,15 @@ pytest.importorskip('executorch', reason="the executorch extra is not installed:
 pytest.importorskip('torchao', reason="the executorch extra is not installed: pip "
                     "install 'mobileone-mm[executorch]'")
 
-from mobileone_mm.deploy.export import WRAPPERS, ExportError, build_onnx  # noqa: E402
-from mobileone_mm.deploy.predict import PredictError, read_image  # noqa: E402
-from mobileone_mm.deploy.quantize import QuantizeError, judge_int8  # noqa: E402
-from mobileone_mm.deploy.reparameterize import build_model, load_config  # noqa: E402
-from mobileone_mm.deploy.verify import Reference, _float_outputs, describe  # noqa: E402
+from mobileone_mm.runtimes.wrappers import WRAPPERS
+from mobileone_mm.loading.config import ExportError
+from mobileone_mm.runtimes.onnxruntime import build_onnx
+from mobileone_mm.predict.photos import PredictError, read_image
+from mobileone_mm.runtimes.onnxruntime_int8 import QuantizeError
+from mobileone_mm.runtimes.int8_check import judge_int8
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.fusion.output_check import Reference, describe
+from mobileone_mm.runtimes.artefact_check import _float_outputs
 from mobileone_mm.models.reparam import reparameterize_model  # noqa: E402
 from mobileone_mm.runtimes import executorch as runtime  # noqa: E402
 from photos import photo_paths  # noqa: E402  (tests/ on the path: conftest.py)
@@ -165,7 +169,7 @@ def images(tmp_path_factory):
     tests/photos.py, and tiny-data scenes of the train split (calibration) and the val
     split, each read from a JPEG and resized as tools/onnx_infer.py does."""
     from PIL import Image
-    from devkit.tiny_data import render_split
+    from mobileone_mm.devkit.tiny_data import render_split
     folder = tmp_path_factory.mktemp('images')
     found = dict(photos=[read_image(p, SHAPE) for p in photo_paths(folder).values()])
     for split, count in [('train', 16), ('val', 4)]:
@@ -227,8 +231,8 @@ def test_int8_program_keeps_float32_decisions_on_photos_and_val_images(
     """int8 (PT2E, XNNPACKQuantizer) calibrated on 16 train-split images, judged by the
     int8 check (deploy/quantize.py: cosine and task decisions) against the float32
     wrapper on the real photos and val images."""
-    from mobileone_mm.deploy.evaluate import one_batch
-    from mobileone_mm.deploy.export import flatten
+    from mobileone_mm.runtimes.evaluate import one_batch
+    from mobileone_mm.fusion.flat_outputs import flatten
     wrapper, metadata = export_wrapper(tiny_model(task, randomize_bn))
     out = str(tmp_path / 'int8.pte')
     assert runtime.export(wrapper, torch.zeros(1, 3, *SHAPE), out, metadata, 'int8',

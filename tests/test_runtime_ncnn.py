@@ -20,10 +20,12 @@ pytest.importorskip('ncnn', reason='the ncnn extra is not installed '
 pytest.importorskip('pnnx', reason='the ncnn extra is not installed '
                                    "(pip install 'mobileone-mm[ncnn]')")
 
-from devkit.analysis import randomize_bn  # noqa: E402
-from mobileone_mm.deploy.export import WRAPPERS, ExportError, task_of  # noqa: E402
-from mobileone_mm.deploy.reparameterize import build_model, load_config  # noqa: E402
-from mobileone_mm.deploy.verify import Reference, _float_outputs, describe  # noqa: E402
+from mobileone_mm.devkit.analysis import randomize_bn  # noqa: E402
+from mobileone_mm.runtimes.wrappers import WRAPPERS
+from mobileone_mm.loading.config import ExportError, task_of
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.fusion.output_check import Reference, describe
+from mobileone_mm.runtimes.artefact_check import _float_outputs
 from mobileone_mm.models.reparam import reparameterize_model  # noqa: E402
 from mobileone_mm.runtimes import ncnn as runtime  # noqa: E402
 

@@ -14,7 +14,8 @@ skipped with the reason naming the extra.
 """
 import pytest
 
-from mobileone_mm.deploy.predict import predict, read_photo
+from mobileone_mm.predict.prediction import predict
+from mobileone_mm.predict.photos import read_photo
 from mobileone_mm.runtimes import RUNTIMES as TABLE
 from mobileone_mm.runtimes import export_to_runtime, install_hint, load_runner
 from test_onnx_photos import (BASES, CLASSES, OVERRIDES, PHOTOS, assert_class_scores_match,

@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from devkit.analysis import randomize_bn
+from mobileone_mm.devkit.analysis import randomize_bn
 from mobileone_mm.checkpoints.paths import PathError
-from mobileone_mm.deploy.export import ExportError, wrap_for_export
-from mobileone_mm.deploy.reparameterize import build_model, load_config
+from mobileone_mm.loading.config import ExportError
+from mobileone_mm.runtimes.wrappers import wrap_for_export
+from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.runtimes import (RUNTIMES, export_to_runtime, get_runtime, load_runner,
                                    operator_error, runtime_of_path)
 
@@ -287,8 +288,8 @@ def test_int8_export_calibrates_on_the_config_images_and_is_checked(classifier, 
     does it: calibrated on the train images, checked on the val images; the fp32
     artefacts of both runtimes score the val set as the codebase's test loop's metric
     path does (evaluate_graph), equal to each other."""
-    from devkit.tiny_data import make_tiny_flowers
-    from mobileone_mm.deploy.evaluate import evaluate_graph
+    from mobileone_mm.devkit.tiny_data import make_tiny_flowers
+    from mobileone_mm.runtimes.evaluate import evaluate_graph
     monkeypatch.chdir(tmp_path)
     make_tiny_flowers('data/tiny_flowers', num_train=8, num_val=8)
     cfg = load_config(CONFIG)

@@ -160,7 +160,7 @@ def read_miou(output: str, class_name: str) -> float:
 def test_tiny_train_then_test(dataset, tmp_path):
     """The demo path: generate a tiny set, train a few iterations with mmseg's
     tools/train.py, evaluate the checkpoint with tools/test.py (per-class IoU, mIoU)."""
-    from devkit import tiny_data
+    from mobileone_mm.devkit import tiny_data
     config, make, out, first_class = {
         'ade20k': (TINY_ADE20K, tiny_data.make_tiny_ade20k, 'data/ade', 'wall'),
         'voc': (TINY_VOC, partial(tiny_data.make_tiny_voc, num_aug=2), 'data/VOCdevkit',
@@ -186,7 +186,7 @@ def test_full_ade20k_config_evaluates_with_only_the_data_root_changed(tmp_path):
     """The real 512x512 ADE20K config, untouched but for its data root, evaluates a
     checkpoint over an ADE20K-format folder (here the tiny one)."""
     from mobileone_mm import save_checkpoint
-    from devkit.tiny_data import make_tiny_ade20k
+    from mobileone_mm.devkit.tiny_data import make_tiny_ade20k
     root = make_tiny_ade20k(tmp_path / 'ade', num_train=1, num_val=1, image_size=(64, 80))
     model = build_segmentor(load_config(ADE20K_S0))
     save_checkpoint({'state_dict': model.state_dict()}, str(tmp_path / 'model.pth'))

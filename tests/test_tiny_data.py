@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from devkit.tiny_data import (ADE20K_IDS, CLASSES, VOC_IDS, make_tiny_ade20k, make_tiny_coco,
+from mobileone_mm.devkit.tiny_data import (ADE20K_IDS, CLASSES, VOC_IDS, make_tiny_ade20k, make_tiny_coco,
                               make_tiny_voc, render_split)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from mobileone_mm import MobileOne
-from mobileone_mm.models.mobileone import MobileOneBlock
+from mobileone_mm.models.mobileone_block import MobileOneBlock
 
 # Three conv branches everywhere (S0 has four, S1-S4 one), SE on the last two stages.
 TINY = dict(num_blocks=[1, 2, 2, 1], width_factor=[0.25, 0.25, 0.25, 0.5],
@@ -41,7 +41,7 @@ def plain_form(model):
 
 def count_stacked_calls(monkeypatch) -> list:
     """Calls of the stacked sum, one entry each (so a test sees that it ran)."""
-    from devkit.benchmark import stacked
+    from mobileone_mm.devkit.benchmark import stacked
     calls = []
     original = stacked.stacked_sum
 
@@ -107,7 +107,7 @@ CASES = dict(
 @pytest.mark.parametrize('case', CASES)
 def test_stacked_branches_equal_the_plain_sum_over_training_steps(case, randomize_bn,
                                                                   monkeypatch):
-    from devkit.benchmark import with_stacked_branches
+    from mobileone_mm.devkit.benchmark import with_stacked_branches
     model = build(randomize_bn, **CASES[case])
     calls = count_stacked_calls(monkeypatch)
     stacked = with_stacked_branches(model).train()  # norm_eval / frozen_stages: in train()
@@ -127,7 +127,7 @@ def test_float32_block_gradients_within_1e5_of_the_plain_sum(randomize_bn):
     branches), stacked, judged against the float64 plain sum, and no worse than the plain
     float32 form. The plain form's own distance is float32 rounding through train-mode BN,
     not a result: it is measured, not bounded (2e-5 in a CI run at another thread count)."""
-    from devkit.benchmark import stacked_sum
+    from mobileone_mm.devkit.benchmark import stacked_sum
     for block in (MobileOneBlock(64, 64, 3, groups=64, num_branches=4),
                   MobileOneBlock(64, 128, 1, num_branches=4)):
         block = randomize_bn(block).train()

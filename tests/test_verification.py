@@ -1,4 +1,4 @@
-"""The one output check (mobileone_mm/deploy/verify.py) shared by reparameterize_checkpoint,
+"""The one output check (mobileone_mm/fusion/output_check.py) shared by reparameterize_checkpoint,
 SaveDeployCheckpointHook, export_onnx --verify and optimize_for_inference: it accepts the
 correct fusion of models whose float32 outputs are far from exact (BN statistics that
 blow activations up to 1e7..1e11), and refuses wrong fusions of the same models."""
@@ -13,12 +13,14 @@ from mmengine.runner import Runner
 
 from mobileone_mm import optimize_for_inference
 from mobileone_mm.checkpoints.io import load_checkpoint_file
-from mobileone_mm.deploy import hooks, inference
-from mobileone_mm.deploy.export import build_onnx
-from mobileone_mm.deploy.reparameterize import (DeployError, build_model, check_fusion,
-                                                load_config, reparameterize_checkpoint)
-from mobileone_mm.deploy.verify import FACTOR, verify_onnx
-from mobileone_mm.models import mobileone, reparam
+from mobileone_mm.fusion import hooks
+from mobileone_mm.runtimes import optimize as inference
+from mobileone_mm.runtimes.onnxruntime import build_onnx
+from mobileone_mm.loading.config import DeployError, build_model, load_config
+from mobileone_mm.fusion.reparameterize import check_fusion, reparameterize_checkpoint
+from mobileone_mm.fusion.output_check import FACTOR
+from mobileone_mm.runtimes.artefact_check import verify_onnx
+from mobileone_mm.models import mobileone_block, reparam
 from mobileone_mm.models.reparam import reparameterize_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,8 +76,8 @@ def corner_identity(model, monkeypatch):
 def drop_a_branch(monkeypatch):
     """From now on every block fuses without its last conv branch (the 1x1 scale branch
     where there is one)."""
-    real = mobileone.fuse_branches
-    monkeypatch.setattr(mobileone, 'fuse_branches',
+    real = mobileone_block.fuse_branches
+    monkeypatch.setattr(mobileone_block, 'fuse_branches',
                         lambda convs, *args, **kwargs: real(list(convs)[:-1], *args, **kwargs))
 
 
@@ -170,7 +172,7 @@ def test_optimize_for_inference_accepts_the_issue_detector_and_refuses_a_wrong_f
 @pytest.mark.slow
 def test_hook_writes_nothing_for_a_wrong_fusion(tmp_path, monkeypatch, capsys):
     """SaveDeployCheckpointHook checks on the first val images before writing."""
-    from devkit.tiny_data import make_tiny_flowers
+    from mobileone_mm.devkit.tiny_data import make_tiny_flowers
     monkeypatch.chdir(tmp_path)
     make_tiny_flowers('data/tiny_flowers', num_train=4, num_val=4)
     cfg = Config.fromfile(str(REPO / CLS_TINY))
@@ -200,7 +202,7 @@ def test_an_error_confined_to_a_few_outputs_is_refused(randomize_bn):
     """The percentile alone would pass a candidate wrong in one output element (a wrong
     padding reaching only a map's border, say): the largest difference is judged too."""
     from mobileone_mm import MobileOne
-    from mobileone_mm.deploy.verify import MAX_FACTOR, Reference
+    from mobileone_mm.fusion.output_check import MAX_FACTOR, Reference
     model = randomize_bn(MobileOne('s0', out_indices=(1, 2))).eval()
     reference = Reference(model, [torch.randn(1, 3, 64, 64)], lambda m, x: m(x))
     assert reference.judge(reference.float32)['passed']

@@ -40,11 +40,14 @@ from PIL import Image
 from mobileone_mm import CheckpointError, MobileOne, reparameterize_model
 from mobileone_mm.checkpoints.io import (check_weights, load_checkpoint_file,
                                          state_dict_of)
-from mobileone_mm.deploy.export import export_onnx
-from mobileone_mm.deploy.metadata import export_metadata
-from mobileone_mm.deploy.predict import PredictError, load_onnx, predict, read_photo
-from mobileone_mm.deploy.reparameterize import (build_model, load_config, load_model,
-                                                reparameterize_checkpoint)
+from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.predict.metadata import export_metadata
+from mobileone_mm.predict.photos import PredictError, read_photo
+from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.predict.prediction import predict
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py'
@@ -66,7 +69,7 @@ def files(tmp_path_factory):
     """A tiny-arch Flowers classifier (a config that does not import the safe-loading
     fix; a good checkpoint with class names), each kind of checkpoint, a photo, and the
     tiny Flowers set (for int8 calibration)."""
-    from devkit.tiny_data import make_tiny_flowers
+    from mobileone_mm.devkit.tiny_data import make_tiny_flowers
     from mmengine.logging.history_buffer import HistoryBuffer
     d = tmp_path_factory.mktemp('weights')
     config = d / 'tiny.py'
@@ -81,7 +84,7 @@ def files(tmp_path_factory):
     make_tiny_flowers(d / 'flowers', num_train=4, num_val=2)
     torch.manual_seed(0)
     model, _ = build_model(load_config(str(config)))
-    from devkit.analysis import randomize_bn
+    from mobileone_mm.devkit.analysis import randomize_bn
     randomize_bn(model)
     good = model.state_dict()
     meta = dict(dataset_meta=dict(classes=['disk', 'square', 'triangle', 'star']))
@@ -196,7 +199,7 @@ def deploy_hook(ckpt, f, out, mp, cs):
 
 def image_demo(ckpt, f, out, mp, cs):
     """tools/image_demo.py's PhotoDemo: the codebase's inferencer with the checkpoint."""
-    from mobileone_mm.deploy.predict_photos import PhotoDemo
+    from mobileone_mm.predict.inferencers import PhotoDemo
     return PhotoDemo(f.config, ckpt).inferencer.model.state_dict(), 'good'
 
 
@@ -215,7 +218,7 @@ def mmdeploy_export_tool(ckpt, f, out, mp, cs):
 
 def quantize_tool(ckpt, f, out, mp, cs):
     """tools/quantize.py's library call: int8 graph (the head stays float)."""
-    from mobileone_mm.deploy.evaluate import quantize_checkpoint
+    from mobileone_mm.runtimes.evaluate import quantize_checkpoint
     graph, _ = quantize_checkpoint(f.config, ckpt, calib_images=4, check_images=2)
     (out / 'int8.onnx').write_bytes(graph)
     return onnx_weights(out / 'int8.onnx'), 'good'
@@ -296,7 +299,7 @@ def test_the_first_bad_entry_is_named():
 
 def test_a_state_dict_in_memory_is_held_to_the_rule(files):
     """load_strict (what load_model uses) judges a state dict that never was a file."""
-    from mobileone_mm.deploy.reparameterize import load_strict
+    from mobileone_mm.loading.checkpoint import load_strict
     model, _ = build_model(load_config(files.config))
     state = {k: v.clone() for k, v in files.good.items()}
     state[VAR_KEY][0] = -1.0
@@ -366,7 +369,7 @@ def test_a_graph_that_yields_nan_is_refused(kind, files, corrupt_graphs, tmp_pat
 
 
 def test_image_demo_refuses_a_nan_prediction(files):
-    from mobileone_mm.deploy.predict_photos import PhotoDemo
+    from mobileone_mm.predict.inferencers import PhotoDemo
     demo = PhotoDemo(files.config, files.dir / 'good.pth')
     assert demo.predict([files.photo])[0].lines  # the sound model predicts
     with torch.no_grad():

@@ -14,7 +14,7 @@ Run it on an otherwise idle machine (how long it takes: docs/speed.md).
 import os
 
 from argtypes import positive_int
-from devkit.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
+from mobileone_mm.devkit.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
 from mobileone_mm.errors import run_tool, tool_parser
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from argtypes import positive_int
-from devkit.analysis import compare_forms
+from mobileone_mm.devkit.analysis import compare_forms
 from mobileone_mm import ARCH_SETTINGS, MobileOne
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.models.pretrained import load_pretrained

@@ -14,7 +14,7 @@ val images; int8 is calibrated on the config's train images (--calib-split val f
 val set). Core ML artefacts run only on Apple systems: not checked here.
 """
 from argtypes import positive_int, score_threshold
-from mobileone_mm.deploy.reparameterize import SPLITS
+from mobileone_mm.loading.data import SPLITS
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.runtimes import PRECISIONS, RUNTIMES, export_to_runtime
 

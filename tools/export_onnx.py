@@ -14,10 +14,12 @@ import sys
 from argtypes import positive_int
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
-from mobileone_mm.deploy.export import build_onnx
-from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
-from mobileone_mm.deploy.reparameterize import input_shape_of, load_model
-from mobileone_mm.deploy.verify import describe, verify_onnx
+from mobileone_mm.runtimes.onnxruntime import build_onnx
+from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape
+from mobileone_mm.loading.config import input_shape_of
+from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.fusion.output_check import describe
+from mobileone_mm.runtimes.artefact_check import verify_onnx
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.runtimes.export import check_images
 

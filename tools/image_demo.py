@@ -9,7 +9,7 @@ The codebase comes from the config. CHECKPOINT is a training checkpoint or a dep
 picture is written there as <photo name>.png, at the photo's size.
 """
 from argtypes import score_threshold
-from mobileone_mm.deploy.predict_photos import run_demo
+from mobileone_mm.predict.inferencers import run_demo
 from mobileone_mm.errors import run_tool, tool_parser
 
 

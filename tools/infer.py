@@ -10,8 +10,8 @@ from typing import Optional
 from argtypes import score_threshold
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import plan_outputs
-from mobileone_mm.deploy.predict import (draw, encode_picture, picture_extension, predict,
-                                         read_photo)
+from mobileone_mm.predict.prediction import draw, encode_picture, picture_extension, predict
+from mobileone_mm.predict.photos import read_photo
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.runtimes import load_runner
 

@@ -6,7 +6,7 @@ mmdet / mmseg / mmpretrain read, for the tiny-data configs, the tests and the de
     python tools/make_tiny_datasets.py voc --out data/VOCdevkit --seed 1
     python tools/make_tiny_datasets.py flowers --out data/tiny_flowers
 """
-from devkit.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
+from mobileone_mm.devkit.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
                               make_tiny_voc)
 from mobileone_mm.errors import run_tool, tool_parser
 

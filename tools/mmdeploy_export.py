@@ -7,12 +7,12 @@ optionally its metric on the config's test set through mmdeploy's task processor
 DEPLOY_CFG is one of configs/mmdeploy/*.py (or mmdeploy's own). mmdeploy fuses the
 MobileOne backbone itself; the checkpoint may be a training one or a deploy one. This is
 mmdeploy's tools/deploy.py + tools/test.py for ONNX Runtime, run in this process, where
-mobileone_mm.deploy.mmdeploy_compat makes torch.onnx.export use the TorchScript exporter.
+mobileone_mm.runtimes.mmdeploy_route makes torch.onnx.export use the TorchScript exporter.
 """
 import json
 
 from mobileone_mm.checkpoints.paths import check_extension, check_input_file, plan_outputs
-from mobileone_mm.deploy.mmdeploy_compat import evaluate_backend, export_end2end
+from mobileone_mm.runtimes.mmdeploy_route import evaluate_backend, export_end2end
 from mobileone_mm.errors import run_tool, tool_parser
 
 

@@ -16,9 +16,10 @@ accuracy) and prints both.
 from argtypes import non_negative_int, positive_int
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
-from mobileone_mm.deploy.evaluate import quantize_checkpoint
-from mobileone_mm.deploy.quantize import METHODS, describe_int8
-from mobileone_mm.deploy.reparameterize import SPLITS
+from mobileone_mm.runtimes.evaluate import quantize_checkpoint
+from mobileone_mm.runtimes.onnxruntime_int8 import METHODS
+from mobileone_mm.runtimes.int8_check import describe_int8
+from mobileone_mm.loading.data import SPLITS
 from mobileone_mm.errors import run_tool, tool_parser
 
 

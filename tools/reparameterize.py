@@ -9,8 +9,8 @@ tools/export_onnx.py or mmengine's Runner. Run it from the folder the config's d
 are relative to, so that the check uses val images (random inputs otherwise).
 """
 from argtypes import positive_int
-from mobileone_mm.deploy.reparameterize import reparameterize_checkpoint
-from mobileone_mm.deploy.verify import describe
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
+from mobileone_mm.fusion.output_check import describe
 from mobileone_mm.errors import run_tool, tool_parser
 
 

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
-from ..deploy.export import ExportError
+from ..loading.config import ExportError
 
 
 class Runtime(NamedTuple):

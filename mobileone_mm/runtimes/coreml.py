@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from ..checkpoints.io import TEMP_MARK
 from ..checkpoints.paths import check_extension
-from ..deploy.export import WRAPPERS, ExportError, count_conv_calls, task_of
+from ..loading.config import ExportError, task_of
+from .wrappers import WRAPPERS, count_conv_calls
 
 NAME = 'coreml'
 EXTRA = 'coreml'
@@ -172,7 +173,7 @@ def check_structure(path: str, fused_model: nn.Module, example: torch.Tensor,
       none left unfused.
 
     Returns ``passed`` and ``problems`` (one line each), and what was read."""
-    from ..deploy.metadata import num_classes_of
+    from ..predict.metadata import num_classes_of
     spec, program = read_program(path)
     task = task_of(fused_model)
     wrapper = WRAPPERS[task](fused_model, tuple(example.shape[2:])).eval()

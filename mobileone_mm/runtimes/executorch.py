@@ -34,8 +34,9 @@ import torch
 
 from ..checkpoints.io import atomic_file
 from ..checkpoints.paths import check_input_file
-from ..deploy.export import ExportError
-from ..deploy.predict import TASK_OUTPUTS, PredictError
+from ..loading.config import ExportError
+from ..predict.photos import PredictError
+from ..predict.prediction import TASK_OUTPUTS
 
 NAME = 'executorch'
 EXTRA = 'executorch'
@@ -83,7 +84,7 @@ def quantize(exported, example: torch.Tensor, calibration: Optional[Sequence[np.
     """``exported`` (a torch.export program) statically quantized for XNNPACK (module
     docstring), calibrated on ``calibration`` (arrays of the example's shape). Layers
     whose int8 form XNNPACK refuses (``refused_layers``) are calibrated again in float."""
-    from ..deploy.quantize import check_calibration
+    from .onnxruntime_int8 import check_calibration
     images = [torch.from_numpy(image)
               for image in check_calibration(calibration or [], tuple(example.shape))]
     float_layers = set(output_layers(exported.graph))
@@ -96,7 +97,9 @@ def quantize(exported, example: torch.Tensor, calibration: Optional[Sequence[np.
 
 def _calibrated(exported, float_layers, images):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)).set_filter_function(
@@ -162,7 +165,7 @@ def _layer(node) -> Optional[str]:
 def output_layers(graph) -> List[str]:
     """The layers (module names) of the convolutions and linear layers whose results
     reach a graph output without passing through another one: the heads' last layers.
-    The torch.export counterpart of ``deploy.quantize.output_layers``."""
+    The torch.export counterpart of ``runtimes.onnxruntime_int8.output_layers``."""
     outputs = next(node for node in graph.nodes if node.op == 'output')
     found, stack, seen = [], list(outputs.all_input_nodes), set()
     while stack:  # backwards from the outputs, stopping at each compute node

@@ -5,9 +5,9 @@ inside, raw outputs named as the ONNX graph's), exported by the runtime's module
 with ``verify``, checked before anything is written:
 
 * fp32: the artefact's outputs against the float64 train form by the project's one
-  output check (``deploy.verify.verify_runner``: ``Reference`` / ``judge``), and the
+  output check (``runtimes.artefact_check.verify_runner``: ``Reference`` / ``judge``), and the
   detections after post-processing against mmdet's own;
-* int8: ``deploy.quantize.judge_int8`` (cosine and task decisions) against the fused
+* int8: ``runtimes.onnxruntime_int8.judge_int8`` (cosine and task decisions) against the fused
   float32 model, on val images (the calibration images when the val set is not on
   disk), calibrated on ``calib_images`` images of ``calib_split`` as tools/quantize.py is.
 
@@ -22,14 +22,18 @@ import numpy as np
 import torch
 
 from ..checkpoints.paths import check_extension, plan_outputs
-from ..deploy.evaluate import dataset_images, one_batch
-from ..deploy.export import ExportError, export_metadata_of, wrap_for_export
-from ..deploy.metadata import export_metadata, fixed_input_shape
-from ..deploy.predict import read_image
-from ..deploy.quantize import QuantizeError, describe_int8, judge_int8
-from ..deploy.reparameterize import DeployError, input_shape_of, load_model, val_image_paths
-from ..deploy.verify import describe, verify_runner
+from ..fusion.output_check import describe
+from ..loading.checkpoint import load_model
+from ..loading.config import DeployError, ExportError, input_shape_of
+from ..loading.data import val_image_paths
+from ..predict.metadata import export_metadata, fixed_input_shape
+from ..predict.photos import read_image
+from .artefact_check import verify_runner
 from .common import RUNTIMES, get_runtime, write_staged
+from .evaluate import dataset_images, one_batch
+from .onnxruntime_int8 import QuantizeError
+from .int8_check import describe_int8, judge_int8
+from .wrappers import export_metadata_of, wrap_for_export
 
 
 def export_to_runtime(config, checkpoint: str, out: str, runtime: str,

@@ -2,7 +2,7 @@
 ``X.ncnn.param`` (the layers, text) and ``X.ncnn.bin`` (float32 weights) pair, and its
 metadata in a sidecar ``X.ncnn.param.json`` (ncnn's param file has no metadata slot).
 
-pnnx traces the export wrapper (``mobileone_mm.deploy.export.WRAPPERS``) with TorchScript
+pnnx traces the export wrapper (``mobileone_mm.runtimes.wrappers.WRAPPERS``) with TorchScript
 and maps every op to an ncnn layer. Three ops of the wrappers have no ncnn layer, so
 pnnx gets ``NcnnGraph``, the same function in ops ncnn has:
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints.paths import atomic_files, check_extension, check_input_file
-from ..deploy.export import ExportError
+from ..loading.config import ExportError
 
 NAME = 'ncnn'
 EXTRA = 'ncnn'
@@ -56,7 +56,7 @@ def sidecar_path(param: str) -> str:
 
 
 class ChannelSlicesNormalize(nn.Module):
-    """``deploy.export.Normalize`` with the channel order as slices and a concat (ncnn has
+    """``runtimes.wrappers.Normalize`` with the channel order as slices and a concat (ncnn has
     no gather): the same values, bit for bit."""
 
     def __init__(self, normalize: nn.Module):

@@ -9,16 +9,16 @@ both runtimes, NNCF is not a dependency, and it was the fastest int8 form measur
 (issue 22: 0.21x timm's fused fp32 at S0 320 on 2 AMD EPYC threads, against 0.28x for the
 same graph in onnxruntime)."""
 import io
-import re
 import json
-from typing import List, Optional, Tuple
+import re
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..checkpoints.paths import check_input_file
-from ..deploy.export import compile_openvino, openvino_runner
-from ..deploy.predict import TASK_OUTPUTS, PredictError
+from ..predict.photos import PredictError
+from ..predict.prediction import TASK_OUTPUTS
 from .common import operator_error, write_staged
 
 NAME = 'openvino'
@@ -51,6 +51,7 @@ def export(wrapper: torch.nn.Module, example: torch.Tensor, out: str, metadata: 
            precision: str = 'fp32', calibration: Optional[List[np.ndarray]] = None
            ) -> List[str]:
     import openvino as ov
+
     from .onnxruntime import serialized_graph
     model = convert(serialized_graph(wrapper, example, metadata, precision, calibration,
                                      runtime=NAME))
@@ -59,7 +60,7 @@ def export(wrapper: torch.nn.Module, example: torch.Tensor, out: str, metadata: 
 
 
 class Runner:
-    """An IR compiled for this CPU (``deploy.export.compile_openvino``: float32 inference
+    """An IR compiled for this CPU (``runtimes.openvino.compile_openvino``: float32 inference
     precision, latency mode, ``threads`` inference threads)."""
 
     def __init__(self, model, metadata: dict, threads: Optional[int] = None):
@@ -96,3 +97,28 @@ def load(path: str, threads: Optional[int] = None) -> Runner:
         raise PredictError(f'The OpenVINO IR {path!r} has outputs {names} for task {task!r}, '
                            f'not ours. {fix}')
     return Runner(model, metadata, threads)
+
+
+def compile_openvino(model, threads: Optional[int] = None):
+    """An OpenVINO model (``openvino.Model``) or ONNX graph (bytes) compiled for this CPU:
+    float32 inference precision (not the bf16 some CPUs default to; a QDQ int8 graph still
+    runs int8 kernels), latency mode, ``threads`` inference threads (default: OpenVINO's
+    choice)."""
+    import openvino as ov
+    if isinstance(model, bytes):
+        model = ov.convert_model(io.BytesIO(model))
+    config = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY'}
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = int(threads)
+    return ov.Core().compile_model(model, 'CPU', config)
+
+
+def openvino_runner(compiled) -> Callable[[np.ndarray], List[np.ndarray]]:
+    """``run(array)`` -> the outputs (numpy arrays, in the model's output order) of a
+    compiled OpenVINO model with one input."""
+    request = compiled.create_infer_request()
+
+    def run(x):
+        results = request.infer({0: np.ascontiguousarray(x, np.float32)})
+        return [np.array(results[output]) for output in compiled.outputs]
+    return run

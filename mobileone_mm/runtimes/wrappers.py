@@ -1,42 +1,29 @@
-"""ONNX export of fused MobileOne models, and the onnxruntime side of them.
+"""The fused model of each task as one exportable module, shared by every runtime.
 
-Every exported graph takes what ``cv2.imread`` gives, resized to the export shape:
-float32 NCHW, BGR, 0..255. The model's own data-preprocessor normalisation (mean, std,
-BGR->RGB) is part of the graph. Outputs:
+Every wrapper takes what ``cv2.imread`` gives, resized to the export shape: float32
+NCHW, BGR, 0..255. The model's own data-preprocessor normalisation (mean, std, BGR->RGB)
+is part of the graph. Outputs:
 
 * classifier: ``logits`` (N, classes)
 * segmentor:  ``logits`` (N, classes, H, W) at input resolution, ``labels`` (N, H, W)
 * dense detector (SSDLite, RetinaNet, RTMDet): ``boxes`` (N, priors, 4) decoded in input
   pixels, and ``scores`` (N, priors, classes): sigmoid, or softmax without background
-  (SSD). Score threshold, per-level top-k and
-  class-wise NMS stay outside the graph, in ``postprocess_detections`` (numpy, used by
-  tools/onnx_infer.py, deploy/predict.py): their output size depends on the data, which ONNX's
-  NonMaxSuppression handles only in a form onnxruntime runs slowly and that differs from
-  mmcv's NMS in tie-breaking; a 40-line numpy copy of mmdet's test-time steps keeps the
-  detections identical. Their settings travel in the ONNX file's metadata.
+  (SSD). Score threshold, per-level top-k and class-wise NMS stay outside the graph, in
+  ``predict.detections.postprocess_detections`` (numpy): their output size depends on the
+  data, which ONNX's NonMaxSuppression handles only in a form onnxruntime runs slowly and
+  that differs from mmcv's NMS in tie-breaking; a 40-line numpy copy of mmdet's test-time
+  steps keeps the detections identical. Their settings travel in the artefact's metadata.
 """
-import io
-import json
 import numbers
-import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils._pytree as pytree
 
-from ..checkpoints.io import atomic_file
-from ..errors import UserError
+from ..loading.config import ExportError, task_of
 from ..machine import check_memory, input_memory
-from ..checkpoints.paths import ONNX_MARK, check_extension, plan_outputs
 from ..models.reparam import reparameterize_model
-
-
-class ExportError(UserError, TypeError):
-    """A model this exporter does not cover, with what to use instead."""
 
 
 class Normalize(nn.Module):
@@ -142,8 +129,7 @@ def check_dense_head(model: nn.Module):
     ``DeltaXYWHBBoxCoder`` (anchors: SSD, RetinaNet) or ``DistancePointBBoxCoder``
     (points: RTMDet)."""
     from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-    from mmdet.models.task_modules.coders import (DeltaXYWHBBoxCoder,
-                                                  DistancePointBBoxCoder)
+    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder, DistancePointBBoxCoder
     head = getattr(model, 'bbox_head', None)
     name = type(head).__name__
     if not isinstance(head, BaseDenseHead) or not hasattr(head, 'prior_generator'):
@@ -166,17 +152,6 @@ def check_dense_head(model: nn.Module):
                       f'RetinaNet, RTMDet); use mmdeploy for others.')
 
 
-def task_of(model: nn.Module) -> str:
-    if hasattr(model, 'bbox_head'):
-        return 'detection'
-    if hasattr(model, 'decode_head'):
-        return 'segmentation'
-    if hasattr(model, 'head'):
-        return 'classification'
-    raise ExportError(f'Cannot export a {type(model).__name__}: expected an mmdet detector, '
-                      f'an mmseg segmentor or an mmpretrain classifier.')
-
-
 WRAPPERS = dict(classification=ClassifierForExport, segmentation=SegmentorForExport,
                 detection=DenseDetectorForExport)
 
@@ -189,37 +164,6 @@ def check_input_shape(input_shape) -> Tuple[int, int]:
         raise ValueError(f'The input shape must be two whole numbers (height, width) of at '
                          f'least 1, e.g. (320, 320); got {input_shape!r}.')
     return int(shape[0]), int(shape[1])
-
-
-def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 320),
-                dynamic: bool = False, metadata: Dict[str, object] = None) -> dict:
-    """Fuse ``model`` in place (if needed) and export it to ``path`` (written atomically).
-
-    ``dynamic`` makes the batch size (and, for classifiers and segmentors, the image
-    size) free. Returns what was exported: task, output names, conv counts of the fused
-    PyTorch model and of the graph (equal: no branch is left), metadata. ``path`` is
-    checked first (checkpoints.paths.plan_outputs: a new file or one our tools wrote).
-    """
-    check_extension(path, ['.onnx'], 'ONNX output')
-    plan_outputs(outputs={'ONNX model': path})
-    graph, info = build_onnx(model, input_shape, dynamic, metadata)
-    with atomic_file(path) as f:
-        f.write(graph)
-    return dict(info, path=path)
-
-
-def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
-               dynamic: bool = False, metadata: Dict[str, object] = None
-               ) -> Tuple[bytes, dict]:
-    """``export_onnx`` without writing: (the serialized graph, what was exported), so that
-    a caller can check the graph (``verify_onnx`` takes the bytes) before writing it."""
-    wrapper, example = wrap_for_export(model, input_shape)
-    meta = export_metadata_of(wrapper, dynamic, metadata)
-    graph = onnx_graph(wrapper, example, meta, dynamic)
-    return graph.SerializeToString(), dict(
-        task=meta['task'], outputs=wrapper.output_names, metadata=meta,
-        torch_convs=count_conv_calls(wrapper, example),
-        onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node))
 
 
 def wrap_for_export(model: nn.Module, input_shape: Sequence[int]
@@ -260,71 +204,6 @@ def export_metadata_of(wrapper: nn.Module, dynamic: bool = False,
     return meta
 
 
-def onnx_graph(wrapper: nn.Module, example: torch.Tensor, meta: dict,
-               dynamic: bool = False):
-    """The wrapper traced on ``example`` as an ONNX ModelProto (opset 17, input ``image``,
-    outputs ``wrapper.output_names``), ``meta`` in its metadata (JSON values); with
-    ``dynamic`` the batch (and for classifiers and segmentors the image size) free."""
-    import onnx
-    axes = {0: 'batch'} if isinstance(wrapper, DenseDetectorForExport) else \
-        {0: 'batch', 2: 'height', 3: 'width'}
-    dynamic_axes = ({'image': axes, **{name: {0: 'batch'} for name in wrapper.output_names}}
-                    if dynamic else None)
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(wrapper, (example, ), buffer, dynamo=False, opset_version=17,
-                          input_names=['image'], output_names=wrapper.output_names,
-                          dynamic_axes=dynamic_axes)
-    graph = onnx.load_from_string(buffer.getvalue())
-    for key, value in meta.items():
-        graph.metadata_props.add(key=key, value=json.dumps(value))
-    graph.metadata_props.add(key=ONNX_MARK[0], value=ONNX_MARK[1])  # ours: replaceable
-    return graph
-
-
-# ------------------------------------------------- any model with nested outputs, flat
-def flatten(output) -> Tuple[List[torch.Tensor], pytree.TreeSpec]:
-    """The tensors of a nested output (tensor / tuple / list / dict) and its structure
-    (torch's pytree); ``unflatten(leaves, spec)`` rebuilds it."""
-    leaves, spec = pytree.tree_flatten(output)
-    other = sorted({type(leaf).__name__ for leaf in leaves
-                    if not isinstance(leaf, torch.Tensor)})
-    if other:
-        raise TypeError(f'Model outputs must be tensors, or tuples / lists / dicts of them; '
-                        f'got {", ".join(other)}.')
-    return leaves, spec
-
-
-unflatten = pytree.tree_unflatten
-
-
-class FlatOutputs(nn.Module):
-    """``model(x)`` as a flat tuple of tensors (what tracing and ONNX export take)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return tuple(flatten(self.model(x))[0])
-
-
-def flat_onnx(flat: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> bytes:
-    """A ``FlatOutputs`` model traced on ``example`` as an ONNX graph (opset 17, input
-    ``input``, outputs ``output0``...; with ``dynamic_batch`` any batch size)."""
-    with torch.no_grad():
-        num_outputs = len(flat(example))
-    names = [f'output{i}' for i in range(num_outputs)]
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # TracerWarnings of shape checks: sizes are fixed
-        torch.onnx.export(flat, (example, ), buffer, dynamo=False, opset_version=17,
-                          input_names=['input'], output_names=names,
-                          dynamic_axes=({n: {0: 'batch'} for n in ['input'] + names}
-                                        if dynamic_batch else None))
-    return buffer.getvalue()
-
-
 def count_conv_calls(module: nn.Module, example: torch.Tensor) -> int:
     """Convolutions one forward pass runs (an auxiliary head, unused, does not count)."""
     calls = []
@@ -335,52 +214,3 @@ def count_conv_calls(module: nn.Module, example: torch.Tensor) -> int:
     for handle in handles:
         handle.remove()
     return len(calls)
-
-
-# ------------------------------------------------------------------- onnxruntime side
-def make_session(model, threads: Optional[int] = None):
-    """An onnxruntime CPU session for an ONNX file path or serialized model (bytes), all
-    graph optimisations on; ``threads`` sets its intra-op threads (default: onnxruntime's
-    choice, one per physical core)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    # Idle workers sleep instead of spinning: spinning ones would steal the cores from
-    # whatever runs next in the process (PyTorch, in the benchmark's interleaved runs).
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
-
-
-def load_session(path: str, threads: Optional[int] = None):
-    """An onnxruntime CPU session (see ``make_session``) and the export metadata."""
-    session = make_session(path, threads)
-    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-    return session, meta
-
-
-# ---------------------------------------------------------------------- OpenVINO side
-def compile_openvino(model, threads: Optional[int] = None):
-    """An OpenVINO model (``openvino.Model``) or ONNX graph (bytes) compiled for this CPU:
-    float32 inference precision (not the bf16 some CPUs default to; a QDQ int8 graph still
-    runs int8 kernels), latency mode, ``threads`` inference threads (default: OpenVINO's
-    choice)."""
-    import openvino as ov
-    if isinstance(model, bytes):
-        model = ov.convert_model(io.BytesIO(model))
-    config = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY'}
-    if threads:
-        config['INFERENCE_NUM_THREADS'] = int(threads)
-    return ov.Core().compile_model(model, 'CPU', config)
-
-
-def openvino_runner(compiled) -> Callable[[np.ndarray], List[np.ndarray]]:
-    """``run(array)`` -> the outputs (numpy arrays, in the model's output order) of a
-    compiled OpenVINO model with one input."""
-    request = compiled.create_infer_request()
-
-    def run(x):
-        results = request.infer({0: np.ascontiguousarray(x, np.float32)})
-        return [np.array(results[output]) for output in compiled.outputs]
-    return run

@@ -35,11 +35,13 @@ import torch
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
 from ..checkpoints.paths import plan_outputs
+from ..loading.checkpoint import load_model
+from ..loading.config import codebase_of, deploy_config, load_config
 from ..machine import check_device
 from ..models.reparam import reparameterize_model
 from .metadata import dataset_meta, num_classes_of
-from .predict import PredictError, encode_picture, read_photo
-from .reparameterize import codebase_of, deploy_config, load_config, load_model
+from .photos import PredictError, read_photo
+from .prediction import encode_picture
 
 # codebase -> (module, inferencer class, its checkpoint argument, the value for none)
 INFERENCERS = dict(mmdet=('mmdet.apis', 'DetInferencer', 'weights', None),

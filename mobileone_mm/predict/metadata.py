@@ -2,15 +2,15 @@
 checkpoint: the class names (``dataset_meta``: the one rule for them, also followed by
 predict_photos for the codebases' inferencers) and the config's
 test-pipeline resizing as steps tools/onnx_infer.py repeats on a photo
-(``predict.preprocess``). tools/export_onnx.py stores them in the ONNX metadata."""
+(``predict.preprocess``). tools/export_onnx.py stores them in the ONNX metadata.
+"""
 import numbers
 from typing import List, Optional, Tuple
 
 import torch.nn as nn
 
-from .export import task_of
-from .predict import pad_size
-from .reparameterize import _registry, codebase_of
+from ..loading.config import _registry, codebase_of, task_of
+from .photos import pad_size
 
 
 def num_classes_of(model: nn.Module) -> int:

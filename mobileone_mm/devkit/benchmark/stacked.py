@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mobileone_mm.models.mobileone import MobileOneBlock
+from ...models.mobileone_block import MobileOneBlock
 from mobileone_mm.models.reparam import pad_to
 
 

@@ -33,11 +33,13 @@ import torch
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
 from ..checkpoints.paths import ONNX_MARK, plan_outputs
+from ..loading.checkpoint import load_model
+from ..loading.config import DeployError, codebase_of, deploy_config, load_config, read_config
 from ..machine import check_device
-from .reparameterize import (DeployError, codebase_of, deploy_config, load_config, load_model,
-                             read_config)
 
 DEPLOY_KEYS = ('onnx_config', 'codebase_config', 'backend_config')  # what mmdeploy reads
+
+
 TASKS = dict(mmdet='detection', mmseg='segmentation', mmpretrain='classification')
 
 

@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from mobileone_mm import MobileOne
-from mobileone_mm.deploy.reparameterize import count_params
+from ...fusion.reparameterize import count_params
 
 from ..analysis import count_macs, measure_interleaved
 from .machine import describe_isa, describe_load, load_average, machine_info, peak_gflops

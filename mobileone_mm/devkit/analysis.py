@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mobileone_mm import reparameterize_model
-from mobileone_mm.deploy.reparameterize import count_params
+from ..fusion.reparameterize import count_params
 
 
 def randomize_bn(model: nn.Module, seed: int = 0, mean_std: float = 0.5,

@@ -34,15 +34,15 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..fusion.flat_outputs import FlatOutputs, flatten, unflatten
+from ..fusion.output_check import Reference, check_input, describe
 from ..models.reparam import reparameterize_model
-from .export import (FlatOutputs, compile_openvino, flat_onnx, flatten, make_session,
-                     openvino_runner, unflatten)
-from .verify import Reference, check_input, describe
+from .onnxruntime import flat_onnx, make_session
+from .openvino import compile_openvino, openvino_runner
 
 BACKENDS = ('onnxruntime', 'openvino', 'torchscript', 'eager')
 
 
-# ------------------------------------------------------------------------ backends
 def _onnxruntime(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
     session = make_session(flat_onnx(flat, example), threads)
 
@@ -94,7 +94,6 @@ BUILDERS = dict(onnxruntime=_onnxruntime, openvino=_openvino, torchscript=_torch
                 eager=_eager)
 
 
-# ------------------------------------------------------------------------- the API
 class OptimizedModel:
     """A callable with the outputs of ``model(x)`` (same nesting), run by ``backend``.
 
@@ -175,12 +174,12 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
         precision: 'fp32', or 'int8' with ``calibration`` (a few input batches like the
             example): a statically quantized ONNX graph run by OpenVINO (when installed)
             or onnxruntime (``quantize.INT8_BACKENDS``), checked against float32
-            by cosine and task agreement instead (``deploy/quantize.py``, ``Int8Model``).
+            by cosine and task agreement instead (``runtimes/onnxruntime_int8.py``, ``Int8Model``).
 
     Returns an ``OptimizedModel``: ``optimized(x)`` gives what ``model(x)`` gives.
     """
     if precision != 'fp32' or calibration is not None:
-        from .quantize import optimize_int8
+        from .onnxruntime_int8 import optimize_int8
         return optimize_int8(model, example, calibration, threads, verify, backend, precision)
     if backend != 'auto' and backend not in BACKENDS:
         raise ValueError(f'Unknown backend {backend!r}: use "auto" or one of {BACKENDS}.')

@@ -18,7 +18,7 @@ from mobileone_mm import MobileOne, atrous_settings, optimize_for_inference, rep
 
 from ..analysis import randomize_bn
 
-REPO = Path(__file__).resolve().parents[3]  # tools/devkit/benchmark/ -> the checkout
+REPO = Path(__file__).resolve().parents[3]  # mobileone_mm/devkit/benchmark/ -> the checkout
 WHOLE_MODEL_CONFIGS = dict(
     ssdlite='configs/detection/ssdlite_mobileone-s0_8xb24-600e_coco.py',
     rtmdet='configs/detection/rtmdet_mobileone-s0_8xb32-300e_coco.py',
@@ -95,7 +95,7 @@ def build_int8(fused: nn.Module, example: torch.Tensor) -> dict:
     QDQ), calibrated on random inputs of the example's shape (latency does not depend on
     them; int8 accuracy on real data: docs/int8.md), with the cosine similarity of its
     outputs to float32 on the example."""
-    from mobileone_mm.deploy.quantize import judge_int8
+    from ...runtimes.int8_check import judge_int8
     generator = torch.Generator().manual_seed(0)
     calibration = [torch.randn(example.shape, generator=generator)
                    for _ in range(INT8_CALIBRATION)]
@@ -119,7 +119,7 @@ def random_model(name: str, backbone_type: Optional[str] = None) -> tuple:
     in the config's place ('mmpretrain.MobileOne': the classifiers' peer)."""
     from mmengine.logging import MMLogger
 
-    from mobileone_mm.deploy.reparameterize import build_model, load_config
+    from ...loading.config import build_model, load_config
     cfg = load_config(str(REPO / WHOLE_MODEL_CONFIGS[name]))
     cfg.model.backbone.init_cfg = None  # nothing can be downloaded
     if backbone_type:
@@ -139,7 +139,7 @@ def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[
     """``random_fused_model(name)``: its tensor forward in PyTorch, optimize_for_inference
     of it in fp32 and in int8, and onnxruntime on the graph ``export_onnx`` writes
     (normalisation and, for the detectors, box decoding included)."""
-    from mobileone_mm.deploy.export import export_onnx, load_session
+    from ...runtimes.onnxruntime import export_onnx, load_session
     _, model = random_fused_model(name)
     example = torch.randn(1, 3, size, size)
     optimized = optimize_for_inference(model, example)
@@ -169,16 +169,17 @@ def build_photo_to_boxes(threads: int, workdir: str) -> tuple:
     """SSDLite-S0 (``random_fused_model``) from a photo as mmcv reads it to boxes in the
     photo's pixels, per image, pre- and post-processing included: mmdet's
     ``inference_detector`` on the fused model (eager PyTorch, mmdet's pipeline and
-    post-process), and onnx_infer's path (``deploy.predict``: the test pipeline in numpy,
+    post-process), and onnx_infer's path (``predict.prediction``: the test pipeline in numpy,
     onnxruntime, the numpy post-process) on the ``export_onnx`` graph in fp32 and
     quantized to int8 (``quantize_graph``, random calibration: timing only). Returns
     (the fused model, its input (H, W), path name -> photo -> detections)."""
     from mmdet.apis import inference_detector
 
-    from mobileone_mm.deploy.export import export_onnx
-    from mobileone_mm.deploy.metadata import export_metadata, fixed_input_shape
-    from mobileone_mm.deploy.predict import load_onnx, predict
-    from mobileone_mm.deploy.quantize import quantize_graph
+    from ...runtimes.onnxruntime import export_onnx
+    from ...predict.metadata import export_metadata, fixed_input_shape
+    from ...runtimes.onnxruntime import load_onnx
+    from ...predict.prediction import predict
+    from ...runtimes.onnxruntime_int8 import quantize_graph
     cfg, model = random_fused_model('ssdlite')
     model.cfg = cfg  # inference_detector builds the test pipeline from it
     metadata = export_metadata(cfg, {}, model)

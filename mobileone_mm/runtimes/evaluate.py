@@ -15,14 +15,15 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .export import build_onnx, load_session
-from .metadata import export_metadata, fixed_input_shape
-from .predict import graph_input_shape, predict, preprocess, read_photo
-from .quantize import (QuantizeError, describe_int8, judge_int8, layer_sensitivity,
-                       output_layers, quantize_graph)
-from .reparameterize import (DeployError, _registry, codebase_of, dataset_of,
-                             input_shape_of, load_model)
-
+from ..loading.checkpoint import load_model
+from ..loading.config import DeployError, _registry, codebase_of, input_shape_of
+from ..loading.data import dataset_of
+from ..predict.metadata import export_metadata, fixed_input_shape
+from ..predict.photos import preprocess, read_photo
+from ..predict.prediction import graph_input_shape, predict
+from .onnxruntime import build_onnx, load_session
+from .onnxruntime_int8 import QuantizeError, layer_sensitivity, output_layers, quantize_graph
+from .int8_check import describe_int8, judge_int8
 
 
 def graph_images(cfg, meta: dict, session, split: str = 'train', num_images: int = 16

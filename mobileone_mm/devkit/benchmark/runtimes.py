@@ -38,7 +38,7 @@ def runtime_plan() -> Tuple[List[tuple], Dict[str, dict], Dict[str, str]]:
     the report ({name: dict(precisions, platform)}), {'runtime precision': why not
     timed} for the others: not installed (the extra to install), or not runnable on this
     system."""
-    from mobileone_mm.deploy.export import ExportError
+    from ...loading.config import ExportError
     from mobileone_mm.runtimes import RUNTIMES, get_runtime
     plan, skipped = [], {}
     table = {name: dict(precisions=list(entry.precisions), platform=entry.platform)
@@ -80,9 +80,10 @@ def build_runtime_models(name: str, size: int, plan: List[tuple], threads: int,
     judged on) for model ``name`` at ``size`` x ``size``: the export wrapper in PyTorch
     ('pytorch_fused'), the classifiers' peers, and each (runtime, precision) of ``plan``
     exported and loaded ('onnxruntime_int8', ...) with its cosine to the wrapper."""
-    from mobileone_mm.deploy.export import ExportError, export_metadata_of, wrap_for_export
-    from mobileone_mm.deploy.metadata import export_metadata
-    from mobileone_mm.deploy.quantize import judge_int8
+    from ...loading.config import ExportError
+    from ...runtimes.wrappers import export_metadata_of, wrap_for_export
+    from ...predict.metadata import export_metadata
+    from ...runtimes.int8_check import judge_int8
     cfg, model = random_model(name)
     models = classifier_peers(name, model) if name in ('classifier_s0', 'classifier_s1') \
         else {}

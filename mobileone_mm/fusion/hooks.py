@@ -25,11 +25,12 @@ from mmengine.model import is_model_wrapper
 
 from ..checkpoints.io import CheckpointError, load_checkpoint_file, state_dict_of
 from ..checkpoints.paths import PathError, plan_outputs
+from ..loading.checkpoint import load_strict
+from ..loading.config import deploy_config
 from ..models.reparam import reparameterize_model
 from ..registry import HOOKS
-from .reparameterize import (check_fusion, deploy_config, deploy_config_path, load_strict,
-                             write_deploy_files)
-from .verify import describe
+from .output_check import describe
+from .reparameterize import check_fusion, deploy_config_path, write_deploy_files
 
 
 @HOOKS.register_module()
