@@ -29,7 +29,7 @@ from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
 from mobileone_mm.checkpoints.paths import (PathError, atomic_files, check_input_file,
                                             plan_outputs)
 from mobileone_mm.loading.config import ExportError
-from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 from mobileone_mm.predict.metadata import class_names, export_metadata
 from mobileone_mm.predict.photos import PredictError, preprocess, read_photo
 from mobileone_mm.loading.config import DeployError, build_model, load_config

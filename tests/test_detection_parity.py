@@ -23,10 +23,10 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mobileone_mm.runtimes.onnxruntime import build_onnx, export_onnx
+from mobileone_mm.runtimes.onnx_graphs import build_onnx, export_onnx
 from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape, preprocess_steps
 from mobileone_mm.predict.prediction import graph_input_shape, predict
-from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.runtimes.onnx_graphs import load_onnx
 from mobileone_mm.predict.detections import postprocess_detections
 from mobileone_mm.predict.photos import preprocess, read_photo
 from mobileone_mm.loading.config import build_model, load_config

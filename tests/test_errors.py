@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from mobileone_mm import MobileOne, reparameterize_model
-from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 from mobileone_mm.predict.metadata import export_metadata
 from mobileone_mm.loading.config import build_model, load_config
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mobileone_mm.loading.config import build_model, load_config
-from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 from mobileone_mm.predict.detections import postprocess_detections
 from mobileone_mm.runtimes.artefact_check import verify_onnx
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
-from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 from mobileone_mm.predict.metadata import export_metadata
 from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.loading.checkpoint import load_model

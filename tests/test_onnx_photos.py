@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape
-from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.runtimes.onnx_graphs import load_onnx
 from mobileone_mm.predict.prediction import predict
 from mobileone_mm.predict.photos import read_photo
 from mobileone_mm.loading.config import build_model, load_config

@@ -1,4 +1,4 @@
-"""int8 deployment (mobileone_mm/runtimes/onnxruntime_int8.py, deploy/evaluate.py, tools/quantize.py):
+"""int8 deployment (mobileone_mm/runtimes/onnxruntime_int8.py, runtimes/evaluate.py, tools/quantize.py):
 statically quantized onnxruntime graphs of real mmdet / mmseg / mmpretrain models, held
 to float32 by the int8 check, to the export graph's interface, to onnx_infer's path and
 to the codebases' own test loop."""
@@ -16,9 +16,9 @@ from mmengine.runner import Runner
 
 from mobileone_mm import MobileOne, optimize_for_inference
 from mobileone_mm.runtimes.evaluate import evaluate_graph, graph_images, quantize_checkpoint
-from mobileone_mm.runtimes.onnxruntime import build_onnx, load_session
+from mobileone_mm.runtimes.onnx_graphs import build_onnx, load_session
 from mobileone_mm.predict.metadata import export_metadata
-from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.runtimes.onnx_graphs import load_onnx
 from mobileone_mm.predict.prediction import predict
 from mobileone_mm.predict.photos import read_photo
 from mobileone_mm.runtimes.int8_check import COSINE_MIN, judge_int8

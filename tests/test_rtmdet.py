@@ -21,10 +21,10 @@ from mobileone_mm.devkit.tiny_data import make_tiny_coco
 from mobileone_mm import MobileOne, convert_state_dict
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
 from mobileone_mm.loading.config import ExportError
-from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape, preprocess_steps
 from mobileone_mm.predict.detections import _batched_nms
-from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.runtimes.onnx_graphs import load_onnx
 from mobileone_mm.predict.prediction import predict
 from mobileone_mm.predict.photos import preprocess, read_photo
 from mobileone_mm.loading.config import build_model, load_config

@@ -19,7 +19,7 @@ pytest.importorskip('torchao', reason="the executorch extra is not installed: pi
 
 from mobileone_mm.runtimes.wrappers import WRAPPERS
 from mobileone_mm.loading.config import ExportError
-from mobileone_mm.runtimes.onnxruntime import build_onnx
+from mobileone_mm.runtimes.onnx_graphs import build_onnx
 from mobileone_mm.predict.photos import PredictError, read_image
 from mobileone_mm.runtimes.onnxruntime_int8 import QuantizeError
 from mobileone_mm.runtimes.int8_check import judge_int8
@@ -52,7 +52,7 @@ class Head(nn.Module):
 
 class SmallSegmentor(nn.Module):
     """What an export wrapper looks like to the runtime: BGR 0..255 in, the
-    normalisation inside, outputs ``logits`` and ``labels`` (deploy/export.py)."""
+    normalisation inside, outputs ``logits`` and ``labels`` (runtimes/wrappers.py)."""
     output_names = ['logits', 'labels']
 
     def __init__(self, op=None):
@@ -201,7 +201,7 @@ def export_wrapper(model):
 @pytest.mark.slow
 @pytest.mark.parametrize('task', list(CONFIGS))
 def test_fp32_program_matches_the_float64_train_form(task, images, tmp_path, randomize_bn):
-    """The project's one output check (deploy/verify.py) of the program's outputs in
+    """The project's one output check (fusion/output_check.py) of the program's outputs in
     ExecuTorch against the float64 train form, on real photos and val images; every
     convolution runs in XNNPACK."""
     model = tiny_model(task, randomize_bn)
@@ -229,7 +229,7 @@ def test_fp32_program_matches_the_float64_train_form(task, images, tmp_path, ran
 def test_int8_program_keeps_float32_decisions_on_photos_and_val_images(
         task, images, tmp_path, randomize_bn):
     """int8 (PT2E, XNNPACKQuantizer) calibrated on 16 train-split images, judged by the
-    int8 check (deploy/quantize.py: cosine and task decisions) against the float32
+    int8 check (runtimes/int8_check.py: cosine and task decisions) against the float32
     wrapper on the real photos and val images."""
     from mobileone_mm.runtimes.evaluate import one_batch
     from mobileone_mm.fusion.flat_outputs import flatten

@@ -1,5 +1,5 @@
 """ncnn artefacts (pnnx) of the fused classifier, segmentor and SSDLite detector, judged by
-the project's one output check against the float64 train form (deploy/verify.py), as
+the project's one output check against the float64 train form (fusion/output_check.py), as
 verify_onnx judges an ONNX graph; the sidecar metadata; the refusals.
 
 Tiny S0 configs, random weights and BN affine values, BN statistics measured on the

@@ -15,7 +15,7 @@ from mobileone_mm import optimize_for_inference
 from mobileone_mm.checkpoints.io import load_checkpoint_file
 from mobileone_mm.fusion import hooks
 from mobileone_mm.runtimes import optimize as inference
-from mobileone_mm.runtimes.onnxruntime import build_onnx
+from mobileone_mm.runtimes.onnx_graphs import build_onnx
 from mobileone_mm.loading.config import DeployError, build_model, load_config
 from mobileone_mm.fusion.reparameterize import check_fusion, reparameterize_checkpoint
 from mobileone_mm.fusion.output_check import FACTOR

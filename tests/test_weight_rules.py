@@ -40,10 +40,10 @@ from PIL import Image
 from mobileone_mm import CheckpointError, MobileOne, reparameterize_model
 from mobileone_mm.checkpoints.io import (check_weights, load_checkpoint_file,
                                          state_dict_of)
-from mobileone_mm.runtimes.onnxruntime import export_onnx
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 from mobileone_mm.predict.metadata import export_metadata
 from mobileone_mm.predict.photos import PredictError, read_photo
-from mobileone_mm.runtimes.onnxruntime import load_onnx
+from mobileone_mm.runtimes.onnx_graphs import load_onnx
 from mobileone_mm.predict.prediction import predict
 from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.loading.checkpoint import load_model

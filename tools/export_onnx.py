@@ -14,7 +14,7 @@ import sys
 from argtypes import positive_int
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
-from mobileone_mm.runtimes.onnxruntime import build_onnx
+from mobileone_mm.runtimes.onnx_graphs import build_onnx
 from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape
 from mobileone_mm.loading.config import input_shape_of
 from mobileone_mm.loading.checkpoint import load_model

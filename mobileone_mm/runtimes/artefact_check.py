@@ -12,7 +12,7 @@ import torch.utils._pytree as pytree
 from ..fusion.output_check import Reference
 from ..predict.detections import match_detections, postprocess_detections
 from ..predict.prediction import SessionRunner
-from .onnxruntime import load_session
+from .onnx_graphs import load_session
 from .wrappers import WRAPPERS, Normalize
 
 

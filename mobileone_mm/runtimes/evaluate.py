@@ -21,7 +21,7 @@ from ..loading.data import dataset_of
 from ..predict.metadata import export_metadata, fixed_input_shape
 from ..predict.photos import preprocess, read_photo
 from ..predict.prediction import graph_input_shape, predict
-from .onnxruntime import build_onnx, load_session
+from .onnx_graphs import build_onnx, load_session
 from .onnxruntime_int8 import QuantizeError, layer_sensitivity, output_layers, quantize_graph
 from .int8_check import describe_int8, judge_int8
 

@@ -15,7 +15,7 @@ int8: PT2E static quantization with torchao's ``prepare_pt2e`` / ``convert_pt2e`
 ExecuTorch's ``XNNPACKQuantizer`` (weights int8 symmetric per output channel, activations
 int8 per tensor, ranges = min / max over the calibration images), then the same lowering:
 XNNPACK runs the quantized convolutions as integer kernels. As in the onnxruntime int8
-graph (``deploy/quantize.py``), only the network's layers are quantized: the input
+graph (``runtimes/onnxruntime_int8.py``), only the network's layers are quantized: the input
 normalisation and the wrapper's decoding stay float, and so do the heads' last layers
 (``output_layers``: their outputs are the model's answers) and layers XNNPACK refuses in
 int8 (``refused_layers``).

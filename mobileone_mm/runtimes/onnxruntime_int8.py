@@ -38,7 +38,6 @@ models 0.985-0.998 keeping 84-95 % of their decisions; quantizations with wrong 
 0.0-0.42 (calibration inputs 255x too large) and 0.33-0.76 (activation scales x100).
 """
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -46,17 +45,10 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
-import torch.utils._pytree as pytree
 
 from ..errors import UserError
-from ..fusion.flat_outputs import FlatOutputs, flatten
-from ..fusion.output_check import check_input
-from ..loading.config import task_of
-from ..models.reparam import reparameterize_model
-from .int8_check import describe_int8, judge_int8
-from .onnxruntime import flat_onnx, make_session
-from .openvino import compile_openvino, openvino_runner
+from .int8_check import judge_int8
+from .onnx_graphs import make_session
 
 QUANTIZED_OPS = ('Conv', 'Gemm', 'MatMul', 'Relu', 'Clip', 'MaxPool', 'AveragePool',
                  'GlobalAveragePool', 'Concat')
@@ -66,15 +58,6 @@ METHODS = ('minmax', 'percentile')
 
 
 METADATA_KEY = 'int8'
-
-
-INT8_RUNNER = 'The int8 form'  # check_input's messages: 'The int8 form runs 4-d ...'
-
-
-# auto: the first that builds and passes. OpenVINO first: the same QDQ graph ran in 0.76x /
-# 0.65x onnxruntime's time here (S0 / S1 at 320, one thread; issue 22: 0.21x against 0.28x
-# timm's fp32 on 2 AMD EPYC threads).
-INT8_BACKENDS = ('openvino', 'onnxruntime')
 
 
 class QuantizeError(UserError, ValueError):
@@ -265,107 +248,3 @@ def layer_sensitivity(graph: bytes, calibration: Sequence[np.ndarray],
             check = judge_int8(reference, outputs(one.SerializeToString()))
             result.append((node, 1 - check['cosine']))
     return sorted(result, key=lambda item: -item[1])
-
-
-class Int8Model:
-    """A callable with the outputs of ``model(x)`` (same nesting), run by ``backend``
-    (onnxruntime, or OpenVINO reading the same QDQ graph) from a statically quantized
-    graph; inputs of the example's channels and size, any batch. Attributes:
-    ``backend``, ``precision`` ('int8'), ``check`` (``judge_int8`` on the example and the
-    calibration batches), ``graph`` (the int8 ONNX model, bytes), ``keep_float`` (the
-    nodes left in float), ``skipped`` (backend -> why it was not used)."""
-    precision = 'int8'
-
-    def __init__(self, graph: bytes, spec, input_shape, threads: int, keep_float,
-                 backend: str = 'onnxruntime'):
-        self.graph, self.spec, self.input_shape = graph, spec, tuple(input_shape)
-        self.keep_float, self.check, self.backend, self.skipped = list(keep_float), {}, \
-            backend, {}
-        if backend == 'openvino':
-            self.arrays = openvino_runner(compile_openvino(graph, threads))
-        else:
-            session = make_session(graph, threads)
-            self.arrays = lambda x: session.run(None, {'input': x})
-
-    def run(self, x) -> list:
-        """The flat outputs (numpy arrays) of one input tensor."""
-        x = check_input(x, 'the input', runner=INT8_RUNNER, batch=True)
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f'The int8 graph was calibrated and checked for inputs '
-                             f'{self.input_shape} (C, H, W); got {tuple(x.shape[1:])}. Call '
-                             f'optimize_for_inference again with an example of this size.')
-        return self.arrays(x.detach().contiguous().numpy())
-
-    def __call__(self, x):
-        return pytree.tree_unflatten([torch.from_numpy(a) for a in self.run(x)], self.spec)
-
-    def __repr__(self):
-        return f'Int8Model(backend={self.backend!r}, float nodes={len(self.keep_float)})'
-
-
-def _model_task(model) -> Optional[str]:
-    """'classification' / 'segmentation' (outputs whose argmax over dim 1 decides) or
-    None (backbones; detectors' raw maps: cosine only)."""
-    try:
-        task = task_of(model)
-    except TypeError:
-        return None
-    return None if task == 'detection' else task
-
-
-def optimize_int8(model, example, calibration, threads: Optional[int] = None,
-                  verify: bool = True, backend: str = 'auto', precision: str = 'int8',
-                  method: str = 'minmax', keep_float: Optional[Sequence[str]] = None
-                  ) -> Int8Model:
-    """``optimize_for_inference(..., precision='int8', calibration=batches)``: a fused
-    copy of ``model`` (eval mode; ``model`` is not changed) exported to ONNX (batch
-    free), statically quantized (``quantize_graph``, calibrated on ``calibration``: an
-    iterable of float32 (N, C, H, W) batches the model takes, at the example's size) and
-    run by onnxruntime. ``keep_float``: nodes left float (default ``output_layers``).
-
-    With ``verify``, the int8 outputs on the example and the calibration batches are
-    judged against the fused model's float32 outputs (``judge_int8``); a failed check
-    raises ``QuantizeError``."""
-    if precision not in ('fp32', 'int8'):
-        raise ValueError(f'Unknown precision {precision!r}: use "fp32" (the default) or '
-                         f'"int8" (with calibration=batches).')
-    if precision == 'fp32':
-        raise ValueError('calibration= is for precision="int8"; a float32 model needs none.')
-    if backend != 'auto' and backend not in INT8_BACKENDS:
-        raise ValueError(f'precision="int8" runs on {" or ".join(sorted(INT8_BACKENDS))}; got '
-                         f'backend={backend!r}: use "auto" or one of them.')
-    example = check_input(example, 'the example', runner=INT8_RUNNER, batch=True)
-    batches = [check_input(b, f'calibration batch {i}', runner=INT8_RUNNER, batch=True)
-               for i, b in enumerate(calibration or [])]
-    if not batches:
-        raise QuantizeError('precision="int8" needs calibration=batches: a few real input '
-                            'batches (8-32 images in all), preprocessed like the example.')
-    fused = reparameterize_model(copy.deepcopy(model).eval()).requires_grad_(False)
-    flat = FlatOutputs(fused).eval()
-    with torch.no_grad():
-        _, spec = flatten(fused(example))
-    graph = flat_onnx(flat, example, dynamic_batch=True)
-    keep = output_layers(graph) if keep_float is None else list(keep_float)
-    int8 = quantize_graph(graph, [b.numpy() for b in batches], method=method, keep_float=keep)
-    threads = threads or torch.get_num_threads()
-    if verify:
-        inputs = [example] + batches
-        with torch.no_grad():
-            reference = [[t.numpy() for t in flat(x)] for x in inputs]
-    skipped = {}
-    for name in (INT8_BACKENDS if backend == 'auto' else (backend, )):
-        try:
-            optimized = Int8Model(int8, spec, example.shape[1:], threads, keep, name)
-            if verify:
-                optimized.check = judge_int8(reference, [optimized.run(x) for x in inputs],
-                                             _model_task(model))
-                if not optimized.check['passed']:
-                    raise QuantizeError(describe_int8(optimized.check) + '. Calibrate on '
-                                        'real inputs preprocessed as the example is.')
-        except Exception as error:  # noqa: BLE001 (any failure: try the next backend)
-            if backend != 'auto' or name == INT8_BACKENDS[-1]:
-                raise
-            skipped[name] = f'{type(error).__name__}: {error}'[:300]
-            continue
-        optimized.skipped = skipped
-        return optimized

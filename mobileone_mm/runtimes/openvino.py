@@ -2,7 +2,7 @@
 front end and saved as IR (``.xml`` + ``.bin``, weights kept float32); the metadata in
 the IR's ``rt_info`` (``mobileone_mm`` / ``metadata``, JSON).
 
-int8 is OpenVINO reading onnxruntime's QDQ int8 graph (``deploy/quantize.py``): its CPU
+int8 is OpenVINO reading onnxruntime's QDQ int8 graph (``runtimes/onnxruntime_int8.py``): its CPU
 plugin turns the QuantizeLinear / DequantizeLinear pairs into int8 kernels. Chosen over
 NNCF's post-training quantization because it is one calibration and one int8 check for
 both runtimes, NNCF is not a dependency, and it was the fastest int8 form measured

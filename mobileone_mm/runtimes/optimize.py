@@ -11,7 +11,7 @@ first backend of this list that works and passes the output check:
    inference precision; ``export.compile_openvino``), when OpenVINO is installed. In
    float32 slower than onnxruntime on this project's machine (S0 / S1 at 320, one
    thread: 1.3x / 1.1x onnxruntime's time), so second; in int8 the faster one
-   (``quantize.INT8_BACKENDS``).
+   (``INT8_BACKENDS``).
 3. ``torchscript``: ``torch.jit.trace`` + ``torch.jit.freeze`` with oneDNN Graph fusion
    (enabled only around our own calls, the global flag is restored). Used when
    onnxruntime and OpenVINO are missing or cannot run the model. ``torch.jit.trace`` is
@@ -29,15 +29,19 @@ conditioning. A backend that fails it is skipped (``auto``) or raises (named bac
 """
 import copy
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from ..fusion.flat_outputs import FlatOutputs, flatten, unflatten
 from ..fusion.output_check import Reference, check_input, describe
+from ..loading.config import task_of
 from ..models.reparam import reparameterize_model
-from .onnxruntime import flat_onnx, make_session
+from .int8_check import describe_int8, judge_int8
+from .onnx_graphs import flat_onnx, make_session
+from .onnxruntime_int8 import QuantizeError, output_layers, quantize_graph
 from .openvino import compile_openvino, openvino_runner
 
 BACKENDS = ('onnxruntime', 'openvino', 'torchscript', 'eager')
@@ -173,13 +177,12 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
             form is kept for the graphs of other shapes).
         precision: 'fp32', or 'int8' with ``calibration`` (a few input batches like the
             example): a statically quantized ONNX graph run by OpenVINO (when installed)
-            or onnxruntime (``quantize.INT8_BACKENDS``), checked against float32
+            or onnxruntime (``INT8_BACKENDS``), checked against float32
             by cosine and task agreement instead (``runtimes/onnxruntime_int8.py``, ``Int8Model``).
 
     Returns an ``OptimizedModel``: ``optimized(x)`` gives what ``model(x)`` gives.
     """
     if precision != 'fp32' or calibration is not None:
-        from .onnxruntime_int8 import optimize_int8
         return optimize_int8(model, example, calibration, threads, verify, backend, precision)
     if backend != 'auto' and backend not in BACKENDS:
         raise ValueError(f'Unknown backend {backend!r}: use "auto" or one of {BACKENDS}.')
@@ -205,3 +208,116 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
         optimized.skipped = skipped
         return optimized
     raise RuntimeError(f'No backend could run the model: {skipped}')
+
+
+INT8_RUNNER = 'The int8 form'  # check_input's messages: 'The int8 form runs 4-d ...'
+
+
+# auto: the first that builds and passes. OpenVINO first: the same QDQ graph ran in 0.76x /
+# 0.65x onnxruntime's time here (S0 / S1 at 320, one thread; issue 22: 0.21x against 0.28x
+# timm's fp32 on 2 AMD EPYC threads).
+INT8_BACKENDS = ('openvino', 'onnxruntime')
+
+
+class Int8Model:
+    """A callable with the outputs of ``model(x)`` (same nesting), run by ``backend``
+    (onnxruntime, or OpenVINO reading the same QDQ graph) from a statically quantized
+    graph; inputs of the example's channels and size, any batch. Attributes:
+    ``backend``, ``precision`` ('int8'), ``check`` (``judge_int8`` on the example and the
+    calibration batches), ``graph`` (the int8 ONNX model, bytes), ``keep_float`` (the
+    nodes left in float), ``skipped`` (backend -> why it was not used)."""
+    precision = 'int8'
+
+    def __init__(self, graph: bytes, spec, input_shape, threads: int, keep_float,
+                 backend: str = 'onnxruntime'):
+        self.graph, self.spec, self.input_shape = graph, spec, tuple(input_shape)
+        self.keep_float, self.check, self.backend, self.skipped = list(keep_float), {}, \
+            backend, {}
+        if backend == 'openvino':
+            self.arrays = openvino_runner(compile_openvino(graph, threads))
+        else:
+            session = make_session(graph, threads)
+            self.arrays = lambda x: session.run(None, {'input': x})
+
+    def run(self, x) -> list:
+        """The flat outputs (numpy arrays) of one input tensor."""
+        x = check_input(x, 'the input', runner=INT8_RUNNER, batch=True)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f'The int8 graph was calibrated and checked for inputs '
+                             f'{self.input_shape} (C, H, W); got {tuple(x.shape[1:])}. Call '
+                             f'optimize_for_inference again with an example of this size.')
+        return self.arrays(x.detach().contiguous().numpy())
+
+    def __call__(self, x):
+        return pytree.tree_unflatten([torch.from_numpy(a) for a in self.run(x)], self.spec)
+
+    def __repr__(self):
+        return f'Int8Model(backend={self.backend!r}, float nodes={len(self.keep_float)})'
+
+
+def _model_task(model) -> Optional[str]:
+    """'classification' / 'segmentation' (outputs whose argmax over dim 1 decides) or
+    None (backbones; detectors' raw maps: cosine only)."""
+    try:
+        task = task_of(model)
+    except TypeError:
+        return None
+    return None if task == 'detection' else task
+
+
+def optimize_int8(model, example, calibration, threads: Optional[int] = None,
+                  verify: bool = True, backend: str = 'auto', precision: str = 'int8',
+                  method: str = 'minmax', keep_float: Optional[Sequence[str]] = None
+                  ) -> Int8Model:
+    """``optimize_for_inference(..., precision='int8', calibration=batches)``: a fused
+    copy of ``model`` (eval mode; ``model`` is not changed) exported to ONNX (batch
+    free), statically quantized (``quantize_graph``, calibrated on ``calibration``: an
+    iterable of float32 (N, C, H, W) batches the model takes, at the example's size) and
+    run by onnxruntime. ``keep_float``: nodes left float (default ``output_layers``).
+
+    With ``verify``, the int8 outputs on the example and the calibration batches are
+    judged against the fused model's float32 outputs (``judge_int8``); a failed check
+    raises ``QuantizeError``."""
+    if precision not in ('fp32', 'int8'):
+        raise ValueError(f'Unknown precision {precision!r}: use "fp32" (the default) or '
+                         f'"int8" (with calibration=batches).')
+    if precision == 'fp32':
+        raise ValueError('calibration= is for precision="int8"; a float32 model needs none.')
+    if backend != 'auto' and backend not in INT8_BACKENDS:
+        raise ValueError(f'precision="int8" runs on {" or ".join(sorted(INT8_BACKENDS))}; got '
+                         f'backend={backend!r}: use "auto" or one of them.')
+    example = check_input(example, 'the example', runner=INT8_RUNNER, batch=True)
+    batches = [check_input(b, f'calibration batch {i}', runner=INT8_RUNNER, batch=True)
+               for i, b in enumerate(calibration or [])]
+    if not batches:
+        raise QuantizeError('precision="int8" needs calibration=batches: a few real input '
+                            'batches (8-32 images in all), preprocessed like the example.')
+    fused = reparameterize_model(copy.deepcopy(model).eval()).requires_grad_(False)
+    flat = FlatOutputs(fused).eval()
+    with torch.no_grad():
+        _, spec = flatten(fused(example))
+    graph = flat_onnx(flat, example, dynamic_batch=True)
+    keep = output_layers(graph) if keep_float is None else list(keep_float)
+    int8 = quantize_graph(graph, [b.numpy() for b in batches], method=method, keep_float=keep)
+    threads = threads or torch.get_num_threads()
+    if verify:
+        inputs = [example] + batches
+        with torch.no_grad():
+            reference = [[t.numpy() for t in flat(x)] for x in inputs]
+    skipped = {}
+    for name in (INT8_BACKENDS if backend == 'auto' else (backend, )):
+        try:
+            optimized = Int8Model(int8, spec, example.shape[1:], threads, keep, name)
+            if verify:
+                optimized.check = judge_int8(reference, [optimized.run(x) for x in inputs],
+                                             _model_task(model))
+                if not optimized.check['passed']:
+                    raise QuantizeError(describe_int8(optimized.check) + '. Calibrate on '
+                                        'real inputs preprocessed as the example is.')
+        except Exception as error:  # noqa: BLE001 (any failure: try the next backend)
+            if backend != 'auto' or name == INT8_BACKENDS[-1]:
+                raise
+            skipped[name] = f'{type(error).__name__}: {error}'[:300]
+            continue
+        optimized.skipped = skipped
+        return optimized

@@ -40,7 +40,7 @@ def _onnxruntime_kernels(threads: int) -> Dict[str, tuple]:
     kernels an exported graph runs with)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from ...runtimes.onnxruntime import make_session
+    from ...runtimes.onnx_graphs import make_session
 
     def session(node, x_shape, weight, y_shape):
         graph = helper.make_graph(

@@ -139,7 +139,7 @@ def build_whole_model(name: str, size: int, threads: int, workdir: str) -> Dict[
     """``random_fused_model(name)``: its tensor forward in PyTorch, optimize_for_inference
     of it in fp32 and in int8, and onnxruntime on the graph ``export_onnx`` writes
     (normalisation and, for the detectors, box decoding included)."""
-    from ...runtimes.onnxruntime import export_onnx, load_session
+    from ...runtimes.onnx_graphs import export_onnx, load_session
     _, model = random_fused_model(name)
     example = torch.randn(1, 3, size, size)
     optimized = optimize_for_inference(model, example)
@@ -175,9 +175,9 @@ def build_photo_to_boxes(threads: int, workdir: str) -> tuple:
     (the fused model, its input (H, W), path name -> photo -> detections)."""
     from mmdet.apis import inference_detector
 
-    from ...runtimes.onnxruntime import export_onnx
+    from ...runtimes.onnx_graphs import export_onnx
     from ...predict.metadata import export_metadata, fixed_input_shape
-    from ...runtimes.onnxruntime import load_onnx
+    from ...runtimes.onnx_graphs import load_onnx
     from ...predict.prediction import predict
     from ...runtimes.onnxruntime_int8 import quantize_graph
     cfg, model = random_fused_model('ssdlite')
