@@ -148,3 +148,23 @@ def test_refuses_int8_and_a_wrong_file_name(tmp_path):
     with pytest.raises(ValueError, match=r"use \.ncnn\.param"):
         runtime.export(nn.Identity(), torch.zeros(1, 3, 8, 8), str(tmp_path / 'm.param'), {})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_photo_transposed_as_predict_gives_it_matches_the_float64_train_form(tmp_path):
+    """The input predict() hands a runner is the preprocessed photo transposed HWC -> CHW:
+    a strided array, which the runner copies to a contiguous one for ncnn.Mat. ncnn.Mat
+    borrows that copy's memory without a reference: freed before the outputs are
+    extracted, ncnn read reused memory (random inputs, contiguous, never showed it)."""
+    from mobileone_mm.deploy.predict import preprocess, read_photo
+    from photos import photo_paths
+    model = realistic_model('classification')
+    out = str(tmp_path / 'classification.ncnn.param')
+    runtime.export(fused_wrapper(model), torch.zeros(1, 3, *SHAPE), out, {})
+    photo = read_photo(photo_paths(tmp_path / 'photos')['landscape_rgb'])
+    image, _ = preprocess(photo, None, SHAPE)  # resized to the export size
+    image = image.transpose(2, 0, 1)[None].astype(np.float32)  # as predict() gives it
+    assert image.shape == (1, 3, *SHAPE) and not image.flags['C_CONTIGUOUS']
+    wrapper = WRAPPERS['classification'](model, SHAPE).eval()
+    reference = Reference(wrapper, [torch.from_numpy(image)], _float_outputs)
+    check = reference.judge([[torch.from_numpy(o) for o in runtime.load(out, threads=1)(image)]])
+    assert check['passed'], describe(check, 'ncnn classification, photo input')

@@ -214,8 +214,12 @@ class Runner:
     def _run_one(self, image: np.ndarray) -> dict:
         import ncnn
         outputs = {}
+        # ncnn.Mat(array) borrows the array's memory without holding a reference to it:
+        # the contiguous copy (of a strided image: predict's HWC -> CHW transpose) must
+        # stay alive until the outputs are extracted, or ncnn reads freed memory
+        pixels = np.ascontiguousarray(image)
         with self.net.create_extractor() as extractor:
-            extractor.input(self.blobs['input'], ncnn.Mat(np.ascontiguousarray(image)))
+            extractor.input(self.blobs['input'], ncnn.Mat(pixels))
             for name, blob in self.blobs['outputs'].items():
                 status, mat = extractor.extract(blob['blob'])
                 if status != 0:
