@@ -155,7 +155,7 @@ def test_a_photo_transposed_as_predict_gives_it_matches_the_float64_train_form(t
     a strided array, which the runner copies to a contiguous one for ncnn.Mat. ncnn.Mat
     borrows that copy's memory without a reference: freed before the outputs are
     extracted, ncnn read reused memory (random inputs, contiguous, never showed it)."""
-    from mobileone_mm.deploy.predict import preprocess, read_photo
+    from mobileone_mm.predict.photos import preprocess, read_photo
     from photos import photo_paths
     model = realistic_model('classification')
     out = str(tmp_path / 'classification.ncnn.param')
