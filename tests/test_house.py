@@ -165,6 +165,10 @@ LAYERS = {  # a room may import only the rooms listed (and itself, and GROUND)
     'runtimes': {'checkpoints', 'models', 'loading', 'fusion', 'predict'},
     'fixes': {'checkpoints', 'models'},
     'training': {'mobileone_mm.registry'},
+    # developer tooling (tiny data sets, analysis, the benchmark): may use every room, and
+    # no other room imports it
+    'devkit': {'mobileone_mm', 'mobileone_mm.registry', 'checkpoints', 'models', 'loading',
+               'fusion', 'predict', 'runtimes', 'training'},
 }
 
 
