@@ -50,7 +50,8 @@ def load_tool(name):
 
 
 TOOLS = {name: load_tool(name) for name in
-         ('reparameterize', 'export_onnx', 'onnx_infer', 'convert_weights')}
+         ('reparameterize', 'export_onnx', 'onnx_infer', 'convert_weights',
+          'make_tiny_datasets')}
 
 
 class Payload:
@@ -451,6 +452,11 @@ CLI_CASES = {
     'conv-numpy-values-work': Cli('convert_weights', ('{numpy_pth}', '{out}/c.pth'),
                                   ok=r'mmpretrain format, MobileOne-s0', writes=('c.pth', ),
                                   check=converted_numpy),
+    # tools/make_tiny_datasets.py ---------------------------------------------------
+    # issue 24, a new user's table: numpy's traceback "expected non-negative integer"
+    'tiny-seed-negative': Cli('make_tiny_datasets', ('flowers', '--out', '{out}/d', '--seed',
+                                                     '-5'),
+                              error=r'--seed: must be 0 or more, got -5'),
 }
 
 

@@ -180,6 +180,12 @@ MISTAKES = {
     'tiny-data-no-val-images': Mistake('make_tiny_datasets', ('coco', '--out', OUT + '/d',
                                                               '--num-val', '0'),
                                        r'Need at least one train and one val image'),
+    # issue 24, a new user's table: 10^10 images were written one by one until the disk
+    # was full; now the disk they need is said before the first
+    'tiny-data-beyond-disk': Mistake('make_tiny_datasets', ('flowers', '--out', OUT + '/d',
+                                                            '--num-train', '10000000000'),
+                                     r'10000000040 images need at least [\d.]+ GiB of disk '
+                                     r"and '.*' has [\d.]+ GiB free: write fewer images"),
 }
 
 
@@ -199,10 +205,15 @@ def test_a_mistake_ends_in_one_line_and_exit_code_2(case, files, tmp_path, monke
     assert last.startswith(f'{case.tool}: ') and re.search(case.error, last), last
 
 
-def test_a_mistake_as_a_command_is_one_line_on_stderr(files, tmp_path):
+@pytest.mark.parametrize('command', [
+    pytest.param(lambda tool: [str(REPO / 'tools' / f'{tool}.py')], id='path'),
+    # issue 24, a new user's table: `python -m tools.export_onnx` from the repository
+    # (its `from argtypes import` was a ModuleNotFoundError traceback)
+    pytest.param(lambda tool: ['-m', f'tools.{tool}'], id='python-m')])
+def test_a_mistake_as_a_command_is_one_line_on_stderr(files, tmp_path, command):
     """What a user sees: stderr is the one line, nothing before it (mmengine's
     pkg_resources notice was four lines above it whenever a config was read)."""
-    done = subprocess.run([sys.executable, str(REPO / 'tools' / 'export_onnx.py'),
+    done = subprocess.run([sys.executable, *command('export_onnx'),
                            files['badarch_py'], files['cls_pth'], str(tmp_path / 'm.onnx')],
                           capture_output=True, text=True, cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
