@@ -299,6 +299,10 @@ CLI_CASES = {
     'exp-num-images-0': Cli('export_onnx', ('{config}', '{cls_pth}', '{out}/m.onnx',
                                             '--verify', '--num-images', '0'),
                             error=r'--num-images: must be 1 or more, got 0'),
+    # issue 24, a new user's table: a NaN threshold compared no detection and passed
+    'exp-score-thr-nan': Cli('export_onnx', ('{config}', '{cls_pth}', '{out}/m.onnx',
+                                             '--verify', '--score-thr', 'nan'),
+                             error=r'--score-thr: must be between 0 and 1, got nan'),
     'exp-missing-checkpoint': Cli('export_onnx', ('{config}', '{dir}/nope.pth',
                                                   '{out}/m.onnx'),
                                   error=r'does not exist'),
