@@ -10,6 +10,7 @@
   default; image_demo (the codebases' inferencers) and export_onnx / onnx_infer show the
   same names and say where they came from.
 """
+import contextlib
 import importlib.util
 import io
 import os
@@ -244,6 +245,40 @@ def test_a_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
     assert done.returncode == 1, done.stderr
     assert 'Traceback (most recent call last)' in done.stderr
     assert done.stderr.strip().splitlines()[-1] == 'ZeroDivisionError: division by zero'
+
+
+def test_ctrl_c_mid_write_ends_in_one_line_and_leaves_no_file(files, tmp_path, monkeypatch):
+    """Ctrl-C while the graph is half written (issue 24, a new user's table: 40 lines of
+    traceback): one line, exit code 130, neither the output nor a temporary file left;
+    --debug shows the traceback."""
+    tool = TOOLS['export_onnx']
+    real_atomic_file = tool.atomic_file
+
+    class HalfThenCtrlC:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(data[:len(data) // 2])
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def interrupted_atomic_file(path):
+        with real_atomic_file(path) as file:
+            yield HalfThenCtrlC(file)
+
+    monkeypatch.setattr(tool, 'atomic_file', interrupted_atomic_file)
+    argv = [CONFIG, files['cls_pth'], tmp_path / 'm.onnx']
+    try:
+        code, out, err = run_tool('export_onnx', argv)
+    except KeyboardInterrupt:  # would stop pytest itself
+        pytest.fail('the KeyboardInterrupt left the error boundary')
+    assert code == 130 and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1] == ('export_onnx: interrupted; every output is written '
+                                            'whole or not at all (temporary files removed)')
+    assert os.listdir(tmp_path) == []
+    code, _, err = run_tool('export_onnx', argv + ['--debug'])
+    assert code == 130 and 'Traceback (most recent call last)' in err, err
 
 
 def test_every_tool_has_the_boundary_and_debug():
