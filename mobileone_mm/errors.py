@@ -9,7 +9,8 @@ their ValueError / TypeError base for Python callers.
 A tool's ``main`` is wrapped by ``run_tool``: a UserError ends the tool with one line,
 ``tool: message``, on stderr and exit code 2 (argparse's code for a bad command line);
 any other exception is a bug and keeps its traceback. ``--debug`` (``tool_parser`` adds
-it) prints the traceback of a UserError too, before the line. Importing this module
+it) prints the traceback of a UserError too, before the line. Ctrl-C (KeyboardInterrupt)
+ends the tool with one line too, exit code 130. Importing this module
 needs nothing outside the standard library.
 """
 import argparse
@@ -22,6 +23,7 @@ import warnings
 from typing import Callable, Optional, Sequence
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 class UserError(Exception):
@@ -76,4 +78,11 @@ def run_tool(main: Callable) -> Callable:
             sys.stderr.flush()
             print(f'{name}: {one_line(error)}', file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            if _debug_requested(argv):
+                traceback.print_exc()
+            sys.stderr.flush()
+            print(f'{name}: interrupted; every output is written whole or not at all '
+                  f'(temporary files removed)', file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
     return boundary

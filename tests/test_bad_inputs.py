@@ -50,7 +50,8 @@ def load_tool(name):
 
 
 TOOLS = {name: load_tool(name) for name in
-         ('reparameterize', 'export_onnx', 'onnx_infer', 'convert_weights')}
+         ('reparameterize', 'export_onnx', 'onnx_infer', 'convert_weights',
+          'make_tiny_datasets')}
 
 
 class Payload:
@@ -107,6 +108,8 @@ def files(tmp_path_factory):
                d / 'partial.pth')
     torch.save({k: v.numpy() for k, v in state.items()}, d / 'numpy.pth')
     torch.save({**state, 'backbone.note': 'hello'}, d / 'stringval.pth')
+    torch.save(dict(optimizer=dict(state={}, param_groups=[])), d / 'optimizer_only.pth')
+    torch.save(dict(state_dict=dict(state_dict=state)), d / 'nested.pth')
     (d / 'copy.py').write_text(f"_base_ = '{CONFIG}'\n")
     (d / 'syntax.py').write_text(f"_base_ = '{CONFIG}'\nmodel = dict(\n")
     (d / 'inherits_syntax.py').write_text("_base_ = './syntax.py'\n")
@@ -248,6 +251,13 @@ CLI_CASES = {
     'rep-num-images-text': Cli('reparameterize', ('{config}', '{cls_pth}', '{out}/d.pth',
                                                   '--num-images', 'four'),
                                error=r"--num-images: invalid positive_int value: 'four'"),
+    # issue 24, a new user's table: more check images than memory holds, said before
+    'rep-num-images-beyond-memory': Cli('reparameterize', ('{config}', '{cls_pth}',
+                                                           '{out}/d.pth', '--num-images',
+                                                           '100000000'),
+                                        error=r'100000000 random \d+x\d+ check images needs '
+                                              r'at least [\d.]+ GiB of memory .*use fewer '
+                                              r'images'),
     'rep-missing-argument': Cli('reparameterize', ('{config}', '{cls_pth}'),
                                 error=r'the following arguments are required: out_checkpoint'),
     'rep-works': Cli('reparameterize', ('{config}', '{cls_pth}', '{out}/new/d.pth',
@@ -289,6 +299,10 @@ CLI_CASES = {
     'exp-num-images-0': Cli('export_onnx', ('{config}', '{cls_pth}', '{out}/m.onnx',
                                             '--verify', '--num-images', '0'),
                             error=r'--num-images: must be 1 or more, got 0'),
+    # issue 24, a new user's table: a NaN threshold compared no detection and passed
+    'exp-score-thr-nan': Cli('export_onnx', ('{config}', '{cls_pth}', '{out}/m.onnx',
+                                             '--verify', '--score-thr', 'nan'),
+                             error=r'--score-thr: must be between 0 and 1, got nan'),
     'exp-missing-checkpoint': Cli('export_onnx', ('{config}', '{dir}/nope.pth',
                                                   '{out}/m.onnx'),
                                   error=r'does not exist'),
@@ -303,6 +317,15 @@ CLI_CASES = {
     'exp-foreign-checkpoint': Cli('export_onnx', ('{config}', '{foreign_pth}',
                                                   '{out}/m.onnx'),
                                   error=r'does not fit the model'),
+    # issue 24, a new user's table: a checkpoint without weights (was 1097 missing keys)
+    'exp-optimizer-only-checkpoint': Cli('export_onnx', ('{config}', '{optimizer_only_pth}',
+                                                         '{out}/m.onnx'),
+                                         error=r"holds no weights: no tensor among the entries "
+                                               r"of its state dict \('optimizer' \(dict\)\)"),
+    'exp-state-dict-nested-twice': Cli('export_onnx', ('{config}', '{nested_pth}',
+                                                       '{out}/m.onnx'),
+                                       error=r"holds no weights: .*\('state_dict' \(dict\)\)"
+                                             r'.*not nested deeper'),
     'exp-missing-config': Cli('export_onnx', ('{dir}/nope.py', '{cls_pth}', '{out}/m.onnx'),
                               error=r"Config '.*nope.py' does not exist"),
     'exp-config-syntax-error': Cli('export_onnx', ('{syntax_py}', '{cls_pth}',
@@ -433,6 +456,11 @@ CLI_CASES = {
     'conv-numpy-values-work': Cli('convert_weights', ('{numpy_pth}', '{out}/c.pth'),
                                   ok=r'mmpretrain format, MobileOne-s0', writes=('c.pth', ),
                                   check=converted_numpy),
+    # tools/make_tiny_datasets.py ---------------------------------------------------
+    # issue 24, a new user's table: numpy's traceback "expected non-negative integer"
+    'tiny-seed-negative': Cli('make_tiny_datasets', ('flowers', '--out', '{out}/d', '--seed',
+                                                     '-5'),
+                              error=r'--seed: must be 0 or more, got -5'),
 }
 
 

@@ -10,6 +10,7 @@
   default; image_demo (the codebases' inferencers) and export_onnx / onnx_infer show the
   same names and say where they came from.
 """
+import contextlib
 import importlib.util
 import io
 import os
@@ -180,6 +181,12 @@ MISTAKES = {
     'tiny-data-no-val-images': Mistake('make_tiny_datasets', ('coco', '--out', OUT + '/d',
                                                               '--num-val', '0'),
                                        r'Need at least one train and one val image'),
+    # issue 24, a new user's table: 10^10 images were written one by one until the disk
+    # was full; now the disk they need is said before the first
+    'tiny-data-beyond-disk': Mistake('make_tiny_datasets', ('flowers', '--out', OUT + '/d',
+                                                            '--num-train', '10000000000'),
+                                     r'10000000040 images need at least [\d.]+ GiB of disk '
+                                     r"and '.*' has [\d.]+ GiB free: write fewer images"),
 }
 
 
@@ -199,10 +206,15 @@ def test_a_mistake_ends_in_one_line_and_exit_code_2(case, files, tmp_path, monke
     assert last.startswith(f'{case.tool}: ') and re.search(case.error, last), last
 
 
-def test_a_mistake_as_a_command_is_one_line_on_stderr(files, tmp_path):
+@pytest.mark.parametrize('command', [
+    pytest.param(lambda tool: [str(REPO / 'tools' / f'{tool}.py')], id='path'),
+    # issue 24, a new user's table: `python -m tools.export_onnx` from the repository
+    # (its `from argtypes import` was a ModuleNotFoundError traceback)
+    pytest.param(lambda tool: ['-m', f'tools.{tool}'], id='python-m')])
+def test_a_mistake_as_a_command_is_one_line_on_stderr(files, tmp_path, command):
     """What a user sees: stderr is the one line, nothing before it (mmengine's
     pkg_resources notice was four lines above it whenever a config was read)."""
-    done = subprocess.run([sys.executable, str(REPO / 'tools' / 'export_onnx.py'),
+    done = subprocess.run([sys.executable, *command('export_onnx'),
                            files['badarch_py'], files['cls_pth'], str(tmp_path / 'm.onnx')],
                           capture_output=True, text=True, cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -233,6 +245,40 @@ def test_a_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
     assert done.returncode == 1, done.stderr
     assert 'Traceback (most recent call last)' in done.stderr
     assert done.stderr.strip().splitlines()[-1] == 'ZeroDivisionError: division by zero'
+
+
+def test_ctrl_c_mid_write_ends_in_one_line_and_leaves_no_file(files, tmp_path, monkeypatch):
+    """Ctrl-C while the graph is half written (issue 24, a new user's table: 40 lines of
+    traceback): one line, exit code 130, neither the output nor a temporary file left;
+    --debug shows the traceback."""
+    tool = TOOLS['export_onnx']
+    real_atomic_file = tool.atomic_file
+
+    class HalfThenCtrlC:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(data[:len(data) // 2])
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def interrupted_atomic_file(path):
+        with real_atomic_file(path) as file:
+            yield HalfThenCtrlC(file)
+
+    monkeypatch.setattr(tool, 'atomic_file', interrupted_atomic_file)
+    argv = [CONFIG, files['cls_pth'], tmp_path / 'm.onnx']
+    try:
+        code, out, err = run_tool('export_onnx', argv)
+    except KeyboardInterrupt:  # would stop pytest itself
+        pytest.fail('the KeyboardInterrupt left the error boundary')
+    assert code == 130 and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1] == ('export_onnx: interrupted; every output is written '
+                                            'whole or not at all (temporary files removed)')
+    assert os.listdir(tmp_path) == []
+    code, _, err = run_tool('export_onnx', argv + ['--debug'])
+    assert code == 130 and 'Traceback (most recent call last)' in err, err
 
 
 def test_every_tool_has_the_boundary_and_debug():

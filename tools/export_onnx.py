@@ -11,7 +11,7 @@ and PyTorch agree.
 import copy
 import sys
 
-from argtypes import positive_int
+from argtypes import positive_int, score_threshold
 from mobileone_mm.checkpoints.io import atomic_file
 from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
 from mobileone_mm.runtimes.onnx_graphs import build_onnx
@@ -37,7 +37,7 @@ def main(argv=None):
     parser.add_argument('--verify', action='store_true',
                         help='compare onnxruntime with PyTorch on val images')
     parser.add_argument('--num-images', type=positive_int, default=8)
-    parser.add_argument('--score-thr', type=float, default=0.3,
+    parser.add_argument('--score-thr', type=score_threshold, default=0.3,
                         help='detections compared by --verify')
     args = parser.parse_args(argv)
     plan_outputs(inputs={'config': args.config, 'checkpoint': args.checkpoint},

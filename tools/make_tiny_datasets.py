@@ -6,6 +6,7 @@ mmdet / mmseg / mmpretrain read, for the tiny-data configs, the tests and the de
     python tools/make_tiny_datasets.py voc --out data/VOCdevkit --seed 1
     python tools/make_tiny_datasets.py flowers --out data/tiny_flowers
 """
+from argtypes import non_negative_int
 from mobileone_mm.devkit.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
                               make_tiny_voc)
 from mobileone_mm.errors import run_tool, tool_parser
@@ -19,7 +20,8 @@ def main(argv=None):
     parser = tool_parser(__doc__)
     parser.add_argument('format', choices=sorted(WRITERS))
     parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=non_negative_int, default=0,
+                        help='seed of the shapes and textures (0 or more)')
     parser.add_argument('--num-train', type=int, help='train images (default: per format)')
     parser.add_argument('--num-val', type=int, help='val images (default: per format)')
     parser.add_argument('--overwrite', action='store_true',

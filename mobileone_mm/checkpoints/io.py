@@ -366,9 +366,18 @@ def checkpoint_written_here(path: str) -> bool:
 def state_dict_of(checkpoint: dict) -> StateDict:
     """The state dict inside a checkpoint ('state_dict' / 'model' entry, or the dict),
     without the ``module.`` prefix of a model wrapped in DistributedDataParallel (as
-    mmengine's ``load_checkpoint`` strips it)."""
+    mmengine's ``load_checkpoint`` strips it); CheckpointError when it holds no weights (an
+    optimizer state alone, a state dict nested in another)."""
     state_dict = next((checkpoint[key] for key in ('state_dict', 'model')
                        if isinstance(checkpoint.get(key), dict)), checkpoint)
+    if not any(isinstance(value, (torch.Tensor, np.ndarray)) for value in state_dict.values()):
+        entries = ', '.join(
+            f"{key!r} ({'dict' if isinstance(value, dict) else type(value).__name__})"
+            for key, value in state_dict.items())
+        raise CheckpointError(f'The checkpoint holds no weights: no tensor among the entries '
+                              f'of its state dict ({entries or "none"}). Give the checkpoint '
+                              f'that training saved (its weights in a state_dict entry or at '
+                              f'its top level, not nested deeper).')
     if not any(isinstance(k, str) and k.startswith('module.') for k in state_dict):
         return state_dict
     unwrapped = {re.sub(r'^module\.', '', k) if isinstance(k, str) else k: v

@@ -27,6 +27,7 @@ images does not change the others. Each writer lists the files it wrote in
 ``out_dir/tiny_<format>_files.json``; ``overwrite=True`` deletes those and no other.
 """
 import json
+import shutil
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -198,13 +199,31 @@ class TinyDataError(UserError, ValueError):
     """Settings a tiny data set cannot be written with."""
 
 
-def _check_args(num_train: int, num_val: int, image_size: Sequence[int]):
+# Bytes a written image takes at least, per pixel of image_size: its sides are drawn in
+# [0.75, 1] of it and a quality-95 JPEG of a textured scene takes 0.6 bytes a pixel (0.25
+# here, so that the estimate stays below what is written).
+MIN_BYTES_PER_PIXEL = 0.75 ** 2 * 0.25
+
+
+def _check_args(out_dir, num_train: int, num_val: int, image_size: Sequence[int]):
+    """TinyDataError for counts or sizes that cannot be written, before anything is: also
+    when the images need more disk than the output's file system has free."""
     if num_train < 1 or num_val < 1:
         raise TinyDataError(f'Need at least one train and one val image, got num_train='
                             f'{num_train}, num_val={num_val}.')
     if len(image_size) != 2 or min(image_size) < 32:
         raise TinyDataError(f'image_size must be (height, width), both >= 32, got '
                             f'{image_size}.')
+    folder = Path(out_dir).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    needed = (num_train + num_val) * image_size[0] * image_size[1] * MIN_BYTES_PER_PIXEL
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise TinyDataError(f'{num_train + num_val} images need at least '
+                            f'{needed / 2 ** 30:.1f} GiB of disk and {str(folder)!r} has '
+                            f'{free / 2 ** 30:.1f} GiB free: write fewer images '
+                            f'(--num-train, --num-val).')
 
 
 def _data_set_files(out_dir, name: str, targets: Sequence[str], overwrite: bool):
@@ -227,7 +246,7 @@ def make_tiny_coco(out_dir, seed: int = 0, num_train: int = 320, num_val: int = 
 
     Categories are ``CLASSES`` with ids 1..4 (configs set ``metainfo=dict(classes=...)``).
     """
-    _check_args(num_train, num_val, image_size)
+    _check_args(out_dir, num_train, num_val, image_size)
     splits = {'train': num_train, 'val': num_val}
     categories = [dict(id=i + 1, name=name, supercategory='shape')
                   for i, name in enumerate(CLASSES)]
@@ -267,7 +286,7 @@ def make_tiny_ade20k(out_dir, seed: int = 0, num_train: int = 200, num_val: int 
     Labels: ``ADE20K_IDS`` (sky 3, floor 4, four object classes), 0 ("other") on a 1-pixel
     band along the horizon.
     """
-    _check_args(num_train, num_val, image_size)
+    _check_args(out_dir, num_train, num_val, image_size)
     root = 'ADEChallengeData2016'
     background = (ADE20K_IDS['sky'], ADE20K_IDS['ground'])
     with _data_set_files(out_dir, 'ade20k', [root], overwrite) as files:
@@ -307,7 +326,7 @@ def make_tiny_voc(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 5
     train / val images have ``SegmentationClass`` (palette, 255 border) and
     ``SegmentationClassAug`` labels; ``num_aug`` more images have aug labels only.
     """
-    _check_args(num_train, num_val, image_size)
+    _check_args(out_dir, num_train, num_val, image_size)
     if num_aug < 0:
         raise TinyDataError(f'num_aug must be >= 0, got {num_aug}.')
     root = 'VOC2012'
@@ -344,7 +363,7 @@ def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int
     the classes are ``CLASSES`` (label = index in it), balanced: image ``i`` is of class
     ``i % 4``.
     """
-    _check_args(num_train, num_val, image_size)
+    _check_args(out_dir, num_train, num_val, image_size)
     with _data_set_files(out_dir, 'flowers', ['jpg', 'train.txt', 'val.txt'],
                          overwrite) as files:
         for split, count in (('train', num_train), ('val', num_val)):

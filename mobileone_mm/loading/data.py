@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
+from ..machine import check_memory
 from .config import DeployError, _input_size, _registry, codebase_of
 
 SPLITS = ('train', 'val')
@@ -62,6 +63,8 @@ def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
                       for d in (dataset[i] for i in range(count))]
         return inputs, f'{count} val images'
     size = _input_size(cfg)
+    check_memory(num_images * 3 * size * size * 4, f'{num_images} random {size}x{size} check '
+                 f'images', 'use fewer images (num_images, --num-images)')
     generator = torch.Generator().manual_seed(0)
     inputs = [dict(inputs=torch.randn(1, 3, size, size, generator=generator))
               for _ in range(num_images)]
