@@ -235,8 +235,14 @@ def users_ir_of_our_graph(out, made):
 
 
 def users_mlpackage(out, made):
-    (out / 'm.mlpackage').mkdir()
-    (out / 'm.mlpackage' / 'Manifest.json').write_text('{"fileFormatVersion": "1.0.0"}')
+    """A Core ML package of the user's: ours (the row's first run) without our mark."""
+    import coremltools
+    spec = coremltools.utils.load_spec(str(out / 'm.mlpackage'))
+    del spec.description.metadata.userDefined['written_by']
+    coremltools.utils.save_spec(spec, str(out / 'theirs.mlpackage'), weights_dir=str(
+        out / 'm.mlpackage' / 'Data' / 'com.apple.CoreML' / 'weights'))
+    shutil.rmtree(out / 'm.mlpackage')
+    (out / 'theirs.mlpackage').rename(out / 'm.mlpackage')
 
 
 MLPACKAGE = tuple(f'm.mlpackage/{name}' for name in (
@@ -373,6 +379,7 @@ NEVER_REPLACE = {
         error=r"ncnn weights '.*m.ncnn.bin' " + NOT_OURS, runtime='ncnn'),
     'export-coreml-over-the-users-folder': Row(
         'export', export_to('m.mlpackage', 'coreml'), prepare=users_mlpackage,
+        first=('export', export_to('m.mlpackage', 'coreml')),
         error=r"coreml model '.*m.mlpackage' " + NOT_OURS, runtime='coreml'),
     'export-executorch-over-the-users-pte': Row(
         'export', export_to('m.pte', 'executorch'), prepare=users_file('m.pte'),
