@@ -234,6 +234,13 @@ def users_ir_of_our_graph(out, made):
     ov.save_model(ov.convert_model(made['cls_onnx']), str(out / 'm.xml'))
 
 
+def users_program(out, made):
+    """An ExecuTorch program of the user's (a ReLU, no metadata of ours)."""
+    from executorch.exir import to_edge
+    program = to_edge(torch.export.export(torch.nn.ReLU(), (torch.ones(2), ))).to_executorch()
+    (out / 'm.pte').write_bytes(program.buffer)
+
+
 def users_mlpackage(out, made):
     """A Core ML package of the user's: ours (the row's first run) without our mark."""
     import coremltools
@@ -382,7 +389,7 @@ NEVER_REPLACE = {
         first=('export', export_to('m.mlpackage', 'coreml')),
         error=r"coreml model '.*m.mlpackage' " + NOT_OURS, runtime='coreml'),
     'export-executorch-over-the-users-pte': Row(
-        'export', export_to('m.pte', 'executorch'), prepare=users_file('m.pte'),
+        'export', export_to('m.pte', 'executorch'), prepare=users_program,
         error=r"executorch model '.*m.pte' " + NOT_OURS, runtime='executorch'),
     'export-openvino-again-onto-its-own-output': again('m.xml', 'openvino', ('m.bin', 'm.xml')),
     'export-ncnn-again-onto-its-own-output': again(
