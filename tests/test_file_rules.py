@@ -139,11 +139,11 @@ class Row:
 
 def run_row(row, made, out, capsys, monkeypatch):
     if row.runtime:
+        from mobileone_mm.errors import UserError
         from mobileone_mm.runtimes import get_runtime
-        from mobileone_mm.deploy.export import ExportError
         try:
             get_runtime(row.runtime)
-        except ExportError as error:  # names the extra to install
+        except UserError as error:  # not installed: names the extra to install
             pytest.skip(str(error))
     users_files(out, made)
     monkeypatch.chdir(out)  # no data folder here: checks use random inputs
