@@ -8,13 +8,13 @@ nothing on disk.
 two outputs share a path, an output is not a folder or a device, an existing output is
 one our tools wrote (``written_here``: the mark its format carries, e.g. a checkpoint's
 ``meta['written_by']``, a config's first line, a runtime artefact's metadata; a file
-written beside an artefact, such as an OpenVINO IR's .bin, is judged by the artefact), and its folder exists or can be created
-and takes a new file (tried, not guessed from permission bits: root, read-only mounts and
-/proc all answer truthfully). ``atomic_files`` then writes several files as one: all of
-them or none. ``written_files`` does the same for a folder of files (a data set): a
-manifest lists what the tool wrote, and only that is ever deleted. ``check_input_file``
-says what is wrong with a file to read (missing, a folder, unreadable, empty) in one line
-naming it.
+written beside an artefact, such as an OpenVINO IR's .bin, is judged by the artefact),
+and its folder exists or can be created and takes a new file (tried, not guessed from
+permission bits: root, read-only mounts and /proc all answer truthfully).
+``atomic_files`` then writes several files as one: all of them or none. ``written_files``
+does the same for a folder of files (a data set): a manifest lists what the tool wrote,
+and only that is ever deleted. ``check_input_file`` says what is wrong with a file to
+read (missing, a folder, unreadable, empty) in one line naming it.
 """
 import contextlib
 import json
