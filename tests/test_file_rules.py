@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 DEPLOY_CFG = str(REPO / 'configs/mmdeploy/classification_onnxruntime_static.py')
 TOOL_NAMES = ('reparameterize', 'convert_weights', 'export_onnx', 'onnx_infer', 'quantize',
-              'mmdeploy_export', 'image_demo', 'make_tiny_datasets')
+              'mmdeploy_export', 'image_demo', 'make_tiny_datasets', 'export')
 
 
 def load_tool(name):
@@ -135,9 +135,17 @@ class Row:
     prepare: Optional[Callable] = field(default=None, repr=False)  # prepare(out, made)
     check: Optional[Callable] = field(default=None, repr=False)    # check(out, made)
     slow: bool = False
+    runtime: Optional[str] = None      # the runtime the row exports to (installed or skip)
 
 
 def run_row(row, made, out, capsys, monkeypatch):
+    if row.runtime:
+        from mobileone_mm.errors import UserError
+        from mobileone_mm.runtimes import get_runtime
+        try:
+            get_runtime(row.runtime)
+        except UserError as error:  # not installed: names the extra to install
+            pytest.skip(str(error))
     users_files(out, made)
     monkeypatch.chdir(out)  # no data folder here: checks use random inputs
     fill = dict(out=out, **made)
@@ -201,6 +209,53 @@ def manifest_lists_a_file_outside_the_set(out, made):
 TINY = ('flowers', '--out', '{out}/set', '--num-train', '2', '--num-val', '1')
 TINY_FILES = ['jpg/train_00000.jpg', 'jpg/train_00001.jpg', 'jpg/val_00000.jpg', 'train.txt',
               'val.txt']
+
+
+
+def export_to(name: str, runtime: str) -> Tuple[str, ...]:
+    """tools/export.py's arguments: the tiny classifier at 64x64 to {out}/NAME."""
+    return (*REPARAM, '{out}/' + name, '--runtime', runtime, '--shape', '64', '64')
+
+
+def again(name: str, runtime: str, writes: Tuple[str, ...], slow: bool = False) -> Row:
+    """A runtime's export run again onto its own artefact: every file of it replaced."""
+    return Row('export', export_to(name, runtime), first=('export', export_to(name, runtime)),
+               ok=r'written: .*' + re.escape(name), writes=writes, slow=slow,
+               runtime=runtime)
+
+
+def users_file(name: str, content: bytes = b'mine\n') -> Callable:
+    return lambda out, made: (out / name).write_bytes(content)
+
+
+def users_ir_of_our_graph(out, made):
+    """An IR the user converted from our ONNX graph: OpenVINO keeps the graph's metadata
+    (our mark among it) in rt_info 'framework', not in our slot."""
+    import openvino as ov
+    ov.save_model(ov.convert_model(made['cls_onnx']), str(out / 'm.xml'))
+
+
+def users_program(out, made):
+    """An ExecuTorch program of the user's (a ReLU, no metadata of ours)."""
+    from executorch.exir import to_edge
+    program = to_edge(torch.export.export(torch.nn.ReLU(), (torch.ones(2), ))).to_executorch()
+    (out / 'm.pte').write_bytes(program.buffer)
+
+
+def users_mlpackage(out, made):
+    """A Core ML package of the user's: ours (the row's first run) without our mark."""
+    import coremltools
+    spec = coremltools.utils.load_spec(str(out / 'm.mlpackage'))
+    del spec.description.metadata.userDefined['written_by']
+    coremltools.utils.save_spec(spec, str(out / 'theirs.mlpackage'), weights_dir=str(
+        out / 'm.mlpackage' / 'Data' / 'com.apple.CoreML' / 'weights'))
+    shutil.rmtree(out / 'm.mlpackage')
+    (out / 'theirs.mlpackage').rename(out / 'm.mlpackage')
+
+
+MLPACKAGE = tuple(f'm.mlpackage/{name}' for name in (
+    'Manifest.json', 'Data/com.apple.CoreML/model.mlmodel',
+    'Data/com.apple.CoreML/weights/weight.bin'))
 
 NEVER_REPLACE = {
     # bad case 1: the deploy config (.py beside the .pth) over a config of the user's
@@ -316,6 +371,33 @@ NEVER_REPLACE = {
         first=('quantize', (*REPARAM, '{out}/q.onnx', '--shape', '64', '64',
                             '--calib-images', '1', '--check-images', '1')),
         data=True, ok=r'written: .*q.onnx', writes=('q.onnx', ), slow=True),
+    # the runtimes' artefacts: the files beside them are planned with them, judged by them
+    'export-openvino-weights-over-the-users-bin': Row(
+        'export', export_to('m.xml', 'openvino'), prepare=users_file('m.bin'),
+        error=r"openvino weights '.*m.bin' " + NOT_OURS, runtime='openvino'),
+    'export-openvino-over-the-users-ir-of-our-graph': Row(
+        'export', export_to('m.xml', 'openvino'), prepare=users_ir_of_our_graph,
+        error=r"openvino model '.*m.xml' " + NOT_OURS, runtime='openvino'),
+    'export-ncnn-sidecar-over-the-users-json': Row(
+        'export', export_to('m.ncnn.param', 'ncnn'),
+        prepare=users_file('m.ncnn.param.json', b'{"written_by": "me"}'),
+        error=r"ncnn metadata sidecar '.*m.ncnn.param.json' " + NOT_OURS, runtime='ncnn'),
+    'export-ncnn-weights-over-the-users-bin': Row(
+        'export', export_to('m.ncnn.param', 'ncnn'), prepare=users_file('m.ncnn.bin'),
+        error=r"ncnn weights '.*m.ncnn.bin' " + NOT_OURS, runtime='ncnn'),
+    'export-coreml-over-the-users-folder': Row(
+        'export', export_to('m.mlpackage', 'coreml'), prepare=users_mlpackage,
+        first=('export', export_to('m.mlpackage', 'coreml')),
+        error=r"coreml model '.*m.mlpackage' " + NOT_OURS, runtime='coreml'),
+    'export-executorch-over-the-users-pte': Row(
+        'export', export_to('m.pte', 'executorch'), prepare=users_program,
+        error=r"executorch model '.*m.pte' " + NOT_OURS, runtime='executorch'),
+    'export-openvino-again-onto-its-own-output': again('m.xml', 'openvino', ('m.bin', 'm.xml')),
+    'export-ncnn-again-onto-its-own-output': again(
+        'm.ncnn.param', 'ncnn', ('m.ncnn.bin', 'm.ncnn.param', 'm.ncnn.param.json')),
+    'export-coreml-again-onto-its-own-output': again('m.mlpackage', 'coreml', MLPACKAGE),
+    'export-executorch-again-onto-its-own-output': again('m.pte', 'executorch', ('m.pte', ),
+                                                         slow=True),
 }
 
 

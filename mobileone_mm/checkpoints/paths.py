@@ -7,17 +7,19 @@ nothing on disk.
 ``plan_outputs`` runs before any work: an output is never an input of the same run, no
 two outputs share a path, an output is not a folder or a device, an existing output is
 one our tools wrote (``written_here``: the mark its format carries, e.g. a checkpoint's
-``meta['written_by']``, a config's first line), and its folder exists or can be created
-and takes a new file (tried, not guessed from permission bits: root, read-only mounts and
-/proc all answer truthfully). ``atomic_files`` then writes several files as one: all of
-them or none. ``written_files`` does the same for a folder of files (a data set): a
-manifest lists what the tool wrote, and only that is ever deleted. ``check_input_file``
-says what is wrong with a file to read (missing, a folder, unreadable, empty) in one line
-naming it.
+``meta['written_by']``, a config's first line, a runtime artefact's metadata; a file
+written beside an artefact, such as an OpenVINO IR's .bin, is judged by the artefact),
+and its folder exists or can be created and takes a new file (tried, not guessed from
+permission bits: root, read-only mounts and /proc all answer truthfully).
+``atomic_files`` then writes several files as one: all of them or none. ``written_files``
+does the same for a folder of files (a data set): a manifest lists what the tool wrote,
+and only that is ever deleted. ``check_input_file`` says what is wrong with a file to
+read (missing, a folder, unreadable, empty) in one line naming it.
 """
 import contextlib
 import json
 import os
+import re
 import socket
 import struct
 import tempfile
@@ -82,16 +84,118 @@ def _picture_marked(path: str) -> bool:
                             comment.decode('latin-1') if isinstance(comment, bytes) else comment)
 
 
+# The runtimes' artefacts (mobileone_mm/runtimes) carry the mark in the metadata they
+# store, ``written_by`` (METADATA_MARK), read from their own slot without the runtime:
+METADATA_MARK = ('written_by', WRITTEN_BY)
+EXECUTORCH_METADATA_METHOD = b'mobileone_mm_metadata'  # runtimes/executorch.py
+
+
+def _marked_metadata(text) -> bool:
+    """Whether ``text`` is the JSON of a dict carrying METADATA_MARK."""
+    try:
+        metadata = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(metadata, dict) and \
+        metadata.get(METADATA_MARK[0]) == METADATA_MARK[1]
+
+
+def _openvino_marked(path: str) -> bool:
+    """An OpenVINO IR's .xml: its rt_info ``mobileone_mm`` / ``metadata`` (runtimes/openvino.py)
+    carries the mark (not the ``framework`` entries an IR converted from our ONNX keeps)."""
+    import xml.etree.ElementTree as ElementTree
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError):
+        return False
+    slot = root.find('./rt_info/mobileone_mm/metadata')
+    return root.tag == 'net' and slot is not None and _marked_metadata(slot.get('value'))
+
+
+def _executorch_marked(path: str) -> bool:
+    """An ExecuTorch .pte: a constant method EXECUTORCH_METADATA_METHOD whose string (a
+    length-prefixed flatbuffer string in the program, read without the segments after
+    it) is our marked metadata."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(32)
+            if head[4:6] != b'ET':  # the flatbuffer's file identifier ET12
+                return False
+            # the extended header 'eh00': its length, the program's size, the segments' offset
+            size = struct.unpack('<Q', head[16:24])[0] if head[8:12] == b'eh00' else 0
+            size = min(size or os.path.getsize(path), os.path.getsize(path))
+            program = head + f.read(max(size - len(head), 0))
+    except OSError:
+        return False
+    if EXECUTORCH_METADATA_METHOD not in program:
+        return False
+    for start in (m.start() for m in re.finditer(rb'\{"', program) if m.start() >= 4):
+        length = struct.unpack('<I', program[start - 4:start])[0]
+        if start + length <= len(program) and _marked_metadata(program[start:start + length]):
+            return True
+    return False
+
+
+def _ncnn_sidecar_marked(path: str) -> bool:
+    """An ncnn artefact's sidecar ``X.ncnn.param.json`` (runtimes/ncnn.py): our metadata."""
+    try:
+        with open(path, 'rb') as f:
+            return _marked_metadata(f.read())
+    except OSError:
+        return False
+
+
+def _coreml_marked(path: str) -> bool:
+    """A Core ML .mlpackage folder: its root model specification (named by Manifest.json)
+    holds the mark as a user-defined metadata entry, JSON-encoded as in our ONNX graphs
+    (a protobuf map entry: key and value strings)."""
+    key, value = METADATA_MARK[0].encode(), json.dumps(METADATA_MARK[1]).encode()
+    entry = b'\n' + bytes([len(key)]) + key + b'\x12' + bytes([len(value)]) + value
+    try:
+        with open(os.path.join(path, 'Manifest.json'), encoding='utf-8') as f:
+            manifest = json.load(f)
+        root = manifest['itemInfoEntries'][manifest['rootModelIdentifier']]['path']
+        with open(os.path.join(path, 'Data', root), 'rb') as f:
+            return entry in f.read()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _beside(artefact_suffix: str, sibling_suffix: str):
+    """The mark reader of a file written beside an artefact (an IR's weights, an ncnn
+    model's weights): it is ours when the artefact of the same name beside it is."""
+    def marked(path: str) -> bool:
+        artefact = path[:-len(sibling_suffix)] + artefact_suffix
+        return os.path.isfile(artefact) and written_here(artefact)
+    return marked
+
+
+# by the file name's ending, the longest that matches (.ncnn.bin before .bin):
 MARK_READERS = {**{ext: checkpoint_written_here for ext in CHECKPOINT_EXTENSIONS},
                 '.py': _config_marked, '.onnx': _onnx_marked,
-                '.png': _picture_marked, '.jpg': _picture_marked, '.jpeg': _picture_marked}
+                '.png': _picture_marked, '.jpg': _picture_marked, '.jpeg': _picture_marked,
+                '.xml': _openvino_marked, '.bin': _beside('.xml', '.bin'),
+                '.pte': _executorch_marked,
+                '.ncnn.param.json': _ncnn_sidecar_marked,
+                '.ncnn.param': _beside('.ncnn.param.json', '.ncnn.param'),
+                '.ncnn.bin': _beside('.ncnn.param.json', '.ncnn.bin'),
+                '.mlpackage': _coreml_marked}
+FOLDER_FORMATS = ('.mlpackage', )  # outputs that are folders
+
+
+def _format_of(path: str) -> str:
+    """The MARK_READERS ending of ``path`` (the longest that matches), else its extension."""
+    name = os.path.basename(os.path.normpath(path)).lower()
+    endings = [ending for ending in MARK_READERS if name.endswith(ending)]
+    return max(endings, key=len) if endings else os.path.splitext(name)[1]
 
 
 def written_here(path: PathLike) -> bool:
-    """Whether the existing file ``path`` carries the mark of our tools for its format
-    (MARK_READERS, by extension); files of other extensions never do."""
+    """Whether the existing file (or folder of a FOLDER_FORMATS format) ``path`` carries
+    the mark of our tools for its format (MARK_READERS, by its ending); files of other
+    endings never do."""
     path = os.fspath(path)
-    reader = MARK_READERS.get(os.path.splitext(path)[1].lower())
+    reader = MARK_READERS.get(_format_of(path))
     return reader is not None and reader(path)
 
 
@@ -123,7 +227,7 @@ def check_replaceable(path: str, what: str):
     if not os.path.lexists(path):
         return
     if not written_here(path):
-        ext = os.path.splitext(path)[1].lower()
+        ext = _format_of(path)
         why = ('it carries no mark of our tools' if ext in MARK_READERS else
                f'files named {ext or "without an extension"} carry no mark of our tools')
         raise ForeignFileError(f'The {what} {path!r} already exists and was not written by '
@@ -196,7 +300,8 @@ def plan_outputs(inputs: Optional[Dict[str, Optional[PathLike]]] = None,
 
     * is an input of the same run (the same file, through links too),
     * shares its path with another output,
-    * is an existing folder, or a path ending in a separator, or not a regular file,
+    * is an existing folder (but one of a folder format, FOLDER_FORMATS: an .mlpackage,
+      judged by its mark below), or a path ending in a separator, or not a regular file,
     * exists and was not written by our tools (``check_replaceable``: ForeignFileError;
       the mark its format carries, MARK_READERS),
     * sits under a file, or in a folder that does not take new files (tried last, after
@@ -221,10 +326,12 @@ def plan_outputs(inputs: Optional[Dict[str, Optional[PathLike]]] = None,
         path = os.fspath(path)
         if not path:
             raise PathError(f'The {what} path is empty: give a file name.')
-        if path.endswith(os.sep) or os.path.isdir(path):
+        folder_format = _format_of(path) in FOLDER_FORMATS
+        if path.endswith(os.sep) or (os.path.isdir(path) and not folder_format):
             raise PathError(f'The {what} {path!r} is a folder: give a file name in it, e.g. '
                             f'{os.path.join(path, "NAME")!r}.')
-        if os.path.lexists(path) and not os.path.isfile(path):
+        if os.path.lexists(path) and not os.path.isfile(path) and not (
+                folder_format and os.path.isdir(path)):
             raise PathError(f'The {what} {path!r} exists and is not a regular file (a '
                             f'device, pipe, socket or broken link): choose another name.')
         for input_what, input_path in inputs.items():

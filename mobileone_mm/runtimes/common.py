@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..loading.config import ExportError
 
@@ -19,17 +19,20 @@ class Runtime(NamedTuple):
     precisions: Tuple[str, ...]   # what --precision takes
     suffix: str                   # the artefact's file name ending
     platform: str                 # where its artefacts run
+    siblings: Tuple[Tuple[str, str], ...] = ()  # (ending, what) of the files beside it
 
 
 RUNTIMES = {
     'onnxruntime': Runtime('mobileone_mm.runtimes.onnxruntime', 'onnx', ('fp32', 'int8'),
                            '.onnx', 'x86 / ARM CPUs (Linux, Windows, macOS)'),
     'openvino': Runtime('mobileone_mm.runtimes.openvino', 'openvino', ('fp32', 'int8'),
-                        '.xml', 'Intel / AMD x86 CPUs, Intel GPUs and NPUs'),
+                        '.xml', 'Intel / AMD x86 CPUs, Intel GPUs and NPUs',
+                        (('.bin', 'weights'), )),
     'executorch': Runtime('mobileone_mm.runtimes.executorch', 'executorch',
                           ('fp32', 'int8'), '.pte', 'Android / iOS (XNNPACK on ARM CPUs)'),
     'ncnn': Runtime('mobileone_mm.runtimes.ncnn', 'ncnn', ('fp32', ),
-                    '.ncnn.param', 'Android / ARM boards (ARM CPUs, Vulkan GPUs)'),
+                    '.ncnn.param', 'Android / ARM boards (ARM CPUs, Vulkan GPUs)',
+                    (('.ncnn.bin', 'weights'), ('.ncnn.param.json', 'metadata sidecar'))),
     'coreml': Runtime('mobileone_mm.runtimes.coreml', 'coreml', ('fp32', 'fp16'),
                       '.mlpackage', 'iPhone / iPad / Mac (Apple Neural Engine, GPU, CPU)'),
 }
@@ -63,6 +66,15 @@ def get_runtime(name: str, precision: str = 'fp32'):
         raise ExportError(f'The {name} runtime is not installed (no {", ".join(missing)}): '
                           f'{install_hint(name)}')
     return module
+
+
+def artefact_files(out: str, runtime: str) -> Dict[str, str]:
+    """Every file of ``runtime``'s artefact ``out`` (ending in its suffix), by what it is:
+    '{runtime} model' ``out``, then its siblings (an IR's weights ``X.bin``, ...)."""
+    entry = RUNTIMES[runtime]
+    stem = os.fspath(out)[:-len(entry.suffix)]
+    return {f'{runtime} model': os.fspath(out),
+            **{f'{runtime} {what}': stem + ending for ending, what in entry.siblings}}
 
 
 def runtime_of_path(path: str) -> str:

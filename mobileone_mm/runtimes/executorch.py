@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..checkpoints.io import atomic_file
-from ..checkpoints.paths import check_input_file
+from ..checkpoints.paths import EXECUTORCH_METADATA_METHOD, check_input_file
 from ..loading.config import ExportError
 from ..predict.photos import PredictError
 from ..predict.prediction import TASK_OUTPUTS
@@ -44,7 +44,7 @@ PACKAGES = ('executorch', 'torchao')
 PRECISIONS = ('fp32', 'int8')
 SUFFIX = '.pte'
 RUNS_HERE = True
-METADATA_METHOD = 'mobileone_mm_metadata'
+METADATA_METHOD = EXECUTORCH_METADATA_METHOD.decode()  # the mark reader finds it by name
 MAX_REQUANTIZATION = 256.0  # XNNPACK's limit for int8 convolutions / linear layers
 COMPUTE_OPS = ('aten.convolution.default', 'aten.conv2d.default', 'aten.linear.default',
                'aten.addmm.default', 'aten.mm.default')

@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..checkpoints.paths import check_extension, plan_outputs
+from ..checkpoints.paths import METADATA_MARK, check_extension, plan_outputs
 from ..fusion.output_check import describe
 from ..loading.checkpoint import load_model
 from ..loading.config import DeployError, ExportError, input_shape_of
@@ -29,7 +29,7 @@ from ..loading.data import val_image_paths
 from ..predict.metadata import export_metadata, fixed_input_shape
 from ..predict.photos import read_image
 from .artefact_check import verify_runner
-from .common import RUNTIMES, get_runtime, write_staged
+from .common import RUNTIMES, artefact_files, get_runtime, write_staged
 from .evaluate import dataset_images, one_batch
 from .onnxruntime_int8 import QuantizeError
 from .int8_check import describe_int8, judge_int8
@@ -53,13 +53,14 @@ def export_to_runtime(config, checkpoint: str, out: str, runtime: str,
     module = get_runtime(runtime, precision)
     check_extension(out, [module.SUFFIX], f'{runtime} output')
     plan_outputs(inputs={'config': config, 'checkpoint': checkpoint},
-                 outputs={f'{runtime} model': out})
+                 outputs=artefact_files(out, runtime))
     model, cfg, ckpt = load_model(config, checkpoint)
     metadata = export_metadata(cfg, ckpt, model, os.fspath(config))
     shape = tuple(shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg))
     train_form = copy.deepcopy(model) if verify else None  # wrap_for_export fuses
     wrapper, example = wrap_for_export(model, shape)
     meta = dict(export_metadata_of(wrapper, metadata=metadata), precision=precision)
+    meta[METADATA_MARK[0]] = METADATA_MARK[1]  # ours: a re-export replaces it
     report = dict(runtime=runtime, precision=precision, task=meta['task'], shape=shape,
                   outputs=list(wrapper.output_names), notes=list(metadata['notes']),
                   check=None, images='', calibration='')

@@ -67,7 +67,8 @@ def onnx_graph(wrapper: nn.Module, example: torch.Tensor, meta: dict,
                           dynamic_axes=dynamic_axes)
     graph = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
-        graph.metadata_props.add(key=key, value=json.dumps(value))
+        if key != ONNX_MARK[0]:  # the mark, added once below
+            graph.metadata_props.add(key=key, value=json.dumps(value))
     graph.metadata_props.add(key=ONNX_MARK[0], value=ONNX_MARK[1])  # ours: replaceable
     return graph
 
