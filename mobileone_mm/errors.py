@@ -13,6 +13,7 @@ it) prints the traceback of a UserError too, before the line. Ctrl-C (KeyboardIn
 ends the tool with one line too, exit code 130. Importing this module
 needs nothing outside the standard library.
 """
+
 import argparse
 import functools
 import inspect
@@ -33,11 +34,14 @@ class UserError(Exception):
 def tool_parser(description: Optional[str]) -> argparse.ArgumentParser:
     """An ArgumentParser for a tool in tools/: ``description`` shown as written, and the
     ``--debug`` flag that ``run_tool`` reads."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--debug', action='store_true',
-                        help='on an input error, print the traceback too (not only the '
-                             'one-line message)')
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        '--debug',
+        action='store_true',
+        help='on an input error, print the traceback too (not only the one-line message)',
+    )
     return parser
 
 
@@ -69,8 +73,9 @@ def run_tool(main: Callable) -> Callable:
                 # mmengine imports pkg_resources, which setuptools 81 (the pinned stack,
                 # docs/stack.md) deprecates: four lines meant for mmengine's authors
                 # before every tool's first line of output, or its one-line error
-                warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
-                                        category=UserWarning)
+                warnings.filterwarnings(
+                    'ignore', message='pkg_resources is deprecated', category=UserWarning
+                )
                 return main(argv)
         except UserError as error:
             if _debug_requested(argv):
@@ -82,7 +87,12 @@ def run_tool(main: Callable) -> Callable:
             if _debug_requested(argv):
                 traceback.print_exc()
             sys.stderr.flush()
-            print(f'{name}: interrupted; every output is written whole or not at all '
-                  f'(temporary files removed)', file=sys.stderr, flush=True)
+            print(
+                f'{name}: interrupted; every output is written whole or not at all '
+                f'(temporary files removed)',
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(EXIT_INTERRUPTED)
+
     return boundary

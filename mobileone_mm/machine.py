@@ -1,5 +1,6 @@
 """What this machine can run, checked before the work: the device a tool is asked to use
 (``check_device``) and the memory an input shape needs (``check_memory``)."""
+
 import math
 import os
 from typing import Optional, Sequence
@@ -20,30 +21,39 @@ def check_device(device) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise MachineError(f'--device {device}: not a device name; use cpu, cuda or cuda:N '
-                           f'(N counts from 0).') from None
+        raise MachineError(
+            f'--device {device}: not a device name; use cpu, cuda or cuda:N (N counts from 0).'
+        ) from None
     if parsed.type == 'cpu':
         return str(device)
     if parsed.type == 'cuda':
         if torch.version.cuda is None and torch.version.hip is None:
-            raise MachineError(f'--device {device}: this torch {torch.__version__} is a '
-                               f'CPU-only build (no CUDA): use --device cpu.')
+            raise MachineError(
+                f'--device {device}: this torch {torch.__version__} is a '
+                f'CPU-only build (no CUDA): use --device cpu.'
+            )
         count = torch.cuda.device_count()
         if count == 0:
             visible = os.environ.get('CUDA_VISIBLE_DEVICES')
             hidden = '' if visible is None else f' (CUDA_VISIBLE_DEVICES={visible!r})'
-            raise MachineError(f'--device {device}: torch sees no CUDA GPU on this '
-                               f'machine{hidden}: use --device cpu.')
+            raise MachineError(
+                f'--device {device}: torch sees no CUDA GPU on this '
+                f'machine{hidden}: use --device cpu.'
+            )
         if parsed.index is not None and parsed.index >= count:
-            raise MachineError(f'--device {device}: this machine has {count} CUDA GPU(s), '
-                               f'cuda:0 .. cuda:{count - 1}.')
+            raise MachineError(
+                f'--device {device}: this machine has {count} CUDA GPU(s), '
+                f'cuda:0 .. cuda:{count - 1}.'
+            )
         return str(device)
     try:  # other backends (mps, xpu, ...): does torch place a tensor there?
         torch.empty(0, device=parsed)
     except Exception as error:  # noqa: BLE001 - each backend words it differently
-        raise MachineError(f'--device {device}: torch cannot use it here '
-                           f'({type(error).__name__}: {str(error).strip()}); use --device '
-                           f'cpu.') from None
+        raise MachineError(
+            f'--device {device}: torch cannot use it here '
+            f'({type(error).__name__}: {str(error).strip()}); use --device '
+            f'cpu.'
+        ) from None
     return str(device)
 
 
@@ -69,7 +79,7 @@ def available_memory() -> Optional[int]:
 
 
 def _gib(nbytes: float) -> str:
-    return f'{nbytes / 2 ** 30:.1f} GiB'
+    return f'{nbytes / 2**30:.1f} GiB'
 
 
 def input_memory(model: nn.Module, shape: Sequence[int], batch: int = 1) -> int:
@@ -81,8 +91,13 @@ def input_memory(model: nn.Module, shape: Sequence[int], batch: int = 1) -> int:
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
             stride_h, stride_w = module.stride
-            nbytes += (batch * module.out_channels * math.ceil(height / stride_h)
-                       * math.ceil(width / stride_w) * 4)
+            nbytes += (
+                batch
+                * module.out_channels
+                * math.ceil(height / stride_h)
+                * math.ceil(width / stride_w)
+                * 4
+            )
             break
     return nbytes
 
@@ -92,5 +107,7 @@ def check_memory(nbytes: int, what: str, fix: str):
     anything is allocated: '``what`` needs at least N GiB ...; ``fix``'."""
     free = available_memory()
     if free is not None and nbytes > free:
-        raise MachineError(f'{what} needs at least {_gib(nbytes)} of memory and this machine '
-                           f'has {_gib(free)} free: {fix}.')
+        raise MachineError(
+            f'{what} needs at least {_gib(nbytes)} of memory and this machine '
+            f'has {_gib(free)} free: {fix}.'
+        )

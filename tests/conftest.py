@@ -30,4 +30,3 @@ def rel_error():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-

@@ -4,6 +4,7 @@ an exported detector to mmdet (tests/test_rtmdet.py, tests/test_detection_parity
     from detectors import small_model
     model, cfg = small_model(config_path, photo_paths, shape=(96, 128))
 """
+
 from pathlib import Path
 
 import cv2
@@ -11,9 +12,9 @@ import torch
 from mmengine.model import revert_sync_batchnorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mobileone_mm.runtimes.wrappers import Normalize
-from mobileone_mm.predict.photos import preprocess, read_photo
 from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.predict.photos import preprocess, read_photo
+from mobileone_mm.runtimes.wrappers import Normalize
 
 
 def output_convs(head) -> dict:
@@ -21,10 +22,16 @@ def output_convs(head) -> dict:
     (RTMDet, RetinaNet, SSD: the last layer of each level's stack)."""
     for cls, reg in (('rtm_cls', 'rtm_reg'), ('retina_cls', 'retina_reg')):
         if hasattr(head, cls):
-            return {name: module for name, module in head.named_modules()
-                    if name.split('.')[0] in (cls, reg) and isinstance(module, torch.nn.Conv2d)}
-    return {f'{stack}.{level}': convs[-1] for stack in ('cls_convs', 'reg_convs')
-            for level, convs in enumerate(getattr(head, stack))}
+            return {
+                name: module
+                for name, module in head.named_modules()
+                if name.split('.')[0] in (cls, reg) and isinstance(module, torch.nn.Conv2d)
+            }
+    return {
+        f'{stack}.{level}': convs[-1]
+        for stack in ('cls_convs', 'reg_convs')
+        for level, convs in enumerate(getattr(head, stack))
+    }
 
 
 def small_model(config, photos, num_classes=None, shape=(96, 128), steps=None):
@@ -47,9 +54,15 @@ def small_model(config, photos, num_classes=None, shape=(96, 128), steps=None):
     def network_input(path):
         photo = read_photo(path)
         return cv2.resize(photo, shape[::-1]) if steps is None else preprocess(photo, steps)[0]
-    images = Normalize(model.data_preprocessor)(torch.stack([
-        torch.from_numpy(network_input(path)).permute(2, 0, 1).float()
-        for path in photos.values()]))
+
+    images = Normalize(model.data_preprocessor)(
+        torch.stack(
+            [
+                torch.from_numpy(network_input(path)).permute(2, 0, 1).float()
+                for path in photos.values()
+            ]
+        )
+    )
     for module in model.modules():
         if isinstance(module, _BatchNorm):
             module.reset_running_stats()
@@ -58,9 +71,14 @@ def small_model(config, photos, num_classes=None, shape=(96, 128), steps=None):
         model.train()._forward(images)
     outputs = {}
     final = output_convs(model.bbox_head)
-    hooks = [module.register_forward_hook(
-        lambda module, _, out, layer=layer: outputs.setdefault(layer, []).append(
-            out - module.bias.view(1, -1, 1, 1))) for layer, module in final.items()]
+    hooks = [
+        module.register_forward_hook(
+            lambda module, _, out, layer=layer: outputs.setdefault(layer, []).append(
+                out - module.bias.view(1, -1, 1, 1)
+            )
+        )
+        for layer, module in final.items()
+    ]
     with torch.no_grad():
         model.eval()._forward(images)
         for hook in hooks:

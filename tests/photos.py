@@ -14,6 +14,7 @@ Sources, both shipped in matplotlib's ``mpl-data/sample_data``:
 The variants are written into the given folder on each call (a few ms), so tests may
 modify them; sizes are width x height.
 """
+
 from pathlib import Path
 from typing import Dict
 
@@ -22,12 +23,12 @@ from PIL import Image
 
 # name -> (width, height, PIL mode of the file, format)
 PHOTOS = {
-    'portrait_rgb': (512, 600, 'RGB', 'JPEG'),     # the photo as matplotlib ships it
-    'landscape_rgb': (640, 427, 'RGB', 'JPEG'),    # COCO's most common size, upscaled crop
-    'gray': (300, 260, 'L', 'PNG'),                # one channel
-    'rgba': (250, 180, 'RGBA', 'PNG'),             # alpha fading from left to right
-    'small_jpeg': (97, 75, 'RGB', 'JPEG'),         # odd, small sides, strong compression
-    'clipart_rgba': (128, 128, 'RGBA', 'PNG'),     # transparent background, as shipped
+    'portrait_rgb': (512, 600, 'RGB', 'JPEG'),  # the photo as matplotlib ships it
+    'landscape_rgb': (640, 427, 'RGB', 'JPEG'),  # COCO's most common size, upscaled crop
+    'gray': (300, 260, 'L', 'PNG'),  # one channel
+    'rgba': (250, 180, 'RGBA', 'PNG'),  # alpha fading from left to right
+    'small_jpeg': (97, 75, 'RGB', 'JPEG'),  # odd, small sides, strong compression
+    'clipart_rgba': (128, 128, 'RGBA', 'PNG'),  # transparent background, as shipped
 }
 
 

@@ -1,4 +1,5 @@
 """The MobileOne backbone: shapes, options, exact fusion, bad arguments."""
+
 import copy
 
 import pytest
@@ -9,9 +10,11 @@ from mobileone_mm import MobileOne, MobileOneBlock, reparameterize_model
 from mobileone_mm.models.arch import ARCH_SETTINGS, stage_channels
 
 ARCHS = sorted(ARCH_SETTINGS)
-OUTPUT_STRIDES = {32: dict(strides=(2, 2, 2, 2), dilations=(1, 1, 1, 1)),
-                  16: dict(strides=(2, 2, 2, 1), dilations=(1, 1, 1, 2)),
-                  8: dict(strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4))}
+OUTPUT_STRIDES = {
+    32: dict(strides=(2, 2, 2, 2), dilations=(1, 1, 1, 1)),
+    16: dict(strides=(2, 2, 2, 1), dilations=(1, 1, 1, 2)),
+    8: dict(strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4)),
+}
 
 
 def fused_copy(model):
@@ -148,13 +151,21 @@ def test_with_cp_gives_same_outputs_and_gradients():
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
     for m in (model, model_cp):
         sum(o.sum() for o in m.train()(x)).backward()
-    assert torch.allclose(model.stage0.branch_scale.conv.weight.grad,
-                          model_cp.stage0.branch_scale.conv.weight.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(
+        model.stage0.branch_scale.conv.weight.grad,
+        model_cp.stage0.branch_scale.conv.weight.grad,
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_dict_arch_and_act_cfg(randomize_bn, rel_error):
-    arch = dict(num_blocks=[1, 2, 2, 1], width_factor=[0.5, 0.5, 0.5, 0.5],
-                num_conv_branches=[2, 1, 3, 1], num_se_blocks=[0, 1, 0, 1])
+    arch = dict(
+        num_blocks=[1, 2, 2, 1],
+        width_factor=[0.5, 0.5, 0.5, 0.5],
+        num_conv_branches=[2, 1, 3, 1],
+        num_se_blocks=[0, 1, 0, 1],
+    )
     model = MobileOne(arch, out_indices=-1, act_cfg=dict(type='GELU'), se_cfg=dict(ratio=4))
     assert model.arch_name.startswith('custom') and model.out_indices == [3]
     assert len(model.stage2) == 4 and len(model.stage1[0].branch_conv_list) == 2
@@ -165,23 +176,44 @@ def test_dict_arch_and_act_cfg(randomize_bn, rel_error):
         assert rel_error(fused_copy(model)(x)[0], model(x)[0]) <= 1e-5
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(arch='s9'), "Unknown MobileOne arch 's9'"),
-    (dict(arch=dict(num_blocks=[1, 1, 1, 1])), 'needs exactly the keys'),
-    (dict(arch=dict(num_blocks=[1, 1, 1], width_factor=[1, 1, 1], num_conv_branches=[1] * 3,
-                    num_se_blocks=[0] * 3)), 'must be 4 numbers'),
-    (dict(arch=dict(num_blocks=[1, 1, 1, 1], width_factor=[1] * 4, num_conv_branches=[1] * 4,
-                    num_se_blocks=[0, 0, 2, 0])), 'has 2 SE blocks but 1 blocks'),
-    (dict(out_indices=(0, 4)), r'out_indices \[4\] out of range'),
-    (dict(out_indices=(-5, )), 'out of range'),
-    (dict(out_indices=(1, -3)), 'name a stage twice'),
-    (dict(out_indices=()), 'non-empty sequence'),
-    (dict(strides=(2, 2, 3, 2)), 'strides'),
-    (dict(strides=(2, 2, 2)), 'strides must be 4 ints'),
-    (dict(dilations=(1, 1, 0, 1)), 'dilations'),
-    (dict(frozen_stages=5), 'frozen_stages must be -1'),
-    (dict(in_channels=0), 'in_channels'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(arch='s9'), "Unknown MobileOne arch 's9'"),
+        (dict(arch=dict(num_blocks=[1, 1, 1, 1])), 'needs exactly the keys'),
+        (
+            dict(
+                arch=dict(
+                    num_blocks=[1, 1, 1],
+                    width_factor=[1, 1, 1],
+                    num_conv_branches=[1] * 3,
+                    num_se_blocks=[0] * 3,
+                )
+            ),
+            'must be 4 numbers',
+        ),
+        (
+            dict(
+                arch=dict(
+                    num_blocks=[1, 1, 1, 1],
+                    width_factor=[1] * 4,
+                    num_conv_branches=[1] * 4,
+                    num_se_blocks=[0, 0, 2, 0],
+                )
+            ),
+            'has 2 SE blocks but 1 blocks',
+        ),
+        (dict(out_indices=(0, 4)), r'out_indices \[4\] out of range'),
+        (dict(out_indices=(-5,)), 'out of range'),
+        (dict(out_indices=(1, -3)), 'name a stage twice'),
+        (dict(out_indices=()), 'non-empty sequence'),
+        (dict(strides=(2, 2, 3, 2)), 'strides'),
+        (dict(strides=(2, 2, 2)), 'strides must be 4 ints'),
+        (dict(dilations=(1, 1, 0, 1)), 'dilations'),
+        (dict(frozen_stages=5), 'frozen_stages must be -1'),
+        (dict(in_channels=0), 'in_channels'),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises((ValueError, KeyError, TypeError), match=message):
         MobileOne(**kwargs)

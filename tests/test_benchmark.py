@@ -1,5 +1,6 @@
 """optimize_for_inference gives the model's outputs; the benchmark writes its reports.
 No timing is asserted here: the speed targets are checked by tools/benchmark.py."""
+
 import copy
 import json
 
@@ -39,11 +40,15 @@ def test_every_backend_gives_the_train_and_fused_outputs(backend, randomize_bn):
         assert _max_rel(out, train_form(x)) <= TOLERANCE
 
 
-@pytest.mark.parametrize('kwargs', [
-    dict(out_indices=(2, 3)),
-    dict(out_indices=(0, 1, 2, 3), strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4)),
-    dict(out_indices=(2, 3), strides=(2, 2, 2, 1), dilations=(1, 1, 1, 2)),
-], ids=['two-outputs', 'os8-four-outputs', 'os16'])
+@pytest.mark.parametrize(
+    'kwargs',
+    [
+        dict(out_indices=(2, 3)),
+        dict(out_indices=(0, 1, 2, 3), strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4)),
+        dict(out_indices=(2, 3), strides=(2, 2, 2, 1), dilations=(1, 1, 1, 2)),
+    ],
+    ids=['two-outputs', 'os8-four-outputs', 'os16'],
+)
 def test_multi_output_and_dilated_backbones(kwargs, randomize_bn):
     train_form = _backbone(randomize_bn, **kwargs)
     x = torch.randn(1, 3, 128, 96)
@@ -78,7 +83,7 @@ class Nested(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        return dict(maps=[y, y.relu()], pooled=(y.mean((2, 3)), ))
+        return dict(maps=[y, y.relu()], pooled=(y.mean((2, 3)),))
 
 
 def test_nested_outputs_keep_their_structure():
@@ -103,11 +108,13 @@ def test_bad_arguments_are_refused():
 
 def test_a_failing_check_moves_on_to_the_next_backend(monkeypatch):
     from mobileone_mm.runtimes import optimize as inference
+
     real = inference.BUILDERS['onnxruntime']
 
     def wrong(*args):  # a backend that builds but computes something else
         run = real(*args)
         return lambda x: [t + 1 for t in run(x)]
+
     monkeypatch.setitem(inference.BUILDERS, 'onnxruntime', wrong)
     x = torch.randn(1, 3, 8, 8)
     optimized = optimize_for_inference(Nested(), x)
@@ -117,7 +124,7 @@ def test_a_failing_check_moves_on_to_the_next_backend(monkeypatch):
         optimize_for_inference(Nested(), x, backend='onnxruntime')
 
 
-CPUINFO = '''processor\t: 0
+CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) Platinum 8480+
 cpu MHz\t\t: 2000.000
@@ -126,17 +133,19 @@ flags\t\t: fpu sse avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile am
 processor\t: 1
 model name\t: another core
 flags\t\t: fpu
-'''
+"""
 
 
 def test_cpu_info_reads_the_model_clock_and_int8_bf16_instructions(tmp_path):
     from mobileone_mm.devkit.benchmark import cpu_info, describe_isa
+
     path = tmp_path / 'cpuinfo'
     path.write_text(CPUINFO)
     info = cpu_info(str(path))
     assert info['cpu'] == 'Intel(R) Xeon(R) Platinum 8480+' and info['mhz'] == 2000.0
-    assert describe_isa(info['isa']) == \
-        'avx512_vnni yes, avx512_bf16 yes, amx_int8 yes, amx_bf16 yes'
+    assert (
+        describe_isa(info['isa']) == 'avx512_vnni yes, avx512_bf16 yes, amx_int8 yes, amx_bf16 yes'
+    )
     assert info['isa']['avx512f'] and not info['isa']['avx_vnni']
     path.write_text(CPUINFO.replace(' amx_bf16 amx_tile amx_int8', ''))
     assert describe_isa(cpu_info(str(path))['isa']).endswith('amx_int8 no, amx_bf16 no')
@@ -148,28 +157,61 @@ def test_cpu_info_reads_the_model_clock_and_int8_bf16_instructions(tmp_path):
 @pytest.mark.slow
 def test_benchmark_writes_json_markdown_and_png(tmp_path):
     from mobileone_mm.devkit.benchmark import INT8_BF16_FLAGS, run_benchmark, write_report
+
     result = run_benchmark(
-        'quick', threads=1, log=lambda _: None, archs=('s0', ), sizes=(64, ),
-        int8_archs=('s0', ), int8_sizes=(64, ),
-        dilated_size=64, runs=2, warmup=1, min_runs=2, group_budget_s=0.01,
+        'quick',
+        threads=1,
+        log=lambda _: None,
+        archs=('s0',),
+        sizes=(64,),
+        int8_archs=('s0',),
+        int8_sizes=(64,),
+        dilated_size=64,
+        runs=2,
+        warmup=1,
+        min_runs=2,
+        group_budget_s=0.01,
         whole_models=(('ssdlite', 128), ('rtmdet', 64), ('rtmdet', 96), ('deeplabv3', 64)),
-        whole_runs=2, photo_size=(72, 100), train_archs=('s0', ),
-        train_batch=2, train_size=64, train_runs=2, peak_runs=1)
+        whole_runs=2,
+        photo_size=(72, 100),
+        train_archs=('s0',),
+        train_batch=2,
+        train_size=64,
+        train_runs=2,
+        peak_runs=1,
+    )
     paths = write_report(result, str(tmp_path / 'out'))
     data = json.loads(open(paths['json']).read())
     forms = {(r['section'], r['form']) for r in data['rows']}
-    assert {('backbone', f) for f in ('ours_train', 'ours_fused', 'ours_optimized',
-                                      'timm_fused', 'mmpretrain_fused', 'mobilenetv2',
-                                      'mobilenetv2_folded', 'ours_int8')} <= forms
+    assert {
+        ('backbone', f)
+        for f in (
+            'ours_train',
+            'ours_fused',
+            'ours_optimized',
+            'timm_fused',
+            'mmpretrain_fused',
+            'mobilenetv2',
+            'mobilenetv2_folded',
+            'ours_int8',
+        )
+    } <= forms
     assert {('dilated', f'ours_fused_os{s}') for s in (32, 16, 8)} <= forms
-    assert {('whole_model', f) for f in ('pytorch_fused', 'optimized',
-                                         'onnxruntime_export', 'int8')} <= forms
-    assert {('photo_to_boxes', f) for f in ('mmdet_eager', 'onnxruntime_fp32',
-                                            'onnxruntime_int8')} <= forms
-    assert {('train_step', f'{form}_train_step')
-            for form in ('ours', 'ours_stacked', 'mmpretrain')} <= forms
-    assert {(r['model'], r['size']) for r in data['rows'] if r['section'] == 'whole_model'} \
-        == {('ssdlite', 128), ('rtmdet', 64), ('rtmdet', 96), ('deeplabv3', 64)}
+    assert {
+        ('whole_model', f) for f in ('pytorch_fused', 'optimized', 'onnxruntime_export', 'int8')
+    } <= forms
+    assert {
+        ('photo_to_boxes', f) for f in ('mmdet_eager', 'onnxruntime_fp32', 'onnxruntime_int8')
+    } <= forms
+    assert {
+        ('train_step', f'{form}_train_step') for form in ('ours', 'ours_stacked', 'mmpretrain')
+    } <= forms
+    assert {(r['model'], r['size']) for r in data['rows'] if r['section'] == 'whole_model'} == {
+        ('ssdlite', 128),
+        ('rtmdet', 64),
+        ('rtmdet', 96),
+        ('deeplabv3', 64),
+    }
     for row in data['rows']:
         assert row['p10_ms'] <= row['median_ms'] <= row['p90_ms'] and row['threads'] == 1
         assert row['gmacs'] > 0 and row['params'] > 0
@@ -182,12 +224,25 @@ def test_benchmark_writes_json_markdown_and_png(tmp_path):
     assert {'MKL', 'oneDNN', 'MLAS'} <= {name.split('(')[-1][:-1] for name in kernels}
     assert set(INT8_BF16_FLAGS) <= set(data['machine']['isa'])
     assert {t['key'] for t in data['targets']} == {
-        'fused_vs_timm', 'fused_vs_mmpretrain', 'mobilenetv2_vs_s0', 'train_vs_fused_s0',
-        'optimized_vs_peers', 'train_step_vs_mmpretrain', 'int8_vs_peers'}
+        'fused_vs_timm',
+        'fused_vs_mmpretrain',
+        'mobilenetv2_vs_s0',
+        'train_vs_fused_s0',
+        'optimized_vs_peers',
+        'train_step_vs_mmpretrain',
+        'int8_vs_peers',
+    }
     markdown = open(paths['md']).read()
-    for heading in ('### Backbones', '### int8 backbones', '### mmdet MobileNetV2', '### Dilated backbones',
-                    '### Whole models', '### Photo to boxes, SSDLite-S0 (100x72 photo, network '
-                    'input 320x320', '### One training step', '### Targets'):
+    for heading in (
+        '### Backbones',
+        '### int8 backbones',
+        '### mmdet MobileNetV2',
+        '### Dilated backbones',
+        '### Whole models',
+        '### Photo to boxes, SSDLite-S0 (100x72 photo, network input 320x320',
+        '### One training step',
+        '### Targets',
+    ):
         assert heading in markdown
     assert markdown.count('PASS') + markdown.count('FAIL') == 7
     for model, size in (('SSDLite', 128), ('RTMDet', 64), ('RTMDet', 96), ('DeepLabV3 (OS8)', 64)):
@@ -205,7 +260,8 @@ RUNTIMES_TABLE = dict(
     onnxruntime=dict(precisions=['fp32', 'int8'], platform='x86 / ARM CPUs'),
     executorch=dict(precisions=['fp32', 'int8'], platform='Android / iOS'),
     ncnn=dict(precisions=['fp32'], platform='Android / ARM boards'),
-    coreml=dict(precisions=['fp32', 'fp16'], platform='iPhone / iPad / Mac'))
+    coreml=dict(precisions=['fp32', 'fp16'], platform='iPhone / iPad / Mac'),
+)
 
 
 def test_runtime_table_rows_ratios_stand_ins_and_skipped_reasons():
@@ -214,49 +270,79 @@ def test_runtime_table_rows_ratios_stand_ins_and_skipped_reasons():
     faster peer (timm here) or ours in PyTorch for SSDLite; the x86 stand-ins for ARM
     runtimes and the reasons for what was not timed or could not export are said."""
     from mobileone_mm.devkit.benchmark.runtimes import runtime_table
-    rows = [_runtime_row('classifier_s0', 'pytorch_fused', 11.0),
-            _runtime_row('classifier_s0', 'timm_fused', 10.0),
-            _runtime_row('classifier_s0', 'mmpretrain_fused', 12.0),
-            _runtime_row('classifier_s0', 'onnxruntime_fp32', 5.0, cosine=1.0),
-            _runtime_row('classifier_s0', 'onnxruntime_int8', 2.5, cosine=0.9997),
-            _runtime_row('classifier_s0', 'executorch_fp32', 6.0, cosine=0.9999996),
-            _runtime_row('classifier_s0', 'ncnn_fp32', 4.0, cosine=1.0),
-            _runtime_row('ssdlite', 'pytorch_fused', 25.0),
-            _runtime_row('ssdlite', 'onnxruntime_fp32', 20.0, cosine=0.99999),
-            _runtime_row('ssdlite', 'executorch_fp32', 30.0, cosine=1.0)]
-    result = dict(rows=rows, runtimes=dict(
-        table=RUNTIMES_TABLE,
-        skipped={'executorch int8': "The executorch runtime is not installed (no torchao): "
-                                    "pip install 'mobileone-mm[executorch]'",
-                 'coreml fp32': 'runs only on iPhone / iPad / Mac: not timed here',
-                 'coreml fp16': 'runs only on iPhone / iPad / Mac: not timed here'},
-        failed={'ssdlite 320 ncnn_fp32': 'The ncnn runtime cannot take the operator X'}))
+
+    rows = [
+        _runtime_row('classifier_s0', 'pytorch_fused', 11.0),
+        _runtime_row('classifier_s0', 'timm_fused', 10.0),
+        _runtime_row('classifier_s0', 'mmpretrain_fused', 12.0),
+        _runtime_row('classifier_s0', 'onnxruntime_fp32', 5.0, cosine=1.0),
+        _runtime_row('classifier_s0', 'onnxruntime_int8', 2.5, cosine=0.9997),
+        _runtime_row('classifier_s0', 'executorch_fp32', 6.0, cosine=0.9999996),
+        _runtime_row('classifier_s0', 'ncnn_fp32', 4.0, cosine=1.0),
+        _runtime_row('ssdlite', 'pytorch_fused', 25.0),
+        _runtime_row('ssdlite', 'onnxruntime_fp32', 20.0, cosine=0.99999),
+        _runtime_row('ssdlite', 'executorch_fp32', 30.0, cosine=1.0),
+    ]
+    result = dict(
+        rows=rows,
+        runtimes=dict(
+            table=RUNTIMES_TABLE,
+            skipped={
+                'executorch int8': 'The executorch runtime is not installed (no torchao): '
+                "pip install 'mobileone-mm[executorch]'",
+                'coreml fp32': 'runs only on iPhone / iPad / Mac: not timed here',
+                'coreml fp16': 'runs only on iPhone / iPad / Mac: not timed here',
+            },
+            failed={'ssdlite 320 ncnn_fp32': 'The ncnn runtime cannot take the operator X'},
+        ),
+    )
     title, header, cells = runtime_table(result)
     assert title.startswith('Runtimes')
-    assert header == ['runtime', 'precision', 'S0 classifier 320x320', 'SSDLite-S0 320x320',
-                      'runs on / note']
+    assert header == [
+        'runtime',
+        'precision',
+        'S0 classifier 320x320',
+        'SSDLite-S0 320x320',
+        'runs on / note',
+    ]
     table = {(c[0], c[1]): c[2:] for c in cells}
     assert len(cells) == 7 + 3
-    assert table['onnxruntime', 'fp32'] == ['5.0 (0.50x, cos 1.000000)',
-                                            '20.0 (0.80x, cos 0.999990)', 'x86 / ARM CPUs']
+    assert table['onnxruntime', 'fp32'] == [
+        '5.0 (0.50x, cos 1.000000)',
+        '20.0 (0.80x, cos 0.999990)',
+        'x86 / ARM CPUs',
+    ]
     assert table['onnxruntime', 'int8'][:2] == ['2.5 (0.25x, cos 0.999700)', '–']
     assert table['executorch', 'fp32'] == [
-        '6.0 (0.60x, cos 1.000000)', '30.0 (1.20x, cos 1.000000)',
-        "XNNPACK's x86 kernels, a stand-in for its ARM build"]
+        '6.0 (0.60x, cos 1.000000)',
+        '30.0 (1.20x, cos 1.000000)',
+        "XNNPACK's x86 kernels, a stand-in for its ARM build",
+    ]
     assert table['executorch', 'int8'] == [
-        '–', '–', "not timed: The executorch runtime is not installed (no torchao): pip "
-                  "install 'mobileone-mm[executorch]'"]
+        '–',
+        '–',
+        'not timed: The executorch runtime is not installed (no torchao): pip '
+        "install 'mobileone-mm[executorch]'",
+    ]
     assert table['ncnn', 'fp32'] == [
-        '4.0 (0.40x, cos 1.000000)', '–', "ncnn's x86 build, a stand-in for its ARM build; "
-        'SSDLite-S0 320x320: The ncnn runtime cannot take the operator X']
+        '4.0 (0.40x, cos 1.000000)',
+        '–',
+        "ncnn's x86 build, a stand-in for its ARM build; "
+        'SSDLite-S0 320x320: The ncnn runtime cannot take the operator X',
+    ]
     for precision in ('fp32', 'fp16'):
         assert table['coreml', precision] == [
-            '–', '–', 'not timed: runs only on iPhone / iPad / Mac: not timed here']
-    assert table['timm fused', 'fp32'] == ['10.0 (1.00x)', '–',
-                                           'ratio base: S0 classifier 320x320']
+            '–',
+            '–',
+            'not timed: runs only on iPhone / iPad / Mac: not timed here',
+        ]
+    assert table['timm fused', 'fp32'] == ['10.0 (1.00x)', '–', 'ratio base: S0 classifier 320x320']
     assert table['mmpretrain fused', 'fp32'] == ['12.0 (1.20x)', '–', '']
-    assert table['ours fused, PyTorch', 'fp32'] == ['11.0 (1.10x)', '25.0 (1.00x)',
-                                                    'ratio base: SSDLite-S0 320x320']
+    assert table['ours fused, PyTorch', 'fp32'] == [
+        '11.0 (1.10x)',
+        '25.0 (1.00x)',
+        'ratio base: SSDLite-S0 320x320',
+    ]
     assert runtime_table(dict(rows=[r for r in rows if r['section'] != 'runtime'])) is None
 
 
@@ -268,17 +354,21 @@ def test_runtime_section_exports_each_runtime_and_peers_share_the_weights(tmp_pa
     mmpretrain's peer is its own classifier with our weights: on the normalised image it
     gives the wrapper's logits."""
     from mobileone_mm.devkit.benchmark.runtimes import build_runtime_models, runtime_plan
+
     plan, table, skipped = runtime_plan()
     assert set(table) == {'onnxruntime', 'openvino', 'executorch', 'ncnn', 'coreml'}
     for precision in table['coreml']['precisions']:
         assert skipped[f'coreml {precision}'].startswith('runs only on iPhone')
     fast = [entry for entry in plan if entry[0] in ('onnxruntime', 'openvino', 'ncnn')]
     assert len(fast) == 5  # onnxruntime and OpenVINO fp32 / int8, ncnn fp32
-    models, failed, example = build_runtime_models('classifier_s0', 64, fast, 1,
-                                                   str(tmp_path))
+    models, failed, example = build_runtime_models('classifier_s0', 64, fast, 1, str(tmp_path))
     assert failed == {}
-    assert set(models) == {'pytorch_fused', 'timm_fused', 'mmpretrain_fused',
-                           *(f'{name}_{precision}' for name, precision, _ in fast)}
+    assert set(models) == {
+        'pytorch_fused',
+        'timm_fused',
+        'mmpretrain_fused',
+        *(f'{name}_{precision}' for name, precision, _ in fast),
+    }
     with torch.no_grad():
         logits = models['pytorch_fused']['fn'](example)
         wrapper = models['pytorch_fused']['module']
@@ -290,5 +380,5 @@ def test_runtime_section_exports_each_runtime_and_peers_share_the_weights(tmp_pa
         assert (model['runtime'], model['precision']) == (name, precision)
         assert model['cosine'] >= (0.999999 if precision == 'fp32' else 0.99)
         assert precision == 'fp32' or model['cosine'] < 0.999999  # int8: not float rounding
-        (out, ) = model['fn'](example)
+        (out,) = model['fn'](example)
         assert _max_rel(torch.from_numpy(out), logits) <= (1e-4 if precision == 'fp32' else 0.2)

@@ -1,4 +1,5 @@
 """The Flowers-102 classification configs (mmpretrain) and the tiny synthetic flowers set."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -7,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-
 from PIL import Image
 
-from mobileone_mm.devkit.tiny_data import CLASS_LOOKS, CLASSES, make_tiny_flowers
 from mobileone_mm import MobileOne
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS
+from mobileone_mm.devkit.tiny_data import CLASS_LOOKS, CLASSES, make_tiny_flowers
 from mobileone_mm.loading.config import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +25,11 @@ def test_flowers102_config():
     assert cfg.model.backbone.type == 'mobileone_mm.MobileOne'
     assert cfg.model.backbone.init_cfg.checkpoint == MMPRETRAIN_URLS['s0']
     assert cfg.model.head.num_classes == cfg.data_preprocessor.num_classes == 102
-    for loader, ann_file in ((cfg.train_dataloader, 'train.txt'),
-                             (cfg.val_dataloader, 'val.txt'),
-                             (cfg.test_dataloader, 'val.txt')):
+    for loader, ann_file in (
+        (cfg.train_dataloader, 'train.txt'),
+        (cfg.val_dataloader, 'val.txt'),
+        (cfg.test_dataloader, 'val.txt'),
+    ):
         assert loader.dataset.type == 'CustomDataset'
         assert loader.dataset.data_root == 'data/flowers102'
         assert loader.dataset.ann_file == ann_file
@@ -40,14 +42,16 @@ def test_flowers102_config():
 
 def test_tiny_flowers_read_by_mmpretrain(tmp_path, monkeypatch):
     from mmpretrain.registry import DATASETS
+
     monkeypatch.chdir(tmp_path)
     make_tiny_flowers('data/tiny_flowers', num_train=8, num_val=4)
     cfg = Config.fromfile(str(TINY))
     for loader, count in ((cfg.train_dataloader, 8), (cfg.val_dataloader, 4)):
         dataset = DATASETS.build(loader.dataset)
         assert len(dataset) == count and dataset.metainfo['classes'] == CLASSES
-        assert [dataset.get_data_info(i)['gt_label'] for i in range(count)] == \
-            [i % len(CLASSES) for i in range(count)]
+        assert [dataset.get_data_info(i)['gt_label'] for i in range(count)] == [
+            i % len(CLASSES) for i in range(count)
+        ]
         sample = dataset[0]
         assert sample['inputs'].shape == (3, 64, 64)
 
@@ -56,6 +60,7 @@ def test_tiny_flowers_images_show_one_large_object_of_their_label(tmp_path, monk
     """Judged from the JPEGs alone: the saturated pixels (the backgrounds are grey) take
     the colour of the label's class, and cover a large part of the image."""
     from mmpretrain.registry import DATASETS
+
     monkeypatch.chdir(tmp_path)
     make_tiny_flowers('data/tiny_flowers', num_train=4, num_val=12)
     dataset = DATASETS.build(Config.fromfile(str(TINY)).val_dataloader.dataset)
@@ -80,8 +85,21 @@ def test_tiny_flowers_seeded_and_refuses_to_mix(tmp_path):
     assert (first / 'val.txt').read_text() == 'jpg/val_00000.jpg 0\njpg/val_00001.jpg 1\n'
     with pytest.raises(FileExistsError, match='overwrite'):
         make_tiny_flowers(first)
-    done = subprocess.run([sys.executable, str(REPO / 'tools/make_tiny_datasets.py'),
-                           'flowers', '--out', str(tmp_path / 'c'), '--num-train', '4',
-                           '--num-val', '4'], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / 'tools/make_tiny_datasets.py'),
+            'flowers',
+            '--out',
+            str(tmp_path / 'c'),
+            '--num-train',
+            '4',
+            '--num-val',
+            '4',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert len(np.loadtxt(tmp_path / 'c' / 'train.txt', dtype=str)) == 4

@@ -1,6 +1,7 @@
 """The deploy switch for trained models (mobileone_mm.fusion, tools/reparameterize.py) with
 real mmdet / mmseg / mmpretrain: checkpoints written by mmengine's Runner, fused, checked,
 reloaded from the deploy config, and evaluated to the same metric."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,17 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mobileone_mm import CheckpointError, load_checkpoint_file
-from mobileone_mm.loading.config import DeployError, build_model, codebase_of
-from mobileone_mm.loading.checkpoint import load_model
-from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
 from mobileone_mm.devkit.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
+from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.loading.config import DeployError, build_model, codebase_of
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     'mmpretrain': REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
     'mmdet': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
     'mmseg': REPO / 'configs/segmentation/'
-                    'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
+    'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
 }
 # Tiny data sets in the folders the configs read (relative to the working directory), and
 # config changes for two training iterations, no validation, a checkpoint at the end.
@@ -33,16 +34,25 @@ DATA = {
 SHORT = {
     'mmpretrain': {'train_dataloader.batch_size': 4, 'train_cfg.max_epochs': 1},
     'mmdet': {'train_dataloader.batch_size': 4, 'train_cfg.max_epochs': 1},
-    'mmseg': {'train_dataloader.batch_size': 2, 'train_cfg.max_iters': 2,
-              'default_hooks.checkpoint.interval': 2},
+    'mmseg': {
+        'train_dataloader.batch_size': 2,
+        'train_cfg.max_iters': 2,
+        'default_hooks.checkpoint.interval': 2,
+    },
 }
 METRIC = {'mmpretrain': 'accuracy/top1', 'mmdet': 'coco/bbox_mAP', 'mmseg': 'mIoU'}
 
 
 def runner(config, work_dir, **options) -> Runner:
     cfg = Config.fromfile(str(config))
-    cfg.merge_from_dict({'train_cfg.val_interval': 1000, 'default_hooks.logger.interval': 1,
-                         **options, 'work_dir': str(work_dir)})
+    cfg.merge_from_dict(
+        {
+            'train_cfg.val_interval': 1000,
+            'default_hooks.logger.interval': 1,
+            **options,
+            'work_dir': str(work_dir),
+        }
+    )
     return Runner.from_cfg(cfg)
 
 
@@ -100,12 +110,21 @@ def test_hook_saves_the_deploy_form_of_each_best_checkpoint(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     DATA['mmpretrain']()
     work_dir = tmp_path / 'train'
-    runner(CONFIGS['mmpretrain'], work_dir, **{
-        **SHORT['mmpretrain'], 'train_cfg.max_epochs': 2, 'train_cfg.val_interval': 1,
-        'default_hooks.checkpoint.save_best': 'accuracy/top1',
-        'default_hooks.checkpoint.rule': 'greater',
-        'custom_hooks': [dict(type='EMAHook', momentum=0.5),
-                         dict(type='mobileone_mm.SaveDeployCheckpointHook')]}).train()
+    runner(
+        CONFIGS['mmpretrain'],
+        work_dir,
+        **{
+            **SHORT['mmpretrain'],
+            'train_cfg.max_epochs': 2,
+            'train_cfg.val_interval': 1,
+            'default_hooks.checkpoint.save_best': 'accuracy/top1',
+            'default_hooks.checkpoint.rule': 'greater',
+            'custom_hooks': [
+                dict(type='EMAHook', momentum=0.5),
+                dict(type='mobileone_mm.SaveDeployCheckpointHook'),
+            ],
+        },
+    ).train()
     best = [p for p in work_dir.glob('best_*.pth') if not p.stem.endswith('_deploy')]
     assert len(best) == 1
     deploy_ckpt = best[0].with_name(best[0].stem + '_deploy.pth')
@@ -130,29 +149,40 @@ def classifier_checkpoint(tmp_path, randomize_bn):
     statistics); there is no data in tmp_path, so checks use random inputs."""
     model, _ = build_model(Config.fromfile(str(CONFIGS['mmpretrain'])))
     path = tmp_path / 'epoch_1.pth'
-    torch.save(dict(meta=dict(epoch=1), state_dict=randomize_bn(model).state_dict(),
-                    optimizer=dict(state={})), path)
+    torch.save(
+        dict(
+            meta=dict(epoch=1),
+            state_dict=randomize_bn(model).state_dict(),
+            optimizer=dict(state={}),
+        ),
+        path,
+    )
     return path
 
 
 def test_random_inputs_without_data_and_fused_checkpoint_left_alone(
-        classifier_checkpoint, tmp_path, monkeypatch):
+    classifier_checkpoint, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / 'deploy.pth'
-    result = reparameterize_checkpoint(str(CONFIGS['mmpretrain']),
-                                       str(classifier_checkpoint), str(out), num_images=2)
+    result = reparameterize_checkpoint(
+        str(CONFIGS['mmpretrain']), str(classifier_checkpoint), str(out), num_images=2
+    )
     assert result.inputs.startswith(
-        '2 random 64x64 images (The val set of the config is not on disk')
+        '2 random 64x64 images (The val set of the config is not on disk'
+    )
     assert result.rel_diff < 1e-5
 
-    again = reparameterize_checkpoint(str(CONFIGS['mmpretrain']), str(out),
-                                      str(tmp_path / 'again.pth'))
+    again = reparameterize_checkpoint(
+        str(CONFIGS['mmpretrain']), str(out), str(tmp_path / 'again.pth')
+    )
     assert again.already_fused and again.out_checkpoint is None
     assert not (tmp_path / 'again.pth').exists() and not (tmp_path / 'again.py').exists()
 
 
-def test_changed_outputs_are_refused_and_nothing_written(classifier_checkpoint, tmp_path,
-                                                         monkeypatch):
+def test_changed_outputs_are_refused_and_nothing_written(
+    classifier_checkpoint, tmp_path, monkeypatch
+):
     import mobileone_mm.fusion.reparameterize as deploy
     from mobileone_mm.models.reparam import reparameterize_model
 
@@ -164,9 +194,9 @@ def test_changed_outputs_are_refused_and_nothing_written(classifier_checkpoint, 
 
     monkeypatch.setattr(deploy, 'reparameterize_model', broken_fusion)
     with pytest.raises(DeployError, match='changes the outputs'):
-        deploy.reparameterize_checkpoint(str(CONFIGS['mmpretrain']),
-                                         str(classifier_checkpoint),
-                                         str(tmp_path / 'deploy.pth'))
+        deploy.reparameterize_checkpoint(
+            str(CONFIGS['mmpretrain']), str(classifier_checkpoint), str(tmp_path / 'deploy.pth')
+        )
     assert not (tmp_path / 'deploy.pth').exists()
 
 
@@ -184,16 +214,20 @@ def test_bad_input_gets_a_clear_error(classifier_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match='does not exist'):
         reparameterize_checkpoint(config, str(tmp_path / 'missing.pth'), out)
     with pytest.raises(FileNotFoundError, match='missing.py'):
-        reparameterize_checkpoint(str(tmp_path / 'missing.py'), str(classifier_checkpoint),
-                                  out)
+        reparameterize_checkpoint(str(tmp_path / 'missing.py'), str(classifier_checkpoint), out)
     # the classifier's checkpoint for the SSDLite config: same backbone, other heads
-    with pytest.raises(CheckpointError, match=r'does not fit the model: \d+ missing keys: '
-                                              r'neck\..*unexpected keys: head\.fc'):
+    with pytest.raises(
+        CheckpointError,
+        match=r'does not fit the model: \d+ missing keys: '
+        r'neck\..*unexpected keys: head\.fc',
+    ):
         reparameterize_checkpoint(str(CONFIGS['mmdet']), str(classifier_checkpoint), out)
     # the same classifier with another arch: shapes differ
     s1 = tmp_path / 's1.py'
-    s1.write_text(f"_base_ = '{config}'\nmodel = dict(backbone=dict(arch='s1'), "
-                  f"head=dict(in_channels=1280))\n")
+    s1.write_text(
+        f"_base_ = '{config}'\nmodel = dict(backbone=dict(arch='s1'), "
+        f'head=dict(in_channels=1280))\n'
+    )
     with pytest.raises(CheckpointError, match='shape mismatches: backbone.stage0'):
         reparameterize_checkpoint(str(s1), str(classifier_checkpoint), out)
     # no MobileOne at all
@@ -205,14 +239,14 @@ def test_bad_input_gets_a_clear_error(classifier_checkpoint, tmp_path):
         reparameterize_checkpoint(str(resnet), str(tmp_path / 'resnet.pth'), out)
     # never overwrite the inputs
     with pytest.raises(DeployError, match='overwrite'):
-        reparameterize_checkpoint(config, str(classifier_checkpoint),
-                                  str(classifier_checkpoint))
+        reparameterize_checkpoint(config, str(classifier_checkpoint), str(classifier_checkpoint))
     assert not (tmp_path / 'deploy.pth').exists()
 
 
-@pytest.mark.parametrize('model_type, codebase', [('ImageClassifier', 'mmpretrain'),
-                                                  ('EncoderDecoder', 'mmseg'),
-                                                  ('RetinaNet', 'mmdet')])
+@pytest.mark.parametrize(
+    'model_type, codebase',
+    [('ImageClassifier', 'mmpretrain'), ('EncoderDecoder', 'mmseg'), ('RetinaNet', 'mmdet')],
+)
 def test_codebase_from_model_type_without_default_scope(model_type, codebase):
     assert codebase_of(Config(dict(model=dict(type=model_type)))) == codebase
     with pytest.raises(DeployError, match='default_scope'):
@@ -220,15 +254,18 @@ def test_codebase_from_model_type_without_default_scope(model_type, codebase):
 
 
 def run_tool(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / 'tools' / 'reparameterize.py'),
-                           *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'reparameterize.py'), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_cli(classifier_checkpoint, tmp_path):
-    done = run_tool(CONFIGS['mmpretrain'], classifier_checkpoint, 'out/deploy.pth',
-                    cwd=tmp_path)
+    done = run_tool(CONFIGS['mmpretrain'], classifier_checkpoint, 'out/deploy.pth', cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 'mmpretrain model, parameters: ' in done.stdout
     assert 'relative ' in done.stdout and 'out/deploy.py' in done.stdout

@@ -1,5 +1,6 @@
 """SSDLite-MobileOne: the COCO configs with real mmdet, the SSD head fix, the tiny pipeline
 through mmdet's own train / test scripts (the ones `mim train` / `mim test` run)."""
+
 import re
 import subprocess
 import sys
@@ -7,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from apple_layout import to_apple  # tests/ on the path: conftest.py
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from mobileone_mm import MobileOne, convert_state_dict
-from mobileone_mm.devkit.tiny_data import make_tiny_coco
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
-
-from apple_layout import to_apple  # tests/ on the path: conftest.py
+from mobileone_mm.devkit.tiny_data import make_tiny_coco
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs' / 'detection'
@@ -29,14 +29,20 @@ def coco_config(arch):
 def build(model_cfg):
     import mmdet.models  # noqa: F401  (registers mmdet's modules)
     from mmdet.registry import MODELS
+
     init_default_scope('mmdet')
     return MODELS.build(model_cfg)
 
 
 def random_batch(model, num_classes, training):
     from mmdet.testing import demo_mm_inputs
-    packed = demo_mm_inputs(batch_size=2, image_shapes=[(3, 160, 128), (3, 128, 160)],
-                            num_items=[3, 1], num_classes=num_classes)
+
+    packed = demo_mm_inputs(
+        batch_size=2,
+        image_shapes=[(3, 160, 128), (3, 128, 160)],
+        num_items=[3, 1],
+        num_classes=num_classes,
+    )
     return model.data_preprocessor(packed, training=training)
 
 
@@ -77,8 +83,9 @@ def test_mmdet_ssd_head_cannot_predict_and_ours_can():
         with pytest.raises(AttributeError, match='loss_cls'):
             upstream(**batch, mode='predict')
         # same weights, same raw outputs: the fix changes nothing but the crash
-        for a, b in zip(ours(batch['inputs'], mode='tensor'),
-                        upstream(batch['inputs'], mode='tensor')):
+        for a, b in zip(
+            ours(batch['inputs'], mode='tensor'), upstream(batch['inputs'], mode='tensor')
+        ):
             assert all(torch.equal(x, y) for x, y in zip(a, b))
         assert len(ours(**batch, mode='predict')) == 2
 
@@ -89,14 +96,18 @@ def test_config_backbone_loads_every_format(arch, tmp_path, randomize_bn):
     """The config's own backbone (init_cfg Pretrained, prefix 'backbone.') reads mmpretrain,
     Apple and timm checkpoints of its arch."""
     import timm
-    from safetensors.torch import save_file
     from mmdet.registry import MODELS
+    from safetensors.torch import save_file
+
     peer = randomize_bn(timm.create_model(f'mobileone_{arch}'))
     expected = backbone_state_dict(convert_state_dict(peer.state_dict())[0])
     classifier = {f'backbone.{k}': v for k, v in expected.items()}
-    files = {'timm.safetensors': None, 'timm.pth': peer.state_dict(),
-             'mmpretrain.pth': dict(state_dict=classifier, meta=dict()),
-             'apple_unfused.pth.tar': to_apple(classifier)}
+    files = {
+        'timm.safetensors': None,
+        'timm.pth': peer.state_dict(),
+        'mmpretrain.pth': dict(state_dict=classifier, meta=dict()),
+        'apple_unfused.pth.tar': to_apple(classifier),
+    }
     save_file(peer.state_dict(), str(tmp_path / 'timm.safetensors'))
     for name, checkpoint in files.items():
         if checkpoint is not None:
@@ -116,9 +127,15 @@ def test_config_backbone_loads_every_format(arch, tmp_path, randomize_bn):
 def run_mmdet_tool(tool, *args, cwd):
     """mmdet's own tools/{train,test}.py, the scripts `mim train` / `mim test` run."""
     import mmdet
+
     script = Path(mmdet.__file__).parent / '.mim' / 'tools' / f'{tool}.py'
-    done = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -130,13 +147,23 @@ def test_tiny_pipeline_train_resume_test(tmp_path):
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=4)
     work_dir = tmp_path / 'work_dir'
     short = ['--cfg-options', 'train_cfg.val_interval=1', 'train_dataloader.batch_size=4']
-    run_mmdet_tool('train', TINY_CONFIG, '--work-dir', work_dir, *short,
-                   'train_cfg.max_epochs=1', cwd=tmp_path)
-    log = run_mmdet_tool('train', TINY_CONFIG, '--work-dir', work_dir, '--resume', *short,
-                         'train_cfg.max_epochs=2', cwd=tmp_path)
+    run_mmdet_tool(
+        'train', TINY_CONFIG, '--work-dir', work_dir, *short, 'train_cfg.max_epochs=1', cwd=tmp_path
+    )
+    log = run_mmdet_tool(
+        'train',
+        TINY_CONFIG,
+        '--work-dir',
+        work_dir,
+        '--resume',
+        *short,
+        'train_cfg.max_epochs=2',
+        cwd=tmp_path,
+    )
     assert 'resumed epoch: 1' in log
     assert (work_dir / 'epoch_2.pth').exists()
-    log = run_mmdet_tool('test', TINY_CONFIG, work_dir / 'epoch_2.pth', '--work-dir',
-                         work_dir, *short, cwd=tmp_path)
+    log = run_mmdet_tool(
+        'test', TINY_CONFIG, work_dir / 'epoch_2.pth', '--work-dir', work_dir, *short, cwd=tmp_path
+    )
     for key in ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s'):
         assert re.search(rf'coco/{key}: -?\d', log), key

@@ -1,6 +1,7 @@
 """Multi-process training on the CPU (gloo): `mim train ... --launcher pytorch` for the
 tiny detection and segmentation (SyncBN) configs, and the SyncBN replacement that makes
 the latter possible (mobileone_mm.fixes.cpu_distributed)."""
+
 import json
 import os
 import socket
@@ -17,8 +18,9 @@ from mobileone_mm.models.sync_batchnorm import CPUSyncBatchNorm, convert_to_cpu_
 
 REPO = Path(__file__).resolve().parents[1]
 MIM = Path(sys.executable).parent / 'mim'
-needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
-                                    reason='the CPU adaptation is off when CUDA is available')
+needs_cpu_only = pytest.mark.skipif(
+    torch.cuda.is_available(), reason='the CPU adaptation is off when CUDA is available'
+)
 
 
 def free_port() -> int:
@@ -112,10 +114,21 @@ def test_cpu_sync_batchnorm_over_two_processes_equals_bn_on_the_whole_batch(tmp_
     script = tmp_path / 'check.py'
     script.write_text(SYNC_BN_CHECK)
     torchrun = Path(sys.executable).parent / 'torchrun'
-    done = subprocess.run([str(torchrun), '--nproc_per_node', '2', '--master_port',
-                           str(free_port()), str(script), str(tmp_path / 'result.json')],
-                          capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    done = subprocess.run(
+        [
+            str(torchrun),
+            '--nproc_per_node',
+            '2',
+            '--master_port',
+            str(free_port()),
+            str(script),
+            str(tmp_path / 'result.json'),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     result = json.loads((tmp_path / 'result.json').read_text())
     assert result.pop('backend') == 'gloo' and result.pop('world_size') == 2
@@ -125,7 +138,7 @@ def test_cpu_sync_batchnorm_over_two_processes_equals_bn_on_the_whole_batch(tmp_
 
 
 # A hook that each rank runs at the end of training: who it was, what it trained.
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import json, os
     import torch, torch.distributed as dist
     from mmengine.hooks import Hook
@@ -149,12 +162,15 @@ PROBE = textwrap.dedent('''
                         first_running_mean=stats[0].tolist())
             with open(os.path.join(runner.work_dir, f'probe_rank{info["rank"]}.json'), 'w') as f:
                 json.dump(info, f)
-''')
+""")
 
 
 # A child config's custom_imports replaces its base's list: restate the stack fixes.
-FIXES = ['mobileone_mm.fixes.safe_loading', 'mobileone_mm.fixes.durable_checkpoints',
-         'mobileone_mm.fixes.cpu_distributed']
+FIXES = [
+    'mobileone_mm.fixes.safe_loading',
+    'mobileone_mm.fixes.durable_checkpoints',
+    'mobileone_mm.fixes.cpu_distributed',
+]
 
 
 def mim_train_two_processes(codebase, base_config, imports, tmp_path, options) -> list:
@@ -162,17 +178,43 @@ def mim_train_two_processes(codebase, base_config, imports, tmp_path, options) -
     probe hook to ``base_config``; returns the two ranks' probe records."""
     (tmp_path / 'rank_probe.py').write_text(PROBE)
     config = tmp_path / 'two_processes.py'
-    config.write_text(f'_base_ = {str(base_config)!r}\n'
-                      f'custom_imports = dict(imports={imports + ["rank_probe"]!r}, '
-                      f'allow_failed_imports=False)\n'
-                      f"custom_hooks = [dict(type='RankProbeHook')]\n")
+    config.write_text(
+        f'_base_ = {str(base_config)!r}\n'
+        f'custom_imports = dict(imports={imports + ["rank_probe"]!r}, '
+        f'allow_failed_imports=False)\n'
+        f"custom_hooks = [dict(type='RankProbeHook')]\n"
+    )
     work_dir = tmp_path / 'work'
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
-        [str(tmp_path), str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
-    done = subprocess.run([str(MIM), 'train', codebase, str(config), '--launcher', 'pytorch',
-                           '--gpus', '2', '--port', str(free_port()), '--work-dir',
-                           str(work_dir), '--cfg-options', *options],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS='1',
+        PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p]
+        ),
+    )
+    done = subprocess.run(
+        [
+            str(MIM),
+            'train',
+            codebase,
+            str(config),
+            '--launcher',
+            'pytorch',
+            '--gpus',
+            '2',
+            '--port',
+            str(free_port()),
+            '--work-dir',
+            str(work_dir),
+            '--cfg-options',
+            *options,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert 'Traceback' not in output
@@ -192,12 +234,20 @@ def mim_train_two_processes(codebase, base_config, imports, tmp_path, options) -
 def test_mim_train_mmdet_with_two_cpu_processes(tmp_path):
     """Tiny SSDLite, one epoch, two processes: each sees half of the batches."""
     from mobileone_mm.devkit.tiny_data import make_tiny_coco
+
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=2)
     probes = mim_train_two_processes(
-        'mmdet', REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
-        ['mobileone_mm', 'mobileone_mm.models.ssd_head', *FIXES], tmp_path,
-        ['train_dataloader.batch_size=2', 'train_cfg.max_epochs=1',
-         'train_cfg.val_interval=100', 'default_hooks.checkpoint.save_best=None'])
+        'mmdet',
+        REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
+        ['mobileone_mm', 'mobileone_mm.models.ssd_head', *FIXES],
+        tmp_path,
+        [
+            'train_dataloader.batch_size=2',
+            'train_cfg.max_epochs=1',
+            'train_cfg.val_interval=100',
+            'default_hooks.checkpoint.save_best=None',
+        ],
+    )
     assert probes[0]['norms'] == ['BatchNorm2d']
     assert (tmp_path / 'work' / 'epoch_1.pth').exists()
 
@@ -209,13 +259,21 @@ def test_mim_train_mmseg_syncbn_with_two_cpu_processes(tmp_path):
     SyncBN layers run as CPUSyncBatchNorm and their running statistics, computed over
     both processes' batches, are the same on both ranks."""
     from mobileone_mm.devkit.tiny_data import make_tiny_ade20k
+
     make_tiny_ade20k(tmp_path / 'data' / 'ade', num_train=4, num_val=1, image_size=(96, 128))
     probes = mim_train_two_processes(
-        'mmseg', REPO / 'configs/segmentation/'
-                        'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
-        ['mobileone_mm', *FIXES], tmp_path,
-        ['train_dataloader.batch_size=2', 'train_cfg.max_iters=2', 'train_cfg.val_interval=100',
-         'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1'])
+        'mmseg',
+        REPO / 'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
+        ['mobileone_mm', *FIXES],
+        tmp_path,
+        [
+            'train_dataloader.batch_size=2',
+            'train_cfg.max_iters=2',
+            'train_cfg.val_interval=100',
+            'default_hooks.checkpoint.interval=2',
+            'default_hooks.logger.interval=1',
+        ],
+    )
     assert probes[0]['norms'] == probes[1]['norms'] == ['CPUSyncBatchNorm']
     assert probes[0]['iters'] == 2
     assert probes[0]['first_running_mean'] == probes[1]['first_running_mean']

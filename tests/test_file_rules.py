@@ -12,6 +12,7 @@ as a user runs the tool (its main() in this process, with sys.argv):
 Every row checks rule 3 too: what its folder held is unchanged (same inode, size and
 time) unless the row is meant to write, and a success writes exactly ``writes``.
 """
+
 import importlib.util
 import json
 import os
@@ -29,21 +30,31 @@ import torch
 from PIL import Image
 
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
-from mobileone_mm.runtimes.onnx_graphs import export_onnx
-from mobileone_mm.predict.metadata import export_metadata
-from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.predict.metadata import export_metadata
+from mobileone_mm.runtimes.onnx_graphs import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 DEPLOY_CFG = str(REPO / 'configs/mmdeploy/classification_onnxruntime_static.py')
-TOOL_NAMES = ('reparameterize', 'convert_weights', 'export_onnx', 'onnx_infer', 'quantize',
-              'mmdeploy_export', 'image_demo', 'make_tiny_datasets', 'export')
+TOOL_NAMES = (
+    'reparameterize',
+    'convert_weights',
+    'export_onnx',
+    'onnx_infer',
+    'quantize',
+    'mmdeploy_export',
+    'image_demo',
+    'make_tiny_datasets',
+    'export',
+)
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'rules_tool_{name}',
-                                                  REPO / 'tools' / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(
+        f'rules_tool_{name}', REPO / 'tools' / f'{name}.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -75,16 +86,27 @@ def made(tmp_path_factory):
     cfg = load_config(CONFIG)
     torch.manual_seed(0)
     model, _ = build_model(cfg)
-    checkpoint = dict(meta=dict(dataset_meta=dict(classes=['disk', 'square', 'triangle',
-                                                           'star'])),
-                      state_dict=model.state_dict())
+    checkpoint = dict(
+        meta=dict(dataset_meta=dict(classes=['disk', 'square', 'triangle', 'star'])),
+        state_dict=model.state_dict(),
+    )
     torch.save(checkpoint, d / 'cls.pth')
-    export_onnx(model, str(d / 'cls.onnx'), (64, 64),
-                metadata=export_metadata(cfg, checkpoint, model, CONFIG))
+    export_onnx(
+        model,
+        str(d / 'cls.onnx'),
+        (64, 64),
+        metadata=export_metadata(cfg, checkpoint, model, CONFIG),
+    )
     Image.fromarray(np.random.RandomState(0).randint(0, 256, (30, 40, 3), np.uint8)).save(
-        d / 'photo.jpg')
-    return {'config': CONFIG, 'cls_pth': str(d / 'cls.pth'), 'cls_onnx': str(d / 'cls.onnx'),
-            'photo': str(d / 'photo.jpg'), 'dir': str(d)}
+        d / 'photo.jpg'
+    )
+    return {
+        'config': CONFIG,
+        'cls_pth': str(d / 'cls.pth'),
+        'cls_onnx': str(d / 'cls.onnx'),
+        'photo': str(d / 'photo.jpg'),
+        'dir': str(d),
+    }
 
 
 # ------------------------------------------------ the files of a user, beside the outputs
@@ -97,11 +119,12 @@ def users_files(out: Path, made):
     (out / 'proj' / 'train.py').write_text(f"_base_ = '{CONFIG}'\n# my experiment\n")
     (out / 'work_dirs' / 'exp').mkdir(parents=True)  # mmengine dumps the config there
     (out / 'work_dirs' / 'exp' / 'exp.py').write_text(load_config(CONFIG).pretty_text)
-    torch.save(dict(state_dict={'w': torch.ones(2)}, meta=dict(note='mine')),
-               out / 'mine.pth')
+    torch.save(dict(state_dict={'w': torch.ones(2)}, meta=dict(note='mine')), out / 'mine.pth')
     from safetensors.torch import save_file
+
     save_file({'w': torch.ones(2)}, str(out / 'mine.safetensors'))
     import onnx  # a graph of the user's: our metadata without our mark
+
     graph = onnx.load(made['cls_onnx'])
     kept = [(p.key, p.value) for p in graph.metadata_props if p.key != 'written_by']
     del graph.metadata_props[:]
@@ -118,30 +141,34 @@ def users_files(out: Path, made):
 
 
 def snapshot(folder) -> dict:
-    return {str(p): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
-            for p in Path(folder).rglob('*') if not p.is_symlink()}
+    return {
+        str(p): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in Path(folder).rglob('*')
+        if not p.is_symlink()
+    }
 
 
 @dataclass
 class Row:
     tool: str
     args: Tuple[str, ...]
-    error: Optional[str] = None        # pattern of the one-line refusal, or
-    ok: Optional[str] = None           # pattern of the output of a success
-    writes: Tuple[str, ...] = ()       # files a success writes or replaces in {out}
-    deletes: Tuple[str, ...] = ()      # files a success deletes (its own earlier ones)
-    data: bool = False                 # the config's tiny data set in {out}/data
+    error: Optional[str] = None  # pattern of the one-line refusal, or
+    ok: Optional[str] = None  # pattern of the output of a success
+    writes: Tuple[str, ...] = ()  # files a success writes or replaces in {out}
+    deletes: Tuple[str, ...] = ()  # files a success deletes (its own earlier ones)
+    data: bool = False  # the config's tiny data set in {out}/data
     first: Optional[Tuple[str, Tuple[str, ...]]] = None  # (tool, args) run before the row
     prepare: Optional[Callable] = field(default=None, repr=False)  # prepare(out, made)
-    check: Optional[Callable] = field(default=None, repr=False)    # check(out, made)
+    check: Optional[Callable] = field(default=None, repr=False)  # check(out, made)
     slow: bool = False
-    runtime: Optional[str] = None      # the runtime the row exports to (installed or skip)
+    runtime: Optional[str] = None  # the runtime the row exports to (installed or skip)
 
 
 def run_row(row, made, out, capsys, monkeypatch):
     if row.runtime:
         from mobileone_mm.errors import UserError
         from mobileone_mm.runtimes import get_runtime
+
         try:
             get_runtime(row.runtime)
         except UserError as error:  # not installed: names the extra to install
@@ -151,17 +178,18 @@ def run_row(row, made, out, capsys, monkeypatch):
     fill = dict(out=out, **made)
     if row.data:
         from mobileone_mm.devkit.tiny_data import make_tiny_flowers
+
         make_tiny_flowers(out / 'data' / 'tiny_flowers', num_train=2, num_val=2)
     if row.first:
         tool, args = row.first
-        code, message, _ = run_tool(tool, [a.format(**fill) for a in args], capsys,
-                                    monkeypatch)
+        code, message, _ = run_tool(tool, [a.format(**fill) for a in args], capsys, monkeypatch)
         assert code == 0, message
     if row.prepare:
         row.prepare(out, made)
     before, inputs = snapshot(out), snapshot(made['dir'])
-    code, message, stdout = run_tool(row.tool, [a.format(**fill) for a in row.args], capsys,
-                                     monkeypatch)
+    code, message, stdout = run_tool(
+        row.tool, [a.format(**fill) for a in row.args], capsys, monkeypatch
+    )
     assert snapshot(made['dir']) == inputs, 'an input changed'
     after = snapshot(out)
     if row.error:
@@ -174,7 +202,8 @@ def run_row(row, made, out, capsys, monkeypatch):
         changed = sorted(p for p in after if Path(p).is_file() and after[p] != before.get(p))
         assert changed == sorted(str(out / w) for w in row.writes)
         assert sorted(p for p in before if p not in after) == sorted(
-            str(out / d) for d in row.deletes)
+            str(out / d) for d in row.deletes
+        )
         if row.check:
             row.check(out, made)
     assert not [p for p in out.rglob('*') if TEMP_MARK in p.name]
@@ -194,9 +223,10 @@ def our_data_set_has_these_files(names):
     def check(out, made):
         listed = json.loads((out / 'set' / 'tiny_flowers_files.json').read_text())['files']
         assert sorted(listed) == sorted(names)
-        assert sorted(p.relative_to(out / 'set').as_posix()
-                      for p in (out / 'set').rglob('*') if p.is_file()) \
-            == sorted(names + ['tiny_flowers_files.json'])
+        assert sorted(
+            p.relative_to(out / 'set').as_posix() for p in (out / 'set').rglob('*') if p.is_file()
+        ) == sorted(names + ['tiny_flowers_files.json'])
+
     return check
 
 
@@ -207,9 +237,13 @@ def manifest_lists_a_file_outside_the_set(out, made):
 
 
 TINY = ('flowers', '--out', '{out}/set', '--num-train', '2', '--num-val', '1')
-TINY_FILES = ['jpg/train_00000.jpg', 'jpg/train_00001.jpg', 'jpg/val_00000.jpg', 'train.txt',
-              'val.txt']
-
+TINY_FILES = [
+    'jpg/train_00000.jpg',
+    'jpg/train_00001.jpg',
+    'jpg/val_00000.jpg',
+    'train.txt',
+    'val.txt',
+]
 
 
 def export_to(name: str, runtime: str) -> Tuple[str, ...]:
@@ -219,9 +253,15 @@ def export_to(name: str, runtime: str) -> Tuple[str, ...]:
 
 def again(name: str, runtime: str, writes: Tuple[str, ...], slow: bool = False) -> Row:
     """A runtime's export run again onto its own artefact: every file of it replaced."""
-    return Row('export', export_to(name, runtime), first=('export', export_to(name, runtime)),
-               ok=r'written: .*' + re.escape(name), writes=writes, slow=slow,
-               runtime=runtime)
+    return Row(
+        'export',
+        export_to(name, runtime),
+        first=('export', export_to(name, runtime)),
+        ok=r'written: .*' + re.escape(name),
+        writes=writes,
+        slow=slow,
+        runtime=runtime,
+    )
 
 
 def users_file(name: str, content: bytes = b'mine\n') -> Callable:
@@ -232,178 +272,322 @@ def users_ir_of_our_graph(out, made):
     """An IR the user converted from our ONNX graph: OpenVINO keeps the graph's metadata
     (our mark among it) in rt_info 'framework', not in our slot."""
     import openvino as ov
+
     ov.save_model(ov.convert_model(made['cls_onnx']), str(out / 'm.xml'))
 
 
 def users_program(out, made):
     """An ExecuTorch program of the user's (a ReLU, no metadata of ours)."""
     from executorch.exir import to_edge
-    program = to_edge(torch.export.export(torch.nn.ReLU(), (torch.ones(2), ))).to_executorch()
+
+    program = to_edge(torch.export.export(torch.nn.ReLU(), (torch.ones(2),))).to_executorch()
     (out / 'm.pte').write_bytes(program.buffer)
 
 
 def users_mlpackage(out, made):
     """A Core ML package of the user's: ours (the row's first run) without our mark."""
     import coremltools
+
     spec = coremltools.utils.load_spec(str(out / 'm.mlpackage'))
     del spec.description.metadata.userDefined['written_by']
-    coremltools.utils.save_spec(spec, str(out / 'theirs.mlpackage'), weights_dir=str(
-        out / 'm.mlpackage' / 'Data' / 'com.apple.CoreML' / 'weights'))
+    coremltools.utils.save_spec(
+        spec,
+        str(out / 'theirs.mlpackage'),
+        weights_dir=str(out / 'm.mlpackage' / 'Data' / 'com.apple.CoreML' / 'weights'),
+    )
     shutil.rmtree(out / 'm.mlpackage')
     (out / 'theirs.mlpackage').rename(out / 'm.mlpackage')
 
 
-MLPACKAGE = tuple(f'm.mlpackage/{name}' for name in (
-    'Manifest.json', 'Data/com.apple.CoreML/model.mlmodel',
-    'Data/com.apple.CoreML/weights/weight.bin'))
+MLPACKAGE = tuple(
+    f'm.mlpackage/{name}'
+    for name in (
+        'Manifest.json',
+        'Data/com.apple.CoreML/model.mlmodel',
+        'Data/com.apple.CoreML/weights/weight.bin',
+    )
+)
 
 NEVER_REPLACE = {
     # bad case 1: the deploy config (.py beside the .pth) over a config of the user's
     'rep-deploy-config-over-the-inherited-base': Row(
-        'reparameterize', ('{out}/cf/child.py', '{cls_pth}', '{out}/cf/parent.pth'),
-        error=r"deploy config '.*cf/parent.py' " + NOT_OURS),
+        'reparameterize',
+        ('{out}/cf/child.py', '{cls_pth}', '{out}/cf/parent.pth'),
+        error=r"deploy config '.*cf/parent.py' " + NOT_OURS,
+    ),
     'rep-deploy-config-over-the-users-config': Row(
-        'reparameterize', (*REPARAM, '{out}/proj/train.pth'),
-        error=r"deploy config '.*proj/train.py' " + NOT_OURS),
+        'reparameterize',
+        (*REPARAM, '{out}/proj/train.pth'),
+        error=r"deploy config '.*proj/train.py' " + NOT_OURS,
+    ),
     'rep-deploy-config-over-mmengines-dump': Row(
-        'reparameterize', (*REPARAM, '{out}/work_dirs/exp/exp.pth'),
-        error=r"deploy config '.*work_dirs/exp/exp.py' " + NOT_OURS),
+        'reparameterize',
+        (*REPARAM, '{out}/work_dirs/exp/exp.pth'),
+        error=r"deploy config '.*work_dirs/exp/exp.py' " + NOT_OURS,
+    ),
     'rep-checkpoint-over-the-users-checkpoint': Row(
-        'reparameterize', (*REPARAM, '{out}/mine.pth'),
-        error=r"deploy checkpoint '.*mine.pth' " + NOT_OURS),
+        'reparameterize',
+        (*REPARAM, '{out}/mine.pth'),
+        error=r"deploy checkpoint '.*mine.pth' " + NOT_OURS,
+    ),
     'rep-checkpoint-over-the-users-safetensors': Row(
-        'reparameterize', (*REPARAM, '{out}/mine.safetensors'),
-        error=r"deploy checkpoint '.*mine.safetensors' " + NOT_OURS),
+        'reparameterize',
+        (*REPARAM, '{out}/mine.safetensors'),
+        error=r"deploy checkpoint '.*mine.safetensors' " + NOT_OURS,
+    ),
     'conv-over-the-users-checkpoint': Row(
-        'convert_weights', ('{cls_pth}', '{out}/mine.pth'),
-        error=r"converted checkpoint '.*mine.pth' " + NOT_OURS),
-    'exp-over-the-users-graph': Row('export_onnx', (*REPARAM, '{out}/mine.onnx'),
-                                    error=r"ONNX model '.*mine.onnx' " + NOT_OURS),
-    'quant-over-the-users-graph': Row('quantize', (*REPARAM, '{out}/mine.onnx'),
-                                      error=r"ONNX model '.*mine.onnx' " + NOT_OURS),
+        'convert_weights',
+        ('{cls_pth}', '{out}/mine.pth'),
+        error=r"converted checkpoint '.*mine.pth' " + NOT_OURS,
+    ),
+    'exp-over-the-users-graph': Row(
+        'export_onnx', (*REPARAM, '{out}/mine.onnx'), error=r"ONNX model '.*mine.onnx' " + NOT_OURS
+    ),
+    'quant-over-the-users-graph': Row(
+        'quantize', (*REPARAM, '{out}/mine.onnx'), error=r"ONNX model '.*mine.onnx' " + NOT_OURS
+    ),
     'mmdeploy-over-the-users-graph': Row(
-        'mmdeploy_export', (DEPLOY_CFG, *REPARAM, '{out}/mine.onnx'),
-        error=r"ONNX model '.*mine.onnx' " + NOT_OURS),
+        'mmdeploy_export',
+        (DEPLOY_CFG, *REPARAM, '{out}/mine.onnx'),
+        error=r"ONNX model '.*mine.onnx' " + NOT_OURS,
+    ),
     'mmdeploy-work-dir-is-a-file': Row(
-        'mmdeploy_export', (DEPLOY_CFG, *REPARAM, '{out}/m.onnx', '--test', '--work-dir',
-                            '{out}/notes.txt'),
-        error=r'work dir \(--work-dir\) ' + NOT_A_FOLDER),
+        'mmdeploy_export',
+        (DEPLOY_CFG, *REPARAM, '{out}/m.onnx', '--test', '--work-dir', '{out}/notes.txt'),
+        error=r'work dir \(--work-dir\) ' + NOT_A_FOLDER,
+    ),
     'inf-picture-over-the-users-png': Row(
-        'onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/holiday.png'),
-        error=r"picture '.*holiday.png' " + NOT_OURS),
+        'onnx_infer',
+        ('{cls_onnx}', '{photo}', '--out', '{out}/holiday.png'),
+        error=r"picture '.*holiday.png' " + NOT_OURS,
+    ),
     'inf-picture-over-the-users-jpg': Row(
-        'onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/holiday.jpg'),
-        error=r"picture '.*holiday.jpg' " + NOT_OURS),
+        'onnx_infer',
+        ('{cls_onnx}', '{photo}', '--out', '{out}/holiday.jpg'),
+        error=r"picture '.*holiday.jpg' " + NOT_OURS,
+    ),
     'inf-picture-over-a-user-file-of-a-format-without-mark': Row(
-        'onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/notes.txt'),
-        error=r"'.*notes.txt' .*files named .txt carry no mark of our tools"),
+        'onnx_infer',
+        ('{cls_onnx}', '{photo}', '--out', '{out}/notes.txt'),
+        error=r"'.*notes.txt' .*files named .txt carry no mark of our tools",
+    ),
     'demo-picture-over-the-users-picture': Row(
-        'image_demo', (*REPARAM, '{photo}', '--out-dir', '{out}/pictures'),
-        error=r"picture of .*photo.jpg '.*pictures/photo.png' " + NOT_OURS),
+        'image_demo',
+        (*REPARAM, '{photo}', '--out-dir', '{out}/pictures'),
+        error=r"picture of .*photo.jpg '.*pictures/photo.png' " + NOT_OURS,
+    ),
     # --out where a folder goes (argparse takes --out for --out-dir)
-    'demo-out-dir-is-a-file': Row('image_demo', (*REPARAM, '{photo}', '--out',
-                                                 '{out}/notes.txt'),
-                                  error=r'picture folder \(--out-dir\) ' + NOT_A_FOLDER),
-    'tiny-out-is-a-file': Row('make_tiny_datasets', ('flowers', '--out', '{out}/notes.txt'),
-                              error=r'output folder ' + NOT_A_FOLDER),
+    'demo-out-dir-is-a-file': Row(
+        'image_demo',
+        (*REPARAM, '{photo}', '--out', '{out}/notes.txt'),
+        error=r'picture folder \(--out-dir\) ' + NOT_A_FOLDER,
+    ),
+    'tiny-out-is-a-file': Row(
+        'make_tiny_datasets',
+        ('flowers', '--out', '{out}/notes.txt'),
+        error=r'output folder ' + NOT_A_FOLDER,
+    ),
     # bad case 5: --overwrite deletes only what the tool wrote (its manifest lists it)
     'tiny-overwrite-a-users-list': Row(
-        'make_tiny_datasets', ('flowers', '--out', '{out}/data', '--overwrite'),
+        'make_tiny_datasets',
+        ('flowers', '--out', '{out}/data', '--overwrite'),
         error=r"'.*data/train.txt' was not written by this tool \(it is not in "
-              r"'.*tiny_flowers_files.json'.*--overwrite deletes only those files"),
+        r"'.*tiny_flowers_files.json'.*--overwrite deletes only those files",
+    ),
     'tiny-overwrite-a-user-file-in-our-set': Row(
-        'make_tiny_datasets', (*TINY, '--overwrite'), first=('make_tiny_datasets', TINY),
+        'make_tiny_datasets',
+        (*TINY, '--overwrite'),
+        first=('make_tiny_datasets', TINY),
         prepare=user_file_in_our_data_set,
-        error=r"'.*set/jpg/my_photo.jpg' was not written by this tool"),
+        error=r"'.*set/jpg/my_photo.jpg' was not written by this tool",
+    ),
     'tiny-manifest-of-the-user': Row(
-        'make_tiny_datasets', (*TINY, '--overwrite'),
-        prepare=lambda out, made: (out / 'set').mkdir() or (
-            out / 'set' / 'tiny_flowers_files.json').write_text('{"files": ["../mine.pth"]}'),
+        'make_tiny_datasets',
+        (*TINY, '--overwrite'),
+        prepare=lambda out, made: (
+            (out / 'set').mkdir()
+            or (out / 'set' / 'tiny_flowers_files.json').write_text('{"files": ["../mine.pth"]}')
+        ),
         error=r"tiny_flowers_files.json' is where this tool lists the files it wrote, but it "
-              r'was not written by this tool'),
-    'tiny-without-overwrite': Row('make_tiny_datasets', TINY, first=('make_tiny_datasets', TINY),
-                                  error=r'already exists: .*--overwrite'),
+        r'was not written by this tool',
+    ),
+    'tiny-without-overwrite': Row(
+        'make_tiny_datasets',
+        TINY,
+        first=('make_tiny_datasets', TINY),
+        error=r'already exists: .*--overwrite',
+    ),
     # ... and a file the tool wrote it replaces: running again onto its own output works
     'tiny-overwrite-its-own-set': Row(
-        'make_tiny_datasets', ('flowers', '--out', '{out}/set', '--num-train', '1',
-                               '--num-val', '1', '--overwrite'),
-        first=('make_tiny_datasets', TINY), ok=r'written to',
-        writes=('set/jpg/train_00000.jpg', 'set/jpg/val_00000.jpg', 'set/train.txt',
-                'set/val.txt', 'set/tiny_flowers_files.json'),
-        deletes=('set/jpg/train_00001.jpg', ),
-        check=our_data_set_has_these_files(['jpg/train_00000.jpg', 'jpg/val_00000.jpg',
-                                            'train.txt', 'val.txt'])),
+        'make_tiny_datasets',
+        ('flowers', '--out', '{out}/set', '--num-train', '1', '--num-val', '1', '--overwrite'),
+        first=('make_tiny_datasets', TINY),
+        ok=r'written to',
+        writes=(
+            'set/jpg/train_00000.jpg',
+            'set/jpg/val_00000.jpg',
+            'set/train.txt',
+            'set/val.txt',
+            'set/tiny_flowers_files.json',
+        ),
+        deletes=('set/jpg/train_00001.jpg',),
+        check=our_data_set_has_these_files(
+            ['jpg/train_00000.jpg', 'jpg/val_00000.jpg', 'train.txt', 'val.txt']
+        ),
+    ),
     'tiny-overwrite-deletes-nothing-outside-the-set': Row(
-        'make_tiny_datasets', (*TINY, '--overwrite'), first=('make_tiny_datasets', TINY),
-        prepare=manifest_lists_a_file_outside_the_set, ok=r'written to',
-        writes=tuple(f'set/{name}' for name in TINY_FILES + ['tiny_flowers_files.json'])),
+        'make_tiny_datasets',
+        (*TINY, '--overwrite'),
+        first=('make_tiny_datasets', TINY),
+        prepare=manifest_lists_a_file_outside_the_set,
+        ok=r'written to',
+        writes=tuple(f'set/{name}' for name in TINY_FILES + ['tiny_flowers_files.json']),
+    ),
     'conv-again-onto-its-own-output': Row(
-        'convert_weights', ('{cls_pth}', '{out}/c.pth'),
-        first=('convert_weights', ('{cls_pth}', '{out}/c.pth')), ok=r'-> .*c.pth',
-        writes=('c.pth', )),
+        'convert_weights',
+        ('{cls_pth}', '{out}/c.pth'),
+        first=('convert_weights', ('{cls_pth}', '{out}/c.pth')),
+        ok=r'-> .*c.pth',
+        writes=('c.pth',),
+    ),
     'inf-again-onto-its-own-png': Row(
-        'onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/vis.png'),
+        'onnx_infer',
+        ('{cls_onnx}', '{photo}', '--out', '{out}/vis.png'),
         first=('onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/vis.png')),
-        ok=r'picture: .*vis.png', writes=('vis.png', )),
+        ok=r'picture: .*vis.png',
+        writes=('vis.png',),
+    ),
     'inf-again-onto-its-own-jpg': Row(
-        'onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/vis.jpg'),
+        'onnx_infer',
+        ('{cls_onnx}', '{photo}', '--out', '{out}/vis.jpg'),
         first=('onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/vis.jpg')),
-        ok=r'picture: .*vis.jpg', writes=('vis.jpg', )),
+        ok=r'picture: .*vis.jpg',
+        writes=('vis.jpg',),
+    ),
     'rep-again-onto-its-own-output': Row(
-        'reparameterize', (*REPARAM, '{out}/d.pth', '--no-verify'),
+        'reparameterize',
+        (*REPARAM, '{out}/d.pth', '--no-verify'),
         first=('reparameterize', (*REPARAM, '{out}/d.pth', '--no-verify')),
-        ok=r'written: .*d.pth', writes=('d.pth', 'd.py')),
+        ok=r'written: .*d.pth',
+        writes=('d.pth', 'd.py'),
+    ),
     'exp-again-onto-its-own-output': Row(
-        'export_onnx', (*REPARAM, '{out}/m.onnx', '--shape', '64', '64'),
+        'export_onnx',
+        (*REPARAM, '{out}/m.onnx', '--shape', '64', '64'),
         first=('export_onnx', (*REPARAM, '{out}/m.onnx', '--shape', '64', '64')),
-        ok=r'written: .*m.onnx', writes=('m.onnx', )),
+        ok=r'written: .*m.onnx',
+        writes=('m.onnx',),
+    ),
     'mmdeploy-again-onto-its-own-output': Row(
-        'mmdeploy_export', (DEPLOY_CFG, *REPARAM, '{out}/e.onnx'),
+        'mmdeploy_export',
+        (DEPLOY_CFG, *REPARAM, '{out}/e.onnx'),
         first=('mmdeploy_export', (DEPLOY_CFG, *REPARAM, '{out}/e.onnx')),
-        ok=r'wrote .*e.onnx', writes=('e.onnx', ), slow=True),
+        ok=r'wrote .*e.onnx',
+        writes=('e.onnx',),
+        slow=True,
+    ),
     'demo-again-onto-its-own-pictures': Row(
-        'image_demo', (*REPARAM, '{photo}', '--out-dir', '{out}/vis'),
+        'image_demo',
+        (*REPARAM, '{photo}', '--out-dir', '{out}/vis'),
         first=('image_demo', (*REPARAM, '{photo}', '--out-dir', '{out}/vis')),
-        ok=r'pictures: .*vis', writes=('vis/photo.png', ), slow=True),
+        ok=r'pictures: .*vis',
+        writes=('vis/photo.png',),
+        slow=True,
+    ),
     'quant-again-onto-its-own-output': Row(
-        'quantize', (*REPARAM, '{out}/q.onnx', '--shape', '64', '64', '--calib-images', '1',
-                     '--check-images', '1'),
-        first=('quantize', (*REPARAM, '{out}/q.onnx', '--shape', '64', '64',
-                            '--calib-images', '1', '--check-images', '1')),
-        data=True, ok=r'written: .*q.onnx', writes=('q.onnx', ), slow=True),
+        'quantize',
+        (
+            *REPARAM,
+            '{out}/q.onnx',
+            '--shape',
+            '64',
+            '64',
+            '--calib-images',
+            '1',
+            '--check-images',
+            '1',
+        ),
+        first=(
+            'quantize',
+            (
+                *REPARAM,
+                '{out}/q.onnx',
+                '--shape',
+                '64',
+                '64',
+                '--calib-images',
+                '1',
+                '--check-images',
+                '1',
+            ),
+        ),
+        data=True,
+        ok=r'written: .*q.onnx',
+        writes=('q.onnx',),
+        slow=True,
+    ),
     # the runtimes' artefacts: the files beside them are planned with them, judged by them
     'export-openvino-weights-over-the-users-bin': Row(
-        'export', export_to('m.xml', 'openvino'), prepare=users_file('m.bin'),
-        error=r"openvino weights '.*m.bin' " + NOT_OURS, runtime='openvino'),
+        'export',
+        export_to('m.xml', 'openvino'),
+        prepare=users_file('m.bin'),
+        error=r"openvino weights '.*m.bin' " + NOT_OURS,
+        runtime='openvino',
+    ),
     'export-openvino-over-the-users-ir-of-our-graph': Row(
-        'export', export_to('m.xml', 'openvino'), prepare=users_ir_of_our_graph,
-        error=r"openvino model '.*m.xml' " + NOT_OURS, runtime='openvino'),
+        'export',
+        export_to('m.xml', 'openvino'),
+        prepare=users_ir_of_our_graph,
+        error=r"openvino model '.*m.xml' " + NOT_OURS,
+        runtime='openvino',
+    ),
     'export-ncnn-sidecar-over-the-users-json': Row(
-        'export', export_to('m.ncnn.param', 'ncnn'),
+        'export',
+        export_to('m.ncnn.param', 'ncnn'),
         prepare=users_file('m.ncnn.param.json', b'{"written_by": "me"}'),
-        error=r"ncnn metadata sidecar '.*m.ncnn.param.json' " + NOT_OURS, runtime='ncnn'),
+        error=r"ncnn metadata sidecar '.*m.ncnn.param.json' " + NOT_OURS,
+        runtime='ncnn',
+    ),
     'export-ncnn-weights-over-the-users-bin': Row(
-        'export', export_to('m.ncnn.param', 'ncnn'), prepare=users_file('m.ncnn.bin'),
-        error=r"ncnn weights '.*m.ncnn.bin' " + NOT_OURS, runtime='ncnn'),
+        'export',
+        export_to('m.ncnn.param', 'ncnn'),
+        prepare=users_file('m.ncnn.bin'),
+        error=r"ncnn weights '.*m.ncnn.bin' " + NOT_OURS,
+        runtime='ncnn',
+    ),
     'export-coreml-over-the-users-folder': Row(
-        'export', export_to('m.mlpackage', 'coreml'), prepare=users_mlpackage,
+        'export',
+        export_to('m.mlpackage', 'coreml'),
+        prepare=users_mlpackage,
         first=('export', export_to('m.mlpackage', 'coreml')),
-        error=r"coreml model '.*m.mlpackage' " + NOT_OURS, runtime='coreml'),
+        error=r"coreml model '.*m.mlpackage' " + NOT_OURS,
+        runtime='coreml',
+    ),
     'export-executorch-over-the-users-pte': Row(
-        'export', export_to('m.pte', 'executorch'), prepare=users_program,
-        error=r"executorch model '.*m.pte' " + NOT_OURS, runtime='executorch'),
+        'export',
+        export_to('m.pte', 'executorch'),
+        prepare=users_program,
+        error=r"executorch model '.*m.pte' " + NOT_OURS,
+        runtime='executorch',
+    ),
     'export-openvino-again-onto-its-own-output': again('m.xml', 'openvino', ('m.bin', 'm.xml')),
     'export-ncnn-again-onto-its-own-output': again(
-        'm.ncnn.param', 'ncnn', ('m.ncnn.bin', 'm.ncnn.param', 'm.ncnn.param.json')),
+        'm.ncnn.param', 'ncnn', ('m.ncnn.bin', 'm.ncnn.param', 'm.ncnn.param.json')
+    ),
     'export-coreml-again-onto-its-own-output': again('m.mlpackage', 'coreml', MLPACKAGE),
-    'export-executorch-again-onto-its-own-output': again('m.pte', 'executorch', ('m.pte', ),
-                                                         slow=True),
+    'export-executorch-again-onto-its-own-output': again(
+        'm.pte', 'executorch', ('m.pte',), slow=True
+    ),
 }
 
 
-@pytest.mark.parametrize('row', [
-    pytest.param(row, id=name, marks=[pytest.mark.slow] if row.slow else [])
-    for name, row in NEVER_REPLACE.items()])
+@pytest.mark.parametrize(
+    'row',
+    [
+        pytest.param(row, id=name, marks=[pytest.mark.slow] if row.slow else [])
+        for name, row in NEVER_REPLACE.items()
+    ],
+)
 def test_never_replace_a_file_not_written_here(row, made, tmp_path, capsys, monkeypatch):
     run_row(row, made, tmp_path, capsys, monkeypatch)
 
@@ -416,8 +600,8 @@ def is_safetensors(path: Path) -> dict:
     """The JSON header of a safetensors file (8-byte length, then the JSON), read by hand:
     not through the code under test."""
     data = path.read_bytes()
-    length, = struct.unpack('<Q', data[:8])
-    return json.loads(data[8:8 + length])
+    (length,) = struct.unpack('<Q', data[:8])
+    return json.loads(data[8 : 8 + length])
 
 
 def converted_as_safetensors(out, made):
@@ -435,42 +619,66 @@ def deploy_form_as_safetensors(out, made):
     model, _, ckpt = load_model(str(out / 'd.py'), str(out / 'd.safetensors'))  # strict
     assert model.backbone.deploy
     assert ckpt['meta']['dataset_meta']['classes'] == ['disk', 'square', 'triangle', 'star']
-    from mobileone_mm.checkpoints.paths import written_here
+    from mobileone_mm.checkpoints.marks import written_here
+
     assert written_here(out / 'd.safetensors') and written_here(out / 'd.py')
 
 
 EXTENSION_IS_FORMAT = {
     # bad case 6
-    'rep-checkpoint-named-onnx': Row('reparameterize', (*REPARAM, '{out}/d.onnx'),
-                                     error=NO_FORMAT.format(r'\.onnx')),
-    'rep-checkpoint-named-bin': Row('reparameterize', (*REPARAM, '{out}/d.bin'),
-                                    error=NO_FORMAT.format(r'\.bin')),
-    'conv-checkpoint-named-onnx': Row('convert_weights', ('{cls_pth}', '{out}/c.onnx'),
-                                      error=NO_FORMAT.format(r'\.onnx')),
-    'conv-checkpoint-named-tar': Row('convert_weights', ('{cls_pth}', '{out}/c.pth.tar'),
-                                     error=NO_FORMAT.format(r'\.tar')),
+    'rep-checkpoint-named-onnx': Row(
+        'reparameterize', (*REPARAM, '{out}/d.onnx'), error=NO_FORMAT.format(r'\.onnx')
+    ),
+    'rep-checkpoint-named-bin': Row(
+        'reparameterize', (*REPARAM, '{out}/d.bin'), error=NO_FORMAT.format(r'\.bin')
+    ),
+    'conv-checkpoint-named-onnx': Row(
+        'convert_weights', ('{cls_pth}', '{out}/c.onnx'), error=NO_FORMAT.format(r'\.onnx')
+    ),
+    'conv-checkpoint-named-tar': Row(
+        'convert_weights', ('{cls_pth}', '{out}/c.pth.tar'), error=NO_FORMAT.format(r'\.tar')
+    ),
     'conv-safetensors-is-safetensors': Row(
-        'convert_weights', ('{cls_pth}', '{out}/c.safetensors'), ok=r'-> .*c.safetensors',
-        writes=('c.safetensors', ), check=converted_as_safetensors),
+        'convert_weights',
+        ('{cls_pth}', '{out}/c.safetensors'),
+        ok=r'-> .*c.safetensors',
+        writes=('c.safetensors',),
+        check=converted_as_safetensors,
+    ),
     'rep-safetensors-is-safetensors': Row(
-        'reparameterize', (*REPARAM, '{out}/d.safetensors', '--no-verify'),
-        ok=r'written: .*d.safetensors', writes=('d.safetensors', 'd.py'),
-        check=deploy_form_as_safetensors),
+        'reparameterize',
+        (*REPARAM, '{out}/d.safetensors', '--no-verify'),
+        ok=r'written: .*d.safetensors',
+        writes=('d.safetensors', 'd.py'),
+        check=deploy_form_as_safetensors,
+    ),
     'conv-pth-is-a-pytorch-checkpoint': Row(
-        'convert_weights', ('{cls_pth}', '{out}/c.pth'), ok=r'-> .*c.pth', writes=('c.pth', ),
-        check=lambda out, made: torch.load(out / 'c.pth', weights_only=True)['meta']
-        ['written_by'] == 'mobileone_mm'),
-    'exp-graph-named-pth': Row('export_onnx', (*REPARAM, '{out}/m.pth'),
-                               error=r"has extension '.pth': use .onnx"),
-    'inf-picture-named-onnx': Row('onnx_infer', ('{cls_onnx}', '{photo}', '--out',
-                                                 '{out}/v.onnx'),
-                                  error=r"unknown format '.onnx'; use .png or .jpg"),
+        'convert_weights',
+        ('{cls_pth}', '{out}/c.pth'),
+        ok=r'-> .*c.pth',
+        writes=('c.pth',),
+        check=lambda out, made: (
+            torch.load(out / 'c.pth', weights_only=True)['meta']['written_by'] == 'mobileone_mm'
+        ),
+    ),
+    'exp-graph-named-pth': Row(
+        'export_onnx', (*REPARAM, '{out}/m.pth'), error=r"has extension '.pth': use .onnx"
+    ),
+    'inf-picture-named-onnx': Row(
+        'onnx_infer',
+        ('{cls_onnx}', '{photo}', '--out', '{out}/v.onnx'),
+        error=r"unknown format '.onnx'; use .png or .jpg",
+    ),
 }
 
 
-@pytest.mark.parametrize('row', [
-    pytest.param(row, id=name, marks=[pytest.mark.slow] if row.slow else [])
-    for name, row in EXTENSION_IS_FORMAT.items()])
+@pytest.mark.parametrize(
+    'row',
+    [
+        pytest.param(row, id=name, marks=[pytest.mark.slow] if row.slow else [])
+        for name, row in EXTENSION_IS_FORMAT.items()
+    ],
+)
 def test_an_outputs_extension_is_its_format(row, made, tmp_path, capsys, monkeypatch):
     run_row(row, made, tmp_path, capsys, monkeypatch)
 
@@ -480,6 +688,7 @@ def test_a_failed_data_set_leaves_nothing(tmp_path, monkeypatch, capsys):
     """make_tiny_datasets stopped half-way (a failing image write): the folder is as it was,
     the user's file in it too; a later run writes the set."""
     from mobileone_mm.devkit import tiny_data as tiny_data
+
     (tmp_path / 'readme.txt').write_text('mine\n')
     real, calls = tiny_data._save_jpg, []
 
@@ -498,8 +707,13 @@ def test_a_failed_data_set_leaves_nothing(tmp_path, monkeypatch, capsys):
             assert sorted(os.listdir(tmp_path)) == ['readme.txt']
     monkeypatch.setattr(tiny_data, '_save_jpg', real)
     tiny_data.make_tiny_flowers(tmp_path, num_train=3, num_val=1)
-    assert sorted(os.listdir(tmp_path)) == ['jpg', 'readme.txt', 'tiny_flowers_files.json',
-                                            'train.txt', 'val.txt']
+    assert sorted(os.listdir(tmp_path)) == [
+        'jpg',
+        'readme.txt',
+        'tiny_flowers_files.json',
+        'train.txt',
+        'val.txt',
+    ]
 
 
 def test_deploy_hook_leaves_a_users_file_alone(made, tmp_path):
@@ -508,6 +722,7 @@ def test_deploy_hook_leaves_a_users_file_alone(made, tmp_path):
     goes on; with the name free it writes both files."""
     from mmengine.config import Config
     from mmengine.logging import MessageHub, MMLogger
+
     from mobileone_mm.fusion.hooks import SaveDeployCheckpointHook
 
     class Runner:  # what the hook reads of mmengine's Runner
@@ -526,5 +741,6 @@ def test_deploy_hook_leaves_a_users_file_alone(made, tmp_path):
     assert sorted(os.listdir(tmp_path)) == [best.name, users.name]
     users.unlink()
     SaveDeployCheckpointHook(verify=False).after_val_epoch(Runner())
-    assert sorted(os.listdir(tmp_path)) == sorted([best.name, users.name,
-                                                   'best_accuracy_epoch_1_deploy.pth'])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [best.name, users.name, 'best_accuracy_epoch_1_deploy.pth']
+    )

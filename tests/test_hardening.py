@@ -14,6 +14,7 @@ test_deploy.test_random_inputs_without_data_and_fused_checkpoint_left_alone) and
 load_state_dict / load_from (here);
 switch_to_deploy in train mode (test_backbone.test_switch_in_train_mode_warns).
 """
+
 import copy
 import os
 import pickle
@@ -33,32 +34,51 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mobileone_mm import (CheckpointError, MobileOne, MobileOneBlock, load_checkpoint_file,
-                          reparameterize_model, save_checkpoint)
-from mobileone_mm.devkit.analysis import randomize_bn
+from mobileone_mm import (
+    CheckpointError,
+    MobileOne,
+    MobileOneBlock,
+    load_checkpoint_file,
+    reparameterize_model,
+    save_checkpoint,
+)
 from mobileone_mm.checkpoints.io import TEMP_MARK, atomic_file, remove_stale_temp_files
+from mobileone_mm.devkit.analysis import randomize_bn
 
 REPO = Path(__file__).resolve().parents[1]
 # Deterministic in CI: the same examples on every run (derandomize), no example database,
 # no per-example deadline (the machine may be loaded).
-PROPERTY = dict(derandomize=True, database=None, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = dict(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 BLOCK_EXAMPLES, BACKBONE_EXAMPLES = 350, 150  # 500 settings in all
 
 
 def rel_error(actual, expected) -> float:
-    return ((actual.double() - expected.double()).abs().max()
-            / expected.double().abs().max().clamp_min(1e-30)).item()
+    return (
+        (actual.double() - expected.double()).abs().max()
+        / expected.double().abs().max().clamp_min(1e-30)
+    ).item()
 
 
-bn_values = st.fixed_dictionaries(dict(
-    seed=st.integers(0, 2**31 - 1), mean_std=st.sampled_from([0.0, 0.5, 3.0]),
-    var_range=st.sampled_from([(0.9, 1.1), (0.14, 7.4), (0.007, 148.0)]),
-    gamma_range=st.sampled_from([(-0.2, 0.2), (-2.0, 2.0), (-6.0, 6.0)]),
-    beta_std=st.sampled_from([0.0, 0.2, 2.0])))
-norm_cfgs = st.builds(lambda kind, eps, affine: dict(type=kind, eps=eps, affine=affine),
-                      st.sampled_from(['BN', 'SyncBN']),
-                      st.sampled_from([1e-5, 1e-3, 1e-1]), st.booleans())
+bn_values = st.fixed_dictionaries(
+    dict(
+        seed=st.integers(0, 2**31 - 1),
+        mean_std=st.sampled_from([0.0, 0.5, 3.0]),
+        var_range=st.sampled_from([(0.9, 1.1), (0.14, 7.4), (0.007, 148.0)]),
+        gamma_range=st.sampled_from([(-0.2, 0.2), (-2.0, 2.0), (-6.0, 6.0)]),
+        beta_std=st.sampled_from([0.0, 0.2, 2.0]),
+    )
+)
+norm_cfgs = st.builds(
+    lambda kind, eps, affine: dict(type=kind, eps=eps, affine=affine),
+    st.sampled_from(['BN', 'SyncBN']),
+    st.sampled_from([1e-5, 1e-3, 1e-1]),
+    st.booleans(),
+)
 
 
 @st.composite
@@ -72,16 +92,30 @@ def block_settings(draw):
         in_channels = groups * draw(st.integers(1, 4))
         out_channels = in_channels if draw(st.booleans()) else groups * draw(st.integers(1, 4))
     identity = (in_channels == out_channels and stride == 1) and draw(st.booleans())
-    se = draw(st.one_of(st.none(), st.builds(dict, ratio=st.sampled_from([1, 2, 4]),
-                                             divisor=st.sampled_from([1, 4]))))
-    return dict(block=dict(in_channels=in_channels, out_channels=out_channels,
-                           kernel_size=kernel, stride=stride,
-                           dilation=draw(st.sampled_from([1, 2, 3])), groups=groups,
-                           num_branches=draw(st.integers(1, 4)), identity=identity,
-                           se_cfg=se, norm_cfg=draw(norm_cfgs),
-                           act_cfg=dict(type=draw(st.sampled_from(['ReLU', 'GELU', 'SiLU'])))),
-                bn=draw(bn_values), batch=draw(st.integers(1, 3)),
-                size=(draw(st.integers(1, 13)), draw(st.integers(1, 13))))
+    se = draw(
+        st.one_of(
+            st.none(),
+            st.builds(dict, ratio=st.sampled_from([1, 2, 4]), divisor=st.sampled_from([1, 4])),
+        )
+    )
+    return dict(
+        block=dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            kernel_size=kernel,
+            stride=stride,
+            dilation=draw(st.sampled_from([1, 2, 3])),
+            groups=groups,
+            num_branches=draw(st.integers(1, 4)),
+            identity=identity,
+            se_cfg=se,
+            norm_cfg=draw(norm_cfgs),
+            act_cfg=dict(type=draw(st.sampled_from(['ReLU', 'GELU', 'SiLU']))),
+        ),
+        bn=draw(bn_values),
+        batch=draw(st.integers(1, 3)),
+        size=(draw(st.integers(1, 13)), draw(st.integers(1, 13))),
+    )
 
 
 @settings(max_examples=BLOCK_EXAMPLES, **PROPERTY)
@@ -115,20 +149,27 @@ def test_property_block_fuses_exactly(setting):
 @st.composite
 def backbone_settings(draw):
     num_blocks = [draw(st.integers(1, 2)) for _ in range(4)]
-    arch = dict(num_blocks=num_blocks,
-                width_factor=[draw(st.sampled_from([1 / 32, 1 / 16, 0.125])) for _ in range(4)],
-                num_conv_branches=[draw(st.integers(1, 3)) for _ in range(4)],
-                num_se_blocks=[draw(st.integers(0, n)) for n in num_blocks])
+    arch = dict(
+        num_blocks=num_blocks,
+        width_factor=[draw(st.sampled_from([1 / 32, 1 / 16, 0.125])) for _ in range(4)],
+        num_conv_branches=[draw(st.integers(1, 3)) for _ in range(4)],
+        num_se_blocks=[draw(st.integers(0, n)) for n in num_blocks],
+    )
     strides = [draw(st.sampled_from([1, 2])) for _ in range(4)]
     return dict(
-        kwargs=dict(arch=arch, strides=strides,
-                    dilations=[1 if s == 2 else draw(st.sampled_from([1, 2, 3]))
-                               for s in strides],
-                    out_indices=sorted(draw(st.sets(st.integers(0, 3), min_size=1))),
-                    norm_cfg=draw(norm_cfgs), se_cfg=dict(ratio=draw(st.sampled_from([2, 16]))),
-                    act_cfg=dict(type=draw(st.sampled_from(['ReLU', 'GELU'])))),
-        bn=draw(bn_values), batch=draw(st.integers(1, 2)),
-        size=(draw(st.integers(5, 40)), draw(st.integers(5, 40))))
+        kwargs=dict(
+            arch=arch,
+            strides=strides,
+            dilations=[1 if s == 2 else draw(st.sampled_from([1, 2, 3])) for s in strides],
+            out_indices=sorted(draw(st.sets(st.integers(0, 3), min_size=1))),
+            norm_cfg=draw(norm_cfgs),
+            se_cfg=dict(ratio=draw(st.sampled_from([2, 16]))),
+            act_cfg=dict(type=draw(st.sampled_from(['ReLU', 'GELU']))),
+        ),
+        bn=draw(bn_values),
+        batch=draw(st.integers(1, 2)),
+        size=(draw(st.integers(5, 40)), draw(st.integers(5, 40))),
+    )
 
 
 @settings(max_examples=BACKBONE_EXAMPLES, **PROPERTY)
@@ -156,36 +197,69 @@ def test_property_backbone_fuses_exactly(setting):
 
 
 # ---------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(arch=['s0']), 'must be a name or a dict'),
-    (dict(arch=dict(num_blocks=[1, 1, 1, 1], width_factor=[1, 1, 1, 0.001],
-                    num_conv_branches=[1] * 4, num_se_blocks=[0] * 4)), 'no channels'),
-    (dict(arch=dict(num_blocks=[1, 0, 1, 1], width_factor=[1] * 4, num_conv_branches=[1] * 4,
-                    num_se_blocks=[0] * 4)), 'at least one block'),
-    (dict(arch=dict(num_blocks=[1, 1, 1, 1.5], width_factor=[1] * 4,
-                    num_conv_branches=[1] * 4, num_se_blocks=[0] * 4)), 'must be integers'),
-    (dict(out_indices='3'), 'out_indices must be an int'),
-    (dict(strides=(2, 2, 2, 0)), 'values must be in'),
-    (dict(dilations=(1, 1, 1)), 'dilations must be 4 ints'),
-    (dict(dilations=(1, 1, 1, 2.0)), 'dilations must be 4 ints'),
-    (dict(frozen_stages=-2), 'frozen_stages must be -1'),
-    (dict(frozen_stages='1'), 'frozen_stages must be -1'),
-    (dict(in_channels=3.0), 'in_channels must be a positive int'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(arch=['s0']), 'must be a name or a dict'),
+        (
+            dict(
+                arch=dict(
+                    num_blocks=[1, 1, 1, 1],
+                    width_factor=[1, 1, 1, 0.001],
+                    num_conv_branches=[1] * 4,
+                    num_se_blocks=[0] * 4,
+                )
+            ),
+            'no channels',
+        ),
+        (
+            dict(
+                arch=dict(
+                    num_blocks=[1, 0, 1, 1],
+                    width_factor=[1] * 4,
+                    num_conv_branches=[1] * 4,
+                    num_se_blocks=[0] * 4,
+                )
+            ),
+            'at least one block',
+        ),
+        (
+            dict(
+                arch=dict(
+                    num_blocks=[1, 1, 1, 1.5],
+                    width_factor=[1] * 4,
+                    num_conv_branches=[1] * 4,
+                    num_se_blocks=[0] * 4,
+                )
+            ),
+            'must be integers',
+        ),
+        (dict(out_indices='3'), 'out_indices must be an int'),
+        (dict(strides=(2, 2, 2, 0)), 'values must be in'),
+        (dict(dilations=(1, 1, 1)), 'dilations must be 4 ints'),
+        (dict(dilations=(1, 1, 1, 2.0)), 'dilations must be 4 ints'),
+        (dict(frozen_stages=-2), 'frozen_stages must be -1'),
+        (dict(frozen_stages='1'), 'frozen_stages must be -1'),
+        (dict(in_channels=3.0), 'in_channels must be a positive int'),
+    ],
+)
 def test_more_bad_arguments_are_named(kwargs, message):
     with pytest.raises((ValueError, KeyError, TypeError), match=message):
         MobileOne(**kwargs)
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(kernel_size=2), 'kernel_size must be an odd positive int'),
-    (dict(kernel_size=0), 'kernel_size must be an odd'),
-    (dict(stride=0), "'stride': 0"),
-    (dict(num_branches=0), "'num_branches': 0"),
-    (dict(groups=3), 'groups=3 must divide'),
-    (dict(out_channels=8, identity=True), 'identity branch needs'),
-    (dict(stride=2, identity=True), 'identity branch needs'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(kernel_size=2), 'kernel_size must be an odd positive int'),
+        (dict(kernel_size=0), 'kernel_size must be an odd'),
+        (dict(stride=0), "'stride': 0"),
+        (dict(num_branches=0), "'num_branches': 0"),
+        (dict(groups=3), 'groups=3 must divide'),
+        (dict(out_channels=8, identity=True), 'identity branch needs'),
+        (dict(stride=2, identity=True), 'identity branch needs'),
+    ],
+)
 def test_bad_block_arguments_are_named(kwargs, message):
     args = dict(in_channels=4, out_channels=4, kernel_size=3)
     with pytest.raises(ValueError, match=message):
@@ -201,8 +275,11 @@ def test_input_too_small_is_named_with_the_minimum():
         outs = model.eval()(torch.rand(1, 3, 1, 1))
     assert [tuple(o.shape[2:]) for o in outs] == [(1, 1)] * 4
     model.train()
-    with pytest.raises(ValueError, match=r'stage4 \(stride 32\) sees a 1 x 1 map.*batch of 2 '
-                                         r'or more.*larger than 32 x 32'):
+    with pytest.raises(
+        ValueError,
+        match=r'stage4 \(stride 32\) sees a 1 x 1 map.*batch of 2 '
+        r'or more.*larger than 32 x 32',
+    ):
         model(torch.rand(1, 3, 32, 32))
     model(torch.rand(1, 3, 33, 32))  # 2 x 1 at stride 32: fine
     model(torch.rand(2, 3, 16, 16))  # two values per channel: fine
@@ -221,8 +298,9 @@ def test_input_too_small_is_named_with_the_minimum():
 
 
 def test_bn_without_running_stats_cannot_fuse():
-    block = MobileOneBlock(4, 4, 3, groups=4,
-                           norm_cfg=dict(type='BN', track_running_stats=False)).eval()
+    block = MobileOneBlock(
+        4, 4, 3, groups=4, norm_cfg=dict(type='BN', track_running_stats=False)
+    ).eval()
     with pytest.raises(ValueError, match='track_running_stats=False'):
         block.switch_to_deploy()
 
@@ -240,15 +318,19 @@ def test_train_form_weights_fuse_on_load_into_a_deploy_model(tmp_path):
     """Every load path (torch strict, mmengine's non-strict load_checkpoint as load_from /
     `mim test --checkpoint` use it) fuses train-form weights into a deploy=True model."""
     from mmengine.runner import load_checkpoint
-    train = randomize_bn(MobileOne('s0', out_indices=(0, 1, 2, 3)), 5,
-                         gamma_range=(-2.0, 2.0)).eval()
+
+    train = randomize_bn(
+        MobileOne('s0', out_indices=(0, 1, 2, 3)), 5, gamma_range=(-2.0, 2.0)
+    ).eval()
     x = torch.rand(2, 3, 48, 64)
     with torch.no_grad():
         expected = train(x)
     deploy = MobileOne('s0', out_indices=(0, 1, 2, 3), deploy=True).eval()
     assert not deploy.load_state_dict(train.state_dict(), strict=True).missing_keys
-    save_checkpoint({'state_dict': {f'backbone.{k}': v for k, v in train.state_dict().items()}},
-                    tmp_path / 'train_form.pth')
+    save_checkpoint(
+        {'state_dict': {f'backbone.{k}': v for k, v in train.state_dict().items()}},
+        tmp_path / 'train_form.pth',
+    )
     wrapped = nn.Module()
     wrapped.backbone = MobileOne('s0', out_indices=(0, 1, 2, 3), deploy=True).eval()
     load_checkpoint(wrapped, str(tmp_path / 'train_form.pth'), strict=False)
@@ -259,12 +341,15 @@ def test_train_form_weights_fuse_on_load_into_a_deploy_model(tmp_path):
 
 
 @pytest.mark.parametrize('strict', [True, False])
-@pytest.mark.parametrize('dropped', [
-    'stage2.3.branch_norm.',             # one block's identity branch
-    'stage1.0.branch_scale.',            # one block's 1x1 branch
-    '.branch_conv_list.3.',              # every block's 4th conv branch
-    'stage3.5.branch_conv_list.0.norm.'  # one BN of one branch
-])
+@pytest.mark.parametrize(
+    'dropped',
+    [
+        'stage2.3.branch_norm.',  # one block's identity branch
+        'stage1.0.branch_scale.',  # one block's 1x1 branch
+        '.branch_conv_list.3.',  # every block's 4th conv branch
+        'stage3.5.branch_conv_list.0.norm.',  # one BN of one branch
+    ],
+)
 def test_train_form_weights_missing_a_branch_are_refused_by_a_deploy_model(dropped, strict):
     """Fusing on load needs every branch of the train form: with one missing, the fused
     conv would be another function (29 % to 94 % of the output off), while the strict
@@ -292,9 +377,13 @@ def test_fused_weights_into_a_train_model_are_refused_with_the_fix(tmp_path):
     """Not even a non-strict load (mmengine's load_from) may leave a train-form backbone
     at its random init because the checkpoint was fused."""
     from mmengine.runner import load_checkpoint
+
     fused = reparameterize_model(MobileOne('s0').eval())
-    with pytest.raises(CheckpointError, match=r'stage0\.branch_reparam: .*deploy \(fused\) form '
-                                              r'.*deploy=True'):
+    with pytest.raises(
+        CheckpointError,
+        match=r'stage0\.branch_reparam: .*deploy \(fused\) form '
+        r'.*deploy=True',
+    ):
         MobileOne('s0').load_state_dict(fused.state_dict(), strict=False)
     save_checkpoint({'state_dict': fused.state_dict()}, tmp_path / 'fused.pth')
     with pytest.raises(CheckpointError, match='cannot be split back into branches'):
@@ -306,13 +395,14 @@ class Payload:
         self.marker = marker
 
     def __reduce__(self):
-        return os.system, (f'touch {self.marker}', )
+        return os.system, (f'touch {self.marker}',)
 
 
 def getattr_chain_pickle(command: str) -> bytes:
     """A hand-written pickle that runs ``command`` using only globals our loader allows
     (builtins.getattr, HistoryBuffer): getattr(HistoryBuffer.__init__, '__globals__')
     .get('__builtins__').get('__import__')('os').system(command), in a dict."""
+
     def global_(module, name):
         return f'c{module}\n{name}\n'.encode()
 
@@ -324,8 +414,9 @@ def getattr_chain_pickle(command: str) -> bytes:
         return func + b'(' + b''.join(args) + b'tR'
 
     getattr_ = global_('builtins', 'getattr')
-    init = call(getattr_, global_('mmengine.logging.history_buffer', 'HistoryBuffer'),
-                text('__init__'))
+    init = call(
+        getattr_, global_('mmengine.logging.history_buffer', 'HistoryBuffer'), text('__init__')
+    )
     module_globals = call(getattr_, init, text('__globals__'))
     builtins_ = call(call(getattr_, module_globals, text('get')), text('__builtins__'))
     import_ = call(call(getattr_, builtins_, text('get')), text('__import__'))
@@ -336,6 +427,7 @@ def getattr_chain_pickle(command: str) -> bytes:
 def replace_data_pkl(path: Path, data: bytes):
     """Swap the pickle inside a torch zip checkpoint for ``data``."""
     import zipfile
+
     with zipfile.ZipFile(path) as archive:
         entries = {name: archive.read(name) for name in archive.namelist()}
     name = next(n for n in entries if n.endswith('/data.pkl'))
@@ -345,8 +437,10 @@ def replace_data_pkl(path: Path, data: bytes):
             archive.writestr(entry, content)
 
 
-@pytest.mark.parametrize('writer', ['raw_pickle', 'raw_pickle_protocol_4', 'legacy_torch',
-                                    'zip_torch_nested', 'getattr_chain'])
+@pytest.mark.parametrize(
+    'writer',
+    ['raw_pickle', 'raw_pickle_protocol_4', 'legacy_torch', 'zip_torch_nested', 'getattr_chain'],
+)
 def test_payload_checkpoints_never_run(writer, tmp_path):
     """Pickles that would run `touch MARKER` on load, in every container torch reads: a
     bare pickle, torch's legacy format, a nested entry of a zip checkpoint, and a chain
@@ -356,6 +450,7 @@ def test_payload_checkpoints_never_run(writer, tmp_path):
     from mmengine.runner import CheckpointLoader
 
     import mobileone_mm.fixes.safe_loading  # noqa: F401  (routes mmengine through ours)
+
     marker = tmp_path / 'pwned'
     path = tmp_path / 'evil.pth'
     message = 'Refusing to load .*(asks for|calls) `'
@@ -365,11 +460,16 @@ def test_payload_checkpoints_never_run(writer, tmp_path):
         path.write_bytes(pickle.dumps({'state_dict': Payload(marker)}, protocol=4))
         message = 'not a readable PyTorch checkpoint'
     elif writer == 'legacy_torch':
-        torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': Payload(marker)}, path,
-                   _use_new_zipfile_serialization=False)
+        torch.save(
+            {'state_dict': {'w': torch.ones(1)}, 'meta': Payload(marker)},
+            path,
+            _use_new_zipfile_serialization=False,
+        )
     elif writer == 'zip_torch_nested':
-        torch.save({'state_dict': {'w': torch.ones(1)},
-                    'meta': {'hist': [1, {'x': Payload(marker)}]}}, path)
+        torch.save(
+            {'state_dict': {'w': torch.ones(1)}, 'meta': {'hist': [1, {'x': Payload(marker)}]}},
+            path,
+        )
     else:
         control = tmp_path / 'control'
         pickle.loads(getattr_chain_pickle(f'touch {control}'))  # the payload is live
@@ -391,28 +491,31 @@ def test_every_bad_checkpoint_through_pretrained(tmp_path):
     good = {f'backbone.{k}': v for k, v in MobileOne('s0').state_dict().items()}
     torch.save(good, tmp_path / 'good.pth')
     data = (tmp_path / 'good.pth').read_bytes()
-    files = {'empty.pth': (b'', 'is empty'),
-             'truncated.pth': (data[:len(data) // 3], 'truncated or corrupted'),
-             'notes.txt': (b'hello\n', 'not a readable PyTorch checkpoint'),
-             'list.pth': (None, 'holds a list, not a checkpoint dict'),
-             'other_model.pth': (None, 'Not a MobileOne checkpoint'),
-             's1.pth': (None, 'MobileOne-s1 weights but the model is MobileOne-s0')}
+    files = {
+        'empty.pth': (b'', 'is empty'),
+        'truncated.pth': (data[: len(data) // 3], 'truncated or corrupted'),
+        'notes.txt': (b'hello\n', 'not a readable PyTorch checkpoint'),
+        'list.pth': (None, 'holds a list, not a checkpoint dict'),
+        'other_model.pth': (None, 'Not a MobileOne checkpoint'),
+        's1.pth': (None, 'MobileOne-s1 weights but the model is MobileOne-s0'),
+    }
     torch.save([torch.ones(1)], tmp_path / 'list.pth')
-    torch.save({'conv1.weight': torch.ones(1), 'fc.weight': torch.ones(1)},
-               tmp_path / 'other_model.pth')
-    torch.save({f'backbone.{k}': v for k, v in MobileOne('s1').state_dict().items()},
-               tmp_path / 's1.pth')
+    torch.save(
+        {'conv1.weight': torch.ones(1), 'fc.weight': torch.ones(1)}, tmp_path / 'other_model.pth'
+    )
+    torch.save(
+        {f'backbone.{k}': v for k, v in MobileOne('s1').state_dict().items()}, tmp_path / 's1.pth'
+    )
     for name, (content, message) in files.items():
         if content is not None:
             (tmp_path / name).write_bytes(content)
-        model = MobileOne('s0', init_cfg=dict(type='Pretrained',
-                                              checkpoint=str(tmp_path / name)))
+        model = MobileOne('s0', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / name)))
         with pytest.raises(CheckpointError, match=message):
             model.init_weights()
 
 
 # ------------------------------------------------------------------- atomic writes
-WRITER = textwrap.dedent('''
+WRITER = textwrap.dedent("""
     import os, sys, time, torch
     import mobileone_mm.fixes.durable_checkpoints
     from mobileone_mm.checkpoints.io import atomic_file, save_checkpoint
@@ -435,7 +538,7 @@ WRITER = textwrap.dedent('''
                 f.write(data[start:start + len(data) // 40])
                 time.sleep(0.01)
     print('done', flush=True)
-''')
+""")
 
 
 def _temp_files(folder: Path) -> list:
@@ -457,9 +560,12 @@ def test_writer_killed_midway_leaves_old_or_new_file(kind, tmp_path):
     rng = random.Random(f'kill-{kind}')
     current, outcomes = 0, []
     for version in range(1, 5):
-        child = subprocess.Popen([sys.executable, str(script), kind, str(target), str(version)],
-                                 stdout=subprocess.PIPE, text=True,
-                                 env=dict(os.environ, OMP_NUM_THREADS='1'))
+        child = subprocess.Popen(
+            [sys.executable, str(script), kind, str(target), str(version)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS='1'),
+        )
         assert child.stdout.readline().strip() == 'writing'
         time.sleep(rng.uniform(0.0, 0.5 if kind == 'chunked' else 0.25))
         child.send_signal(signal.SIGKILL)
@@ -469,10 +575,12 @@ def test_writer_killed_midway_leaves_old_or_new_file(kind, tmp_path):
         assert all(name.startswith('.model.pth.tmp-') for name in left), left
         checkpoint = load_checkpoint_file(target)  # never torn: it loads
         assert checkpoint['version'] in (current, version)
-        assert all(torch.all(w == float(checkpoint['version']))
-                   for w in checkpoint['state_dict'].values())
-        outcomes.append('new' if checkpoint['version'] == version else
-                        'old+temp' if left else 'old')
+        assert all(
+            torch.all(w == float(checkpoint['version'])) for w in checkpoint['state_dict'].values()
+        )
+        outcomes.append(
+            'new' if checkpoint['version'] == version else 'old+temp' if left else 'old'
+        )
         current = checkpoint['version']
     if kind == 'chunked':
         assert 'old+temp' in outcomes, outcomes  # the kills did land mid-write
@@ -484,11 +592,13 @@ def test_writer_killed_midway_leaves_old_or_new_file(kind, tmp_path):
 def test_stale_temp_files_of_live_or_foreign_writers_are_kept(tmp_path):
     target = tmp_path / 'model.pth'
     import socket
+
     host = socket.gethostname()
     live = tmp_path / f'.model.pth{TEMP_MARK}{host}-{os.getpid()}-abc'
     foreign = tmp_path / f'.model.pth{TEMP_MARK}otherhost-1-abc'
-    dead_child = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
-                                capture_output=True, text=True)
+    dead_child = subprocess.run(
+        [sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True
+    )
     dead = tmp_path / f'.model.pth{TEMP_MARK}{host}-{dead_child.stdout.strip()}-abc'
     unrelated = tmp_path / '.other.pth.tmp-x'
     for path in (live, foreign, dead, unrelated):
@@ -514,6 +624,7 @@ class FakeRunner:
 
     def __init__(self, work_dir, fail: bool):
         from mmengine.logging import MessageHub
+
         self.work_dir, self.fail = str(work_dir), fail
         self.message_hub = MessageHub.get_instance(f'durable-{work_dir}')
 
@@ -526,6 +637,7 @@ class FakeRunner:
 def checkpoint_hook(work_dir):
     from mmengine.fileio import get_file_backend
     from mmengine.hooks import CheckpointHook
+
     hook = CheckpointHook(interval=1, max_keep_ckpts=1)
     hook.out_dir, hook.file_backend = str(work_dir), get_file_backend(str(work_dir))
     hook.keep_ckpt_ids = deque([1], 1)
@@ -540,9 +652,10 @@ def test_checkpoint_hook_deletes_the_old_checkpoint_only_after_saving(tmp_path):
     mobileone_mm.fixes.durable_checkpoints imported, the deletion waits until the new
     checkpoint is written."""
     from mmengine.hooks import CheckpointHook
+    from mmengine.runner.runner import find_latest_checkpoint
 
     import mobileone_mm.fixes.durable_checkpoints  # noqa: F401
-    from mmengine.runner.runner import find_latest_checkpoint
+
     upstream = CheckpointHook._save_checkpoint_with_step.__wrapped__
     (tmp_path / 'upstream').mkdir()
     hook = checkpoint_hook(tmp_path / 'upstream')
@@ -567,7 +680,9 @@ def test_deferred_removals_nest(tmp_path):
     """_save_best_checkpoint removes the previous best, saves the new best, then calls
     _save_checkpoint_with_step: the removals of both wait for the outer call's end."""
     from mmengine.fileio import get_file_backend
+
     from mobileone_mm.fixes.durable_checkpoints import _defer_removals
+
     for name in ('best_1.pth', 'epoch_1.pth'):
         save_checkpoint({}, tmp_path / name)
     seen = []
@@ -597,8 +712,10 @@ def test_deferred_removals_nest(tmp_path):
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path):
     """last_checkpoint missing (killed before it was written), empty (killed while it was
     written) or naming a file that is gone: --resume takes the newest epoch_/iter_ file."""
-    import mobileone_mm.fixes.durable_checkpoints  # noqa: F401
     from mmengine.runner.runner import find_latest_checkpoint
+
+    import mobileone_mm.fixes.durable_checkpoints  # noqa: F401
+
     assert find_latest_checkpoint(str(tmp_path)) is None
     for i, name in enumerate(['epoch_1.pth', 'epoch_2.pth', 'best_coco_bbox_mAP_epoch_9.pth']):
         save_checkpoint({}, tmp_path / name)
@@ -615,10 +732,14 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path):
 
 def mmdet_train_command(*args):
     import mmdet
+
     script = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py'
-    return [sys.executable, str(script), str(REPO / 'configs' / 'detection' /
-                                             'ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'),
-            *map(str, args)]
+    return [
+        sys.executable,
+        str(script),
+        str(REPO / 'configs' / 'detection' / 'ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'),
+        *map(str, args),
+    ]
 
 
 @pytest.mark.slow
@@ -628,15 +749,27 @@ def test_training_killed_after_first_checkpoint_resumes(tmp_path):
     again with --resume: it continues from that checkpoint's epoch and iteration, and ends
     where an uninterrupted run would (2 epochs of K iterations: iteration 2K)."""
     from mobileone_mm.devkit.tiny_data import make_tiny_coco
+
     make_tiny_coco(tmp_path / 'data' / 'tiny_coco', num_train=8, num_val=2)
     work_dir = tmp_path / 'work'
-    options = ['--cfg-options', 'train_dataloader.batch_size=4', 'train_cfg.max_epochs=2',
-               'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
-               'default_hooks.checkpoint.save_best=None', 'default_hooks.logger.interval=1']
+    options = [
+        '--cfg-options',
+        'train_dataloader.batch_size=4',
+        'train_cfg.max_epochs=2',
+        'train_cfg.val_interval=100',
+        'default_hooks.checkpoint.interval=1',
+        'default_hooks.checkpoint.save_best=None',
+        'default_hooks.logger.interval=1',
+    ]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     log = open(tmp_path / 'killed.log', 'w')
-    child = subprocess.Popen(mmdet_train_command('--work-dir', work_dir, *options),
-                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        mmdet_train_command('--work-dir', work_dir, *options),
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     first = work_dir / 'epoch_1.pth'
     deadline = time.time() + 240
     while not first.exists() and child.poll() is None and time.time() < deadline:
@@ -649,8 +782,14 @@ def test_training_killed_after_first_checkpoint_resumes(tmp_path):
     iters = load_checkpoint_file(first)['meta']['iter']  # complete: written atomically
     assert iters > 0
 
-    done = subprocess.run(mmdet_train_command('--work-dir', work_dir, '--resume', *options),
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        mmdet_train_command('--work-dir', work_dir, '--resume', *options),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert f'resumed epoch: 1, iter: {iters}' in output, output[-3000:]

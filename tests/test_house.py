@@ -1,5 +1,6 @@
 """The package's house rules: importing it only registers; the stack fixes are opt-in; the
 imports point one way; a non-editable install works from outside the checkout."""
+
 import ast
 import json
 import os
@@ -14,20 +15,21 @@ PACKAGE = REPO / 'mobileone_mm'
 
 # What each fix replaces, as 'module:attribute path'.
 PATCHED = {
-    'mobileone_mm.fixes.safe_loading': [
-        'mmengine.runner.checkpoint:CheckpointLoader._schemes'],
+    'mobileone_mm.fixes.safe_loading': ['mmengine.runner.checkpoint:CheckpointLoader._schemes'],
     'mobileone_mm.fixes.durable_checkpoints': [
         'mmengine.fileio.backends:LocalBackend.put',
         'mmengine.fileio.backends:LocalBackend.put_text',
         'mmengine.hooks:CheckpointHook._save_checkpoint_with_step',
         'mmengine.hooks:CheckpointHook._save_best_checkpoint',
-        'mmengine.runner.runner:find_latest_checkpoint'],
+        'mmengine.runner.runner:find_latest_checkpoint',
+    ],
     'mobileone_mm.fixes.cpu_distributed': [
         'mmengine.dist.utils:_init_dist_pytorch',
-        'mmengine.model:MMDistributedDataParallel.__init__'],
+        'mmengine.model:MMDistributedDataParallel.__init__',
+    ],
 }
 
-SNAPSHOT = '''
+SNAPSHOT = """
 import importlib, json, sys
 
 def resolve(spec):
@@ -49,7 +51,7 @@ for fix, fix_specs in patched.items():
     importlib.import_module(fix)
     changed_by[fix] = [s for s in specs if resolve(s) != ahead[s]]
 print(json.dumps(dict(package=changed_by_package, fixes=changed_by)))
-'''
+"""
 
 
 def test_import_registers_only_and_each_fix_changes_what_it_names():
@@ -57,8 +59,14 @@ def test_import_registers_only_and_each_fix_changes_what_it_names():
     object; importing a fix changes exactly the functions that fix names. Run without
     CUDA so that cpu_distributed applies (it does nothing where CUDA is available)."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    out = subprocess.run([sys.executable, '-c', SNAPSHOT, json.dumps(PATCHED)], env=env,
-                         capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, '-c', SNAPSHOT, json.dumps(PATCHED)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result['package'] == []
     assert result['fixes'] == PATCHED
@@ -66,11 +74,18 @@ def test_import_registers_only_and_each_fix_changes_what_it_names():
 
 def test_import_registers_the_modules():
     out = subprocess.run(
-        [sys.executable, '-c',
-         'import mobileone_mm; from mmengine.registry import MODELS, HOOKS; '
-         'print(MODELS.get("mobileone_mm.MobileOne").__name__, '
-         'HOOKS.get("mobileone_mm.SaveDeployCheckpointHook").__name__)'],
-        capture_output=True, text=True, check=True, cwd=REPO)
+        [
+            sys.executable,
+            '-c',
+            'import mobileone_mm; from mmengine.registry import MODELS, HOOKS; '
+            'print(MODELS.get("mobileone_mm.MobileOne").__name__, '
+            'HOOKS.get("mobileone_mm.SaveDeployCheckpointHook").__name__)',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     assert out.stdout.split() == ['MobileOne', 'SaveDeployCheckpointHook']
 
 
@@ -92,7 +107,7 @@ def _imports(path: Path, source: str = None) -> set:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split('.')
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 module = '.'.join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ''
@@ -100,7 +115,8 @@ def _imports(path: Path, source: str = None) -> set:
             found.update(f'{module}.{a.name}' for a in node.names)
     modules = {_module_name(p) for p in PACKAGE.rglob('*.py')}
     return {m for m in found if m in modules and m != name} | {
-        m for m in found if m.split('.')[0] == 'tools'}
+        m for m in found if m.split('.')[0] == 'tools'
+    }
 
 
 def import_graph() -> dict:
@@ -114,7 +130,7 @@ def _cycle(graph: dict):
         state[node] = 'open'
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 'open':
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt, stack + [nxt])
                 if found:
@@ -146,7 +162,8 @@ def test_no_import_circle_between_files_or_folders():
         if module == 'mobileone_mm':  # the package's face imports every room
             continue
         rooms.setdefault(_room(module), set()).update(
-            _room(m) for m in imported if _room(m) != _room(module) and m != 'mobileone_mm')
+            _room(m) for m in imported if _room(m) != _room(module) and m != 'mobileone_mm'
+        )
     assert _cycle(rooms) is None, f'folder circle: {" -> ".join(_cycle(rooms))}'
 
 
@@ -167,8 +184,17 @@ LAYERS = {  # a room may import only the rooms listed (and itself, and GROUND)
     'training': {'mobileone_mm.registry'},
     # developer tooling (tiny data sets, analysis, the benchmark): may use every room, and
     # no other room imports it
-    'devkit': {'mobileone_mm', 'mobileone_mm.registry', 'checkpoints', 'models', 'loading',
-               'fusion', 'predict', 'runtimes', 'training'},
+    'devkit': {
+        'mobileone_mm',
+        'mobileone_mm.registry',
+        'checkpoints',
+        'models',
+        'loading',
+        'fusion',
+        'predict',
+        'runtimes',
+        'training',
+    },
 }
 
 
@@ -179,25 +205,32 @@ def layer_violations(graph: dict) -> list:
             wrong += [f'{module} -> {m}' for m in imported if _room(m) == 'fixes']
             continue
         room = _room(module)
-        wrong += [f'{module} -> {m}' for m in imported if _room(m) != room
-                  and _room(m) not in LAYERS[room] | (GROUND - {module})]
+        wrong += [
+            f'{module} -> {m}'
+            for m in imported
+            if _room(m) != room and _room(m) not in LAYERS[room] | (GROUND - {module})
+        ]
     return wrong
 
 
 def test_imports_point_one_way():
     """checkpoints <- models <- loading <- fusion <- predict <- runtimes; fixes beside them;
-    the devkit above all, imported by none of them; none imports the fixes (they are applied only where a config asks)."""
+    the devkit above all, imported by none of them; none imports the fixes (they are applied
+    only where a config asks)."""
     assert layer_violations(import_graph()) == []
 
 
-@pytest.mark.parametrize('room, planted, expected', [
-    ('models/arch.py', 'def f():\n    from ..runtimes import wrappers\n', 'runtimes'),
-    ('fusion/output_check.py', 'from ..runtimes import onnxruntime\n', 'runtimes'),
-    ('loading/config.py', 'from ..fusion import reparameterize\n', 'fusion'),
-    ('checkpoints/io.py', 'from ..models import arch\n', 'models'),
-    ('runtimes/wrappers.py', 'from ..devkit import analysis\n', 'devkit'),
-    ('__init__.py', 'from .fixes import safe_loading\n', 'fixes'),
-])
+@pytest.mark.parametrize(
+    'room, planted, expected',
+    [
+        ('models/arch.py', 'def f():\n    from ..runtimes import wrappers\n', 'runtimes'),
+        ('fusion/output_check.py', 'from ..runtimes import onnxruntime\n', 'runtimes'),
+        ('loading/config.py', 'from ..fusion import reparameterize\n', 'fusion'),
+        ('checkpoints/io.py', 'from ..models import arch\n', 'models'),
+        ('runtimes/wrappers.py', 'from ..devkit import analysis\n', 'devkit'),
+        ('__init__.py', 'from .fixes import safe_loading\n', 'fixes'),
+    ],
+)
 def test_the_checks_see_a_planted_import(room, planted, expected):
     """The checks above are not vacuous: a planted upward import, a runtime import of the
     tooling, or a fix applied on `import mobileone_mm` is found."""
@@ -214,23 +247,46 @@ def test_non_editable_install_builds_every_shipped_config(tmp_path):
     package imports from there, and every shipped config (passed by its path, as a user
     of the installed package does) builds its model."""
     target = tmp_path / 'site'
-    subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-build-isolation',
-                    '--disable-pip-version-check', '-q', '--target', str(target), str(REPO)],
-                   check=True, capture_output=True, cwd=tmp_path)
-    configs = sorted(str(p) for task in ('detection', 'segmentation', 'classification')
-                     for p in (REPO / 'configs' / task).glob('*.py'))
-    script = '''
+    subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'pip',
+            'install',
+            '--no-deps',
+            '--no-build-isolation',
+            '--disable-pip-version-check',
+            '-q',
+            '--target',
+            str(target),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    configs = sorted(
+        str(p)
+        for task in ('detection', 'segmentation', 'classification')
+        for p in (REPO / 'configs' / task).glob('*.py')
+    )
+    script = """
 import sys, mobileone_mm
 from mobileone_mm.loading.config import build_model, load_config
 print('package', mobileone_mm.__file__)
 for path in sys.argv[1:]:
     model, codebase = build_model(load_config(path))
     print('built', codebase, type(model).__name__, path)
-'''
+"""
     env = dict(os.environ, PYTHONPATH=str(target))
-    out = subprocess.run([sys.executable, '-c', script, *configs], env=env, cwd=tmp_path,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, '-c', script, *configs],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f'package {target}')
-    assert len([l for l in lines if l.startswith('built ')]) == len(configs)
+    assert len([line for line in lines if line.startswith('built ')]) == len(configs)

@@ -3,6 +3,7 @@
 ImageClassificationInferencer give the same predictions for a checkpoint in train form
 and in the deploy form tools/reparameterize.py writes; tools/image_demo.py prints and
 draws what they give."""
+
 import os
 import re
 
@@ -11,13 +12,13 @@ import mmcv
 import numpy as np
 import pytest
 import torch
+from photos import photo_paths
 from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mobileone_mm.runtimes.wrappers import Normalize
-from mobileone_mm.loading.config import _registry, build_model, input_shape_of, load_config
 from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
-from photos import photo_paths
+from mobileone_mm.loading.config import _registry, build_model, input_shape_of, load_config
+from mobileone_mm.runtimes.wrappers import Normalize
 
 DET_TINY = 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'
 SEG_TINY = 'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py'
@@ -69,12 +70,18 @@ def make_checkpoint(config: str, path, randomize_bn, photos: dict):
         norm.reset_running_stats()
         norm.momentum = None  # the statistics of the one batch below
     size = min(input_shape_of(cfg)[0], 256)
-    images = torch.stack([torch.from_numpy(cv2.resize(mmcv.imread(p), (size, size)))
-                          for p in photos.values()]).permute(0, 3, 1, 2).float()
+    images = (
+        torch.stack(
+            [torch.from_numpy(cv2.resize(mmcv.imread(p), (size, size))) for p in photos.values()]
+        )
+        .permute(0, 3, 1, 2)
+        .float()
+    )
     with torch.no_grad():
         model.train()(Normalize(model.data_preprocessor)(images), mode='tensor')
-    head = getattr(model, {'mmdet': 'bbox_head', 'mmseg': 'decode_head',
-                           'mmpretrain': 'head'}[codebase])
+    head = getattr(
+        model, {'mmdet': 'bbox_head', 'mmseg': 'decode_head', 'mmpretrain': 'head'}[codebase]
+    )
     meta = dict(epoch=1, dataset_meta=dataset_meta(cfg, codebase, head.num_classes))
     torch.save(dict(meta=meta, state_dict=model.state_dict()), path)
     return codebase
@@ -84,11 +91,14 @@ def inferencer(codebase: str, config: str, checkpoint: str):
     """The codebase's inferencer, built as its docs show (config path and weights)."""
     if codebase == 'mmdet':
         from mmdet.apis import DetInferencer
+
         return DetInferencer(config, weights=checkpoint, device='cpu', show_progress=False)
     if codebase == 'mmseg':
         from mmseg.apis import MMSegInferencer
+
         return MMSegInferencer(config, weights=checkpoint, device='cpu')
     from mmpretrain.apis import ImageClassificationInferencer
+
     return ImageClassificationInferencer(config, pretrained=checkpoint, device='cpu')
 
 
@@ -97,11 +107,16 @@ def predictions(codebase: str, infer, paths) -> list:
     class scores, as the inferencer returns them."""
     out = infer(paths, return_datasamples=True)
     if codebase == 'mmdet':
-        return [(p.pred_instances.bboxes.numpy(), p.pred_instances.scores.numpy(),
-                 p.pred_instances.labels.numpy()) for p in out['predictions']]
+        return [
+            (
+                p.pred_instances.bboxes.numpy(),
+                p.pred_instances.scores.numpy(),
+                p.pred_instances.labels.numpy(),
+            )
+            for p in out['predictions']
+        ]
     if codebase == 'mmseg':
-        return [p.pred_sem_seg.data[0].numpy() for p in (out if isinstance(out, list)
-                                                        else [out])]
+        return [p.pred_sem_seg.data[0].numpy() for p in (out if isinstance(out, list) else [out])]
     return [p.pred_score.numpy() for p in out]
 
 
@@ -116,12 +131,17 @@ def assert_same_detections(found, expected, margin=1e-3):
     of that score may fall on either side)."""
     threshold = compared_score(expected[1])
     for (boxes, scores, labels), (ref_boxes, ref_scores, ref_labels) in (
-            (found, expected), (expected, found)):
+        (found, expected),
+        (expected, found),
+    ):
         for box, score, label in zip(boxes, scores, labels):
             if score < threshold + margin:
                 continue
-            partner = ((ref_labels == label) & (np.abs(ref_scores - score) <= margin)
-                       & (np.abs(ref_boxes - box).max(1) <= 1.0))
+            partner = (
+                (ref_labels == label)
+                & (np.abs(ref_scores - score) <= margin)
+                & (np.abs(ref_boxes - box).max(1) <= 1.0)
+            )
             assert partner.any(), (box, score, label)
 
 
@@ -141,8 +161,11 @@ def assert_in_photo_frame(codebase, preds, paths):
         width, height = photo_size(path)
         if codebase == 'mmdet':
             boxes = pred[0]
-            assert (boxes >= 0).all() and (boxes[:, 0::2] <= width).all() \
+            assert (
+                (boxes >= 0).all()
+                and (boxes[:, 0::2] <= width).all()
                 and (boxes[:, 1::2] <= height).all()
+            )
         elif codebase == 'mmseg':
             assert pred.shape == (height, width)
     if codebase == 'mmdet':  # compared detections on every photo, of several classes
@@ -156,8 +179,9 @@ def assert_in_photo_frame(codebase, preds, paths):
 
 
 def is_deploy_form(model) -> bool:
-    return model.backbone.deploy and not any(hasattr(m, 'branch_conv_list')
-                                             for m in model.modules())
+    return model.backbone.deploy and not any(
+        hasattr(m, 'branch_conv_list') for m in model.modules()
+    )
 
 
 # ------------------------------------------------------------------------- the tests
@@ -167,9 +191,8 @@ CASES = [
     pytest.param(CLS_TINY, ALL_PHOTOS, id='mmpretrain-s0-tiny'),
     pytest.param(DET_S1, TWO_PHOTOS, id='mmdet-s1-coco', marks=pytest.mark.slow),
     # S4 (SE blocks) at output stride 16; 512-pixel inputs, so one photo
-    pytest.param(SEG_S4, ('small_jpeg', ), id='mmseg-s4-d16-ade20k', marks=pytest.mark.slow),
-    pytest.param(CLS_FLOWERS, TWO_PHOTOS, id='mmpretrain-s0-flowers102',
-                 marks=pytest.mark.slow),
+    pytest.param(SEG_S4, ('small_jpeg',), id='mmseg-s4-d16-ade20k', marks=pytest.mark.slow),
+    pytest.param(CLS_FLOWERS, TWO_PHOTOS, id='mmpretrain-s0-flowers102', marks=pytest.mark.slow),
 ]
 
 
@@ -179,8 +202,9 @@ def test_train_and_deploy_form_predict_the_same(config, names, photos, tmp_path,
     that reparameterize_checkpoint (tools/reparameterize.py) writes."""
     checkpoint = tmp_path / 'epoch_1.pth'
     codebase = make_checkpoint(config, checkpoint, randomize_bn, photos)
-    result = reparameterize_checkpoint(config, str(checkpoint), str(tmp_path / 'deploy.pth'),
-                                       num_images=1)
+    result = reparameterize_checkpoint(
+        config, str(checkpoint), str(tmp_path / 'deploy.pth'), num_images=1
+    )
     paths = [photos[name] for name in names]
 
     train = inferencer(codebase, config, str(checkpoint))
@@ -222,8 +246,12 @@ def check_detections(lines, pred, classes):
 
     def same(row, i):
         name, score, box = row
-        return (name == classes[labels[i]] and abs(score - scores[i]) <= MARGIN + 5e-4
-                and np.abs(np.array(box) - boxes[i]).max() <= 0.1)
+        return (
+            name == classes[labels[i]]
+            and abs(score - scores[i]) <= MARGIN + 5e-4
+            and np.abs(np.array(box) - boxes[i]).max() <= 0.1
+        )
+
     for row in printed:
         assert any(same(row, i) for i in np.flatnonzero(scores >= SCORE_THR - MARGIN)), row
     for i in np.flatnonzero(scores >= SCORE_THR + MARGIN):
@@ -245,25 +273,32 @@ def check_ranking(lines, expected: dict, pattern: str, tol: float):
     assert all(v <= lowest + tol for name, v in expected.items() if name not in printed)
 
 
-@pytest.mark.parametrize('codebase', [pytest.param('mmdet', marks=pytest.mark.slow),
-                                      pytest.param('mmseg', marks=pytest.mark.slow),
-                                      'mmpretrain'])
-def test_image_demo_prints_and_draws_what_the_inferencer_gives(codebase, photos, tmp_path,
-                                                               randomize_bn, capsys):
+@pytest.mark.parametrize(
+    'codebase',
+    [
+        pytest.param('mmdet', marks=pytest.mark.slow),
+        pytest.param('mmseg', marks=pytest.mark.slow),
+        'mmpretrain',
+    ],
+)
+def test_image_demo_prints_and_draws_what_the_inferencer_gives(
+    codebase, photos, tmp_path, randomize_bn, capsys
+):
     import image_demo
+
     config = DEMO_CASES[codebase]
     checkpoint = tmp_path / 'epoch_1.pth'
     make_checkpoint(config, checkpoint, randomize_bn, photos)
     names = ('landscape_rgb', 'gray', 'rgba', 'small_jpeg')
     paths = [photos[name] for name in names]
-    image_demo.main([config, str(checkpoint), *paths, '--out-dir', str(tmp_path / 'out'),
-                     '--deploy'])
+    image_demo.main(
+        [config, str(checkpoint), *paths, '--out-dir', str(tmp_path / 'out'), '--deploy']
+    )
     printed = parse_demo(capsys.readouterr().out)
 
     # The oracle: the codebase's inferencer on the training checkpoint, train form.
     infer = inferencer(codebase, config, str(checkpoint))
-    classes = (infer.classes if codebase == 'mmpretrain'
-               else infer.model.dataset_meta['classes'])
+    classes = infer.classes if codebase == 'mmpretrain' else infer.model.dataset_meta['classes']
     for name, path, pred in zip(names, paths, predictions(codebase, infer, paths)):
         width, height, lines = printed[path]
         assert (width, height) == photo_size(path)
@@ -283,6 +318,7 @@ def test_image_demo_prints_and_draws_what_the_inferencer_gives(codebase, photos,
 
 def test_image_demo_errors_are_one_line(photos, tmp_path, randomize_bn, capsys):
     import image_demo
+
     checkpoint = tmp_path / 'classifier.pth'
     make_checkpoint(CLS_TINY, checkpoint, randomize_bn, photos)
     not_a_photo = tmp_path / 'notes.jpg'
@@ -294,8 +330,10 @@ def test_image_demo_errors_are_one_line(photos, tmp_path, randomize_bn, capsys):
         ([DET_TINY, str(checkpoint), photo], 'does not fit the model'),
         ([CLS_TINY, str(tmp_path / 'missing.pth'), photo], 'does not exist'),
         # the picture gray.png would be written over the photo gray.png
-        ([CLS_TINY, str(checkpoint), photo, '--out-dir', os.path.dirname(photo)],
-         'would overwrite'),
+        (
+            [CLS_TINY, str(checkpoint), photo, '--out-dir', os.path.dirname(photo)],
+            'would overwrite',
+        ),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:

@@ -2,27 +2,42 @@
 build will compile, and whether it can, decided before the compile starts. No GPU here:
 the decisions are driven with the facts a GPU machine would give, and the script itself
 with FORCE_CUDA=1 (which makes mmcv build CUDA ops without a GPU too) and fake nvcc."""
+
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from check_cuda_build import nvcc_release, plan_mmcv_build
 
 REPO = Path(__file__).resolve().parents[1]
-NVCC_12_4 = ('nvcc: NVIDIA (R) Cuda compiler driver\n'
-             'Cuda compilation tools, release 12.4, V12.4.131\nBuild cuda_12.4.r12.4\n')
+NVCC_12_4 = (
+    'nvcc: NVIDIA (R) Cuda compiler driver\n'
+    'Cuda compilation tools, release 12.4, V12.4.131\nBuild cuda_12.4.r12.4\n'
+)
 NVCC_12_8 = NVCC_12_4.replace('12.4', '12.8')
 NVCC_13_0 = NVCC_12_4.replace('12.4', '13.0')
 NVCC_11_8 = NVCC_12_4.replace('12.4', '11.8')
 
 
-def plan(gpu=True, force='0', torch_cuda='12.8', home='/usr/local/cuda-12.8', nvcc=NVCC_12_8,
-         headers=True):
-    return plan_mmcv_build(gpu, force, f'2.14.1+cu{(torch_cuda or "").replace(".", "")}',
-                           torch_cuda, home, nvcc, headers)
+def plan(
+    gpu=True,
+    force='0',
+    torch_cuda='12.8',
+    home='/usr/local/cuda-12.8',
+    nvcc=NVCC_12_8,
+    headers=True,
+):
+    return plan_mmcv_build(
+        gpu,
+        force,
+        f'2.14.1+cu{(torch_cuda or "").replace(".", "")}',
+        torch_cuda,
+        home,
+        nvcc,
+        headers,
+    )
 
 
 def test_nvcc_release():
@@ -60,8 +75,9 @@ def test_missing_nvcc_stops_with_both_ways_out():
         assert 'CUDA_HOME=/usr/local/cuda-12.8' in result.message
         assert 'FORCE_CUDA=0 CUDA_VISIBLE_DEVICES="" tools/install.sh' in result.message
     assert 'none found' in plan(home=None, nvcc=None).message
-    assert '/usr/local/cuda/bin/nvcc does not run' in plan(home='/usr/local/cuda',
-                                                           nvcc=None).message
+    assert (
+        '/usr/local/cuda/bin/nvcc does not run' in plan(home='/usr/local/cuda', nvcc=None).message
+    )
 
 
 def test_another_major_version_stops():
@@ -99,9 +115,12 @@ def fake_toolkit(root: Path, output: str, headers: bool = True) -> Path:
 
 
 def run_check(**env):
-    return subprocess.run([sys.executable, str(REPO / 'tools/check_cuda_build.py')],
-                          capture_output=True, text=True,
-                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', **env})
+    return subprocess.run(
+        [sys.executable, str(REPO / 'tools/check_cuda_build.py')],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', **env},
+    )
 
 
 @pytest.mark.slow
@@ -109,6 +128,7 @@ def test_script_finds_nvcc_where_torch_does(tmp_path):
     """The script on this machine's torch: CUDA_HOME as torch's build reads it, nvcc run
     and parsed, stdout the wheel cache flavour, exit status 1 with the message."""
     import torch
+
     cuda = torch.version.cuda
     assert run_check(FORCE_CUDA='0').stdout == 'cpu\n'  # torch sees no GPU here
     if cuda is None:  # a CPU torch: FORCE_CUDA=1 cannot work
@@ -131,23 +151,40 @@ def test_install_stops_before_compiling_mmcv(tmp_path):
     active environment (this one's packages, mmcv hidden) with FORCE_CUDA=1 and an nvcc
     of another CUDA major version stops with the check's message and exit status 1."""
     import site
+
     import torch
+
     env = tmp_path / 'env'
     subprocess.run([sys._base_executable, '-m', 'venv', '--without-pip', str(env)], check=True)
-    packages = Path(subprocess.run(
-        [str(env / 'bin/python'), '-c', 'import site; print(site.getsitepackages()[0])'],
-        capture_output=True, text=True, check=True).stdout.strip())
+    packages = Path(
+        subprocess.run(
+            [str(env / 'bin/python'), '-c', 'import site; print(site.getsitepackages()[0])'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (packages / 'stack.pth').write_text(site.getsitepackages()[0] + '\n')
     (packages / 'mmcv').mkdir()  # found before the real one: mmcv looks not installed
     (packages / 'mmcv' / '__init__.py').write_text('raise ImportError("hidden by the test")\n')
     major = int((torch.version.cuda or '13').split('.')[0])
     home = fake_toolkit(tmp_path / 'cuda', NVCC_12_4.replace('12.4', f'{major - 1}.4'))
     result = subprocess.run(
-        ['bash', str(REPO / 'tools/install.sh')], capture_output=True, text=True,
-        env={**os.environ, 'VIRTUAL_ENV': str(env), 'FORCE_CUDA': '1', 'CUDA_HOME': str(home),
-             'CUDA_VISIBLE_DEVICES': '', 'MOBILEONE_MM_CACHE': str(tmp_path / 'cache')})
+        ['bash', str(REPO / 'tools/install.sh')],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            'VIRTUAL_ENV': str(env),
+            'FORCE_CUDA': '1',
+            'CUDA_HOME': str(home),
+            'CUDA_VISIBLE_DEVICES': '',
+            'MOBILEONE_MM_CACHE': str(tmp_path / 'cache'),
+        },
+    )
     assert result.returncode == 1, result.stderr
-    assert (f'{home}/bin/nvcc is CUDA {major - 1}.4' if torch.version.cuda
-            else 'unset FORCE_CUDA') in result.stderr  # a CPU torch cannot build CUDA ops
+    assert (
+        f'{home}/bin/nvcc is CUDA {major - 1}.4' if torch.version.cuda else 'unset FORCE_CUDA'
+    ) in result.stderr  # a CPU torch cannot build CUDA ops
     assert 'compiling from source' not in result.stderr and not (tmp_path / 'cache').exists()
     assert not (env / '.mobileone-mm-installed').exists()

@@ -8,6 +8,7 @@ noise of a float64 run of the PyTorch model, since random weights give small met
 
 The checkpoints are random (BN affine values too), with BN statistics measured on the test
 images, as training would leave them: O(1) activations, spread scores."""
+
 import copy
 import inspect
 import math
@@ -24,23 +25,31 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mobileone_mm import reparameterize_model
 from mobileone_mm.devkit.analysis import randomize_bn
 from mobileone_mm.devkit.tiny_data import make_tiny_ade20k, make_tiny_coco, make_tiny_flowers
-from mobileone_mm import reparameterize_model
-from mobileone_mm.runtimes.mmdeploy_route import build_backend_model, evaluate_backend, export_end2end, torchscript_onnx_export
 from mobileone_mm.loading.config import build_model
+from mobileone_mm.runtimes.mmdeploy_route import (
+    build_backend_model,
+    evaluate_backend,
+    export_end2end,
+    torchscript_onnx_export,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / 'configs/mmdeploy'
 MODELS = {
     'detection': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
     'segmentation': REPO / 'configs/segmentation/'
-                           'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
+    'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
     'classification': REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
 }
 # metric key, and 0.5 % absolute on its scale (COCO mAP is 0..1, mIoU and top-1 are %)
-METRIC = {'detection': ('coco/bbox_mAP', 0.005), 'segmentation': ('mIoU', 0.5),
-          'classification': ('accuracy/top1', 0.5)}
+METRIC = {
+    'detection': ('coco/bbox_mAP', 0.005),
+    'segmentation': ('mIoU', 0.5),
+    'classification': ('accuracy/top1', 0.5),
+}
 # The static configs at the tiny configs' network input (width, height): the shipped
 # 320x320 / 512x512 ones are for the full-size recipes (checked below on the COCO one).
 TINY_STATIC_SHAPE = {'detection': [128, 128], 'segmentation': [160, 128]}
@@ -121,17 +130,21 @@ def raw_outputs(model, task, inputs, samples, monkeypatch) -> list:
             if inputs.dtype == torch.float64:
                 patch.setattr(MMCV_NMS, 'nms', nms_in_float64)  # batched_nms: eval('nms')
             results = model.predict(inputs, copy.deepcopy(samples), rescale=False)
-    return [[r.pred_instances.bboxes, r.pred_instances.scores, r.pred_instances.labels]
-            for r in results]
+    return [
+        [r.pred_instances.bboxes, r.pred_instances.scores, r.pred_instances.labels] for r in results
+    ]
 
 
 def float32_runs(model, task, inputs, samples, monkeypatch) -> list:
     """Three float32 PyTorch runs of the train form: as mim test runs it, channels-last
     and without oneDNN. Other kernels, other roundings: in a deep random net their
     errors differ by 10x from image to image, so float32 noise is their spread."""
-    runs = [raw_outputs(model, task, inputs, samples, monkeypatch),
-            raw_outputs(model, task, inputs.contiguous(memory_format=torch.channels_last),
-                        samples, monkeypatch)]
+    runs = [
+        raw_outputs(model, task, inputs, samples, monkeypatch),
+        raw_outputs(
+            model, task, inputs.contiguous(memory_format=torch.channels_last), samples, monkeypatch
+        ),
+    ]
     with torch.backends.mkldnn.flags(enabled=False):
         runs.append(raw_outputs(model, task, inputs, samples, monkeypatch))
     return runs
@@ -147,16 +160,19 @@ def typical_error(found, reference) -> float:
 def float32_noise(fp32s, fp64) -> float:
     """How far float32 PyTorch runs of the train form are from float64 (the largest
     of their typical errors), at least one float32 step of the largest value."""
-    return max([typical_error(fp32, fp64) for fp32 in fp32s]
-               + [torch.finfo(torch.float32).eps * float(fp64.abs().max())])
+    return max(
+        [typical_error(fp32, fp64) for fp32 in fp32s]
+        + [torch.finfo(torch.float32).eps * float(fp64.abs().max())]
+    )
 
 
 def assert_within_float32_noise(found, fp32s, fp64, what):
     """``found`` is no further from float64 than float32 PyTorch is, times FACTOR (the
     criterion of mobileone_mm.fusion.output_check), over all test images at once."""
     error, noise = typical_error(found, fp64), float32_noise(fp32s, fp64)
-    assert error <= FP32_NOISE_FACTOR * noise, \
+    assert error <= FP32_NOISE_FACTOR * noise, (
         f'{what}: {error:.3g} from float64, float32 PyTorch up to {noise:.3g}'
+    )
 
 
 def match(found, reference):
@@ -182,12 +198,17 @@ def compare(task, graph, fp32s, fp64):
     all test images; detections after matching, label maps where float64 is decided."""
     if task == 'detection':
         graph = [matched_detections(g, r, i) for i, (g, r) in enumerate(zip(graph, fp64))]
-        fp32s = [[matched_detections(d, r, i) for i, (d, r) in enumerate(zip(run, fp64))]
-                 for run in fp32s]
-    names = {'classification': ['class scores'], 'segmentation': ['logits'],
-             'detection': ['boxes', 'scores']}[task]
+        fp32s = [
+            [matched_detections(d, r, i) for i, (d, r) in enumerate(zip(run, fp64))]
+            for run in fp32s
+        ]
+    names = {
+        'classification': ['class scores'],
+        'segmentation': ['logits'],
+        'detection': ['boxes', 'scores'],
+    }[task]
     for k, name in enumerate(names):
-        joined = lambda outputs: torch.cat([o[k].flatten() for o in outputs])  # noqa: E731
+        joined = lambda outputs, k=k: torch.cat([o[k].flatten() for o in outputs])  # noqa: E731
         exact, runs = joined(fp64), [joined(run) for run in fp32s]
         if task != 'segmentation':
             assert_within_float32_noise(joined(graph), runs, exact, name)
@@ -209,8 +230,11 @@ def count_convs(path) -> int:
 def inference_convs(model) -> int:
     """Conv layers of the fused model that inference runs (not the auxiliary head)."""
     fused = reparameterize_model(copy.deepcopy(model))
-    return sum(isinstance(m, torch.nn.Conv2d) for name, m in fused.named_modules()
-               if not name.startswith('auxiliary_head'))
+    return sum(
+        isinstance(m, torch.nn.Conv2d)
+        for name, m in fused.named_modules()
+        if not name.startswith('auxiliary_head')
+    )
 
 
 def deploy_config(name: str, tmp_path: Path, input_shape=None) -> str:
@@ -225,29 +249,34 @@ def deploy_config(name: str, tmp_path: Path, input_shape=None) -> str:
 # The tiny ADE20K images keep their aspect ratio (no fixed input for a static graph); the
 # static segmentation and dynamic classification configs only differ from these by their
 # shape settings, checked in test_deploy_configs_say_what_their_names_say.
-CASES = [('detection', 'detection_onnxruntime_dynamic.py'),
-         ('detection', 'detection_onnxruntime_static-320x320.py'),
-         ('segmentation', 'segmentation_onnxruntime_dynamic.py'),
-         ('classification', 'classification_onnxruntime_static.py')]
+CASES = [
+    ('detection', 'detection_onnxruntime_dynamic.py'),
+    ('detection', 'detection_onnxruntime_static-320x320.py'),
+    ('segmentation', 'segmentation_onnxruntime_dynamic.py'),
+    ('classification', 'classification_onnxruntime_static.py'),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('task,deploy_name', CASES)
-def test_mmdeploy_onnxruntime_evaluates_like_pytorch(task, deploy_name, data_dir, tmp_path,
-                                                     monkeypatch):
+def test_mmdeploy_onnxruntime_evaluates_like_pytorch(
+    task, deploy_name, data_dir, tmp_path, monkeypatch
+):
     config = MODELS[task]
     shape = TINY_STATIC_SHAPE.get(task) if 'static' in deploy_name else None
     deploy_cfg = deploy_config(deploy_name, tmp_path, shape)
     checkpoint = random_checkpoint(config, tmp_path / 'model.pth')
 
-    onnx_file = export_end2end(deploy_cfg, str(config), str(checkpoint),
-                               str(tmp_path / 'end2end.onnx'))
+    onnx_file = export_end2end(
+        deploy_cfg, str(config), str(checkpoint), str(tmp_path / 'end2end.onnx')
+    )
     # A static graph takes one image at a time (mmdeploy's tools/test.py: --batch-size 1);
     # a dynamic one the config's batches.
     batch_size = 1 if 'static' in deploy_name else None
     torch_runner = pytorch_test(config, checkpoint, tmp_path / 'pytorch', batch_size)
-    backend, backend_metrics = evaluate_backend(deploy_cfg, str(config), onnx_file,
-                                                str(tmp_path / 'ort'), batch_size)
+    backend, backend_metrics = evaluate_backend(
+        deploy_cfg, str(config), onnx_file, str(tmp_path / 'ort'), batch_size
+    )
 
     # mmdeploy fused the backbone: one conv per block, as many as our fused model has
     assert count_convs(onnx_file) == inference_convs(torch_runner.model)
@@ -265,13 +294,14 @@ def test_mmdeploy_onnxruntime_evaluates_like_pytorch(task, deploy_name, data_dir
         inputs, samples = data['inputs'], data['data_samples']
         out = backend.wrapper({'input': inputs})
         if task == 'detection':
-            graph += [[dets[keep, :4], dets[keep, 4], labels[keep]]  # drop padding rows
-                      for dets, labels in zip(out['dets'], out['labels'])
-                      for keep in [dets[:, 4] > 0]]
+            graph += [
+                [dets[keep, :4], dets[keep, 4], labels[keep]]  # drop padding rows
+                for dets, labels in zip(out['dets'], out['labels'])
+                for keep in [dets[:, 4] > 0]
+            ]
         else:
             graph += [[x] for x in out['output']]
-        for run, outputs in zip(fp32s, float32_runs(model32, task, inputs, samples,
-                                                    monkeypatch)):
+        for run, outputs in zip(fp32s, float32_runs(model32, task, inputs, samples, monkeypatch)):
             run += outputs
         fp64 += raw_outputs(model64, task, inputs.double(), samples, monkeypatch)
     compare(task, graph, fp32s, fp64)
@@ -284,11 +314,13 @@ def test_ssdlite_coco_static_320_graph(tmp_path):
     config = tmp_path / 'ssdlite.py'
     config.write_text(  # random init instead of the ImageNet download
         f"_base_ = ['{REPO}/configs/detection/ssdlite_mobileone-s0_8xb24-600e_coco.py']\n"
-        "model = dict(backbone=dict(init_cfg=None))\n")
+        'model = dict(backbone=dict(init_cfg=None))\n'
+    )
     checkpoint = random_checkpoint(config, tmp_path / 'model.pth', 320)
     deploy_cfg = str(DEPLOY / 'detection_onnxruntime_static-320x320.py')
-    onnx_file = export_end2end(deploy_cfg, str(config), str(checkpoint),
-                               str(tmp_path / 'end2end.onnx'))
+    onnx_file = export_end2end(
+        deploy_cfg, str(config), str(checkpoint), str(tmp_path / 'end2end.onnx')
+    )
     graph = onnx.load(onnx_file).graph
     dims = lambda value: [d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa
     assert [(v.name, dims(v)) for v in graph.input] == [('input', [1, 3, 320, 320])]
@@ -327,9 +359,11 @@ def test_compat_layer_changes_torch_only_inside(monkeypatch):
 def test_importing_the_package_leaves_torch_onnx_alone():
     """`import mobileone_mm` and the compat module must not patch torch nor import
     mmdeploy (a fresh interpreter)."""
-    code = ('import torch; e = torch.onnx.export; import mobileone_mm, '
-            'mobileone_mm.runtimes.mmdeploy_route; assert torch.onnx.export is e; '
-            'import sys; assert "mmdeploy" not in sys.modules')
+    code = (
+        'import torch; e = torch.onnx.export; import mobileone_mm, '
+        'mobileone_mm.runtimes.mmdeploy_route; assert torch.onnx.export is e; '
+        'import sys; assert "mmdeploy" not in sys.modules'
+    )
     subprocess.run([sys.executable, '-c', code], check=True)
 
 
@@ -337,10 +371,15 @@ def test_deploy_configs_say_what_their_names_say():
     """Every config in configs/mmdeploy loads with mmdeploy's loader; a ``static-WxH``
     one fixes that input shape, a ``dynamic`` one has dynamic batch (and size) axes, and
     the codebase / backend are the ones the name gives."""
-    from mmdeploy.utils import (get_backend, get_codebase, get_dynamic_axes, get_input_shape,
-                                load_config)
-    codebases = {'detection': 'mmdet', 'segmentation': 'mmseg',
-                 'classification': 'mmpretrain'}
+    from mmdeploy.utils import (
+        get_backend,
+        get_codebase,
+        get_dynamic_axes,
+        get_input_shape,
+        load_config,
+    )
+
+    codebases = {'detection': 'mmdet', 'segmentation': 'mmseg', 'classification': 'mmpretrain'}
     names = sorted(p.name for p in DEPLOY.glob('*.py'))
     assert len(names) == 6
     for name in names:
@@ -350,8 +389,10 @@ def test_deploy_configs_say_what_their_names_say():
         axes = get_dynamic_axes(cfg) or {}
         if shape.startswith('static'):
             size = shape.split('-')[1:]
-            assert get_input_shape(cfg) == ([int(v) for v in size[0].split('x')] if size
-                                            else None) and not axes, name
+            assert (
+                get_input_shape(cfg) == ([int(v) for v in size[0].split('x')] if size else None)
+                and not axes
+            ), name
         else:
             assert shape == 'dynamic' and get_input_shape(cfg) is None, name
             assert axes['input'][0] == 'batch', name

@@ -14,28 +14,23 @@ takes the photo's aspect ratio (the config keeps it).
 Tiny S0 configs, random weights with randomised BN statistics (non-trivial outputs),
 photos from tests/photos.py (RGB and grey JPEG / PNG, RGBA, odd sizes).
 """
+
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-
-from mobileone_mm.runtimes.onnx_graphs import export_onnx
-from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape
-from mobileone_mm.runtimes.onnx_graphs import load_onnx
-from mobileone_mm.predict.prediction import predict
-from mobileone_mm.predict.photos import read_photo
-from mobileone_mm.loading.config import build_model, load_config
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, TINY_CONFIGS
 from photos import photo_paths  # noqa: E402  (tests/ on the path: conftest.py)
-BASES = {
-    'detection': 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
-    'segmentation':
-    'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
-    'classification': 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
-}
+
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape
+from mobileone_mm.predict.photos import read_photo
+from mobileone_mm.predict.prediction import predict
+from mobileone_mm.runtimes.onnx_graphs import export_onnx, load_onnx
+
+BASES = TINY_CONFIGS
 # Non-square test sizes: (w, h) = (128, 96) for the detector, a 64 x 48 crop for the
 # classifier; the segmentor keeps the photo's ratio (scale (512, 128)) and is dynamic.
 OVERRIDES = {
@@ -56,8 +51,10 @@ test_pipeline = [
     dict(type='PackInputs')]
 """,
 }
-CLASSES = {'detection': ['disk', 'square', 'triangle', 'star'],
-           'classification': ['disk', 'square', 'triangle', 'star']}
+CLASSES = {
+    'detection': ['disk', 'square', 'triangle', 'star'],
+    'classification': ['disk', 'square', 'triangle', 'star'],
+}
 PHOTOS = ['landscape_rgb', 'gray', 'rgba', 'small_jpeg']
 
 
@@ -73,30 +70,44 @@ def make_task(task, folder: Path, photos: dict, overrides: str = None):
     config = folder / f'{task}.py'
     overrides = OVERRIDES[task] if overrides is None else overrides
     if overrides:
-        overrides += ('val_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n'
-                      'test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n')
+        overrides += (
+            'val_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n'
+            'test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n'
+        )
     config.write_text(f"_base_ = '{REPO / BASES[task]}'\n{overrides}")
     cfg = load_config(str(config))
     torch.manual_seed(0)
     model, _ = build_model(cfg)
     model.init_weights()
     from mobileone_mm.devkit.analysis import randomize_bn, spread_class_logits
+
     randomize_bn(model)
     if task == 'classification':  # logits that vary by photo, softmax not saturated
-        spread_class_logits(model, [
-            torch.from_numpy(cv2.resize(read_photo(p), (64, 48))).permute(2, 0, 1)
-            for p in photos.values()])
+        spread_class_logits(
+            model,
+            [
+                torch.from_numpy(cv2.resize(read_photo(p), (64, 48))).permute(2, 0, 1)
+                for p in photos.values()
+            ],
+        )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if 'cls_convs' in name and name.endswith('weight'):
                 param.mul_(4)  # a detector's class logits spread out: fewer score ties
-    checkpoint = dict(meta=dict(dataset_meta=dict(classes=CLASSES[task])) if task in CLASSES
-                      else {}, state_dict=model.state_dict())
+    checkpoint = dict(
+        meta=dict(dataset_meta=dict(classes=CLASSES[task])) if task in CLASSES else {},
+        state_dict=model.state_dict(),
+    )
     torch.save(checkpoint, folder / f'{task}.pth')
     metadata = export_metadata(cfg, checkpoint, model, str(config))
     shape = fixed_input_shape(metadata['preprocess']) or (128, 128)
-    export_onnx(model.eval(), str(folder / f'{task}.onnx'), shape,
-                dynamic=task == 'segmentation', metadata=metadata)
+    export_onnx(
+        model.eval(),
+        str(folder / f'{task}.onnx'),
+        shape,
+        dynamic=task == 'segmentation',
+        metadata=metadata,
+    )
     return str(config), str(folder / f'{task}.pth'), str(folder / f'{task}.onnx')
 
 
@@ -108,17 +119,18 @@ def exported(tmp_path_factory, photos):
 
 def onnx_predictions(onnx_path, photos):
     session, meta = load_onnx(onnx_path)
-    return meta, {name: predict(session, meta, read_photo(path))
-                  for name, path in photos.items()}
+    return meta, {name: predict(session, meta, read_photo(path)) for name, path in photos.items()}
 
 
 def expected_detections(config, checkpoint, photos) -> dict:
     """mmdet's DetInferencer on each photo: name -> pred_instances."""
     from mmdet.apis import DetInferencer
-    inferencer = DetInferencer(model=config, weights=checkpoint, device='cpu',
-                               show_progress=False)
-    return {name: inferencer(path, return_datasamples=True)['predictions'][0].pred_instances
-            for name, path in photos.items()}
+
+    inferencer = DetInferencer(model=config, weights=checkpoint, device='cpu', show_progress=False)
+    return {
+        name: inferencer(path, return_datasamples=True)['predictions'][0].pred_instances
+        for name, path in photos.items()
+    }
 
 
 def assert_detections_match(found, expected, photo_path, input_size, name):
@@ -127,8 +139,9 @@ def assert_detections_match(found, expected, photo_path, input_size, name):
     # the confident half of mmdet's detections: all there, same order, within a pixel
     count = max(int((expected.scores >= expected.scores[0] / 2).sum()), 5)
     assert len(found.scores) >= count, name
-    np.testing.assert_allclose(found.scores[:count], expected.scores[:count].numpy(),
-                               atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(
+        found.scores[:count], expected.scores[:count].numpy(), atol=1e-4, err_msg=name
+    )
     assert (found.labels[:count] == expected.labels[:count].numpy()).all(), name
     assert np.abs(found.boxes[:count] - expected.bboxes[:count].numpy()).max() <= 1, name
 
@@ -136,9 +149,12 @@ def assert_detections_match(found, expected, photo_path, input_size, name):
 def expected_label_maps(config, checkpoint, photos) -> dict:
     """mmseg's MMSegInferencer on each photo: name -> label map (H, W)."""
     from mmseg.apis import MMSegInferencer
+
     inferencer = MMSegInferencer(model=config, weights=checkpoint, device='cpu')
-    return {name: inferencer(path, return_datasamples=True).pred_sem_seg.data[0].numpy()
-            for name, path in photos.items()}
+    return {
+        name: inferencer(path, return_datasamples=True).pred_sem_seg.data[0].numpy()
+        for name, path in photos.items()
+    }
 
 
 def assert_label_maps_match(found, expected, photo_path, name):
@@ -153,11 +169,13 @@ def expected_class_scores(config, checkpoint, photos) -> dict:
     """mmpretrain's ImageClassificationInferencer on each photo: name -> scores."""
     from mmengine.registry import DefaultScope
     from mmpretrain.apis import ImageClassificationInferencer
+
     # mmpretrain's inferencer builds its pipeline in the current default scope, which the
     # mmdet / mmseg inferencers of the tests before left at theirs
     with DefaultScope.overwrite_default_scope('mmpretrain'):
-        inferencer = ImageClassificationInferencer(model=config, pretrained=checkpoint,
-                                                   device='cpu')
+        inferencer = ImageClassificationInferencer(
+            model=config, pretrained=checkpoint, device='cpu'
+        )
         return {name: inferencer(path)[0]['pred_scores'] for name, path in photos.items()}
 
 

@@ -1,4 +1,5 @@
 """The backbone from mmdet, mmseg and mmpretrain configs, and mmengine's checkpoints."""
+
 import textwrap
 
 import pytest
@@ -37,7 +38,7 @@ CONFIGS = {
     'mmpretrain': f"""
         model = dict(
             type='ImageClassifier',
-            backbone={BACKBONE.format(out=(3, ))},
+            backbone={BACKBONE.format(out=(3,))},
             neck=dict(type='GlobalAveragePooling'),
             head=dict(type='LinearClsHead', num_classes=10, in_channels=1024))""",
 }
@@ -45,11 +46,16 @@ CONFIGS = {
 
 def build_from_config(scope, tmp_path):
     path = tmp_path / f'{scope}_config.py'
-    path.write_text("custom_imports = dict(imports=['mobileone_mm'], "
-                    "allow_failed_imports=False)\n" + textwrap.dedent(CONFIGS[scope]))
+    path.write_text(
+        "custom_imports = dict(imports=['mobileone_mm'], "
+        'allow_failed_imports=False)\n' + textwrap.dedent(CONFIGS[scope])
+    )
     cfg = Config.fromfile(str(path))
-    registry = {'mmdet': 'mmdet.registry', 'mmseg': 'mmseg.registry',
-                'mmpretrain': 'mmpretrain.registry'}[scope]
+    registry = {
+        'mmdet': 'mmdet.registry',
+        'mmseg': 'mmseg.registry',
+        'mmpretrain': 'mmpretrain.registry',
+    }[scope]
     init_default_scope(scope)
     models = __import__(registry, fromlist=['MODELS']).MODELS
     return models.build(cfg.model)
@@ -58,6 +64,7 @@ def build_from_config(scope, tmp_path):
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_build_from_each_codebase(scope, tmp_path):
     from mobileone_mm import MobileOne
+
     model = build_from_config(scope, tmp_path)
     assert type(model.backbone) is MobileOne
     model.init_weights()
@@ -68,20 +75,31 @@ def test_build_from_each_codebase(scope, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('arch, params', [('s0', 2_078_504), ('s1', 4_764_840),
-                                          ('s2', 7_808_168), ('s3', 10_078_312),
-                                          ('s4', 14_838_352)])
+@pytest.mark.parametrize(
+    'arch, params',
+    [
+        ('s0', 2_078_504),
+        ('s1', 4_764_840),
+        ('s2', 7_808_168),
+        ('s3', 10_078_312),
+        ('s4', 14_838_352),
+    ],
+)
 def test_fused_classifier_parameter_counts(arch, params):
     from mmpretrain.models import build_classifier
 
     from mobileone_mm import MobileOne, reparameterize_model
+
     init_default_scope('mmpretrain')
     width = MobileOne(arch).out_channels[-1]
-    model = build_classifier(dict(
-        type='ImageClassifier',
-        backbone=dict(type='mobileone_mm.MobileOne', arch=arch),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=1000, in_channels=width)))
+    model = build_classifier(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(type='mobileone_mm.MobileOne', arch=arch),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=1000, in_channels=width),
+        )
+    )
     reparameterize_model(model.eval())
     assert sum(p.numel() for p in model.parameters()) == params
 
@@ -89,9 +107,10 @@ def test_fused_classifier_parameter_counts(arch, params):
 def _train_toy_runner(work_dir, max_epochs, resume=False, load_from=None):
     """mmengine's Runner on a one-layer model: its checkpoints hold numpy scalars and
     HistoryBuffers, the objects torch >= 2.6 refuses to unpickle by default."""
-    import mobileone_mm.fixes.safe_loading  # noqa: F401  (registers the safe loader)
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
+
+    import mobileone_mm.fixes.safe_loading  # noqa: F401  (registers the safe loader)
 
     class Toy(BaseModel):
         def __init__(self):
@@ -104,19 +123,28 @@ def _train_toy_runner(work_dir, max_epochs, resume=False, load_from=None):
 
     data = [dict(inputs=torch.rand(2), labels=torch.rand(1)) for _ in range(8)]
     runner = Runner(
-        model=Toy(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=data, sampler=dict(type='DefaultSampler', shuffle=False),
-                              batch_size=4, collate_fn=dict(type='default_collate')),
+        model=Toy(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=data,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=4,
+            collate_fn=dict(type='default_collate'),
+        ),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
-        resume=resume, load_from=load_from, default_scope='mmengine')
+        resume=resume,
+        load_from=load_from,
+        default_scope='mmengine',
+    )
     runner.train()
     return runner
 
 
 def test_mmengine_runner_checkpoints_load_and_resume(tmp_path):
     from mmengine.runner import CheckpointLoader
+
     _train_toy_runner(tmp_path, max_epochs=1)
     checkpoint = tmp_path / 'epoch_1.pth'
     unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(checkpoint))

@@ -2,6 +2,7 @@
 whole recipe, judged from its log and its runner state; the EMA weights through
 checkpoints, resume and the deploy form; the pretrained custom arch in the detection and
 segmentation configs; the recipe's hooks under DDP."""
+
 import copy
 import json
 import math
@@ -18,26 +19,29 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from mobileone_mm import CheckpointError, MobileOne, load_checkpoint_file, reparameterize_model
 from mobileone_mm.devkit.analysis import count_macs
 from mobileone_mm.devkit.tiny_data import make_tiny_flowers
-from mobileone_mm import CheckpointError, MobileOne, load_checkpoint_file, reparameterize_model
-from mobileone_mm.models.arch import ARCH_SETTINGS, resolve_arch, stage_channels
-from mobileone_mm.loading.config import build_model
-from mobileone_mm.loading.checkpoint import load_model
-from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
-from mobileone_mm.loading.data import sample_inputs
 from mobileone_mm.fusion.output_check import Reference
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
+from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.loading.config import build_model
+from mobileone_mm.loading.data import sample_inputs
+from mobileone_mm.models.arch import ARCH_SETTINGS, resolve_arch, stage_channels
 
 REPO = Path(__file__).resolve().parents[1]
 CLS = REPO / 'configs/classification'
-IMAGENET = {**{f's{n}': CLS / f'mobileone-s{n}_8xb32_in1k.py' for n in range(5)},
-            'narrow': CLS / 'mobileone-s0-narrow_8xb32_in1k.py'}
+IMAGENET = {
+    **{f's{n}': CLS / f'mobileone-s{n}_8xb32_in1k.py' for n in range(5)},
+    'narrow': CLS / 'mobileone-s0-narrow_8xb32_in1k.py',
+}
 TINY = CLS / 'mobileone-s0_in1k-recipe_1xb16-6e_tiny-flowers.py'
 TINY_NARROW = CLS / 'mobileone-s0-narrow_in1k-recipe_1xb16-6e_tiny-flowers.py'
 FLOWERS = CLS / 'mobileone-s0_1xb32-flowers102.py'
 SSDLITE = REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'
-DEEPLAB = (REPO / 'configs/segmentation'
-           / 'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py')
+DEEPLAB = (
+    REPO / 'configs/segmentation' / 'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py'
+)
 MIM = Path(sys.executable).parent / 'mim'
 
 # (RandomResizedCrop size, RandAugment magnitude or None) from each epoch a stage starts.
@@ -57,8 +61,9 @@ def stage_of(stages: dict, epoch: int):
 def recipe_of(pipeline) -> tuple:
     """(crop size, RandAugment magnitude or None) of an mmcv Compose."""
     crop = [t.scale for t in pipeline.transforms if type(t).__name__ == 'RandomResizedCrop']
-    magnitude = [t.magnitude_level for t in pipeline.transforms
-                 if type(t).__name__ == 'RandAugment']
+    magnitude = [
+        t.magnitude_level for t in pipeline.transforms if type(t).__name__ == 'RandAugment'
+    ]
     assert len(crop) == 1 and crop[0][0] == crop[0][1] and len(magnitude) <= 1
     return crop[0][0], (round(magnitude[0], 6) if magnitude else None)
 
@@ -101,9 +106,10 @@ def test_imagenet_recipe_config_builds_and_trains_a_step(name):
 
     # one training step with the recipe's optimizer (SGD, no decay on norm layers)
     optim_wrapper = build_optim_wrapper(model.train(), cfg.optim_wrapper)
-    data = dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
-                        for _ in range(2)],
-                data_samples=[DataSample().set_gt_label(label) for label in (3, 999)])
+    data = dict(
+        inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(2)],
+        data_samples=[DataSample().set_gt_label(label) for label in (3, 999)],
+    )
     before = [p.detach().clone() for p in model.parameters()]
     losses = model.train_step(data, optim_wrapper)
     assert torch.isfinite(losses['loss'])
@@ -119,8 +125,9 @@ def test_imagenet_recipe_config_builds_and_trains_a_step(name):
     assert set(bases) == {0.0, 1e-4}
     for epoch in range(300):
         for group, base in zip(groups, bases):
-            assert math.isclose(group['weight_decay'], cosine_decay(base, epoch, 300),
-                                rel_tol=1e-9, abs_tol=0), (epoch, base)
+            assert math.isclose(
+                group['weight_decay'], cosine_decay(base, epoch, 300), rel_tol=1e-9, abs_tol=0
+            ), (epoch, base)
         scheduler.step()
 
     # progressive learning: what the train set starts with and what SwitchRecipeHook
@@ -251,8 +258,9 @@ def ema_momentum(config) -> float:
     return hook_cfg(Config.fromfile(str(config)), 'EMAHook').momentum
 
 
-def mim_train(config, folder: Path, work_dir: Path, *extra, kill_after_epoch=None,
-              check=True) -> str:
+def mim_train(
+    config, folder: Path, work_dir: Path, *extra, kill_after_epoch=None, check=True
+) -> str:
     """`mim train mmpretrain` of ``config`` plus the probe hook, from ``folder`` (where
     the data is); returns the output."""
     (folder / 'pretrain_probe.py').write_text(PROBE)
@@ -262,13 +270,17 @@ def mim_train(config, folder: Path, work_dir: Path, *extra, kill_after_epoch=Non
         f'custom_imports = dict(imports=_base_.custom_imports.imports + ["pretrain_probe"],'
         f' allow_failed_imports=False)\n'
         f'custom_hooks = _base_.custom_hooks + [dict(type="PretrainProbeHook", '
-        f'momentum={ema_momentum(config)!r}, kill_after_epoch={kill_after_epoch!r})]\n')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
-        [str(folder), str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
-    command = [str(MIM), 'train', 'mmpretrain', str(probed), '--work-dir', str(work_dir),
-               *extra]
-    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=900)
+        f'momentum={ema_momentum(config)!r}, kill_after_epoch={kill_after_epoch!r})]\n'
+    )
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS='1',
+        PYTHONPATH=os.pathsep.join(
+            [str(folder), str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p]
+        ),
+    )
+    command = [str(MIM), 'train', 'mmpretrain', str(probed), '--work-dir', str(work_dir), *extra]
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     if check:
         assert done.returncode == 0 and 'Traceback' not in output, output[-4000:]
@@ -279,11 +291,15 @@ def probe(work_dir: Path, rank: int = 0) -> dict:
     return json.loads((work_dir / f'probe_rank{rank}.json').read_text())
 
 
-RECIPE_LINE = re.compile(r'Epoch (\d+) recipe: trained on (\d+)x(\d+) images; '
-                         r'RandomResizedCrop\.scale=\((\d+), (\d+)\), '
-                         r'RandAugment\.magnitude_level=([\d.]+); weight_decay ([\d.e-]+), 0\n')
-EMA_LINE = re.compile(r'Validation on the EMA weights \(EMAHook, (\d+) updates\): '
-                      r'([\d.e-]+) \(relative\) from the trained weights')
+RECIPE_LINE = re.compile(
+    r'Epoch (\d+) recipe: trained on (\d+)x(\d+) images; '
+    r'RandomResizedCrop\.scale=\((\d+), (\d+)\), '
+    r'RandAugment\.magnitude_level=([\d.]+); weight_decay ([\d.e-]+), 0\n'
+)
+EMA_LINE = re.compile(
+    r'Validation on the EMA weights \(EMAHook, (\d+) updates\): '
+    r'([\d.e-]+) \(relative\) from the trained weights'
+)
 
 
 # The tests' tiny run: 64 train images in batches of 8, 6 epochs of 8 iterations (the
@@ -294,8 +310,11 @@ TINY_IMAGES, TINY_BATCH = 64, 8
 # as the uninterrupted one: mmengine seeds each worker with seed + rank + worker id, and
 # mmpretrain's train.py keeps them for the whole run by default (persistent_workers), so
 # the random state they carry from one epoch to the next is in no checkpoint.
-TINY_ARGS = ('--no-persistent-workers', '--cfg-options',
-             f'train_dataloader.batch_size={TINY_BATCH}')
+TINY_ARGS = (
+    '--no-persistent-workers',
+    '--cfg-options',
+    f'train_dataloader.batch_size={TINY_BATCH}',
+)
 
 
 @pytest.fixture(scope='module')
@@ -322,8 +341,9 @@ def test_tiny_recipe_log_shows_each_trick(tiny_run):
         crop, expected_magnitude = stage_of(TINY_STAGES, int(epoch))
         assert int(height) == int(width) == int(crop_h) == int(crop_w) == crop
         assert math.isclose(float(magnitude), expected_magnitude, rel_tol=5e-3)
-        expected_decay = cosine_decay(cfg.optim_wrapper.optimizer.weight_decay,
-                                      int(epoch) - 1, epochs)
+        expected_decay = cosine_decay(
+            cfg.optim_wrapper.optimizer.weight_decay, int(epoch) - 1, epochs
+        )
         assert math.isclose(float(decay), expected_decay, rel_tol=5e-3), (epoch, decay)
     assert 'Switch train pipeline at epoch 3.' in output
     assert 'Switch train pipeline at epoch 5.' in output
@@ -372,9 +392,13 @@ def test_ema_checkpoint_deploy_form_gives_the_same_results_in_mim_test(tiny_run,
     saved = load_checkpoint_file(checkpoint)
     ema_model, cfg, _ = load_model(str(TINY), str(checkpoint))
     trained_model = copy.deepcopy(ema_model)
-    trained_model.load_state_dict({k[len('module.'):]: v
-                                   for k, v in saved['ema_state_dict'].items()
-                                   if k.startswith('module.')})
+    trained_model.load_state_dict(
+        {
+            k[len('module.') :]: v
+            for k, v in saved['ema_state_dict'].items()
+            if k.startswith('module.')
+        }
+    )
 
     deploy = folder / 'deploy' / 'epoch_6_deploy.pth'
     result = reparameterize_checkpoint(str(TINY), str(checkpoint), str(deploy))
@@ -390,20 +414,38 @@ def test_ema_checkpoint_deploy_form_gives_the_same_results_in_mim_test(tiny_run,
     assert len(best) == 1
     best_model, _, _ = load_model(str(TINY), str(best[0]))
     hook_written = load_checkpoint_file(best[0].with_name(best[0].stem + '_deploy.pth'))
-    assert all(torch.equal(hook_written['state_dict'][k], v)
-               for k, v in reparameterize_model(best_model).state_dict().items())
+    assert all(
+        torch.equal(hook_written['state_dict'][k], v)
+        for k, v in reparameterize_model(best_model).state_dict().items()
+    )
 
     # mim test: the train form (the EMAHook in the config swaps the checkpoint's EMA
     # weights in and out) and the deploy form, every val image's scores
     scores = {}
-    for form, (config, ckpt) in {'train': (TINY, checkpoint),
-                                 'deploy': (result.out_config, deploy)}.items():
+    for form, (config, ckpt) in {
+        'train': (TINY, checkpoint),
+        'deploy': (result.out_config, deploy),
+    }.items():
         out = folder / f'{form}_predictions.pkl'
         done = subprocess.run(
-            [str(MIM), 'test', 'mmpretrain', str(config), '--checkpoint', str(ckpt),
-             '--out', str(out), '--work-dir', str(folder / f'test_{form}')],
-            cwd=folder, capture_output=True, text=True, timeout=600,
-            env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO)))
+            [
+                str(MIM),
+                'test',
+                'mmpretrain',
+                str(config),
+                '--checkpoint',
+                str(ckpt),
+                '--out',
+                str(out),
+                '--work-dir',
+                str(folder / f'test_{form}'),
+            ],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO)),
+        )
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         with open(out, 'rb') as f:
             scores[form] = [[p['pred_score'][None]] for p in pickle.load(f)]
@@ -437,7 +479,7 @@ def test_resume_after_the_first_switch_continues_recipe_and_ema(tiny_run):
     assert 'resumed epoch: 3' in resumed
     assert 'Switch train pipeline (resume recipe of epoch 3).' in resumed
     lines = RECIPE_LINE.findall(resumed)
-    assert [(int(l[0]), int(l[1])) for l in lines] == [(4, 56), (5, 64), (6, 64)]
+    assert [(int(found[0]), int(found[1])) for found in lines] == [(4, 56), (5, 64), (6, 64)]
     assert lines == RECIPE_LINE.findall(uninterrupted)[3:]
 
     final, expected = (load_checkpoint_file(d / 'epoch_6.pth') for d in (killed, work_dir))
@@ -456,9 +498,19 @@ def narrow_ddp_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp('pretrain_ddp')
     make_tiny_flowers(folder / 'data/tiny_flowers', num_train=16, num_val=8)
     work_dir = folder / 'work'
-    output = mim_train(TINY_NARROW, folder, work_dir, '--launcher', 'pytorch', '--gpus', '2',
-                       '--port', str(free_port()), '--cfg-options',
-                       'train_dataloader.batch_size=4')
+    output = mim_train(
+        TINY_NARROW,
+        folder,
+        work_dir,
+        '--launcher',
+        'pytorch',
+        '--gpus',
+        '2',
+        '--port',
+        str(free_port()),
+        '--cfg-options',
+        'train_dataloader.batch_size=4',
+    )
     return folder, work_dir, output
 
 
@@ -474,32 +526,41 @@ def test_recipe_hooks_under_ddp_with_persistent_workers(narrow_ddp_run):
     ranks = [probe(work_dir, rank) for rank in (0, 1)]
     for record in ranks:
         epochs = record['epochs']
-        assert [e['sizes'] for e in epochs] == \
-            [[[stage_of(TINY_STAGES, e)[0]] * 2] for e in range(1, 7)]
+        assert [e['sizes'] for e in epochs] == [
+            [[stage_of(TINY_STAGES, e)[0]] * 2] for e in range(1, 7)
+        ]
         workers = [tuple(e['workers']) for e in epochs]
         assert all(len(w) == 1 for w in workers)
-        assert [w == workers[i - 1] for i, w in enumerate(workers)][1:] == \
-            [True, False, True, False, True]
+        assert [w == workers[i - 1] for i, w in enumerate(workers)][1:] == [
+            True,
+            False,
+            True,
+            False,
+            True,
+        ]
         for validation in record['validations']:
             assert validation['ema_error'] <= ema_bound(validation, momentum), validation
             assert validation['from_trained'] > 100 * ema_bound(validation, momentum)
-    assert [v['param_sum'] for v in ranks[0]['validations']] == \
-        [v['param_sum'] for v in ranks[1]['validations']]
+    assert [v['param_sum'] for v in ranks[0]['validations']] == [
+        v['param_sum'] for v in ranks[1]['validations']
+    ]
 
 
 @pytest.mark.slow
-def test_custom_arch_pretraining_initialises_detector_and_segmentor(narrow_ddp_run,
-                                                                   monkeypatch):
+def test_custom_arch_pretraining_initialises_detector_and_segmentor(narrow_ddp_run, monkeypatch):
     """The custom-arch pretraining checkpoint through init_cfg into the tiny SSDLite and
     DeepLabV3 configs with the same arch (the README's configs): the backbone holds the
     checkpoint's (EMA) weights, tensor for tensor; into the S0 configs as they are it is
     refused, naming both archs."""
     from mmengine.registry import init_default_scope
+
     folder, work_dir, _ = narrow_ddp_run
     checkpoint = work_dir / 'epoch_6.pth'
-    weights = {k[len('backbone.'):]: v
-               for k, v in load_checkpoint_file(checkpoint)['state_dict'].items()
-               if k.startswith('backbone.')}
+    weights = {
+        k[len('backbone.') :]: v
+        for k, v in load_checkpoint_file(checkpoint)['state_dict'].items()
+        if k.startswith('backbone.')
+    }
     arch = Config.fromfile(str(TINY_NARROW)).arch
     for downstream in (SSDLITE, DEEPLAB):
         config = folder / f'pretrained_{downstream.name}'
@@ -513,8 +574,9 @@ def test_custom_arch_pretraining_initialises_detector_and_segmentor(narrow_ddp_r
             assert torch.equal(state[name], value), (downstream.name, name)
 
         mismatched = Config.fromfile(str(downstream))
-        mismatched.model.backbone.init_cfg = dict(type='Pretrained', prefix='backbone.',
-                                                  checkpoint=str(checkpoint))
+        mismatched.model.backbone.init_cfg = dict(
+            type='Pretrained', prefix='backbone.', checkpoint=str(checkpoint)
+        )
         model, _ = build_model(mismatched)
         with pytest.raises(CheckpointError, match=r'MobileOne-custom\(.*MobileOne-s0'):
             model.init_weights()
@@ -523,8 +585,10 @@ def test_custom_arch_pretraining_initialises_detector_and_segmentor(narrow_ddp_r
 def downstream_config(base: Path, arch: dict, checkpoint: Path) -> str:
     """A config on a detection / segmentation config for a pretrained custom arch, as the
     README writes it."""
-    return (f'_base_ = {str(base)!r}\n'
-            f'model = dict(backbone=dict(\n'
-            f'    arch=dict(_delete_=True, **{arch!r}),\n'
-            f'    init_cfg=dict(_delete_=True, type="Pretrained", prefix="backbone.",\n'
-            f'                  checkpoint={str(checkpoint)!r})))\n')
+    return (
+        f'_base_ = {str(base)!r}\n'
+        f'model = dict(backbone=dict(\n'
+        f'    arch=dict(_delete_=True, **{arch!r}),\n'
+        f'    init_cfg=dict(_delete_=True, type="Pretrained", prefix="backbone.",\n'
+        f'                  checkpoint={str(checkpoint)!r})))\n'
+    )

@@ -1,7 +1,9 @@
-"""int8 deployment (mobileone_mm/runtimes/onnxruntime_int8.py, runtimes/evaluate.py, tools/quantize.py):
+"""int8 deployment (mobileone_mm/runtimes/onnxruntime_int8.py, runtimes/evaluate.py,
+tools/quantize.py):
 statically quantized onnxruntime graphs of real mmdet / mmseg / mmpretrain models, held
 to float32 by the int8 check, to the export graph's interface, to onnx_infer's path and
 to the codebases' own test loop."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -15,23 +17,28 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mobileone_mm import MobileOne, optimize_for_inference
-from mobileone_mm.runtimes.evaluate import evaluate_graph, graph_images, quantize_checkpoint
-from mobileone_mm.runtimes.onnx_graphs import build_onnx, load_session
-from mobileone_mm.predict.metadata import export_metadata
-from mobileone_mm.runtimes.onnx_graphs import load_onnx
-from mobileone_mm.predict.prediction import predict
-from mobileone_mm.predict.photos import read_photo
-from mobileone_mm.runtimes.int8_check import COSINE_MIN, judge_int8
-from mobileone_mm.runtimes.onnxruntime_int8 import QuantizeError, layer_sensitivity, output_layers, quantizable_nodes, quantize_graph
-from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.devkit.analysis import spread_class_logits
 from mobileone_mm.devkit.tiny_data import ADE20K_IDS, make_tiny_ade20k, make_tiny_flowers
+from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.predict.metadata import export_metadata
+from mobileone_mm.predict.photos import read_photo
+from mobileone_mm.predict.prediction import predict
+from mobileone_mm.runtimes.evaluate import evaluate_graph, quantize_checkpoint
+from mobileone_mm.runtimes.int8_check import COSINE_MIN, judge_int8
+from mobileone_mm.runtimes.onnx_graphs import build_onnx, load_onnx, load_session
+from mobileone_mm.runtimes.onnxruntime_int8 import (
+    QuantizeError,
+    layer_sensitivity,
+    output_layers,
+    quantizable_nodes,
+    quantize_graph,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     'detection': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
     'segmentation': REPO / 'configs/segmentation/'
-                           'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
+    'deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
     'classification': REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
 }
 
@@ -67,8 +74,7 @@ def scaled_activations(graph: bytes, factor: float) -> bytes:
 @pytest.mark.slow
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 @pytest.mark.parametrize('arch', ['s1'])
-def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, backend,
-                                                                  randomize_bn):
+def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, backend, randomize_bn):
     """COSINE_MIN (0.95) against measurement: int8 S0 / S1 backbones with random BN
     statistics came out at cosine 0.985-0.999 to float32 (3 seeds, three outputs each,
     calibrated on 8 inputs); quantizations with wrong ranges at 0.0-0.42 (calibrated on
@@ -76,8 +82,9 @@ def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, backend,
     scale x100). The same QDQ graph in onnxruntime and in OpenVINO."""
     model = random_backbone(arch, 0, randomize_bn)
     example = torch.randn(1, 3, 64, 64)
-    int8 = optimize_for_inference(model, example, precision='int8',
-                                  calibration=batches(4, 64, 1), backend=backend)
+    int8 = optimize_for_inference(
+        model, example, precision='int8', calibration=batches(4, 64, 1), backend=backend
+    )
     assert int8.check['passed'] and int8.check['cosine'] >= 0.98
     assert int8.precision == 'int8' and int8.backend == backend
     # new inputs, another batch size: as close to float32 as on the calibration inputs
@@ -88,8 +95,13 @@ def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, backend,
     assert judge_int8([expected], [found])['cosine'] >= 0.98
 
     with pytest.raises(QuantizeError, match='cosine to float32'):
-        optimize_for_inference(model, example, precision='int8',
-                               calibration=batches(4, 64, 1, scale=255.0), backend=backend)
+        optimize_for_inference(
+            model,
+            example,
+            precision='int8',
+            calibration=batches(4, 64, 1, scale=255.0),
+            backend=backend,
+        )
     session = load_session(scaled_activations(int8.graph, 100.0))[0]
     broken = judge_int8([expected], [session.run(None, {'input': x.numpy()})])
     assert not broken['passed'] and broken['cosine'] < COSINE_MIN
@@ -98,15 +110,15 @@ def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, backend,
 @pytest.mark.slow
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 @pytest.mark.parametrize('task', list(CONFIGS))
-def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, backend,
-                                                                 randomize_bn):
+def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, backend, randomize_bn):
     """optimize_for_inference(precision='int8') of a detector / segmentor / classifier in
     tensor mode: the outputs of model(x) in the same nesting, near float32, the heads'
     last layers left float."""
     model = random_model(task, randomize_bn)
     example = torch.randn(1, 3, 64, 64)
-    int8 = optimize_for_inference(model, example, precision='int8',
-                                  calibration=batches(3, 64, 1), backend=backend)
+    int8 = optimize_for_inference(
+        model, example, precision='int8', calibration=batches(3, 64, 1), backend=backend
+    )
     assert int8.check['passed'] and int8.backend == backend, int8.check
     if task == 'detection':
         assert int8.check['agreement'] is None  # raw score maps in tensor mode: cosine only
@@ -116,18 +128,23 @@ def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, backend,
         expected = model(example)
     found = int8(example)
     assert pytree.tree_structure(found) == pytree.tree_structure(expected)
-    assert [t.shape for t in pytree.tree_leaves(found)] == \
-        [t.shape for t in pytree.tree_leaves(expected)]
+    assert [t.shape for t in pytree.tree_leaves(found)] == [
+        t.shape for t in pytree.tree_leaves(expected)
+    ]
     heads = {'detection': 12, 'segmentation': 1, 'classification': 1}[task]
     assert len(int8.keep_float) == heads  # SSD: class and box predictors of 6 levels
 
 
-TINY = dict(num_blocks=[1, 1, 1, 1], width_factor=[0.25, 0.25, 0.25, 0.25],
-            num_conv_branches=[1, 1, 1, 1], num_se_blocks=[0, 0, 0, 0])
+TINY = dict(
+    num_blocks=[1, 1, 1, 1],
+    width_factor=[0.25, 0.25, 0.25, 0.25],
+    num_conv_branches=[1, 1, 1, 1],
+    num_se_blocks=[0, 0, 0, 0],
+)
 
 
 def test_bad_calibration_and_arguments_are_refused():
-    model = MobileOne(TINY, out_indices=(3, )).eval()
+    model = MobileOne(TINY, out_indices=(3,)).eval()
     example = torch.randn(1, 3, 32, 32)
     with pytest.raises(QuantizeError, match='needs calibration=batches'):
         optimize_for_inference(model, example, precision='int8')
@@ -136,18 +153,22 @@ def test_bad_calibration_and_arguments_are_refused():
     with pytest.raises(ValueError, match='is for precision="int8"'):
         optimize_for_inference(model, example, calibration=[example])
     with pytest.raises(ValueError, match='runs on onnxruntime'):
-        optimize_for_inference(model, example, precision='int8', calibration=[example],
-                               backend='torchscript')
+        optimize_for_inference(
+            model, example, precision='int8', calibration=[example], backend='torchscript'
+        )
     with pytest.raises(TypeError, match='float32 CPU'):
         optimize_for_inference(model, example, precision='int8', calibration=[example.double()])
     with pytest.raises(QuantizeError, match=r'shape \(2, 3, 48, 48\).*graph takes'):
-        optimize_for_inference(model, example, precision='int8',
-                               calibration=[torch.randn(2, 3, 48, 48)])
+        optimize_for_inference(
+            model, example, precision='int8', calibration=[torch.randn(2, 3, 48, 48)]
+        )
     with pytest.raises(QuantizeError, match='one constant value'):
-        optimize_for_inference(model, example, precision='int8',
-                               calibration=[torch.zeros(1, 3, 32, 32)] * 2)
-    int8 = optimize_for_inference(model, example, precision='int8',
-                                  calibration=[torch.randn(4, 3, 32, 32)], verify=False)
+        optimize_for_inference(
+            model, example, precision='int8', calibration=[torch.zeros(1, 3, 32, 32)] * 2
+        )
+    int8 = optimize_for_inference(
+        model, example, precision='int8', calibration=[torch.randn(4, 3, 32, 32)], verify=False
+    )
     with pytest.raises(ValueError, match='calibrated and checked for inputs'):
         int8(torch.randn(1, 3, 64, 64))
     graph, _ = build_onnx_of_backbone(model)
@@ -159,9 +180,16 @@ def test_bad_calibration_and_arguments_are_refused():
 
 def build_onnx_of_backbone(model, size=32):
     import io
+
     buffer = io.BytesIO()
-    torch.onnx.export(model, (torch.randn(1, 3, size, size), ), buffer, dynamo=False,
-                      opset_version=17, input_names=['input'])
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, size, size),),
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        input_names=['input'],
+    )
     return buffer.getvalue(), None
 
 
@@ -173,9 +201,13 @@ def test_sensitivity_finds_an_outlier_channel_and_float_layers_fix_it(randomize_
     ReLU between them commutes with the scale). One int8 scale per tensor then leaves
     the other channels a few levels or none. layer_sensitivity ranks the two layers
     around that tensor worst, and keeping them float brings the cosine back."""
-    arch = dict(num_blocks=[1, 2, 2, 1], width_factor=[0.5, 0.5, 0.5, 0.5],
-                num_conv_branches=[2, 2, 2, 2], num_se_blocks=[0, 0, 0, 0])
-    model = randomize_bn(MobileOne(arch, out_indices=(3, ))).eval()
+    arch = dict(
+        num_blocks=[1, 2, 2, 1],
+        width_factor=[0.5, 0.5, 0.5, 0.5],
+        num_conv_branches=[2, 2, 2, 2],
+        num_se_blocks=[0, 0, 0, 0],
+    )
+    model = randomize_bn(MobileOne(arch, out_indices=(3,))).eval()
     model.switch_to_deploy()
     widened, narrowed = model.stage2[1].branch_reparam, model.stage2[2].branch_reparam
     with torch.no_grad():
@@ -194,7 +226,7 @@ def test_sensitivity_finds_an_outlier_channel_and_float_layers_fix_it(randomize_
         session = load_session(quantize_graph(graph, calibration, keep_float=keep))[0]
         return judge_int8(reference, [session.run(None, {'input': x}) for x in inputs])
 
-    assert cosine_of([])["cosine"] < 0.9
+    assert cosine_of([])['cosine'] < 0.9
     assert cosine_of(ranking[:2])['cosine'] >= 0.98
 
 
@@ -206,15 +238,21 @@ def flowers(tmp_path, monkeypatch, randomize_bn):
     make_tiny_flowers('data/tiny_flowers', num_train=8, num_val=8)
     model = random_model('classification', randomize_bn)
     path = tmp_path / 'classifier.pth'
-    torch.save(dict(meta=dict(dataset_meta=dict(classes=['disk', 'square', 'triangle',
-                                                         'star'])),
-                    state_dict=model.state_dict()), path)
+    torch.save(
+        dict(
+            meta=dict(dataset_meta=dict(classes=['disk', 'square', 'triangle', 'star'])),
+            state_dict=model.state_dict(),
+        ),
+        path,
+    )
     return CONFIGS['classification'], path
 
 
 def interface(session) -> tuple:
-    return ([(i.name, i.shape, i.type) for i in session.get_inputs()],
-            [(o.name, o.shape, o.type) for o in session.get_outputs()])
+    return (
+        [(i.name, i.shape, i.type) for i in session.get_inputs()],
+        [(o.name, o.shape, o.type) for o in session.get_outputs()],
+    )
 
 
 @pytest.mark.slow
@@ -222,9 +260,13 @@ def test_int8_graph_has_the_export_interface_and_runs_in_onnx_infer(flowers, tmp
     config, checkpoint = flowers
     int8, report = quantize_checkpoint(str(config), str(checkpoint), calib_images=8)
     model = build_model(load_config(str(config)))[0]
-    fp32, _ = build_onnx(model, report['shape'], metadata=export_metadata(
-        load_config(str(config)), torch.load(checkpoint, weights_only=True), model,
-        str(config)))
+    fp32, _ = build_onnx(
+        model,
+        report['shape'],
+        metadata=export_metadata(
+            load_config(str(config)), torch.load(checkpoint, weights_only=True), model, str(config)
+        ),
+    )
     (s32, meta32), (s8, meta8) = load_session(fp32), load_session(int8)
     assert interface(s8) == interface(s32)
     assert {k: v for k, v in meta8.items() if k != 'int8'} == meta32
@@ -233,10 +275,12 @@ def test_int8_graph_has_the_export_interface_and_runs_in_onnx_infer(flowers, tmp
     # weights in int8 except the classifier's; the body's convs all quantized
     graph = onnx.load_from_string(int8)
     dequantized = {n.output[0] for n in graph.graph.node if n.op_type == 'DequantizeLinear'}
-    int8_weights = [n.name for n in graph.graph.node if n.op_type in ('Conv', 'Gemm')
-                    and n.input[1] in dequantized]
-    assert sorted(int8_weights) == sorted(set(quantizable_nodes(fp32)) -
-                                          set(report['float_nodes']))
+    int8_weights = [
+        n.name
+        for n in graph.graph.node
+        if n.op_type in ('Conv', 'Gemm') and n.input[1] in dequantized
+    ]
+    assert sorted(int8_weights) == sorted(set(quantizable_nodes(fp32)) - set(report['float_nodes']))
     # one weight scale per output channel (per-tensor scales fail fused kernels)
     inits = {i.name: i for i in graph.graph.initializer}
     producers = {n.output[0]: n for n in graph.graph.node}
@@ -251,7 +295,7 @@ def test_int8_graph_has_the_export_interface_and_runs_in_onnx_infer(flowers, tmp
     session, meta = load_onnx(str(path))
     photo = read_photo(str(sorted((tmp_path / 'data/tiny_flowers/jpg').glob('*.jpg'))[0]))
     prediction = predict(session, meta, photo)
-    assert prediction.scores.shape == (4, ) and abs(prediction.scores.sum() - 1) < 1e-5
+    assert prediction.scores.shape == (4,) and abs(prediction.scores.sum() - 1) < 1e-5
 
 
 def runner_metric(config, checkpoint, work_dir, metric):
@@ -268,9 +312,13 @@ def test_graph_evaluation_equals_the_codebase_test_loop(flowers, tmp_path, rando
     classifier = random_model('classification', randomize_bn)
     # logits that vary from image to image (float32 only: they hang on feature
     # differences far below int8's resolution)
-    spread_class_logits(classifier, [
-        torch.from_numpy(read_photo(str(p))).permute(2, 0, 1)[:, :64, :64]
-        for p in sorted((tmp_path / 'data/tiny_flowers/jpg').glob('*.jpg'))])
+    spread_class_logits(
+        classifier,
+        [
+            torch.from_numpy(read_photo(str(p))).permute(2, 0, 1)[:, :64, :64]
+            for p in sorted((tmp_path / 'data/tiny_flowers/jpg').glob('*.jpg'))
+        ],
+    )
     checkpoint = tmp_path / 'spread_classifier.pth'
     torch.save(dict(meta={}, state_dict=classifier.state_dict()), checkpoint)
     make_tiny_ade20k('data/ade', num_train=2, num_val=4)
@@ -284,13 +332,18 @@ def test_graph_evaluation_equals_the_codebase_test_loop(flowers, tmp_path, rando
     seg_checkpoint = tmp_path / 'segmentor.pth'
     torch.save(dict(meta={}, state_dict=segmentor.state_dict()), seg_checkpoint)
     for task, ckpt, metric, dynamic in [
-            ('classification', checkpoint, 'accuracy/top1', False),
-            ('segmentation', seg_checkpoint, 'mIoU', True)]:
+        ('classification', checkpoint, 'accuracy/top1', False),
+        ('segmentation', seg_checkpoint, 'mIoU', True),
+    ]:
         cfg = load_config(str(CONFIGS[task]))
         model = build_model(cfg)[0]
         model.load_state_dict(torch.load(ckpt, weights_only=True)['state_dict'])
-        graph, _ = build_onnx(model, (64, 64), dynamic=dynamic,
-                              metadata=export_metadata(cfg, {}, model, str(CONFIGS[task])))
+        graph, _ = build_onnx(
+            model,
+            (64, 64),
+            dynamic=dynamic,
+            metadata=export_metadata(cfg, {}, model, str(CONFIGS[task])),
+        )
         session, meta = load_session(graph)
         found = evaluate_graph(cfg, session, meta)[metric]
         expected = runner_metric(CONFIGS[task], ckpt, tmp_path / task, metric)
@@ -301,15 +354,20 @@ def test_graph_evaluation_equals_the_codebase_test_loop(flowers, tmp_path, rando
 def test_quantize_tool(flowers, tmp_path):
     config, checkpoint = flowers
     tool = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, str(REPO / 'tools/quantize.py'), *map(str, args)], cwd=tmp_path,
-        capture_output=True, text=True)
+        [sys.executable, str(REPO / 'tools/quantize.py'), *map(str, args)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     done = tool(config, checkpoint, 'int8.onnx', '--calib-images', 8, '--verify')
     assert done.returncode == 0, done.stderr
     assert 'calibrated on 8 train images, minmax' in done.stdout
     assert 'accuracy/top1: float32 ' in done.stdout and ', int8 ' in done.stdout
     assert (tmp_path / 'int8.onnx').stat().st_size > 0
-    for args, message in [((config, tmp_path / 'missing.pth', 'x.onnx'), 'does not exist'),
-                          ((config, checkpoint, 'x.pth'), '.onnx')]:
+    for args, message in [
+        ((config, tmp_path / 'missing.pth', 'x.onnx'), 'does not exist'),
+        ((config, checkpoint, 'x.pth'), '.onnx'),
+    ]:
         failed = tool(*args)
         assert failed.returncode != 0 and failed.stderr.startswith('quantize: ')
         assert message in failed.stderr and len(failed.stderr.strip().splitlines()) == 1

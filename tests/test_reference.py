@@ -13,6 +13,7 @@
    features, exactly.
 4. The segmentation configs' strides and dilations follow from their names (-d8, -d16).
 """
+
 import copy
 import functools
 import re
@@ -62,8 +63,7 @@ def depthwise_dilations(num_blocks, strides, dilations, contract_dilation=True):
     (the block that strides in the ImageNet net) keeps the previous stage's dilation, the
     later ones take the stage's. False (mmseg MobileNetV2 style): all take the stage's."""
     out, previous = [], 1
-    for n, stride, imagenet_stride, d in zip(num_blocks, strides, IMAGENET_STRIDES,
-                                             dilations):
+    for n, stride, imagenet_stride, d in zip(num_blocks, strides, IMAGENET_STRIDES, dilations):
         first = previous if (contract_dilation and stride < imagenet_stride) else d
         out.append([first] + [d] * (n - 1))
         previous = d
@@ -86,35 +86,57 @@ class _Tensors:
         return self.state_dict[key]
 
     def check_all_used(self):
-        unused = sorted(k for k in self.state_dict
-                        if k not in self.used and not k.endswith('num_batches_tracked'))
+        unused = sorted(
+            k
+            for k in self.state_dict
+            if k not in self.used and not k.endswith('num_batches_tracked')
+        )
         assert not unused, f'state-dict keys the reference has no place for: {unused[:8]}'
 
 
 def _batch_norm(x, t, prefix):
-    return F.batch_norm(x, t[prefix + 'running_mean'], t[prefix + 'running_var'],
-                        t[prefix + 'weight'], t[prefix + 'bias'], training=False, eps=BN_EPS)
+    return F.batch_norm(
+        x,
+        t[prefix + 'running_mean'],
+        t[prefix + 'running_var'],
+        t[prefix + 'weight'],
+        t[prefix + 'bias'],
+        training=False,
+        eps=BN_EPS,
+    )
 
 
-def _block(x, t, prefix, kernel_size, stride, dilation, groups, num_conv_branches,
-           identity, se, gate):
+def _block(
+    x, t, prefix, kernel_size, stride, dilation, groups, num_conv_branches, identity, se, gate
+):
     """act(se(sum of branches)); every k x k branch with the block's stride, dilation and
     groups, padding dilation * (k // 2); the 1 x 1 scale branch undilated, padding 0."""
     dilation = dilation if kernel_size > 1 else 1
     padding = dilation * (kernel_size // 2)
     if prefix + 'branch_reparam.weight' in t:  # deploy form: one conv with bias
-        out = F.conv2d(x, t[prefix + 'branch_reparam.weight'],
-                       t[prefix + 'branch_reparam.bias'], stride, padding, dilation, groups)
+        out = F.conv2d(
+            x,
+            t[prefix + 'branch_reparam.weight'],
+            t[prefix + 'branch_reparam.bias'],
+            stride,
+            padding,
+            dilation,
+            groups,
+        )
     else:
         out = 0
         for j in range(num_conv_branches):
             p = f'{prefix}branch_conv_list.{j}.'
-            out = out + _batch_norm(F.conv2d(x, t[p + 'conv.weight'], None, stride, padding,
-                                             dilation, groups), t, p + 'norm.')
+            out = out + _batch_norm(
+                F.conv2d(x, t[p + 'conv.weight'], None, stride, padding, dilation, groups),
+                t,
+                p + 'norm.',
+            )
         if kernel_size > 1:
             p = prefix + 'branch_scale.'
-            out = out + _batch_norm(F.conv2d(x, t[p + 'conv.weight'], None, stride, 0, 1,
-                                             groups), t, p + 'norm.')
+            out = out + _batch_norm(
+                F.conv2d(x, t[p + 'conv.weight'], None, stride, 0, 1, groups), t, p + 'norm.'
+            )
         if identity:
             out = out + _batch_norm(x, t, prefix + 'branch_norm.')
     if se:  # squeeze-excite, before the activation (Apple, mmpretrain, timm)
@@ -126,8 +148,15 @@ def _block(x, t, prefix, kernel_size, stride, dilation, groups, num_conv_branche
     return F.relu(out)
 
 
-def reference_forward(state_dict, arch, x, strides=IMAGENET_STRIDES,
-                      dilations=(1, 1, 1, 1), contract_dilation=True, gate=torch.sigmoid):
+def reference_forward(
+    state_dict,
+    arch,
+    x,
+    strides=IMAGENET_STRIDES,
+    dilations=(1, 1, 1, 1),
+    contract_dilation=True,
+    gate=torch.sigmoid,
+):
     """The four stage outputs of a MobileOne backbone with these weights.
 
     state_dict: the backbone's (``stage0.``, ``stage{i}.{k}.``), block by block in train
@@ -140,19 +169,41 @@ def reference_forward(state_dict, arch, x, strides=IMAGENET_STRIDES,
     t = _Tensors(state_dict)
     channels = min(64, int(PAPER_WIDTHS[0] * arch['width_factor'][0]))
     x = _block(x, t, 'stage0.', 3, 2, 1, 1, 1, identity=False, se=False, gate=gate)
-    per_block_dilation = depthwise_dilations(arch['num_blocks'], strides, dilations,
-                                             contract_dilation)
+    per_block_dilation = depthwise_dilations(
+        arch['num_blocks'], strides, dilations, contract_dilation
+    )
     outs = []
     for i in range(4):
         width = int(PAPER_WIDTHS[i] * arch['width_factor'][i])
         n, branches = arch['num_blocks'][i], arch['num_conv_branches'][i]
         for j in range(n):
             se = j >= n - arch['num_se_blocks'][i]
-            x = _block(x, t, f'stage{i + 1}.{2 * j}.', 3, strides[i] if j == 0 else 1,
-                       per_block_dilation[i][j], channels, branches, identity=j > 0, se=se,
-                       gate=gate)
-            x = _block(x, t, f'stage{i + 1}.{2 * j + 1}.', 1, 1, 1, 1, branches,
-                       identity=channels == width, se=se, gate=gate)
+            x = _block(
+                x,
+                t,
+                f'stage{i + 1}.{2 * j}.',
+                3,
+                strides[i] if j == 0 else 1,
+                per_block_dilation[i][j],
+                channels,
+                branches,
+                identity=j > 0,
+                se=se,
+                gate=gate,
+            )
+            x = _block(
+                x,
+                t,
+                f'stage{i + 1}.{2 * j + 1}.',
+                1,
+                1,
+                1,
+                1,
+                branches,
+                identity=channels == width,
+                se=se,
+                gate=gate,
+            )
             channels = width
         outs.append(x)
     t.check_all_used()
@@ -163,8 +214,12 @@ def reference_forward(state_dict, arch, x, strides=IMAGENET_STRIDES,
 # Weights and helpers
 # --------------------------------------------------------------------------------------
 ARCHS = sorted(ARCH_SETTINGS)
-CUSTOM_ARCH = dict(num_blocks=[1, 2, 2, 2], width_factor=[0.5, 0.75, 1.0, 1.0],
-                   num_conv_branches=[2, 1, 3, 1], num_se_blocks=[0, 1, 1, 1])
+CUSTOM_ARCH = dict(
+    num_blocks=[1, 2, 2, 2],
+    width_factor=[0.5, 0.75, 1.0, 1.0],
+    num_conv_branches=[2, 1, 3, 1],
+    num_se_blocks=[0, 1, 1, 1],
+)
 ALL_ARCHS = ARCHS + ['custom']
 OUTPUT_STRIDES = [32, 16, 8]
 
@@ -196,8 +251,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
                 m.running_mean.copy_(0.5 * randn(n))
-                m.running_var.copy_(torch.rand(n, generator=gen, dtype=torch.float64) * 1.5
-                                    + 0.25)
+                m.running_var.copy_(torch.rand(n, generator=gen, dtype=torch.float64) * 1.5 + 0.25)
                 m.weight.copy_(torch.rand(n, generator=gen, dtype=torch.float64) + 0.5)
                 m.bias.copy_(0.2 * randn(n))
 
@@ -207,8 +261,11 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             conv.weight.div_(scale)
             return (out - bias) / scale + bias
 
-        hooks = [m.register_forward_hook(unit_output) for m in model.modules()
-                 if isinstance(m, nn.Conv2d)]
+        hooks = [
+            m.register_forward_hook(unit_output)
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d)
+        ]
         try:
             model(image(64, 96, seed=seed + 100))
         finally:
@@ -227,8 +284,17 @@ def random_state_dict(arch):
 def ours(arch, output_stride=32, deploy=False, **kwargs):
     """Our backbone at an output stride, loaded with the arch's random weights, eval."""
     strides, dilations = atrous_settings(output_stride)
-    model = MobileOne(arch_dict(arch), out_indices=(0, 1, 2, 3), strides=strides,
-                      dilations=dilations, **kwargs).double().eval()
+    model = (
+        MobileOne(
+            arch_dict(arch),
+            out_indices=(0, 1, 2, 3),
+            strides=strides,
+            dilations=dilations,
+            **kwargs,
+        )
+        .double()
+        .eval()
+    )
     model.load_state_dict(random_state_dict(arch), strict=True)
     return reparameterize_model(model) if deploy else model
 
@@ -242,8 +308,9 @@ def rel_error(actual, expected) -> float:
 
 
 def image(height, width, seed=1):
-    return torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
+    return torch.randn(
+        1, 3, height, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -252,6 +319,7 @@ def image(height, width, seed=1):
 @pytest.mark.parametrize('arch', ['s0', 's4'])
 def test_reference_matches_mmpretrain(arch):
     from mmpretrain.models.backbones import MobileOne as MMPretrainMobileOne
+
     peer = randomize_(MMPretrainMobileOne(arch, out_indices=(0, 1, 2, 3)), seed=3)
     peer.eval()  # mmpretrain's train() returns None
     x = image(64, 96)
@@ -274,8 +342,9 @@ def _check_against_reference(arch, output_stride, size, contract_dilation):
     kwargs = {} if contract_dilation else dict(contract_dilation=False)
     x = image(*size)
     with torch.no_grad():
-        expected = reference_forward(random_state_dict(arch), arch_dict(arch), x, strides,
-                                     dilations, contract_dilation)
+        expected = reference_forward(
+            random_state_dict(arch), arch_dict(arch), x, strides, dilations, contract_dilation
+        )
         train_form = ours(arch, output_stride, **kwargs)
         fused = reparameterize_model(copy.deepcopy(train_form))
         for form, model in (('train', train_form), ('deploy', fused)):
@@ -284,8 +353,9 @@ def _check_against_reference(arch, output_stride, size, contract_dilation):
             for stage, (a, e) in enumerate(zip(actual, expected)):
                 assert rel_error(a, e) <= 1e-10, (form, f'stage{stage + 1}')
             if form == 'deploy':  # the fused weights read by the reference: same network
-                again = reference_forward(model.state_dict(), arch_dict(arch), x, strides,
-                                          dilations, contract_dilation)
+                again = reference_forward(
+                    model.state_dict(), arch_dict(arch), x, strides, dilations, contract_dilation
+                )
                 for stage, (a, e) in enumerate(zip(again, expected)):
                     assert rel_error(a, e) <= 1e-10, ('fused weights', f'stage{stage + 1}')
 
@@ -323,7 +393,7 @@ def test_dilated_backbone_is_imagenet_backbone_on_denser_grid(arch, output_strid
             sparse = ours(arch, 32, deploy=deploy)(x)
             dense = ours(arch, output_stride, deploy=deploy)(x)
             for stage in range(4):
-                imagenet_stride = 4 * 2 ** stage
+                imagenet_stride = 4 * 2**stage
                 step = imagenet_stride // min(imagenet_stride, output_stride)
                 subsampled = dense[stage][..., ::step, ::step]
                 assert rel_error(subsampled, sparse[stage]) <= 1e-12, (deploy, stage, step)
@@ -341,8 +411,13 @@ def test_there_are_segmentation_configs():
 
 @functools.lru_cache(maxsize=None)
 def _backbone_output_shape(arch, strides, dilations, size):
-    model = MobileOne(arch, out_indices=(0, 1, 2, 3), strides=list(strides),
-                      dilations=list(dilations), init_cfg=None).eval()
+    model = MobileOne(
+        arch,
+        out_indices=(0, 1, 2, 3),
+        strides=list(strides),
+        dilations=list(dilations),
+        init_cfg=None,
+    ).eval()
     with torch.no_grad():
         return tuple(out.shape[-2:] for out in model(torch.zeros(1, 3, *size)))
 
@@ -351,6 +426,7 @@ def _backbone_output_shape(arch, strides, dilations, size):
 def test_segmentation_config_strides_follow_from_name(path):
     from mmengine import Config
     from mmengine.registry import init_default_scope
+
     init_default_scope('mmseg')
     match = re.search(r'mobileone-(s\d)-d(\d+)_', path.name)
     assert match, f'{path.name}: the name must say the arch and the output stride (-d8 ...)'

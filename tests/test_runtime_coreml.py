@@ -3,30 +3,26 @@ detector, checked by their structure (Core ML runs only on Apple systems): input
 output names and shapes, the normalisation constants, the class names, the convolutions
 against the fused model's. Broken artefacts (a convolution lost, no normalisation,
 wrong class names) must fail the check."""
+
 import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-pytest.importorskip('coremltools', reason='the coreml extra is not installed '
-                                          "(pip install 'mobileone-mm[coreml]')")
+pytest.importorskip(
+    'coremltools', reason="the coreml extra is not installed (pip install 'mobileone-mm[coreml]')"
+)
+
+from helpers import REPO, TINY_CONFIGS
 
 from mobileone_mm.devkit.analysis import randomize_bn  # noqa: E402
-from mobileone_mm.runtimes.wrappers import WRAPPERS
-from mobileone_mm.loading.config import ExportError
-from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.loading.config import ExportError, build_model, load_config
 from mobileone_mm.models.reparam import reparameterize_model  # noqa: E402
 from mobileone_mm.runtimes import coreml as runtime  # noqa: E402
+from mobileone_mm.runtimes.wrappers import WRAPPERS
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {
-    'classification': 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
-    'segmentation':
-    'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
-    'detection': 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
-}
+CONFIGS = TINY_CONFIGS
 SHAPE = (96, 128)  # (H, W)
 EXAMPLE = torch.zeros(1, 3, *SHAPE)
 CLASSES = ['disk', 'square', 'triangle', 'star']
@@ -41,8 +37,9 @@ def fused_model(task: str) -> nn.Module:
 
 def export(model, task, path, precision='fp16', **metadata):
     wrapper = WRAPPERS[task](model, SHAPE).eval()
-    return runtime.export(wrapper, EXAMPLE, str(path), dict(task=task, **metadata),
-                          precision=precision)
+    return runtime.export(
+        wrapper, EXAMPLE, str(path), dict(task=task, **metadata), precision=precision
+    )
 
 
 @pytest.fixture(scope='module')
@@ -54,8 +51,9 @@ def classifier(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('task,precision', [('classification', 'fp32'),
-                                            ('segmentation', 'fp16'), ('detection', 'fp16')])
+@pytest.mark.parametrize(
+    'task,precision', [('classification', 'fp32'), ('segmentation', 'fp16'), ('detection', 'fp16')]
+)
 def test_structure_of_each_task(task, precision, tmp_path):
     model = fused_model(task)
     classes = CLASSES if task != 'segmentation' else None
@@ -82,8 +80,7 @@ def test_fp16_classifier_passes_and_wrong_labels_fail(classifier):
     assert report['outputs'] == [('logits', [1, 4])]
     wrong = runtime.check_structure(path, model, EXAMPLE, classes=CLASSES[::-1])
     assert not wrong['passed']
-    assert wrong['problems'] == [f'class names {CLASSES} in the metadata, expected '
-                                 f'{CLASSES[::-1]}']
+    assert wrong['problems'] == [f'class names {CLASSES} in the metadata, expected {CLASSES[::-1]}']
 
 
 @pytest.mark.slow
@@ -98,8 +95,7 @@ def test_broken_artefacts_fail(classifier, tmp_path):
     block.branch_reparam = nn.Identity()
     wrapper.normalize = nn.Identity()
     path = tmp_path / 'broken.mlpackage'
-    runtime.export(wrapper, EXAMPLE, str(path), dict(task='classification',
-                                                     classes=CLASSES[:3]))
+    runtime.export(wrapper, EXAMPLE, str(path), dict(task='classification', classes=CLASSES[:3]))
     report = runtime.check_structure(str(path), model, EXAMPLE)
     problems = ' | '.join(report['problems'])
     assert not report['passed']
@@ -107,8 +103,7 @@ def test_broken_artefacts_fail(classifier, tmp_path):
     assert 'the normalisation mean' in problems and 'the normalisation std' in problems
     assert '3 class names in the metadata for a model of 4 classes' in problems
     other = runtime.check_structure(str(path), model, torch.zeros(1, 3, 64, 64))
-    assert any(p.startswith("inputs are [('image', [1, 3, 96, 128])]")
-               for p in other['problems'])
+    assert any(p.startswith("inputs are [('image', [1, 3, 96, 128])]") for p in other['problems'])
 
 
 class Unconvertible(nn.Module):
@@ -122,8 +117,11 @@ def test_failed_export_leaves_nothing(tmp_path):
     model = fused_model('classification')
     wrapper = WRAPPERS['classification'](model, SHAPE).eval()
     model.backbone.stage0.act = Unconvertible()
-    with pytest.raises(ExportError, match=r'^coreml: coremltools could not convert the model '
-                       r'\(operator special_erfcx, module model\.backbone\.stage0\.act\)'):
+    with pytest.raises(
+        ExportError,
+        match=r'^coreml: coremltools could not convert the model '
+        r'\(operator special_erfcx, module model\.backbone\.stage0\.act\)',
+    ):
         runtime.export(wrapper, EXAMPLE, str(tmp_path / 'm.mlpackage'), dict(task='x'))
     with pytest.raises(ValueError, match="Core ML exports precision fp32 or fp16, not 'int8'"):
         runtime.export(wrapper, EXAMPLE, str(tmp_path / 'm.mlpackage'), {}, precision='int8')

@@ -5,9 +5,9 @@ verify_onnx judges an ONNX graph; the sidecar metadata; the refusals.
 Tiny S0 configs, random weights and BN affine values, BN statistics measured on the
 inputs as training would leave them (O(1) activations, as a trained model has), a
 non-square input so that a swap of height and width shows."""
+
 import copy
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,27 +15,24 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-pytest.importorskip('ncnn', reason='the ncnn extra is not installed '
-                                   "(pip install 'mobileone-mm[ncnn]')")
-pytest.importorskip('pnnx', reason='the ncnn extra is not installed '
-                                   "(pip install 'mobileone-mm[ncnn]')")
+pytest.importorskip(
+    'ncnn', reason="the ncnn extra is not installed (pip install 'mobileone-mm[ncnn]')"
+)
+pytest.importorskip(
+    'pnnx', reason="the ncnn extra is not installed (pip install 'mobileone-mm[ncnn]')"
+)
+
+from helpers import REPO, TINY_CONFIGS
 
 from mobileone_mm.devkit.analysis import randomize_bn  # noqa: E402
-from mobileone_mm.runtimes.wrappers import WRAPPERS
-from mobileone_mm.loading.config import ExportError, task_of
-from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.fusion.output_check import Reference, describe
-from mobileone_mm.runtimes.artefact_check import _float_outputs
+from mobileone_mm.loading.config import ExportError, build_model, load_config, task_of
 from mobileone_mm.models.reparam import reparameterize_model  # noqa: E402
 from mobileone_mm.runtimes import ncnn as runtime  # noqa: E402
+from mobileone_mm.runtimes.artefact_check import _float_outputs
+from mobileone_mm.runtimes.wrappers import WRAPPERS
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {
-    'classification': 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
-    'segmentation':
-    'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
-    'detection': 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
-}
+CONFIGS = TINY_CONFIGS
 SHAPE = (96, 128)  # (H, W)
 
 
@@ -72,10 +69,18 @@ def exported(tmp_path_factory):
     done = {}
     for task in CONFIGS:
         model = realistic_model(task)
-        metadata = dict(task=task, input_shape=list(SHAPE), classes=['a', 'b'],
-                        preprocess=[dict(op='resize', size=[SHAPE[1], SHAPE[0]])])
-        paths = runtime.export(fused_wrapper(model), torch.zeros(1, 3, *SHAPE),
-                               str(folder / f'{task}.ncnn.param'), metadata)
+        metadata = dict(
+            task=task,
+            input_shape=list(SHAPE),
+            classes=['a', 'b'],
+            preprocess=[dict(op='resize', size=[SHAPE[1], SHAPE[0]])],
+        )
+        paths = runtime.export(
+            fused_wrapper(model),
+            torch.zeros(1, 3, *SHAPE),
+            str(folder / f'{task}.ncnn.param'),
+            metadata,
+        )
         done[task] = model, paths, metadata
     return done
 
@@ -91,11 +96,13 @@ def test_fp32_matches_the_float64_train_form(exported, task):
     outputs = [runner(x) for x in inputs]
     with torch.no_grad():
         expected = wrapper(torch.from_numpy(inputs[0]))
-    expected = expected if isinstance(expected, tuple) else (expected, )
-    assert [(o.shape, o.dtype) for o in outputs[0]] == \
-        [(tuple(e.shape), e.numpy().dtype) for e in expected]
-    check = reference.judge([[torch.from_numpy(a) for a in out if a.dtype.kind == 'f']
-                             for out in outputs])
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    assert [(o.shape, o.dtype) for o in outputs[0]] == [
+        (tuple(e.shape), e.numpy().dtype) for e in expected
+    ]
+    check = reference.judge(
+        [[torch.from_numpy(a) for a in out if a.dtype.kind == 'f'] for out in outputs]
+    )
     print(describe(check, f'ncnn {task}'))
     assert check['passed'], describe(check, f'ncnn {task}')
     if task == 'segmentation':  # the runner's labels: argmax of ncnn's logits
@@ -108,15 +115,22 @@ def test_metadata_round_trip_and_only_the_artefact_on_disk(exported):
     _, paths, metadata = exported['detection']
     folder = os.path.dirname(paths[0])
     assert sorted(os.listdir(folder)) == sorted(
-        os.path.basename(p) for task in CONFIGS for p in exported[task][1])
+        os.path.basename(p) for task in CONFIGS for p in exported[task][1]
+    )
     assert [os.path.basename(p) for p in paths] == [
-        'detection.ncnn.param', 'detection.ncnn.bin', 'detection.ncnn.param.json']
+        'detection.ncnn.param',
+        'detection.ncnn.bin',
+        'detection.ncnn.param.json',
+    ]
     runner = runtime.load(paths[0])
     assert {k: runner.metadata[k] for k in metadata} == metadata
     assert runner.metadata['outputs'] == ['boxes', 'scores']
     assert runner.input_shape == SHAPE
-    with pytest.raises(ValueError, match=r'takes \(N, 3, 96, 128\) float32 BGR images; got '
-                                         r'shape \(1, 3, 128, 96\)'):
+    with pytest.raises(
+        ValueError,
+        match=r'takes \(N, 3, 96, 128\) float32 BGR images; got '
+        r'shape \(1, 3, 128, 96\)',
+    ):
         runner(np.zeros((1, 3, 128, 96), np.float32))
 
 
@@ -143,9 +157,14 @@ def test_unsupported_operator_names_runtime_operator_and_layer(tmp_path):
 
 def test_refuses_int8_and_a_wrong_file_name(tmp_path):
     with pytest.raises(ValueError, match="ncnn exports precision fp32, not 'int8'"):
-        runtime.export(nn.Identity(), torch.zeros(1, 3, 8, 8), str(tmp_path / 'm.ncnn.param'),
-                       {}, precision='int8')
-    with pytest.raises(ValueError, match=r"use \.ncnn\.param"):
+        runtime.export(
+            nn.Identity(),
+            torch.zeros(1, 3, 8, 8),
+            str(tmp_path / 'm.ncnn.param'),
+            {},
+            precision='int8',
+        )
+    with pytest.raises(ValueError, match=r'use \.ncnn\.param'):
         runtime.export(nn.Identity(), torch.zeros(1, 3, 8, 8), str(tmp_path / 'm.param'), {})
     assert os.listdir(tmp_path) == []
 
@@ -155,8 +174,10 @@ def test_a_photo_transposed_as_predict_gives_it_matches_the_float64_train_form(t
     a strided array, which the runner copies to a contiguous one for ncnn.Mat. ncnn.Mat
     borrows that copy's memory without a reference: freed before the outputs are
     extracted, ncnn read reused memory (random inputs, contiguous, never showed it)."""
-    from mobileone_mm.predict.photos import preprocess, read_photo
     from photos import photo_paths
+
+    from mobileone_mm.predict.photos import preprocess, read_photo
+
     model = realistic_model('classification')
     out = str(tmp_path / 'classification.ncnn.param')
     runtime.export(fused_wrapper(model), torch.zeros(1, 3, *SHAPE), out, {})

@@ -12,17 +12,27 @@ keep test_onnx_photos.py's non-square pipelines. A runtime is one line of ``RUNT
 a runtime whose extra is not installed (or whose module is not in this version) is
 skipped with the reason naming the extra.
 """
-import pytest
 
-from mobileone_mm.predict.prediction import predict
+import pytest
+from photos import photo_paths
+from test_onnx_photos import (
+    BASES,
+    CLASSES,
+    OVERRIDES,
+    PHOTOS,
+    assert_class_scores_match,
+    assert_detections_match,
+    assert_label_maps_match,
+    expected_class_scores,
+    expected_detections,
+    expected_label_maps,
+    make_task,
+)
+
 from mobileone_mm.predict.photos import read_photo
+from mobileone_mm.predict.prediction import predict
 from mobileone_mm.runtimes import RUNTIMES as TABLE
 from mobileone_mm.runtimes import export_to_runtime, install_hint, load_runner
-from test_onnx_photos import (BASES, CLASSES, OVERRIDES, PHOTOS, assert_class_scores_match,
-                              assert_detections_match, assert_label_maps_match,
-                              expected_class_scores, expected_detections,
-                              expected_label_maps, make_task)
-from photos import photo_paths
 
 RUNTIMES = ['onnxruntime', 'openvino', 'executorch', 'ncnn']
 FIXED_SEGMENTATION = """
@@ -32,20 +42,25 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs')]
 """
-INPUT_SIZE = {'detection': (128, 96), 'segmentation': (96, 64),
-              'classification': (64, 48)}  # (w, h)
+INPUT_SIZE = {
+    'detection': (128, 96),
+    'segmentation': (96, 64),
+    'classification': (64, 48),
+}  # (w, h)
 
 
 def require(runtime: str):
     """Skip unless the runtime's module and package(s) are here; the reason names the
     extra that installs them."""
     entry = TABLE[runtime]
-    module = pytest.importorskip(entry.module, reason=f'the {runtime} runtime module is not '
-                                                      f'in this version of mobileone-mm '
-                                                      f'({install_hint(runtime)} once it is)')
+    module = pytest.importorskip(
+        entry.module,
+        reason=f'the {runtime} runtime module is not '
+        f'in this version of mobileone-mm '
+        f'({install_hint(runtime)} once it is)',
+    )
     for package in module.PACKAGES:
-        pytest.importorskip(package, reason=f'{runtime} is not installed: '
-                                            f'{install_hint(runtime)}')
+        pytest.importorskip(package, reason=f'{runtime} is not installed: {install_hint(runtime)}')
 
 
 @pytest.fixture(scope='module')
@@ -65,15 +80,19 @@ def models(tmp_path_factory, photos):
 @pytest.fixture(scope='module')
 def expected(models, photos):
     """task -> photo name -> the codebase inferencer's result (computed once)."""
-    inferencers = dict(detection=expected_detections, segmentation=expected_label_maps,
-                       classification=expected_class_scores)
+    inferencers = dict(
+        detection=expected_detections,
+        segmentation=expected_label_maps,
+        classification=expected_class_scores,
+    )
     return {task: inferencers[task](*models[task], photos) for task in BASES}
 
 
 @pytest.mark.parametrize('task', list(BASES))
 @pytest.mark.parametrize('runtime', RUNTIMES)
-def test_runtime_predictions_match_the_codebase_inferencer(runtime, task, models, expected,
-                                                           photos, tmp_path):
+def test_runtime_predictions_match_the_codebase_inferencer(
+    runtime, task, models, expected, photos, tmp_path
+):
     require(runtime)
     config, checkpoint = models[task]
     out = tmp_path / f'{task}{TABLE[runtime].suffix}'

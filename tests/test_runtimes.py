@@ -3,6 +3,7 @@ its table, bad input (an unknown runtime or precision lists the valid ones, a ru
 that is not installed names the extra, an operator a runtime cannot take names the
 runtime, the operator and the layer, a failed export leaves nothing on disk), and the
 checked export of a real mmpretrain classifier to onnxruntime and OpenVINO."""
+
 import importlib.util
 import os
 import re
@@ -14,13 +15,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mobileone_mm.devkit.analysis import randomize_bn
 from mobileone_mm.checkpoints.paths import PathError
-from mobileone_mm.loading.config import ExportError
+from mobileone_mm.devkit.analysis import randomize_bn
+from mobileone_mm.loading.config import ExportError, build_model, load_config
+from mobileone_mm.runtimes import (
+    RUNTIMES,
+    export_to_runtime,
+    get_runtime,
+    load_runner,
+    operator_error,
+    runtime_of_path,
+)
 from mobileone_mm.runtimes.wrappers import wrap_for_export
-from mobileone_mm.loading.config import build_model, load_config
-from mobileone_mm.runtimes import (RUNTIMES, export_to_runtime, get_runtime, load_runner,
-                                   operator_error, runtime_of_path)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
@@ -43,8 +49,9 @@ def classifier(tmp_path_factory):
     model.init_weights()
     randomize_bn(model)  # devkit.analysis: realistic BN statistics
     path = folder / 'cls.pth'
-    torch.save(dict(meta=dict(dataset_meta=dict(classes=CLASSES)),
-                    state_dict=model.state_dict()), path)
+    torch.save(
+        dict(meta=dict(dataset_meta=dict(classes=CLASSES)), state_dict=model.state_dict()), path
+    )
     return CONFIG, str(path)
 
 
@@ -74,8 +81,12 @@ def test_table_lists_the_five_runtimes_and_agrees_with_the_modules():
         if importlib.util.find_spec(entry.module) is None:
             continue  # a module of another branch, not merged here
         module = importlib.import_module(entry.module)
-        assert (module.NAME, module.EXTRA, tuple(module.PRECISIONS), module.SUFFIX) == \
-            (name, entry.extra, entry.precisions, entry.suffix), name
+        assert (module.NAME, module.EXTRA, tuple(module.PRECISIONS), module.SUFFIX) == (
+            name,
+            entry.extra,
+            entry.precisions,
+            entry.suffix,
+        ), name
     assert runtime_of_path('a/b.onnx') == 'onnxruntime'
     assert runtime_of_path('m.xml') == 'openvino' and runtime_of_path('m.pte') == 'executorch'
     assert runtime_of_path('m.ncnn.param') == 'ncnn'
@@ -84,72 +95,107 @@ def test_table_lists_the_five_runtimes_and_agrees_with_the_modules():
 
 def test_import_mobileone_mm_imports_no_runtime_package():
     import subprocess
-    code = ('import sys, mobileone_mm, mobileone_mm.runtimes, mobileone_mm.runtimes.openvino, '
-            'mobileone_mm.runtimes.onnxruntime\n'
-            'print(sorted(p for p in ("openvino", "executorch", "ncnn", "pnnx", "coremltools") '
-            'if p in sys.modules))')
-    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+    code = (
+        'import sys, mobileone_mm, mobileone_mm.runtimes, mobileone_mm.runtimes.openvino, '
+        'mobileone_mm.runtimes.onnxruntime\n'
+        'print(sorted(p for p in ("openvino", "executorch", "ncnn", "pnnx", "coremltools") '
+        'if p in sys.modules))'
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert done.returncode == 0 and done.stdout.strip() == '[]', done.stderr
 
 
 # -------------------------------------------------------------------- bad input
 class Case(NamedTuple):
-    call: Callable           # (checkpoint pair, tmp_path) -> anything; must raise
-    error: str               # regex the one-line message must match
-    modules: dict = {}       # sys.modules entries set for the call
+    call: Callable  # (checkpoint pair, tmp_path) -> anything; must raise
+    error: str  # regex the one-line message must match
+    modules: dict = {}  # sys.modules entries set for the call
     kind: type = ExportError
 
 
 CASES = {
-    'unknown-runtime': Case(lambda c, t: get_runtime('tflite'),
-                            r"^Unknown runtime 'tflite': use one of onnxruntime, openvino, "
-                            r"executorch, ncnn, coreml\.$"),
-    'unknown-precision': Case(lambda c, t: get_runtime('openvino', 'bf16'),
-                              r"^The openvino runtime takes precision fp32 or int8, not "
-                              r"'bf16'\.$"),
-    'precision-of-another-runtime': Case(lambda c, t: get_runtime('ncnn', 'int8'),
-                                         r"takes precision fp32, not 'int8'"),
-    'openvino-not-installed': Case(lambda c, t: get_runtime('openvino'),
-                                   r"^The openvino runtime is not installed \(no openvino\): "
-                                   r"pip install 'mobileone-mm\[openvino\]'$",
-                                   without('openvino')),
-    'onnxruntime-not-installed': Case(lambda c, t: get_runtime('onnxruntime', 'int8'),
-                                      r"not installed \(no onnxruntime\): pip install "
-                                      r"'mobileone-mm\[onnx\]'$", without('onnxruntime')),
+    'unknown-runtime': Case(
+        lambda c, t: get_runtime('tflite'),
+        r"^Unknown runtime 'tflite': use one of onnxruntime, openvino, "
+        r'executorch, ncnn, coreml\.$',
+    ),
+    'unknown-precision': Case(
+        lambda c, t: get_runtime('openvino', 'bf16'),
+        r'^The openvino runtime takes precision fp32 or int8, not '
+        r"'bf16'\.$",
+    ),
+    'precision-of-another-runtime': Case(
+        lambda c, t: get_runtime('ncnn', 'int8'), r"takes precision fp32, not 'int8'"
+    ),
+    'openvino-not-installed': Case(
+        lambda c, t: get_runtime('openvino'),
+        r'^The openvino runtime is not installed \(no openvino\): '
+        r"pip install 'mobileone-mm\[openvino\]'$",
+        without('openvino'),
+    ),
+    'onnxruntime-not-installed': Case(
+        lambda c, t: get_runtime('onnxruntime', 'int8'),
+        r'not installed \(no onnxruntime\): pip install '
+        r"'mobileone-mm\[onnx\]'$",
+        without('onnxruntime'),
+    ),
     'export-without-the-runtime': Case(
         lambda c, t: export_to_runtime(*c, t / 'm.xml', 'openvino'),
-        r"pip install 'mobileone-mm\[openvino\]'$", without('openvino')),
-    'infer-without-the-runtime': Case(lambda c, t: load_runner(t / 'm.xml'),
-                                      r"pip install 'mobileone-mm\[openvino\]'$",
-                                      without('openvino')),
-    'unknown-artefact': Case(lambda c, t: load_runner(t / 'm.tflite'),
-                             r"must end in \.onnx \(onnxruntime\), \.xml \(openvino\), "
-                             r"\.pte \(executorch\), \.ncnn\.param \(ncnn\), \.mlpackage"),
-    'export-unknown-runtime': Case(lambda c, t: export_to_runtime(*c, t / 'm.x', 'tvm'),
-                                   r"Unknown runtime 'tvm': use one of onnxruntime"),
-    'export-wrong-extension': Case(lambda c, t: export_to_runtime(*c, t / 'm.onnx',
-                                                                  'openvino'),
-                                   r"openvino output .*m\.onnx' has extension '\.onnx': use "
-                                   r"\.xml", kind=PathError),
-    'export-int8-to-ncnn': Case(lambda c, t: export_to_runtime(*c, t / 'm.ncnn.param', 'ncnn',
-                                                               'int8'),
-                                r"The ncnn runtime takes precision fp32, not 'int8'"),
-    'onnx-operator': Case(lambda c, t: get_runtime('onnxruntime').export(
-        *wrap_for_export(odd_classifier(), (32, 32)), str(t / 'm.onnx'), {}),
-        r"^The onnxruntime runtime cannot take the operator aten::(special_)?i0 in layer "
+        r"pip install 'mobileone-mm\[openvino\]'$",
+        without('openvino'),
+    ),
+    'infer-without-the-runtime': Case(
+        lambda c, t: load_runner(t / 'm.xml'),
+        r"pip install 'mobileone-mm\[openvino\]'$",
+        without('openvino'),
+    ),
+    'unknown-artefact': Case(
+        lambda c, t: load_runner(t / 'm.tflite'),
+        r'must end in \.onnx \(onnxruntime\), \.xml \(openvino\), '
+        r'\.pte \(executorch\), \.ncnn\.param \(ncnn\), \.mlpackage',
+    ),
+    'export-unknown-runtime': Case(
+        lambda c, t: export_to_runtime(*c, t / 'm.x', 'tvm'),
+        r"Unknown runtime 'tvm': use one of onnxruntime",
+    ),
+    'export-wrong-extension': Case(
+        lambda c, t: export_to_runtime(*c, t / 'm.onnx', 'openvino'),
+        r"openvino output .*m\.onnx' has extension '\.onnx': use "
+        r'\.xml',
+        kind=PathError,
+    ),
+    'export-int8-to-ncnn': Case(
+        lambda c, t: export_to_runtime(*c, t / 'm.ncnn.param', 'ncnn', 'int8'),
+        r"The ncnn runtime takes precision fp32, not 'int8'",
+    ),
+    'onnx-operator': Case(
+        lambda c, t: get_runtime('onnxruntime').export(
+            *wrap_for_export(odd_classifier(), (32, 32)), str(t / 'm.onnx'), {}
+        ),
+        r'^The onnxruntime runtime cannot take the operator aten::(special_)?i0 in layer '
         r"'model\.neck\.1' \(no ONNX opset 17 form\): replace that layer, or export to "
-        r"another runtime\.$"),
-    'openvino-operator': Case(lambda c, t: get_runtime('openvino').export(
-        *wrap_for_export(odd_classifier(), (32, 32)), str(t / 'm.xml'), {}),
-        r"^The openvino runtime cannot take the operator aten::(special_)?i0 in layer "
-        r"'model\.neck\.1'"),
+        r'another runtime\.$',
+    ),
+    'openvino-operator': Case(
+        lambda c, t: get_runtime('openvino').export(
+            *wrap_for_export(odd_classifier(), (32, 32)), str(t / 'm.xml'), {}
+        ),
+        r'^The openvino runtime cannot take the operator aten::(special_)?i0 in layer '
+        r"'model\.neck\.1'",
+    ),
 }
 
 
 @pytest.mark.parametrize('case', list(CASES.values()), ids=list(CASES))
-def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, classifier, tmp_path,
-                                                             monkeypatch):
+def test_bad_input_is_refused_in_one_line_and_leaves_nothing(
+    case, classifier, tmp_path, monkeypatch
+):
     for name, value in case.modules.items():
         monkeypatch.setitem(sys.modules, name, value)
     with pytest.raises(case.kind) as error:
@@ -182,41 +228,66 @@ def run_tool(name, argv, capsys, monkeypatch):
     return code or 0, (captured.err.strip().splitlines() or [''])[-1], captured.out
 
 
-@pytest.mark.parametrize('runtime, files', [('onnxruntime', ['m.onnx']),
-                                            ('openvino', ['m.bin', 'm.xml'])])
-def test_export_tool_writes_a_checked_artefact_that_infer_runs(runtime, files, classifier,
-                                                               tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    'runtime, files', [('onnxruntime', ['m.onnx']), ('openvino', ['m.bin', 'm.xml'])]
+)
+def test_export_tool_writes_a_checked_artefact_that_infer_runs(
+    runtime, files, classifier, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # no data here: the check runs on random images
     out = tmp_path / 'out' / files[-1]
-    code, error, stdout = run_tool('export', [*classifier, out, '--runtime', runtime,
-                                              '--shape', 48, 64, '--verify'],
-                                   capsys, monkeypatch)
+    code, error, stdout = run_tool(
+        'export',
+        [*classifier, out, '--runtime', runtime, '--shape', 48, 64, '--verify'],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, error
     assert f'classification for {runtime} fp32: input 48x64' in stdout
-    assert 'verify on 8 random images (val set not on disk): task classification, images 8, ' \
+    assert (
+        'verify on 8 random images (val set not on disk): task classification, images 8, '
         'passed True' in stdout
+    )
     assert sorted(os.listdir(tmp_path / 'out')) == files
     runner = load_runner(str(out))
     assert runner.metadata['classes'] == CLASSES and runner.input_shape == (48, 64)
     from photos import photo_paths
+
     photo = photo_paths(tmp_path / 'photos')['small_jpeg']
     code, error, stdout = run_tool('infer', [out, photo], capsys, monkeypatch)
     assert code == 0, error
     assert 'classification on' in stdout and '(97x75, network input 64x48' in stdout
-    assert len([line for line in stdout.splitlines() if line.startswith('  disk: ')
-                or re.match(r'  (square|triangle|star): ', line)]) == 4
+    assert (
+        len(
+            [
+                line
+                for line in stdout.splitlines()
+                if line.startswith('  disk: ') or re.match(r'  (square|triangle|star): ', line)
+            ]
+        )
+        == 4
+    )
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--runtime', 'tflite'], r"argument --runtime: invalid choice: 'tflite' \(choose from "
-                              r"'?onnxruntime'?, '?openvino'?, '?executorch'?, '?ncnn'?, "
-                              r"'?coreml'?\)"),
-    (['--runtime', 'ncnn', '--precision', 'int8'],
-     r"^export: The ncnn runtime takes precision fp32, not 'int8'\.$"),
-    (['--runtime', 'openvino', '--precision', 'fp64'], r'argument --precision: invalid choice'),
-])
-def test_export_tool_lists_the_valid_runtimes_and_precisions(argv, message, classifier,
-                                                             tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (
+            ['--runtime', 'tflite'],
+            r"argument --runtime: invalid choice: 'tflite' \(choose from "
+            r"'?onnxruntime'?, '?openvino'?, '?executorch'?, '?ncnn'?, "
+            r"'?coreml'?\)",
+        ),
+        (
+            ['--runtime', 'ncnn', '--precision', 'int8'],
+            r"^export: The ncnn runtime takes precision fp32, not 'int8'\.$",
+        ),
+        (['--runtime', 'openvino', '--precision', 'fp64'], r'argument --precision: invalid choice'),
+    ],
+)
+def test_export_tool_lists_the_valid_runtimes_and_precisions(
+    argv, message, classifier, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / 'm.ncnn.param'
     code, error, _ = run_tool('export', [*classifier, out, *argv], capsys, monkeypatch)
     assert code != 0 and re.search(message, error), error
@@ -228,10 +299,12 @@ def test_a_failed_check_writes_nothing(runtime, classifier, tmp_path, monkeypatc
     """An artefact of another model (one weight scaled by 1.5 before the ONNX graph both
     runtimes start from) is refused by the check, and nothing is left on disk."""
     import mobileone_mm.runtimes.onnxruntime as module
+
     real = module.onnx_graph
 
     def wrong_graph(wrapper, *args, **kwargs):
         import copy
+
         altered = copy.deepcopy(wrapper)
         with torch.no_grad():
             altered.model.head.fc.weight.mul_(1.5)
@@ -241,16 +314,19 @@ def test_a_failed_check_writes_nothing(runtime, classifier, tmp_path, monkeypatc
     monkeypatch.setattr(module, 'onnx_graph', wrong_graph)
     out = tmp_path / f'm{RUNTIMES[runtime].suffix}'
     with pytest.raises(ExportError, match=r'from the exact \(float64\).*Nothing written\.$'):
-        export_to_runtime(*classifier, str(out), runtime, shape=(32, 32), verify=True,
-                          num_images=2)
+        export_to_runtime(*classifier, str(out), runtime, shape=(32, 32), verify=True, num_images=2)
     assert os.listdir(tmp_path) == []
     export_to_runtime(*classifier, str(out), runtime, shape=(32, 32), verify=False)
     assert out.exists()  # the same wrong artefact, unchecked, is written
 
 
 # ------------------------------------------------- OpenVINO in optimize_for_inference
-TINY = dict(num_blocks=[1, 1, 1, 1], width_factor=[0.25, 0.25, 0.25, 0.25],
-            num_conv_branches=[2, 2, 2, 2], num_se_blocks=[0, 0, 0, 1])
+TINY = dict(
+    num_blocks=[1, 1, 1, 1],
+    width_factor=[0.25, 0.25, 0.25, 0.25],
+    num_conv_branches=[2, 2, 2, 2],
+    num_se_blocks=[0, 0, 0, 1],
+)
 
 
 def test_openvino_is_a_backend_of_optimize_for_inference(monkeypatch):
@@ -258,6 +334,7 @@ def test_openvino_is_a_backend_of_optimize_for_inference(monkeypatch):
     backend; auto keeps onnxruntime first (faster in fp32 here). int8: auto picks
     OpenVINO (faster), and onnxruntime when OpenVINO is not installed."""
     from mobileone_mm import MobileOne, optimize_for_inference
+
     torch.manual_seed(0)
     model = randomize_bn(MobileOne(TINY, out_indices=(1, 2, 3))).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -268,28 +345,29 @@ def test_openvino_is_a_backend_of_optimize_for_inference(monkeypatch):
     for found, wanted in zip(fp32(x), expected):
         assert (found - wanted).abs().max() <= 1e-4 * wanted.abs().max()
     assert optimize_for_inference(model, x, threads=1).backend == 'onnxruntime'
-    calibration = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(i))
-                   for i in range(3)]
-    int8 = optimize_for_inference(model, x, precision='int8', calibration=calibration,
-                                  threads=1)
+    calibration = [
+        torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    ]
+    int8 = optimize_for_inference(model, x, precision='int8', calibration=calibration, threads=1)
     assert int8.backend == 'openvino' and int8.check['passed'] and int8.skipped == {}
     monkeypatch.setitem(sys.modules, 'openvino', None)
-    int8 = optimize_for_inference(model, x, precision='int8', calibration=calibration,
-                                  threads=1)
+    int8 = optimize_for_inference(model, x, precision='int8', calibration=calibration, threads=1)
     assert int8.backend == 'onnxruntime' and int8.check['passed']
     assert 'ModuleNotFoundError' in int8.skipped['openvino']
 
 
 # -------------------------------------------------------- int8 on the config's data
 @pytest.mark.slow
-def test_int8_export_calibrates_on_the_config_images_and_is_checked(classifier, tmp_path,
-                                                                    monkeypatch):
+def test_int8_export_calibrates_on_the_config_images_and_is_checked(
+    classifier, tmp_path, monkeypatch
+):
     """int8 for onnxruntime and OpenVINO through export_to_runtime, as tools/quantize.py
     does it: calibrated on the train images, checked on the val images; the fp32
     artefacts of both runtimes score the val set as the codebase's test loop's metric
     path does (evaluate_graph), equal to each other."""
     from mobileone_mm.devkit.tiny_data import make_tiny_flowers
     from mobileone_mm.runtimes.evaluate import evaluate_graph
+
     monkeypatch.chdir(tmp_path)
     make_tiny_flowers('data/tiny_flowers', num_train=8, num_val=8)
     cfg = load_config(CONFIG)
@@ -297,8 +375,15 @@ def test_int8_export_calibrates_on_the_config_images_and_is_checked(classifier, 
     for runtime in ('onnxruntime', 'openvino'):
         for precision in ('fp32', 'int8'):
             out = tmp_path / f'{precision}{RUNTIMES[runtime].suffix}'
-            report = export_to_runtime(*classifier, str(out), runtime, precision,
-                                       shape=(64, 64), verify=True, calib_images=8)
+            report = export_to_runtime(
+                *classifier,
+                str(out),
+                runtime,
+                precision,
+                shape=(64, 64),
+                verify=True,
+                calib_images=8,
+            )
             assert report['check']['passed'] and report['images'] == '8 val images'
             if precision == 'int8':
                 assert report['calibration'] == '8 train images'

@@ -2,6 +2,7 @@
 SaveDeployCheckpointHook, export_onnx --verify and optimize_for_inference: it accepts the
 correct fusion of models whose float32 outputs are far from exact (BN statistics that
 blow activations up to 1e7..1e11), and refuses wrong fusions of the same models."""
+
 import copy
 from pathlib import Path
 
@@ -14,14 +15,14 @@ from mmengine.runner import Runner
 from mobileone_mm import optimize_for_inference
 from mobileone_mm.checkpoints.io import load_checkpoint_file
 from mobileone_mm.fusion import hooks
-from mobileone_mm.runtimes import optimize as inference
-from mobileone_mm.runtimes.onnx_graphs import build_onnx
-from mobileone_mm.loading.config import DeployError, build_model, load_config
-from mobileone_mm.fusion.reparameterize import check_fusion, reparameterize_checkpoint
 from mobileone_mm.fusion.output_check import FACTOR
-from mobileone_mm.runtimes.artefact_check import verify_onnx
+from mobileone_mm.fusion.reparameterize import check_fusion, reparameterize_checkpoint
+from mobileone_mm.loading.config import DeployError, build_model, load_config
 from mobileone_mm.models import mobileone_block, reparam
 from mobileone_mm.models.reparam import reparameterize_model
+from mobileone_mm.runtimes import optimize as inference
+from mobileone_mm.runtimes.artefact_check import verify_onnx
+from mobileone_mm.runtimes.onnx_graphs import build_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 # The detector of issue 11: SSDLite-S0 (the COCO recipe) whose BN statistics give backbone
@@ -45,8 +46,7 @@ def ill_conditioned_detector(randomize_bn):
 
 def inputs_of(size: int, count: int = 1):
     generator = torch.Generator().manual_seed(0)
-    return [dict(inputs=torch.randn(1, 3, size, size, generator=generator))
-            for _ in range(count)]
+    return [dict(inputs=torch.randn(1, 3, size, size, generator=generator)) for _ in range(count)]
 
 
 # ---------------------------------------------------------------- wrong fusions
@@ -69,6 +69,7 @@ def corner_identity(model, monkeypatch):
         moved = torch.zeros_like(kernel)
         moved[..., 0, 0] = kernel[..., centre, centre]
         return moved
+
     monkeypatch.setattr(reparam, 'identity_kernel', shifted)
     return reparameterize_model(copy.deepcopy(model))
 
@@ -77,8 +78,11 @@ def drop_a_branch(monkeypatch):
     """From now on every block fuses without its last conv branch (the 1x1 scale branch
     where there is one)."""
     real = mobileone_block.fuse_branches
-    monkeypatch.setattr(mobileone_block, 'fuse_branches',
-                        lambda convs, *args, **kwargs: real(list(convs)[:-1], *args, **kwargs))
+    monkeypatch.setattr(
+        mobileone_block,
+        'fuse_branches',
+        lambda convs, *args, **kwargs: real(list(convs)[:-1], *args, **kwargs),
+    )
 
 
 def dropped_branch(model, monkeypatch):
@@ -115,35 +119,44 @@ def test_correct_fusion_of_a_model_with_huge_activations_is_accepted(name, rando
 def test_wrong_fusions_are_refused(name, wrong, randomize_bn, monkeypatch):
     config, bn_ranges, size, block = MODELS[name]
     model = model_of(config, randomize_bn, **bn_ranges)
-    fused = (scaled_weight(model, block) if wrong == 'scaled_weight' else
-             corner_identity(model, monkeypatch) if wrong == 'corner_identity' else
-             dropped_branch(model, monkeypatch))
+    fused = (
+        scaled_weight(model, block)
+        if wrong == 'scaled_weight'
+        else corner_identity(model, monkeypatch)
+        if wrong == 'corner_identity'
+        else dropped_branch(model, monkeypatch)
+    )
     check = check_fusion(model, fused, inputs_of(size, 2))
     assert not check['passed'] and check['ratio'] > 100 * FACTOR, check
 
 
 # ------------------------------------------------- every path uses the one check
 def test_reparameterize_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
-        tmp_path, randomize_bn, monkeypatch):
+    tmp_path, randomize_bn, monkeypatch
+):
     """tools/reparameterize.py's function, on the config's own 320x320 inputs."""
     monkeypatch.chdir(tmp_path)  # no data here: random inputs
     checkpoint = tmp_path / 'epoch_1.pth'
-    torch.save(dict(meta={}, state_dict=ill_conditioned_detector(randomize_bn).state_dict()),
-               checkpoint)
-    result = reparameterize_checkpoint(str(REPO / DET_COCO), str(checkpoint),
-                                       str(tmp_path / 'deploy.pth'), num_images=1)
+    torch.save(
+        dict(meta={}, state_dict=ill_conditioned_detector(randomize_bn).state_dict()), checkpoint
+    )
+    result = reparameterize_checkpoint(
+        str(REPO / DET_COCO), str(checkpoint), str(tmp_path / 'deploy.pth'), num_images=1
+    )
     assert result.check['passed'] and result.rel_diff > OLD_TOLERANCE, result.check
 
     drop_a_branch(monkeypatch)
     with pytest.raises(DeployError, match='changes the outputs: it is .* limit 4x'):
-        reparameterize_checkpoint(str(REPO / DET_COCO), str(checkpoint),
-                                  str(tmp_path / 'wrong.pth'), num_images=1)
+        reparameterize_checkpoint(
+            str(REPO / DET_COCO), str(checkpoint), str(tmp_path / 'wrong.pth'), num_images=1
+        )
     assert not (tmp_path / 'wrong.pth').exists()
 
 
 @pytest.mark.slow
 def test_export_verify_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
-        randomize_bn, monkeypatch):
+    randomize_bn, monkeypatch
+):
     train_form = ill_conditioned_detector(randomize_bn)
     image = np.random.RandomState(0).randint(0, 256, (1, 3, 320, 320)).astype(np.float32)
     graph, _ = build_onnx(copy.deepcopy(train_form), (320, 320))
@@ -158,7 +171,8 @@ def test_export_verify_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
 
 @pytest.mark.slow
 def test_optimize_for_inference_accepts_the_issue_detector_and_refuses_a_wrong_fusion(
-        randomize_bn, monkeypatch):
+    randomize_bn, monkeypatch
+):
     model = ill_conditioned_detector(randomize_bn)
     x = inputs_of(192)[0]['inputs']
     optimized = optimize_for_inference(model, x, backend='eager')
@@ -173,20 +187,27 @@ def test_optimize_for_inference_accepts_the_issue_detector_and_refuses_a_wrong_f
 def test_hook_writes_nothing_for_a_wrong_fusion(tmp_path, monkeypatch, capsys):
     """SaveDeployCheckpointHook checks on the first val images before writing."""
     from mobileone_mm.devkit.tiny_data import make_tiny_flowers
+
     monkeypatch.chdir(tmp_path)
     make_tiny_flowers('data/tiny_flowers', num_train=4, num_val=4)
     cfg = Config.fromfile(str(REPO / CLS_TINY))
     cfg.work_dir = str(tmp_path / 'work')
     runner = Runner.from_cfg(cfg)
     best = tmp_path / 'work' / 'best_accuracy_top1_epoch_1.pth'
-    torch.save(dict(meta=dict(epoch=1, dataset_meta=dict(classes=['a', 'b', 'c', 'd'])),
-                    state_dict=runner.model.state_dict()), best)
+    torch.save(
+        dict(
+            meta=dict(epoch=1, dataset_meta=dict(classes=['a', 'b', 'c', 'd'])),
+            state_dict=runner.model.state_dict(),
+        ),
+        best,
+    )
     runner.message_hub.update_info('best_ckpt', str(best))
     deploy = best.with_name(best.stem + '_deploy.pth')
 
     real = hooks.reparameterize_model
-    monkeypatch.setattr(hooks, 'reparameterize_model',
-                        lambda m: scaled_weight(m, lambda b: b.stage4[-1]))
+    monkeypatch.setattr(
+        hooks, 'reparameterize_model', lambda m: scaled_weight(m, lambda b: b.stage4[-1])
+    )
     hooks.SaveDeployCheckpointHook().after_val_epoch(runner)
     assert not deploy.exists() and not deploy.with_suffix('.py').exists()
     assert 'is not saved: it is' in capsys.readouterr().out
@@ -203,6 +224,7 @@ def test_an_error_confined_to_a_few_outputs_is_refused(randomize_bn):
     padding reaching only a map's border, say): the largest difference is judged too."""
     from mobileone_mm import MobileOne
     from mobileone_mm.fusion.output_check import MAX_FACTOR, Reference
+
     model = randomize_bn(MobileOne('s0', out_indices=(1, 2))).eval()
     reference = Reference(model, [torch.randn(1, 3, 64, 64)], lambda m, x: m(x))
     assert reference.judge(reference.float32)['passed']

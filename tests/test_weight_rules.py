@@ -21,6 +21,7 @@ writes nothing. Then the outputs side: a graph that yields NaN (exported before 
 rule) is refused by onnx_infer and ``predict``, and a NaN prediction by image_demo's
 ``PhotoDemo``.
 """
+
 import copy
 import importlib.util
 import io
@@ -38,21 +39,23 @@ from onnx import numpy_helper
 from PIL import Image
 
 from mobileone_mm import CheckpointError, MobileOne, reparameterize_model
-from mobileone_mm.checkpoints.io import (check_weights, load_checkpoint_file,
-                                         state_dict_of)
-from mobileone_mm.runtimes.onnx_graphs import export_onnx
+from mobileone_mm.checkpoints.io import check_weights, load_checkpoint_file, state_dict_of
+from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
+from mobileone_mm.loading.checkpoint import load_model
+from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.predict.metadata import export_metadata
 from mobileone_mm.predict.photos import PredictError, read_photo
-from mobileone_mm.runtimes.onnx_graphs import load_onnx
 from mobileone_mm.predict.prediction import predict
-from mobileone_mm.loading.config import build_model, load_config
-from mobileone_mm.loading.checkpoint import load_model
-from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
+from mobileone_mm.runtimes.onnx_graphs import export_onnx, load_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py'
-ARCH = dict(num_blocks=[1, 1, 1, 1], width_factor=[0.25] * 4, num_conv_branches=[1] * 4,
-            num_se_blocks=[0] * 4)
+ARCH = dict(
+    num_blocks=[1, 1, 1, 1],
+    width_factor=[0.25] * 4,
+    num_conv_branches=[1] * 4,
+    num_se_blocks=[0] * 4,
+)
 NAN_KEY = 'backbone.stage1.0.branch_conv_list.0.conv.weight'
 VAR_KEY = 'backbone.stage2.0.branch_conv_list.0.norm.running_var'
 
@@ -69,22 +72,27 @@ def files(tmp_path_factory):
     """A tiny-arch Flowers classifier (a config that does not import the safe-loading
     fix; a good checkpoint with class names), each kind of checkpoint, a photo, and the
     tiny Flowers set (for int8 calibration)."""
-    from mobileone_mm.devkit.tiny_data import make_tiny_flowers
     from mmengine.logging.history_buffer import HistoryBuffer
+
+    from mobileone_mm.devkit.tiny_data import make_tiny_flowers
+
     d = tmp_path_factory.mktemp('weights')
     config = d / 'tiny.py'
-    config.write_text(f"_base_ = '{BASE}'\n"
-                      f"model = dict(backbone=dict(arch=dict(_delete_=True, **{ARCH!r})),\n"
-                      f"             head=dict(in_channels=128))\n"
-                      f"custom_imports = dict(_delete_=True, imports=['mobileone_mm'])\n"
-                      f"data_root = '{d}/flowers'\n"
-                      f"train_dataloader = dict(dataset=dict(data_root=data_root))\n"
-                      f"val_dataloader = dict(dataset=dict(data_root=data_root))\n"
-                      f"test_dataloader = val_dataloader\n")
+    config.write_text(
+        f"_base_ = '{BASE}'\n"
+        f'model = dict(backbone=dict(arch=dict(_delete_=True, **{ARCH!r})),\n'
+        f'             head=dict(in_channels=128))\n'
+        f"custom_imports = dict(_delete_=True, imports=['mobileone_mm'])\n"
+        f"data_root = '{d}/flowers'\n"
+        f'train_dataloader = dict(dataset=dict(data_root=data_root))\n'
+        f'val_dataloader = dict(dataset=dict(data_root=data_root))\n'
+        f'test_dataloader = val_dataloader\n'
+    )
     make_tiny_flowers(d / 'flowers', num_train=4, num_val=2)
     torch.manual_seed(0)
     model, _ = build_model(load_config(str(config)))
     from mobileone_mm.devkit.analysis import randomize_bn
+
     randomize_bn(model)
     good = model.state_dict()
     meta = dict(dataset_meta=dict(classes=['disk', 'square', 'triangle', 'star']))
@@ -99,9 +107,14 @@ def files(tmp_path_factory):
 
     save('good.pth', good)
     # what mmengine writes besides weights: numpy values, its message hub
-    save('module.pth', {f'module.{k}': v for k, v in good.items()}, seed=np.int64(0),
-         message_hub=dict(log_scalars=dict(loss=HistoryBuffer([0.5], [1]))))
+    save(
+        'module.pth',
+        {f'module.{k}': v for k, v in good.items()},
+        seed=np.int64(0),
+        message_hub=dict(log_scalars=dict(loss=HistoryBuffer([0.5], [1]))),
+    )
     import torchvision
+
     torch.save(torchvision.models.resnet18().state_dict(), d / 'foreign.pth')
     save('nan.pth', corrupt(NAN_KEY, float('nan')))
     save('inf.pth', corrupt(NAN_KEY, float('-inf'), 5))
@@ -109,12 +122,14 @@ def files(tmp_path_factory):
     example = torch.zeros(1, 3, 64, 64)
     backbone = copy.deepcopy(model.backbone).eval()
     torch.jit.save(torch.jit.trace(backbone, example), d / 'torchscript.pth')
-    torch.export.save(torch.export.export(backbone, (example, )), d / 'torch_export.pth')
-    Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 40, 3)).astype(np.uint8)
-                    ).save(d / 'photo.png')
+    torch.export.save(torch.export.export(backbone, (example,)), d / 'torch_export.pth')
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 40, 3)).astype(np.uint8)).save(
+        d / 'photo.png'
+    )
     fused = reparameterize_model(copy.deepcopy(model)).state_dict()
-    return SimpleNamespace(dir=d, config=str(config), good=good, fused=fused,
-                           photo=str(d / 'photo.png'))
+    return SimpleNamespace(
+        dir=d, config=str(config), good=good, fused=fused, photo=str(d / 'photo.png')
+    )
 
 
 def onnx_weights(path) -> dict:
@@ -152,7 +167,9 @@ def mmengine_loader(ckpt, f, out, mp, cs):
     """What load_from, --resume and `mim test --checkpoint` read with the safe-loading
     fix (the shipped configs import it)."""
     from mmengine.runner import CheckpointLoader
+
     from mobileone_mm.fixes.safe_loading import register_safe_checkpoint_loader
+
     register_safe_checkpoint_loader()  # what importing the fix does
     return state_dict_of(CheckpointLoader.load_checkpoint(str(ckpt))), 'good'
 
@@ -177,7 +194,9 @@ def deploy_hook(ckpt, f, out, mp, cs):
     """SaveDeployCheckpointHook after a validation that saved ``ckpt`` as the best
     checkpoint; it reports a refusal in the log (training goes on): raised here."""
     from mmengine.logging import MessageHub, MMLogger
+
     from mobileone_mm import SaveDeployCheckpointHook
+
     best = out / 'best.pth'
     best.write_bytes(Path(ckpt).read_bytes())
     cfg = load_config(f.config)
@@ -200,6 +219,7 @@ def deploy_hook(ckpt, f, out, mp, cs):
 def image_demo(ckpt, f, out, mp, cs):
     """tools/image_demo.py's PhotoDemo: the codebase's inferencer with the checkpoint."""
     from mobileone_mm.predict.inferencers import PhotoDemo
+
     return PhotoDemo(f.config, ckpt).inferencer.model.state_dict(), 'good'
 
 
@@ -211,14 +231,24 @@ def export_onnx_tool(ckpt, f, out, mp, cs):
 
 def mmdeploy_export_tool(ckpt, f, out, mp, cs):
     """tools/mmdeploy_export.py (mmdeploy's torch2onnx after our loader)."""
-    run_tool('mmdeploy_export', [REPO / 'configs/mmdeploy/classification_onnxruntime_static.py',
-                                 f.config, ckpt, out / 'end2end.onnx'], mp, cs)
+    run_tool(
+        'mmdeploy_export',
+        [
+            REPO / 'configs/mmdeploy/classification_onnxruntime_static.py',
+            f.config,
+            ckpt,
+            out / 'end2end.onnx',
+        ],
+        mp,
+        cs,
+    )
     return onnx_weights(out / 'end2end.onnx'), 'good'
 
 
 def quantize_tool(ckpt, f, out, mp, cs):
     """tools/quantize.py's library call: int8 graph (the head stays float)."""
     from mobileone_mm.runtimes.evaluate import quantize_checkpoint
+
     graph, _ = quantize_checkpoint(f.config, ckpt, calib_images=4, check_images=2)
     (out / 'int8.onnx').write_bytes(graph)
     return onnx_weights(out / 'int8.onnx'), 'good'
@@ -229,12 +259,19 @@ def convert_weights_tool(ckpt, f, out, mp, cs):
     return load_checkpoint_file(out / 'c.pth')['state_dict'], 'good'
 
 
-PATHS = dict(safe_loader=safe_loader, mmengine_loader=mmengine_loader,
-             load_model=strict_model, pretrained_init=pretrained_init,
-             reparameterize=reparameterize_tool, deploy_hook=deploy_hook,
-             image_demo=image_demo, export_onnx=export_onnx_tool,
-             mmdeploy_export=mmdeploy_export_tool, quantize=quantize_tool,
-             convert_weights=convert_weights_tool)
+PATHS = dict(
+    safe_loader=safe_loader,
+    mmengine_loader=mmengine_loader,
+    load_model=strict_model,
+    pretrained_init=pretrained_init,
+    reparameterize=reparameterize_tool,
+    deploy_hook=deploy_hook,
+    image_demo=image_demo,
+    export_onnx=export_onnx_tool,
+    mmdeploy_export=mmdeploy_export_tool,
+    quantize=quantize_tool,
+    convert_weights=convert_weights_tool,
+)
 # Which model a checkpoint is of is not the file loaders' question (they read any
 # state dict; the model-aware paths over them answer it).
 FILE_LEVEL = ('safe_loader', 'mmengine_loader')
@@ -242,26 +279,30 @@ FILE_LEVEL = ('safe_loader', 'mmengine_loader')
 FOREIGN_KEYS = r'conv1\.weight, bn1\.weight, bn1\.bias'
 REFUSALS = {
     'foreign': rf'does not fit the model: \d+ missing keys: .*; \d+ unexpected keys: '
-               rf'{FOREIGN_KEYS}|Not a MobileOne checkpoint: its keys \({FOREIGN_KEYS}',
+    rf'{FOREIGN_KEYS}|Not a MobileOne checkpoint: its keys \({FOREIGN_KEYS}',
     'nan': rf'{re.escape(repr(NAN_KEY))} holds 1 NaN value',
     'inf': rf'{re.escape(repr(NAN_KEY))} holds 1 inf value',
     'negative_var': rf'BatchNorm variance {re.escape(repr(VAR_KEY))} has 1 negative value\(s\) '
-                    r'\(lowest -0\.25\)',
+    r'\(lowest -0\.25\)',
     'torchscript': r'\.pth\' is a TorchScript archive \(torch.jit.save\), not a '
-                   r'checkpoint.*Give the training checkpoint',
+    r'checkpoint.*Give the training checkpoint',
     'torch_export': r"\.pth' is a torch\.export archive \(torch\.export\.save\), not a "
-                    r'checkpoint.*Give the training checkpoint',
+    r'checkpoint.*Give the training checkpoint',
 }
-ROWS = [(path, kind) for path in PATHS for kind in ['module', *REFUSALS]
-        if not (kind == 'foreign' and path in FILE_LEVEL)]
+ROWS = [
+    (path, kind)
+    for path in PATHS
+    for kind in ['module', *REFUSALS]
+    if not (kind == 'foreign' and path in FILE_LEVEL)
+]
 
 
 @pytest.mark.parametrize('path,kind', ROWS, ids=[f'{p}-{k}' for p, k in ROWS])
-def test_every_path_loads_weights_by_one_rule(path, kind, files, tmp_path, monkeypatch,
-                                              capsys):
+def test_every_path_loads_weights_by_one_rule(path, kind, files, tmp_path, monkeypatch, capsys):
     # as in a process whose configs did not import the fix: mmengine's loader is torch's
     from mmengine.runner import CheckpointLoader
     from mmengine.runner import checkpoint as mmengine_checkpoint
+
     monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
     CheckpointLoader.register_scheme('', mmengine_checkpoint.load_from_local, force=True)
     monkeypatch.chdir(tmp_path)
@@ -285,26 +326,38 @@ def test_every_path_loads_weights_by_one_rule(path, kind, files, tmp_path, monke
 
 def test_the_first_bad_entry_is_named():
     """In the state dict's order, numpy values too; integer entries are not judged."""
-    state = {'a': torch.ones(3), 'n': torch.tensor([1, -2]),
-             'bn.running_var': np.array([1.0, -1.0], np.float32),
-             'b': torch.tensor([float('nan')])}
+    state = {
+        'a': torch.ones(3),
+        'n': torch.tensor([1, -2]),
+        'bn.running_var': np.array([1.0, -1.0], np.float32),
+        'b': torch.tensor([float('nan')]),
+    }
     with pytest.raises(CheckpointError, match=r"'bn.running_var' has 1 negative"):
         check_weights(state)
     del state['bn.running_var']
     with pytest.raises(CheckpointError, match=r"'b' holds 1 NaN"):
         check_weights(state)
-    check_weights({'a': torch.zeros(2), 'bn.running_var': torch.zeros(2),
-                   'bn.num_batches_tracked': torch.tensor(-1)})
+    check_weights(
+        {
+            'a': torch.zeros(2),
+            'bn.running_var': torch.zeros(2),
+            'bn.num_batches_tracked': torch.tensor(-1),
+        }
+    )
 
 
 def test_a_state_dict_in_memory_is_held_to_the_rule(files):
     """load_strict (what load_model uses) judges a state dict that never was a file."""
     from mobileone_mm.loading.checkpoint import load_strict
+
     model, _ = build_model(load_config(files.config))
     state = {k: v.clone() for k, v in files.good.items()}
     state[VAR_KEY][0] = -1.0
-    with pytest.raises(CheckpointError, match=rf'The weights: BatchNorm variance '
-                                              rf'{re.escape(repr(VAR_KEY))}'):
+    with pytest.raises(
+        CheckpointError,
+        match=rf'The weights: BatchNorm variance '
+        rf'{re.escape(repr(VAR_KEY))}',
+    ):
         load_strict(model, state, 'The weights')
 
 
@@ -312,14 +365,22 @@ def test_other_schemes_are_held_to_the_rule(files, monkeypatch):
     """A checkpoint from a scheme mmengine loads (s3://, open-mmlab://, ...; here one
     registered for the test) is judged as a local file is."""
     from mmengine.runner import CheckpointLoader
+
     from mobileone_mm.checkpoints.io import load_checkpoint
+
     monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
     CheckpointLoader.register_scheme(
-        'weights-test://', lambda name, map_location=None: torch.load(
-            files.dir / name[len('weights-test://'):], weights_only=True))
+        'weights-test://',
+        lambda name, map_location=None: torch.load(
+            files.dir / name[len('weights-test://') :], weights_only=True
+        ),
+    )
     assert set(state_dict_of(load_checkpoint('weights-test://good.pth'))) == set(files.good)
-    with pytest.raises(CheckpointError, match=rf"'weights-test://inf.pth'.*"
-                                              rf'{re.escape(repr(NAN_KEY))} holds 1 inf'):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"'weights-test://inf.pth'.*"
+        rf'{re.escape(repr(NAN_KEY))} holds 1 inf',
+    ):
         load_checkpoint('weights-test://inf.pth')
 
 
@@ -328,6 +389,7 @@ def test_torch_advice_to_drop_weights_only_is_never_passed_on(files, tmp_path):
     check for one, a whole pickled model) advise weights_only=False: what is said
     instead keeps the reason and drops the advice."""
     from mobileone_mm.checkpoints.io import _load_error
+
     torch.save(torch.nn.Linear(2, 2), tmp_path / 'model.pth')
     for path in (files.dir / 'torchscript.pth', tmp_path / 'model.pth'):
         with pytest.raises(Exception) as raised:
@@ -349,27 +411,40 @@ def corrupt_graphs(files):
         model, _ = build_model(cfg)
         model.load_state_dict(torch.load(files.dir / f'{kind}.pth')['state_dict'])
         graphs[kind] = files.dir / f'{kind}.onnx'
-        export_onnx(model.eval(), str(graphs[kind]), (64, 64),
-                    metadata=export_metadata(cfg, {}, model, files.config))
+        export_onnx(
+            model.eval(),
+            str(graphs[kind]),
+            (64, 64),
+            metadata=export_metadata(cfg, {}, model, files.config),
+        )
     return graphs
 
 
 @pytest.mark.parametrize('kind', ['nan', 'negative_var'])
-def test_a_graph_that_yields_nan_is_refused(kind, files, corrupt_graphs, tmp_path,
-                                            monkeypatch, capsys):
+def test_a_graph_that_yields_nan_is_refused(
+    kind, files, corrupt_graphs, tmp_path, monkeypatch, capsys
+):
     session, meta = load_onnx(str(corrupt_graphs[kind]))
-    with pytest.raises(PredictError, match=r"output 'logits' holds NaN or inf.*Export it "
-                                           r'again'):
+    with pytest.raises(
+        PredictError,
+        match=r"output 'logits' holds NaN or inf.*Export it "
+        r'again',
+    ):
         predict(session, meta, read_photo(files.photo))
     with pytest.raises(CheckpointError, match=r'holds NaN or inf'):  # exit code not 0
-        run_tool('onnx_infer', [corrupt_graphs[kind], files.photo, '--out',
-                                tmp_path / 'vis.png'], monkeypatch, capsys)
+        run_tool(
+            'onnx_infer',
+            [corrupt_graphs[kind], files.photo, '--out', tmp_path / 'vis.png'],
+            monkeypatch,
+            capsys,
+        )
     assert 'nan' not in capsys.readouterr().out.lower()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_image_demo_refuses_a_nan_prediction(files):
     from mobileone_mm.predict.inferencers import PhotoDemo
+
     demo = PhotoDemo(files.config, files.dir / 'good.pth')
     assert demo.predict([files.photo])[0].lines  # the sound model predicts
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Checkpoint formats, Pretrained init, safe loading and atomic saving."""
+
 import io
 import logging
 import os
@@ -9,19 +10,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from apple_layout import to_apple  # tests/ on the path: conftest.py
 from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader
 
 import mobileone_mm.fixes.safe_loading  # noqa: F401  (mmengine through our loader)
-
-from mobileone_mm import (CheckpointError, check_arch, MobileOne, convert_state_dict,
-                          load_checkpoint_file, save_checkpoint)
+from mobileone_mm import (
+    CheckpointError,
+    MobileOne,
+    check_arch,
+    convert_state_dict,
+    load_checkpoint_file,
+    save_checkpoint,
+)
 from mobileone_mm.checkpoints.formats import backbone_state_dict
 from mobileone_mm.models.arch import infer_arch
 
-from apple_layout import to_apple  # tests/ on the path: conftest.py
-
 REPO = Path(__file__).resolve().parents[1]
+
 
 def classifier_state_dict(arch, randomize_bn, deploy=False):
     model = MobileOne(arch, deploy=deploy)
@@ -65,6 +71,7 @@ def pretrained(path, **kwargs):
 def test_pretrained_init_every_format(tmp_path, randomize_bn):
     import timm
     from safetensors.torch import save_file
+
     state = classifier_state_dict('s0', randomize_bn)
     expected = backbone_state_dict(state)
     files = {
@@ -90,8 +97,10 @@ def test_pretrained_init_every_format(tmp_path, randomize_bn):
     # mmpretrain's documented way, with prefix
     model = MobileOne('s0', init_cfg=pretrained(tmp_path / 'mmpretrain.pth', prefix='backbone.'))
     model.init_weights()
-    assert torch.equal(model.stage4[1].branch_conv_list[0].norm.running_var,
-                       expected['stage4.1.branch_conv_list.0.norm.running_var'])
+    assert torch.equal(
+        model.stage4[1].branch_conv_list[0].norm.running_var,
+        expected['stage4.1.branch_conv_list.0.norm.running_var'],
+    )
 
 
 def test_pretrained_fused_and_unfused_forms(tmp_path, randomize_bn, rel_error):
@@ -106,8 +115,10 @@ def test_pretrained_fused_and_unfused_forms(tmp_path, randomize_bn, rel_error):
     with torch.no_grad():
         assert rel_error(deploy.eval()(x)[0], train_form.eval()(x)[0]) <= 1e-5
     # a fused checkpoint cannot be un-fused: explained
-    torch.save(to_apple({f'backbone.{k}': v for k, v in deploy.state_dict().items()}),
-               tmp_path / 'fused.pth.tar')
+    torch.save(
+        to_apple({f'backbone.{k}': v for k, v in deploy.state_dict().items()}),
+        tmp_path / 'fused.pth.tar',
+    )
     with pytest.raises(CheckpointError, match='fused .*deploy=True'):
         MobileOne('s1', init_cfg=pretrained(tmp_path / 'fused.pth.tar')).init_weights()
     model = MobileOne('s1', deploy=True, init_cfg=pretrained(tmp_path / 'fused.pth.tar'))
@@ -119,39 +130,50 @@ def test_pretrained_fused_and_unfused_forms(tmp_path, randomize_bn, rel_error):
 def test_pretrained_names_both_archs_and_missing_keys(tmp_path, randomize_bn):
     state = classifier_state_dict('s1', randomize_bn)
     torch.save(state, tmp_path / 's1.pth')
-    with pytest.raises(CheckpointError, match='MobileOne-s1 weights but the model is '
-                                              'MobileOne-s2'):
+    with pytest.raises(CheckpointError, match='MobileOne-s1 weights but the model is MobileOne-s2'):
         MobileOne('s2', init_cfg=pretrained(tmp_path / 's1.pth')).init_weights()
     # The load is strict (as every load of weights): a part missing or a key left over
     # is named, not logged with the backbone left half at its random init.
-    partial = {k: v for k, v in state.items()
-               if k != 'backbone.stage2.3.branch_conv_list.0.norm.running_mean'}
+    partial = {
+        k: v
+        for k, v in state.items()
+        if k != 'backbone.stage2.3.branch_conv_list.0.norm.running_mean'
+    }
     torch.save(partial, tmp_path / 'partial.pth')
-    with pytest.raises(CheckpointError, match=r'stage2\.3\.branch_conv_list\.0\.norm without '
-                                              r'running_mean'):
+    with pytest.raises(
+        CheckpointError,
+        match=r'stage2\.3\.branch_conv_list\.0\.norm without '
+        r'running_mean',
+    ):
         MobileOne('s1', init_cfg=pretrained(tmp_path / 'partial.pth')).init_weights()
-    torch.save({**state, 'backbone.stage2.3.extra.weight': torch.zeros(1)},
-               tmp_path / 'extra.pth')
+    torch.save({**state, 'backbone.stage2.3.extra.weight': torch.zeros(1)}, tmp_path / 'extra.pth')
     with pytest.raises(CheckpointError, match=r'1 unexpected keys: stage2\.3\.extra\.weight'):
         MobileOne('s1', init_cfg=pretrained(tmp_path / 'extra.pth')).init_weights()
     # strict=False, for weights meant to cover part of the backbone: logged by name
-    torch.save({**partial, 'backbone.stage2.3.extra.weight': torch.zeros(1)},
-               tmp_path / 'partial_extra.pth')
+    torch.save(
+        {**partial, 'backbone.stage2.3.extra.weight': torch.zeros(1)},
+        tmp_path / 'partial_extra.pth',
+    )
     logger = MMLogger.get_instance('test_missing_keys')  # the current logger from now on
     stream = io.StringIO()
     logger.addHandler(logging.StreamHandler(stream))
-    MobileOne('s1', init_cfg=pretrained(tmp_path / 'partial_extra.pth', strict=False)
-              ).init_weights()
+    MobileOne(
+        's1', init_cfg=pretrained(tmp_path / 'partial_extra.pth', strict=False)
+    ).init_weights()
     log = stream.getvalue()
     assert re.search(r'missing .*stage2\.3\.branch_conv_list\.0\.norm\.running_mean', log)
     assert re.search(r'unexpected .*stage2\.3\.extra\.weight', log)
     # what a checkpoint may lack: BN's batch counters (not weights)
-    torch.save({k: v for k, v in state.items() if 'num_batches_tracked' not in k},
-               tmp_path / 'no_counters.pth')
+    torch.save(
+        {k: v for k, v in state.items() if 'num_batches_tracked' not in k},
+        tmp_path / 'no_counters.pth',
+    )
     model = MobileOne('s1', init_cfg=pretrained(tmp_path / 'no_counters.pth'))
     model.init_weights()
-    assert torch.equal(model.stage2[3].branch_conv_list[0].norm.running_mean,
-                       state['backbone.stage2.3.branch_conv_list.0.norm.running_mean'])
+    assert torch.equal(
+        model.stage2[3].branch_conv_list[0].norm.running_mean,
+        state['backbone.stage2.3.branch_conv_list.0.norm.running_mean'],
+    )
 
 
 class Payload:
@@ -159,7 +181,7 @@ class Payload:
         self.marker = marker
 
     def __reduce__(self):
-        return os.system, (f'touch {self.marker}', )
+        return os.system, (f'touch {self.marker}',)
 
 
 def test_bad_files_get_clear_errors(tmp_path, randomize_bn):
@@ -175,7 +197,7 @@ def test_bad_files_get_clear_errors(tmp_path, randomize_bn):
         load_checkpoint_file(tmp_path / 'empty.pth')
     torch.save(classifier_state_dict('s0', randomize_bn), tmp_path / 'good.pth')
     data = (tmp_path / 'good.pth').read_bytes()
-    (tmp_path / 'truncated.pth').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'truncated.pth').write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match='truncated or corrupted'):
         load_checkpoint_file(tmp_path / 'truncated.pth')
     (tmp_path / 'notes.txt').write_text('not a checkpoint\n')
@@ -197,13 +219,19 @@ def test_convert_weights_tool(tmp_path, randomize_bn):
     state = classifier_state_dict('s0', randomize_bn)
     torch.save(to_apple(state), tmp_path / 'apple.pth.tar')
     tool = [sys.executable, str(REPO / 'tools' / 'convert_weights.py')]
-    done = subprocess.run(tool + [str(tmp_path / 'apple.pth.tar'), str(tmp_path / 'out.pth'),
-                                  '--arch', 's0'], capture_output=True, text=True)
+    done = subprocess.run(
+        tool + [str(tmp_path / 'apple.pth.tar'), str(tmp_path / 'out.pth'), '--arch', 's0'],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert 'apple' in done.stdout and 's0' in done.stdout
     written = load_checkpoint_file(tmp_path / 'out.pth')['state_dict']
     assert written.keys() == state.keys()
-    done = subprocess.run(tool + [str(tmp_path / 'apple.pth.tar'), str(tmp_path / 'x.pth'),
-                                  '--arch', 's2'], capture_output=True, text=True)
+    done = subprocess.run(
+        tool + [str(tmp_path / 'apple.pth.tar'), str(tmp_path / 'x.pth'), '--arch', 's2'],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and 'model is MobileOne-s2' in done.stderr
     assert not (tmp_path / 'x.pth').exists()

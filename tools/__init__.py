@@ -1,5 +1,6 @@
 """``python -m tools.NAME`` runs a tool as ``python tools/NAME.py`` does: the tools import
 their shared modules (argtypes, infer) by name, from this folder."""
+
 import os
 import sys
 

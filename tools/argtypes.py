@@ -1,5 +1,6 @@
 """argparse types shared by the CLIs in tools/: a bad value is refused by argparse with
 the rule it broke (one line, exit 2)."""
+
 import argparse
 
 

@@ -11,9 +11,11 @@ benchmark.png, and prints the tables with PASS / FAIL for each speed target.
 
 Run it on an otherwise idle machine (how long it takes: docs/speed.md).
 """
+
 import os
 
 from argtypes import positive_int
+
 from mobileone_mm.devkit.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
 from mobileone_mm.errors import run_tool, tool_parser
 
@@ -21,36 +23,45 @@ from mobileone_mm.errors import run_tool, tool_parser
 @run_tool
 def main(argv=None):
     parser = tool_parser(__doc__)
-    parser.add_argument('--quick', action='store_true',
-                        help='S0 and S1 at 320x320 (fp32 and int8), few runs, small '
-                             'DeepLabV3 input, S0 training step at batch 2')
-    parser.add_argument('--threads', type=positive_int, default=None,
-                        help='torch and onnxruntime threads (default: torch\'s, '
-                             f'{os.cpu_count()} here)')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='S0 and S1 at 320x320 (fp32 and int8), few runs, small '
+        'DeepLabV3 input, S0 training step at batch 2',
+    )
+    parser.add_argument(
+        '--threads',
+        type=positive_int,
+        default=None,
+        help=f"torch and onnxruntime threads (default: torch's, {os.cpu_count()} here)",
+    )
     parser.add_argument('--out', default='work_dirs/benchmark', help='output folder')
     parser.add_argument('--archs', nargs='+', choices=ARCHS, help='override the preset')
     parser.add_argument('--sizes', nargs='+', type=positive_int, help='override the preset')
     parser.add_argument('--runs', type=positive_int, help='most timed rounds per group')
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in dict(archs=args.archs, sizes=args.sizes,
-                                       runs=args.runs).items() if v}
-    if args.sizes and PRESETS['quick' if args.quick else 'full']['dilated_size'] \
-            not in args.sizes:
+    overrides = {
+        k: v for k, v in dict(archs=args.archs, sizes=args.sizes, runs=args.runs).items() if v
+    }
+    if args.sizes and PRESETS['quick' if args.quick else 'full']['dilated_size'] not in args.sizes:
         overrides['dilated_size'] = None
     load = load_average()
     if load is not None and load > 0.5:
-        print(f'warning: load average {load:.2f}: other jobs share the CPU and the '
-              f'timings will be noisy and slow (with --threads equal to the cores, PyTorch\'s '
-              f'OpenMP pool slows down far more than onnxruntime; --threads 1 suffers less).')
-    result = run_benchmark('quick' if args.quick else 'full', threads=args.threads,
-                           **overrides)
+        print(
+            f'warning: load average {load:.2f}: other jobs share the CPU and the '
+            f"timings will be noisy and slow (with --threads equal to the cores, PyTorch's "
+            f'OpenMP pool slows down far more than onnxruntime; --threads 1 suffers less).'
+        )
+    result = run_benchmark('quick' if args.quick else 'full', threads=args.threads, **overrides)
     paths = write_report(result, args.out)
     with open(paths['md']) as f:
         print('\n' + f.read())
     print('written: ' + ', '.join(paths.values()))
     failed = [t['key'] for t in result['targets'] if not t['passed']]
-    print(f'targets: {len(result["targets"]) - len(failed)} passed'
-          + (f', failed: {", ".join(failed)}' if failed else ''))
+    print(
+        f'targets: {len(result["targets"]) - len(failed)} passed'
+        + (f', failed: {", ".join(failed)}' if failed else '')
+    )
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ of the README:
 3. segmentation: the same with DeepLabV3-S0 on tiny ADE20K.
 4. a summary table.
 """
+
 import os
 import re
 import subprocess
@@ -18,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-
 from argtypes import positive_int
-from mobileone_mm.devkit.analysis import compare_forms
+
 from mobileone_mm import ARCH_SETTINGS, MobileOne
+from mobileone_mm.devkit.analysis import compare_forms
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.models.pretrained import load_pretrained
 
@@ -29,18 +30,27 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TASKS = {
     'detection': dict(
-        codebase='mmdet', data=('coco', 'data/tiny_coco'),
+        codebase='mmdet',
+        data=('coco', 'data/tiny_coco'),
         config='configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
-        metric=r'coco/bbox_mAP: ([\d.]+)', metric_name='bbox mAP',
+        metric=r'coco/bbox_mAP: ([\d.]+)',
+        metric_name='bbox mAP',
         quick=['train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
-        image='data/tiny_coco/val2017'),
+        image='data/tiny_coco/val2017',
+    ),
     'segmentation': dict(
-        codebase='mmseg', data=('ade20k', 'data/ade'),
+        codebase='mmseg',
+        data=('ade20k', 'data/ade'),
         config='configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
-        metric=r'mIoU: ([\d.]+)', metric_name='mIoU',
-        quick=['train_cfg.max_iters=10', 'train_cfg.val_interval=10',
-               'default_hooks.checkpoint.interval=10'],
-        image='data/ade/ADEChallengeData2016/images/validation'),
+        metric=r'mIoU: ([\d.]+)',
+        metric_name='mIoU',
+        quick=[
+            'train_cfg.max_iters=10',
+            'train_cfg.val_interval=10',
+            'default_hooks.checkpoint.interval=10',
+        ],
+        image='data/ade/ADEChallengeData2016/images/validation',
+    ),
 }
 
 
@@ -52,9 +62,15 @@ def run(*command: str) -> str:
     """Run a command from the repository root, echo its output as it comes, return it."""
     print('$ ' + ' '.join(command), flush=True)
     lines = []
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1,
-                          env=dict(os.environ, PYTHONUNBUFFERED='1')) as process:
+    with subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env=dict(os.environ, PYTHONUNBUFFERED='1'),
+    ) as process:
         for line in process.stdout:
             print(line, end='', flush=True)
             lines.append(line)
@@ -64,13 +80,18 @@ def run(*command: str) -> str:
 
 
 def backbones(archs, runs: int):
-    print(f'MobileOne backbones at 224x224, batch 1, {torch.get_num_threads()} threads, '
-          f'latency = median of {runs} runs')
-    header = (f'{"arch":5} {"params train":>13} {"params fused":>13} {"GMACs train":>12} '
-              f'{"GMACs fused":>12} {"ms train":>9} {"ms fused":>9} {"speed-up":>9} '
-              f'{"max rel diff":>13}')
+    print(
+        f'MobileOne backbones at 224x224, batch 1, {torch.get_num_threads()} threads, '
+        f'latency = median of {runs} runs'
+    )
+    header = (
+        f'{"arch":5} {"params train":>13} {"params fused":>13} {"GMACs train":>12} '
+        f'{"GMACs fused":>12} {"ms train":>9} {"ms fused":>9} {"speed-up":>9} '
+        f'{"max rel diff":>13}'
+    )
     print(header + '\n' + '-' * len(header))
     import timm
+
     with tempfile.TemporaryDirectory() as folder:
         for arch in archs:
             checkpoint = Path(folder) / f'mobileone_{arch}_timm.pth'
@@ -79,10 +100,12 @@ def backbones(archs, runs: int):
             load_pretrained(backbone, str(checkpoint))  # what init_cfg=Pretrained runs
             row = compare_forms(backbone, (224, 224), runs=runs)
             assert row['max_rel_diff'] <= 1e-5, f'{arch}: fused outputs differ {row}'
-            print(f'{arch:5} {row["train_params"]:>13,} {row["fused_params"]:>13,} '
-                  f'{row["train_gmacs"]:>12.3f} {row["fused_gmacs"]:>12.3f} '
-                  f'{row["train_ms"]:>9.1f} {row["fused_ms"]:>9.1f} '
-                  f'{row["train_ms"] / row["fused_ms"]:>8.1f}x {row["max_rel_diff"]:>13.1e}')
+            print(
+                f'{arch:5} {row["train_params"]:>13,} {row["fused_params"]:>13,} '
+                f'{row["train_gmacs"]:>12.3f} {row["fused_gmacs"]:>12.3f} '
+                f'{row["train_ms"]:>9.1f} {row["fused_ms"]:>9.1f} '
+                f'{row["train_ms"] / row["fused_ms"]:>8.1f}x {row["max_rel_diff"]:>13.1e}'
+            )
 
 
 def task(name: str, settings: dict, quick: bool = False) -> dict:
@@ -96,16 +119,31 @@ def task(name: str, settings: dict, quick: bool = False) -> dict:
     run(python, 'tools/make_tiny_datasets.py', kind, '--out', data_dir, '--overwrite')
     step(f'{name}: mim train {codebase} (minutes on a 2-core CPU)')
     start = time.time()
-    run(mim, 'train', codebase, config, '--work-dir', str(work),
-        *(['--cfg-options', *settings['quick']] if quick else []))
+    run(
+        mim,
+        'train',
+        codebase,
+        config,
+        '--work-dir',
+        str(work),
+        *(['--cfg-options', *settings['quick']] if quick else []),
+    )
     train_minutes = (time.time() - start) / 60
     checkpoint = (work / 'last_checkpoint').read_text().strip()
     best = sorted(work.glob('best_*.pth'))
     checkpoint = str(best[-1]) if best else checkpoint
 
     def metric(config_path, weights):
-        output = run(mim, 'test', codebase, config_path, '--checkpoint', weights,
-                     '--work-dir', str(work / 'test'))
+        output = run(
+            mim,
+            'test',
+            codebase,
+            config_path,
+            '--checkpoint',
+            weights,
+            '--work-dir',
+            str(work / 'test'),
+        )
         return float(re.findall(settings['metric'], output)[-1])
 
     step(f'{name}: mim test, train form')
@@ -121,22 +159,37 @@ def task(name: str, settings: dict, quick: bool = False) -> dict:
     image = str(sorted((REPO / settings['image']).glob('*.jpg'))[0])
     picture = str(work / 'vis.png')
     run(python, 'tools/onnx_infer.py', onnx_file, image, '--out', picture)
-    return dict(task=name, metric=settings['metric_name'], train=train_metric,
-                deploy=deploy_metric, torch_ms=float(times['torch_ms']),
-                onnx_ms=float(times['onnx_ms']), minutes=train_minutes,
-                files=[checkpoint, deploy, str(work / 'deploy.py'), onnx_file, picture])
+    return dict(
+        task=name,
+        metric=settings['metric_name'],
+        train=train_metric,
+        deploy=deploy_metric,
+        torch_ms=float(times['torch_ms']),
+        onnx_ms=float(times['onnx_ms']),
+        minutes=train_minutes,
+        files=[checkpoint, deploy, str(work / 'deploy.py'), onnx_file, picture],
+    )
 
 
 @run_tool
 def main(argv=None):
     parser = tool_parser(__doc__)
-    parser.add_argument('--archs', nargs='+', default=sorted(ARCH_SETTINGS),
-                        choices=sorted(ARCH_SETTINGS))
+    parser.add_argument(
+        '--archs', nargs='+', default=sorted(ARCH_SETTINGS), choices=sorted(ARCH_SETTINGS)
+    )
     parser.add_argument('--runs', type=positive_int, default=20, help='latency runs per model')
-    parser.add_argument('--tasks', nargs='*', default=list(TASKS), choices=list(TASKS),
-                        help='end-to-end tasks to run (none: backbones only)')
-    parser.add_argument('--quick', action='store_true',
-                        help='train a few iterations only (checks the path, not the metric)')
+    parser.add_argument(
+        '--tasks',
+        nargs='*',
+        default=list(TASKS),
+        choices=list(TASKS),
+        help='end-to-end tasks to run (none: backbones only)',
+    )
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='train a few iterations only (checks the path, not the metric)',
+    )
     args = parser.parse_args(argv)
     start = time.time()
     step('backbones: load, fuse, compare')
@@ -144,11 +197,15 @@ def main(argv=None):
     rows = [task(name, TASKS[name], args.quick) for name in args.tasks]
     if rows:
         step(f'summary ({(time.time() - start) / 60:.0f} minutes in all)')
-        print('| task | metric | train form | deploy form | train min | PyTorch ms | '
-              'onnxruntime ms |\n|---|---|---|---|---|---|---|')
+        print(
+            '| task | metric | train form | deploy form | train min | PyTorch ms | '
+            'onnxruntime ms |\n|---|---|---|---|---|---|---|'
+        )
         for r in rows:
-            print(f'| {r["task"]} | {r["metric"]} | {r["train"]:.4f} | {r["deploy"]:.4f} | '
-                  f'{r["minutes"]:.1f} | {r["torch_ms"]:.1f} | {r["onnx_ms"]:.1f} |')
+            print(
+                f'| {r["task"]} | {r["metric"]} | {r["train"]:.4f} | {r["deploy"]:.4f} | '
+                f'{r["minutes"]:.1f} | {r["torch_ms"]:.1f} | {r["onnx_ms"]:.1f} |'
+            )
         for r in rows:
             print(f'{r["task"]} files: ' + ', '.join(r['files']))
 

@@ -13,9 +13,11 @@ form (the project's output check), int8 against float32 (cosine and task decisio
 val images; int8 is calibrated on the config's train images (--calib-split val for its
 val set). Core ML artefacts run only on Apple systems: not checked here.
 """
+
 from argtypes import positive_int, score_threshold
-from mobileone_mm.loading.data import SPLITS
+
 from mobileone_mm.errors import run_tool, tool_parser
+from mobileone_mm.loading.data import SPLITS
 from mobileone_mm.runtimes import PRECISIONS, RUNTIMES, export_to_runtime
 
 
@@ -26,37 +28,67 @@ def main(argv=None):
     parser.add_argument('checkpoint', help='training (train-form) or deploy checkpoint')
     parser.add_argument('out', help='the artefact (written atomically)')
     parser.add_argument('--runtime', required=True, choices=list(RUNTIMES))
-    parser.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                        help='fp32 (default), int8 (onnxruntime, openvino, executorch), '
-                             'fp16 (coreml)')
-    parser.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
-                        help="input size (default: the config's test size)")
-    parser.add_argument('--verify', action='store_true',
-                        help='check the artefact on val images before writing it')
-    parser.add_argument('--num-images', type=positive_int, default=8,
-                        help='val images --verify checks on (default 8)')
-    parser.add_argument('--calib-images', type=positive_int, default=32,
-                        help='int8 calibration images (default 32)')
+    parser.add_argument(
+        '--precision',
+        default='fp32',
+        choices=PRECISIONS,
+        help='fp32 (default), int8 (onnxruntime, openvino, executorch), fp16 (coreml)',
+    )
+    parser.add_argument(
+        '--shape',
+        type=positive_int,
+        nargs=2,
+        metavar=('H', 'W'),
+        help="input size (default: the config's test size)",
+    )
+    parser.add_argument(
+        '--verify', action='store_true', help='check the artefact on val images before writing it'
+    )
+    parser.add_argument(
+        '--num-images',
+        type=positive_int,
+        default=8,
+        help='val images --verify checks on (default 8)',
+    )
+    parser.add_argument(
+        '--calib-images', type=positive_int, default=32, help='int8 calibration images (default 32)'
+    )
     parser.add_argument('--calib-split', choices=SPLITS, default='train')
-    parser.add_argument('--score-thr', type=score_threshold, default=0.3,
-                        help='detections compared by --verify')
+    parser.add_argument(
+        '--score-thr', type=score_threshold, default=0.3, help='detections compared by --verify'
+    )
     args = parser.parse_args(argv)
     report = export_to_runtime(
-        args.config, args.checkpoint, args.out, args.runtime, args.precision,
-        shape=args.shape, verify=args.verify, num_images=args.num_images,
-        calib_images=args.calib_images, calib_split=args.calib_split,
-        score_thr=args.score_thr)
+        args.config,
+        args.checkpoint,
+        args.out,
+        args.runtime,
+        args.precision,
+        shape=args.shape,
+        verify=args.verify,
+        num_images=args.num_images,
+        calib_images=args.calib_images,
+        calib_split=args.calib_split,
+        score_thr=args.score_thr,
+    )
     shape = report['shape']
-    print(f'{report["task"]} for {report["runtime"]} {report["precision"]}: input '
-          f'{shape[0]}x{shape[1]}, outputs {report["outputs"]}'
-          + (f'; calibrated on {report["calibration"]}' if report['calibration'] else ''))
+    print(
+        f'{report["task"]} for {report["runtime"]} {report["precision"]}: input '
+        f'{shape[0]}x{shape[1]}, outputs {report["outputs"]}'
+        + (f'; calibrated on {report["calibration"]}' if report['calibration'] else '')
+    )
     for note in report['notes']:
         print(f'  note: {note}')
     check = report['check']
     if check is not None:
-        print(f'verify on {report["images"]}: ' +
-              ', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
-                        for k, v in check.items() if not isinstance(v, list)))
+        print(
+            f'verify on {report["images"]}: '
+            + ', '.join(
+                f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
+                for k, v in check.items()
+                if not isinstance(v, list)
+            )
+        )
     print(f'written: {", ".join(report["paths"])}')
 
 

@@ -6,13 +6,23 @@ mmdet / mmseg / mmpretrain read, for the tiny-data configs, the tests and the de
     python tools/make_tiny_datasets.py voc --out data/VOCdevkit --seed 1
     python tools/make_tiny_datasets.py flowers --out data/tiny_flowers
 """
+
 from argtypes import non_negative_int
-from mobileone_mm.devkit.tiny_data import (make_tiny_ade20k, make_tiny_coco, make_tiny_flowers,
-                              make_tiny_voc)
+
+from mobileone_mm.devkit.tiny_data import (
+    make_tiny_ade20k,
+    make_tiny_coco,
+    make_tiny_flowers,
+    make_tiny_voc,
+)
 from mobileone_mm.errors import run_tool, tool_parser
 
-WRITERS = {'coco': make_tiny_coco, 'ade20k': make_tiny_ade20k, 'voc': make_tiny_voc,
-           'flowers': make_tiny_flowers}
+WRITERS = {
+    'coco': make_tiny_coco,
+    'ade20k': make_tiny_ade20k,
+    'voc': make_tiny_voc,
+    'flowers': make_tiny_flowers,
+}
 
 
 @run_tool
@@ -20,15 +30,21 @@ def main(argv=None):
     parser = tool_parser(__doc__)
     parser.add_argument('format', choices=sorted(WRITERS))
     parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--seed', type=non_negative_int, default=0,
-                        help='seed of the shapes and textures (0 or more)')
+    parser.add_argument(
+        '--seed',
+        type=non_negative_int,
+        default=0,
+        help='seed of the shapes and textures (0 or more)',
+    )
     parser.add_argument('--num-train', type=int, help='train images (default: per format)')
     parser.add_argument('--num-val', type=int, help='val images (default: per format)')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='replace a data set already written there')
+    parser.add_argument(
+        '--overwrite', action='store_true', help='replace a data set already written there'
+    )
     args = parser.parse_args(argv)
-    counts = {k: v for k, v in (('num_train', args.num_train), ('num_val', args.num_val))
-              if v is not None}
+    counts = {
+        k: v for k, v in (('num_train', args.num_train), ('num_val', args.num_val)) if v is not None
+    }
     root = WRITERS[args.format](args.out, seed=args.seed, overwrite=args.overwrite, **counts)
     print(f'tiny {args.format} data set (seed {args.seed}) written to {root}')
 

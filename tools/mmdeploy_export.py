@@ -9,11 +9,12 @@ MobileOne backbone itself; the checkpoint may be a training one or a deploy one.
 mmdeploy's tools/deploy.py + tools/test.py for ONNX Runtime, run in this process, where
 mobileone_mm.runtimes.mmdeploy_route makes torch.onnx.export use the TorchScript exporter.
 """
+
 import json
 
 from mobileone_mm.checkpoints.paths import check_extension, check_input_file, plan_outputs
-from mobileone_mm.runtimes.mmdeploy_route import evaluate_backend, export_end2end
 from mobileone_mm.errors import run_tool, tool_parser
+from mobileone_mm.runtimes.mmdeploy_route import evaluate_backend, export_end2end
 
 
 @run_tool
@@ -24,26 +25,32 @@ def main(argv=None):
     parser.add_argument('checkpoint', help='training or deploy checkpoint')
     parser.add_argument('out', help='.onnx file (written atomically)')
     parser.add_argument('--image', help='image the export traces (default: a grey image)')
-    parser.add_argument('--test', action='store_true',
-                        help="evaluate the ONNX model on the config's test set")
-    parser.add_argument('--work-dir', default='work_dirs/mmdeploy_test',
-                        help='logs of --test')
+    parser.add_argument(
+        '--test', action='store_true', help="evaluate the ONNX model on the config's test set"
+    )
+    parser.add_argument('--work-dir', default='work_dirs/mmdeploy_test', help='logs of --test')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
     for what in ('deploy_cfg', 'config', 'checkpoint', 'image'):
         if getattr(args, what) is not None:
             check_input_file(getattr(args, what), what.replace('_cfg', ' config'))
-    plan_outputs(inputs={'deploy config': args.deploy_cfg, 'config': args.config,
-                         'checkpoint': args.checkpoint, 'image': args.image},
-                 outputs={'ONNX model': args.out},
-                 folders={'work dir (--work-dir)': args.work_dir if args.test else None})
+    plan_outputs(
+        inputs={
+            'deploy config': args.deploy_cfg,
+            'config': args.config,
+            'checkpoint': args.checkpoint,
+            'image': args.image,
+        },
+        outputs={'ONNX model': args.out},
+        folders={'work dir (--work-dir)': args.work_dir if args.test else None},
+    )
     check_extension(args.out, ['.onnx'], 'ONNX output')
-    export_end2end(args.deploy_cfg, args.config, args.checkpoint, args.out, args.image,
-                   args.device)
+    export_end2end(args.deploy_cfg, args.config, args.checkpoint, args.out, args.image, args.device)
     print(f'wrote {args.out}')
     if args.test:
-        _, metrics = evaluate_backend(args.deploy_cfg, args.config, args.out, args.work_dir,
-                                      device=args.device)
+        _, metrics = evaluate_backend(
+            args.deploy_cfg, args.config, args.out, args.work_dir, device=args.device
+        )
         print(json.dumps(metrics, indent=1))
 
 

@@ -8,11 +8,14 @@
 # other archs inherit, not here: it is merged into the codebase's own model (mmpretrain
 # swaps the type of its MobileOne; mmdet and mmseg replace ResNet / CSPNeXt / MobileNetV2
 # with _delete_), and a base cannot hold `model` beside a codebase base that has one.
-custom_imports = dict(imports=[
-    'mobileone_mm',  # registers mobileone_mm.MobileOne
-    # the stack fixes (docs/stack.md); a config that states its own custom_imports
-    # without one of these lines leaves that fix out
-    'mobileone_mm.fixes.safe_loading',         # mmengine loads its checkpoints on torch>=2.6
-    'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
-    'mobileone_mm.fixes.cpu_distributed',      # --launcher pytorch and SyncBN without GPU
-], allow_failed_imports=False)
+custom_imports = dict(
+    imports=[
+        'mobileone_mm',  # registers mobileone_mm.MobileOne
+        # the stack fixes (docs/stack.md); a config that states its own custom_imports
+        # without one of these lines leaves that fix out
+        'mobileone_mm.fixes.safe_loading',  # mmengine loads its checkpoints on torch>=2.6
+        'mobileone_mm.fixes.durable_checkpoints',  # a killed run resumes from its work dir
+        'mobileone_mm.fixes.cpu_distributed',  # --launcher pytorch and SyncBN without GPU
+    ],
+    allow_failed_imports=False,
+)

@@ -26,8 +26,14 @@ model = dict(backbone=dict(type='mobileone_mm.MobileOne'))
 # norm_decay_mult=0 exempts from decay get a decay rising from 0 to 1e-5 (and MobileOne's
 # branch BN weights scale its branches: decay shrinks them).
 param_scheduler = _base_.param_scheduler[:2] + [
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay',
-         eta_min_ratio=0.1, by_epoch=True, begin=0, end=300)
+    dict(
+        type='CosineAnnealingParamScheduler',
+        param_name='weight_decay',
+        eta_min_ratio=0.1,
+        by_epoch=True,
+        begin=0,
+        end=300,
+    )
 ]
 # the log shows the recipe at work: image size, crop / RandAugment, weight decay, EMA
 custom_hooks = _base_.custom_hooks + [dict(type='mobileone_mm.RecipeLoggerHook')]

@@ -14,8 +14,14 @@ model = dict(backbone=dict(type='mobileone_mm.MobileOne'))
 # mmpretrain's file of its arch, whose schedule and pipelines these lines rebuild, and a
 # shared base could not read them (mmengine evaluates each base file on its own).
 param_scheduler = _base_.param_scheduler[:2] + [
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay',
-         eta_min_ratio=0.1, by_epoch=True, begin=0, end=300)
+    dict(
+        type='CosineAnnealingParamScheduler',
+        param_name='weight_decay',
+        eta_min_ratio=0.1,
+        by_epoch=True,
+        begin=0,
+        end=300,
+    )
 ]
 
 stage_37e = _base_.train_pipeline_37e  # 192 px, magnitude 4.9
@@ -25,10 +31,13 @@ stage_112e = _base_.train_pipeline_112e  # 224 px, magnitude 7
 # (it reads `train_pipeline`): its runs never leave the first stage (160 px, weakest
 # RandAugment, validated at 224). Here the key it reads.
 custom_hooks = [
-    dict(type='SwitchRecipeHook', schedule=[
-        dict(action_epoch=37, train_pipeline=stage_37e),
-        dict(action_epoch=112, train_pipeline=stage_112e),
-    ]),
+    dict(
+        type='SwitchRecipeHook',
+        schedule=[
+            dict(action_epoch=37, train_pipeline=stage_37e),
+            dict(action_epoch=112, train_pipeline=stage_112e),
+        ],
+    ),
     _base_.custom_hooks[1],  # EMAHook, momentum 5e-4, update_buffers=True
     # the log shows the recipe at work: image size, crop / RandAugment, weight decay, EMA
     dict(type='mobileone_mm.RecipeLoggerHook'),

@@ -18,11 +18,14 @@ model = dict(
             type='Pretrained',
             prefix='backbone.',
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth')),
+            'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth',
+        ),
+    ),
     # P3-P5 from the three outputs (start_level 0: there is no C2 input to skip), P6 / P7
     # from C5 ('on_input', as the recipe); the recipe's 256 channels and head.
-    neck=dict(in_channels=[192, 512, 1280], start_level=0))
+    neck=dict(in_channels=[192, 512, 1280], start_level=0),
+)
 
 # MobileOne's branch BN weights scale its branches: decaying them towards 0 shrinks
 # branches, so mmpretrain trains them without weight decay; keep that when fine-tuning.
-optim_wrapper = dict(paramwise_cfg=dict(norm_decay_mult=0.))
+optim_wrapper = dict(paramwise_cfg=dict(norm_decay_mult=0.0))

@@ -7,5 +7,8 @@ model = dict(
         arch='s4',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth')),
-    neck=dict(in_channels=[448, 896, 2048]))
+            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth'
+        ),
+    ),
+    neck=dict(in_channels=[448, 896, 2048]),
+)

@@ -15,38 +15,44 @@ norm_cfg = dict(type='BN')  # one process (SyncBN would be reverted to BN anyway
 model = dict(
     # No download here: random init. With ImageNet weights on disk, use the base
     # config's init_cfg with checkpoint='/path/to/mobileone-s0.pth'.
-    backbone=dict(norm_cfg=norm_cfg,
-                  init_cfg=dict(_delete_=True, type='Kaiming', layer='Conv2d')),
+    backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(_delete_=True, type='Kaiming', layer='Conv2d')),
     neck=[  # a list is replaced, not merged: the S0 neck with BN
         dict(_base_.model.neck[0], norm_cfg=norm_cfg),
         dict(_base_.model.neck[1], norm_cfg=norm_cfg),
     ],
-    bbox_head=dict(num_classes=4, norm_cfg=norm_cfg))
+    bbox_head=dict(num_classes=4, norm_cfg=norm_cfg),
+)
 
 # Two stages as the recipe: stage 1 with scale jitter and crops, the last epochs plain.
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RandomResize', scale=(input_size, input_size), ratio_range=(0.75, 1.5),
-         keep_ratio=False),
+    dict(
+        type='RandomResize',
+        scale=(input_size, input_size),
+        ratio_range=(0.75, 1.5),
+        keep_ratio=False,
+    ),
     dict(type='RandomCrop', crop_size=(input_size, input_size)),
     dict(type='RandomFlip', prob=0.5),
     dict(type='Pad', size=(input_size, input_size), pad_val=dict(img=(114, 114, 114))),
-    dict(type='PackDetInputs')
+    dict(type='PackDetInputs'),
 ]
 train_pipeline_stage2 = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(input_size, input_size), keep_ratio=False),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
+    dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(input_size, input_size), keep_ratio=False),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
+    ),
 ]
 train_dataloader = dict(
     batch_size=8,
@@ -54,12 +60,14 @@ train_dataloader = dict(
     persistent_workers=False,
     pin_memory=False,
     drop_last=True,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline),
+)
 val_dataloader = dict(
     batch_size=16,
     num_workers=1,
     persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
@@ -70,22 +78,35 @@ test_evaluator = val_evaluator
 # recipe's momentum 0.0002 is for ~150k). Validation every 4 epochs, every 2 in stage 2.
 max_epochs = 20
 stage2_num_epochs = 4
-train_cfg = dict(max_epochs=max_epochs, val_interval=4,
-                 dynamic_intervals=[(max_epochs - stage2_num_epochs, 2)])
+train_cfg = dict(
+    max_epochs=max_epochs, val_interval=4, dynamic_intervals=[(max_epochs - stage2_num_epochs, 2)]
+)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=40),
-    dict(type='CosineAnnealingLR', begin=0, T_max=max_epochs, end=max_epochs,
-         by_epoch=True, convert_to_iter_based=True, eta_min=0)
+    dict(
+        type='CosineAnnealingLR',
+        begin=0,
+        T_max=max_epochs,
+        end=max_epochs,
+        by_epoch=True,
+        convert_to_iter_based=True,
+        eta_min=0,
+    ),
 ]
 optim_wrapper = dict(optimizer=dict(lr=4e-3))
 custom_hooks = [
-    dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.002, update_buffers=True,
-         priority=49),
-    dict(type='PipelineSwitchHook', switch_epoch=max_epochs - stage2_num_epochs,
-         switch_pipeline=train_pipeline_stage2)
+    dict(
+        type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.002, update_buffers=True, priority=49
+    ),
+    dict(
+        type='PipelineSwitchHook',
+        switch_epoch=max_epochs - stage2_num_epochs,
+        switch_pipeline=train_pipeline_stage2,
+    ),
 ]
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(interval=4, max_keep_ckpts=1, save_best='coco/bbox_mAP'))
+    checkpoint=dict(interval=4, max_keep_ckpts=1, save_best='coco/bbox_mAP'),
+)
 # Seeded (random init, sampling, augmentation), so the mAP can be reproduced.
 randomness = dict(seed=0)

@@ -16,8 +16,9 @@ width = 96  # neck and head channels: RTMDet-tiny's
 model = dict(
     # The ImageNet weights were trained on RGB with these statistics; RTMDet's CSPNeXt
     # was trained on BGR (mean 103.53, ... and bgr_to_rgb=False in the base).
-    data_preprocessor=dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-                           bgr_to_rgb=True),
+    data_preprocessor=dict(
+        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True
+    ),
     backbone=dict(
         _delete_=True,
         type='mobileone_mm.MobileOne',
@@ -28,7 +29,9 @@ model = dict(
             type='Pretrained',
             prefix='backbone.',
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s0_8xb32_in1k_20221110-0bc94952.pth')),
+            'mobileone-s0_8xb32_in1k_20221110-0bc94952.pth',
+        ),
+    ),
     # CSPNeXtPAFPN works at the widths of its inputs. MobileOne's stage 4 is wide (S0:
     # 128 / 256 / 1024 channels, S2-S4: 2048 at stride 32, where CSPNeXt-tiny has 96 /
     # 192 / 384): fed directly, the neck would have 7.2 M parameters (S0; 42 M for S4)
@@ -37,12 +40,26 @@ model = dict(
     # PAFPN runs at that one width: 0.78 M parameters, 1.56 GMACs at 640 (RTMDet-tiny's
     # neck: 2.45 G).
     neck=[
-        dict(type='ChannelMapper', in_channels=[128, 256, 1024], out_channels=width,
-             kernel_size=1, norm_cfg=norm_cfg, act_cfg=act_cfg),
-        dict(type='CSPNeXtPAFPN', in_channels=[width] * 3, out_channels=width,
-             num_csp_blocks=1, expand_ratio=0.5, norm_cfg=norm_cfg, act_cfg=act_cfg),
+        dict(
+            type='ChannelMapper',
+            in_channels=[128, 256, 1024],
+            out_channels=width,
+            kernel_size=1,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg,
+        ),
+        dict(
+            type='CSPNeXtPAFPN',
+            in_channels=[width] * 3,
+            out_channels=width,
+            num_csp_blocks=1,
+            expand_ratio=0.5,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg,
+        ),
     ],
-    bbox_head=dict(in_channels=width, feat_channels=width))
+    bbox_head=dict(in_channels=width, feat_channels=width),
+)
 
 # The recipe's optimizer already trains norm weights without decay (norm_decay_mult=0),
 # which MobileOne's branch BN weights need; its two-stage pipeline switch

@@ -12,12 +12,15 @@ model = dict(
         arch='s1',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth')),
+            'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth'
+        ),
+    ),
     neck=[  # a list is replaced, not merged: the S0 config's layers at these widths
         dict(_base_.model.neck[0], in_channels=[192, 512, 1280], out_channels=width),
         dict(_base_.model.neck[1], in_channels=[width] * 3, out_channels=width),
     ],
-    bbox_head=dict(in_channels=width, feat_channels=width))
+    bbox_head=dict(in_channels=width, feat_channels=width),
+)
 
 # RTMDet-s's first-stage pipeline (mmdet rtmdet_s_8xb32-300e_coco.py); its second stage is
 # the one the S0 config's PipelineSwitchHook already holds. Stated whole, as mmdet does:
@@ -33,8 +36,13 @@ train_pipeline = [
     dict(type='YOLOXHSVRandomAug'),
     dict(type='RandomFlip', prob=0.5),
     dict(type='Pad', size=(640, 640), pad_val=dict(img=(114, 114, 114))),
-    dict(type='CachedMixUp', img_scale=(640, 640), ratio_range=(1.0, 1.0),
-         max_cached_images=20, pad_val=(114, 114, 114)),
-    dict(type='PackDetInputs')
+    dict(
+        type='CachedMixUp',
+        img_scale=(640, 640),
+        ratio_range=(1.0, 1.0),
+        max_cached_images=20,
+        pad_val=(114, 114, 114),
+    ),
+    dict(type='PackDetInputs'),
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

@@ -11,8 +11,11 @@ model = dict(
         arch='s2',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth')),
+            'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth'
+        ),
+    ),
     neck=[  # a list is replaced, not merged: the PAFPN is the S1 config's
         dict(_base_.model.neck[0], in_channels=[256, 640, 2048]),
         _base_.model.neck[1],
-    ])
+    ],
+)

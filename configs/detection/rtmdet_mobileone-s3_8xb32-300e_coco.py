@@ -12,22 +12,26 @@ model = dict(
         arch='s3',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth')),
+            'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth'
+        ),
+    ),
     neck=[  # a list is replaced, not merged: the S2 config's layers at these widths
         dict(_base_.model.neck[0], in_channels=[320, 768, 2048], out_channels=width),
-        dict(_base_.model.neck[1], in_channels=[width] * 3, out_channels=width,
-             num_csp_blocks=2),
+        dict(_base_.model.neck[1], in_channels=[width] * 3, out_channels=width, num_csp_blocks=2),
     ],
-    bbox_head=dict(in_channels=width, feat_channels=width, exp_on_reg=True))
+    bbox_head=dict(in_channels=width, feat_channels=width, exp_on_reg=True),
+)
 
 # RTMDet-m's pipelines (mmdet rtmdet_l_8xb32-300e_coco.py, which m inherits): the S2
 # config's two stages with scale jitter 0.1-2.0.
 train_pipeline = [
     dict(step, ratio_range=(0.1, 2.0)) if step['type'] == 'RandomResize' else step
-    for step in _base_.train_pipeline]
+    for step in _base_.train_pipeline
+]
 train_pipeline_stage2 = [
     dict(step, ratio_range=(0.1, 2.0)) if step['type'] == 'RandomResize' else step
-    for step in _base_.train_pipeline_stage2]
+    for step in _base_.train_pipeline_stage2
+]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 custom_hooks = [
     _base_.custom_hooks[0],  # EMAHook

@@ -10,8 +10,11 @@ model = dict(
         arch='s4',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth')),
+            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth'
+        ),
+    ),
     neck=[  # a list is replaced, not merged: the PAFPN is the S3 config's
         dict(_base_.model.neck[0], in_channels=[448, 896, 2048]),
         _base_.model.neck[1],
-    ])
+    ],
+)

@@ -18,8 +18,7 @@ norm_cfg = dict(type='BN', momentum=0.1)
 model = dict(
     # No download here: random init. With ImageNet weights on disk, use the base
     # config's init_cfg with checkpoint='/path/to/mobileone-s0.pth'.
-    backbone=dict(norm_cfg=norm_cfg,
-                  init_cfg=dict(_delete_=True, type='Kaiming', layer='Conv2d')),
+    backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(_delete_=True, type='Kaiming', layer='Conv2d')),
     neck=dict(norm_cfg=norm_cfg),
     bbox_head=dict(
         norm_cfg=norm_cfg,
@@ -27,7 +26,10 @@ model = dict(
         anchor_generator=dict(
             strides=[16, 32, 64, 128, 128, 128],  # input / feature map size
             min_sizes=[19, 40, 60, 81, 101, 122],
-            max_sizes=[40, 60, 81, 101, 122, 128])))
+            max_sizes=[40, 60, 81, 101, 122, 128],
+        ),
+    ),
+)
 
 # Few epochs: only flips (the recipe's Expand / MinIoURandomCrop / photometric
 # distortion need hundreds of epochs to pay off).
@@ -36,14 +38,16 @@ train_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(input_size, input_size), keep_ratio=False),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
+    dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(input_size, input_size), keep_ratio=False),
     dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
+    ),
 ]
 train_dataloader = dict(
     batch_size=8,
@@ -51,12 +55,15 @@ train_dataloader = dict(
     num_workers=1,
     # ~35 iterations per pass over the train images: two passes make one epoch (71
     # iterations), so validation and checkpoints come every 284 iterations.
-    dataset=dict(times=2, dataset=dict(data_root=data_root, metainfo=metainfo,
-                                       pipeline=train_pipeline)))
+    dataset=dict(
+        times=2, dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline)
+    ),
+)
 val_dataloader = dict(
     batch_size=16,
     num_workers=1,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
@@ -68,15 +75,24 @@ max_epochs = 16
 train_cfg = dict(max_epochs=max_epochs, val_interval=4)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
-    dict(type='CosineAnnealingLR', begin=0, T_max=max_epochs, end=max_epochs,
-         by_epoch=True, eta_min=0)
+    dict(
+        type='CosineAnnealingLR',
+        begin=0,
+        T_max=max_epochs,
+        end=max_epochs,
+        by_epoch=True,
+        eta_min=0,
+    ),
 ]
-optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=4e-3,
-                                    weight_decay=0.05))
-custom_hooks = [dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.002,
-                     update_buffers=True, priority=49)]
+optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=4e-3, weight_decay=0.05))
+custom_hooks = [
+    dict(
+        type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.002, update_buffers=True, priority=49
+    )
+]
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(interval=4, max_keep_ckpts=1, save_best='coco/bbox_mAP'))
+    checkpoint=dict(interval=4, max_keep_ckpts=1, save_best='coco/bbox_mAP'),
+)
 # Seeded (random init, sampling, flips), so the demo's mAP can be reproduced.
 randomness = dict(seed=0)

@@ -7,6 +7,9 @@ model = dict(
         arch='s1',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth')),
+            'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth'
+        ),
+    ),
     neck=dict(in_channels=(512, 1280), out_channels=(512, 1280, 512, 256, 256, 128)),
-    bbox_head=dict(in_channels=(512, 1280, 512, 256, 256, 128)))
+    bbox_head=dict(in_channels=(512, 1280, 512, 256, 256, 128)),
+)

@@ -7,6 +7,9 @@ model = dict(
         arch='s2',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth')),
+            'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth'
+        ),
+    ),
     neck=dict(in_channels=(640, 2048), out_channels=(640, 2048, 512, 256, 256, 128)),
-    bbox_head=dict(in_channels=(640, 2048, 512, 256, 256, 128)))
+    bbox_head=dict(in_channels=(640, 2048, 512, 256, 256, 128)),
+)

@@ -7,6 +7,9 @@ model = dict(
         arch='s3',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth')),
+            'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth'
+        ),
+    ),
     neck=dict(in_channels=(768, 2048), out_channels=(768, 2048, 512, 256, 256, 128)),
-    bbox_head=dict(in_channels=(768, 2048, 512, 256, 256, 128)))
+    bbox_head=dict(in_channels=(768, 2048, 512, 256, 256, 128)),
+)

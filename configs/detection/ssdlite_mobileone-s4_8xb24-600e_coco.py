@@ -7,6 +7,9 @@ model = dict(
         arch='s4',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth')),
+            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth'
+        ),
+    ),
     neck=dict(in_channels=(896, 2048), out_channels=(896, 2048, 512, 256, 256, 128)),
-    bbox_head=dict(in_channels=(896, 2048, 512, 256, 256, 128)))
+    bbox_head=dict(in_channels=(896, 2048, 512, 256, 256, 128)),
+)

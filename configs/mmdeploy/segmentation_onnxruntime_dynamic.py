@@ -7,4 +7,5 @@ onnx_config = dict(
     dynamic_axes={
         'input': {0: 'batch', 2: 'height', 3: 'width'},
         'output': {0: 'batch', 2: 'height', 3: 'width'},
-    })
+    },
+)

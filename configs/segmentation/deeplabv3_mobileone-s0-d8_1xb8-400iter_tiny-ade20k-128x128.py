@@ -14,7 +14,8 @@ model = dict(
     # most of the model's cost; halving it further (64 / 32) leaves the small shape classes
     # unlearned in 400 iterations. No dropout: nothing to regularise in such a short run.
     decode_head=dict(channels=128, dropout_ratio=0.0),
-    auxiliary_head=dict(channels=64, dropout_ratio=0.0))
+    auxiliary_head=dict(channels=64, dropout_ratio=0.0),
+)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
@@ -23,13 +24,13 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     # no PhotoMetricDistortion: the synthetic classes are colour-coded, the generator
     # already varies tint and colour, and it brought no gain (66 mIoU with it in the sweep)
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(512, 128), keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(batch_size=8, num_workers=1, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(num_workers=1, dataset=dict(pipeline=test_pipeline))
@@ -39,7 +40,8 @@ test_dataloader = val_dataloader
 optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=8e-3, weight_decay=1e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, begin=0, end=20, by_epoch=False),
-    dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=20, end=iters, by_epoch=False)]
+    dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=20, end=iters, by_epoch=False),
+]
 # evaluate once, at the end (each evaluation costs CPU time)
 train_cfg = dict(max_iters=iters, val_interval=iters)
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=iters))

@@ -4,6 +4,9 @@ model = dict(
         arch='s2',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth')),
+            'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth'
+        ),
+    ),
     decode_head=dict(in_channels=2048),
-    auxiliary_head=dict(in_channels=640))
+    auxiliary_head=dict(in_channels=640),
+)

@@ -4,6 +4,9 @@ model = dict(
         arch='s3',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth')),
+            'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth'
+        ),
+    ),
     decode_head=dict(in_channels=2048),
-    auxiliary_head=dict(in_channels=768))
+    auxiliary_head=dict(in_channels=768),
+)

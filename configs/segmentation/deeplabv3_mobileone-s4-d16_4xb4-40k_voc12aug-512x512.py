@@ -3,4 +3,5 @@
 _base_ = './deeplabv3_mobileone-s4-d8_4xb4-40k_voc12aug-512x512.py'
 model = dict(
     backbone=dict(strides=(2, 2, 2, 1), dilations=(1, 1, 1, 2)),
-    decode_head=dict(dilations=(1, 6, 12, 18)))
+    decode_head=dict(dilations=(1, 6, 12, 18)),
+)

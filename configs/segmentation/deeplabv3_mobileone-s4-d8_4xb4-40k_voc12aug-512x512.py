@@ -4,6 +4,9 @@ model = dict(
         arch='s4',
         init_cfg=dict(
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth')),
+            'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth'
+        ),
+    ),
     decode_head=dict(in_channels=2048),
-    auxiliary_head=dict(in_channels=896))
+    auxiliary_head=dict(in_channels=896),
+)

@@ -15,6 +15,7 @@ layout ``backbone.*`` + ``head.fc.*``, which is also ours):
 
 Only keys are renamed here; which arch a state dict holds is models/arch.py's question.
 """
+
 import re
 from collections import defaultdict
 from typing import Tuple
@@ -27,15 +28,15 @@ from .io import CheckpointError, StateDict
 # Published ImageNet-1k checkpoints (targets, not reproduced here; see README).
 MMPRETRAIN_URLS = {
     's0': 'https://download.openmmlab.com/mmclassification/v0/mobileone/'
-          'mobileone-s0_8xb32_in1k_20221110-0bc94952.pth',
+    'mobileone-s0_8xb32_in1k_20221110-0bc94952.pth',
     's1': 'https://download.openmmlab.com/mmclassification/v0/mobileone/'
-          'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth',
+    'mobileone-s1_8xb32_in1k_20221110-ceeef467.pth',
     's2': 'https://download.openmmlab.com/mmclassification/v0/mobileone/'
-          'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth',
+    'mobileone-s2_8xb32_in1k_20221110-9c7ecb97.pth',
     's3': 'https://download.openmmlab.com/mmclassification/v0/mobileone/'
-          'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth',
+    'mobileone-s3_8xb32_in1k_20221110-c95eb3bf.pth',
     's4': 'https://download.openmmlab.com/mmclassification/v0/mobileone/'
-          'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth',
+    'mobileone-s4_8xb32_in1k_20221110-28d888cb.pth',
 }
 
 
@@ -84,17 +85,22 @@ def detect_format(state_dict: StateDict) -> str:
     if any(re.match(r'stage0\.(rbr_|reparam_conv)', k) for k in keys):
         return 'apple'
     if any(k.startswith('stem.') for k in keys) and any(
-            re.match(r'stages\.\d+\.\d+\.(conv_kxk|reparam_conv)', k) for k in keys):
+        re.match(r'stages\.\d+\.\d+\.(conv_kxk|reparam_conv)', k) for k in keys
+    ):
         return 'timm'
     sample = ', '.join(list(state_dict)[:4]) or 'no keys at all'
     wrapped = [k for k in ('state_dict', 'model') if isinstance(state_dict.get(k), dict)]
-    hint = (f" It is a whole checkpoint: pass its '{wrapped[0]}' entry "
-            f'(mobileone_mm.checkpoints.io.state_dict_of).' if wrapped else
-            ' Is it the checkpoint of another model?')
+    hint = (
+        f" It is a whole checkpoint: pass its '{wrapped[0]}' entry "
+        f'(mobileone_mm.checkpoints.io.state_dict_of).'
+        if wrapped
+        else ' Is it the checkpoint of another model?'
+    )
     raise CheckpointError(
         f'Not a MobileOne checkpoint: its keys ({sample}, ...) match none of the known '
         f'formats (mmpretrain `backbone.stage0.branch_*`, Apple `stage0.rbr_*`, timm '
-        f'`stem.conv_kxk`).{hint}')
+        f'`stem.conv_kxk`).{hint}'
+    )
 
 
 def _as_tensors(state_dict: StateDict) -> StateDict:
@@ -105,9 +111,11 @@ def _as_tensors(state_dict: StateDict) -> StateDict:
         if isinstance(value, (np.ndarray, np.generic)) and value.dtype != object:
             value = torch.from_numpy(np.array(value))
         elif not isinstance(value, torch.Tensor):
-            raise CheckpointError(f'State dict entry {key!r} is a {type(value).__name__}, '
-                                  f'not a tensor: pass the state dict of weights only '
-                                  f'(mobileone_mm.checkpoints.io.state_dict_of).')
+            raise CheckpointError(
+                f'State dict entry {key!r} is a {type(value).__name__}, '
+                f'not a tensor: pass the state dict of weights only '
+                f'(mobileone_mm.checkpoints.io.state_dict_of).'
+            )
         out[key] = value
     return out
 
@@ -123,8 +131,13 @@ def check_complete(backbone: StateDict):
     stages = {k.split('.')[0] for k in backbone}
     problems = [f'no stage{i}' for i in range(5) if f'stage{i}' not in stages]
     for i in range(1, 5):  # stage0 is one block, without a number
-        blocks = sorted({int(k.split('.')[1]) for k in backbone
-                         if k.startswith(f'stage{i}.') and k.split('.')[1].isdigit()})
+        blocks = sorted(
+            {
+                int(k.split('.')[1])
+                for k in backbone
+                if k.startswith(f'stage{i}.') and k.split('.')[1].isdigit()
+            }
+        )
         if blocks and blocks != list(range(blocks[-1] + 1)):
             gaps = sorted(set(range(blocks[-1] + 1)) - set(blocks))
             problems.append(f'stage{i} without block(s) {gaps}')
@@ -142,36 +155,43 @@ def check_complete(backbone: StateDict):
         lacking = [leaf for leaf in need if leaf not in found]
         if lacking:
             problems.append(f'{module} without {", ".join(lacking)}')
-        if module.endswith('.conv') and '.se.' not in module and \
-                module[:-len('.conv')] + '.norm' not in leaves:
-            problems.append(f'{module} without its BN ({module[:-len(".conv")]}.norm)')
+        if (
+            module.endswith('.conv')
+            and '.se.' not in module
+            and module[: -len('.conv')] + '.norm' not in leaves
+        ):
+            problems.append(f'{module} without its BN ({module[: -len(".conv")]}.norm)')
     if problems:
         more = f' and {len(problems) - 3} more' if len(problems) > 3 else ''
-        raise CheckpointError(f'Incomplete MobileOne state dict: {"; ".join(problems[:3])}'
-                              f'{more}. Was the file cut short or filtered? Use the '
-                              f'complete checkpoint.')
+        raise CheckpointError(
+            f'Incomplete MobileOne state dict: {"; ".join(problems[:3])}'
+            f'{more}. Was the file cut short or filtered? Use the '
+            f'complete checkpoint.'
+        )
 
 
-def convert_state_dict(state_dict: StateDict, complete: bool = True
-                       ) -> Tuple[StateDict, str]:
+def convert_state_dict(state_dict: StateDict, complete: bool = True) -> Tuple[StateDict, str]:
     """Any published MobileOne state dict -> (mmpretrain classifier layout, source format).
 
     Keys other than the backbone's and the classifier's pass through unchanged; numpy
     values become tensors, any other value that is not a tensor is refused. With
     ``complete``, so is a backbone with parts missing (``check_complete``); the
     ``Pretrained`` init with ``strict=False`` passes False and logs missing keys by name
-    instead, as mmengine does. Which arch the weights are of: ``mobileone_mm.models.arch.check_arch``.
+    instead, as mmengine does. Which arch the weights are of:
+    ``mobileone_mm.models.arch.check_arch``.
     """
     fmt = detect_format(state_dict)
     state_dict = _as_tensors(state_dict)
     if fmt == 'apple':
         converted = _rename(state_dict, APPLE_RULES)
     elif fmt == 'timm':
-        converted = _rename({k: v for k, v in state_dict.items()
-                             if not k.startswith('final_conv.')}, TIMM_RULES)
+        converted = _rename(
+            {k: v for k, v in state_dict.items() if not k.startswith('final_conv.')}, TIMM_RULES
+        )
     elif any(k.startswith('stage0.') for k in state_dict):  # a bare backbone
-        converted = {f'backbone.{k}' if k.startswith('stage') else k: v
-                     for k, v in state_dict.items()}
+        converted = {
+            f'backbone.{k}' if k.startswith('stage') else k: v for k, v in state_dict.items()
+        }
     else:
         converted = dict(state_dict)
     if complete:
@@ -181,8 +201,7 @@ def convert_state_dict(state_dict: StateDict, complete: bool = True
 
 def backbone_state_dict(state_dict: StateDict) -> StateDict:
     """The ``backbone.*`` entries of a converted state dict, prefix removed."""
-    return {k[len('backbone.'):]: v for k, v in state_dict.items()
-            if k.startswith('backbone.')}
+    return {k[len('backbone.') :]: v for k, v in state_dict.items() if k.startswith('backbone.')}
 
 
 def is_fused(state_dict: StateDict) -> bool:

@@ -16,20 +16,18 @@ does the same for a folder of files (a data set): a manifest lists what the tool
 and only that is ever deleted. ``check_input_file`` says what is wrong with a file to
 read (missing, a folder, unreadable, empty) in one line naming it.
 """
+
 import contextlib
 import json
 import os
-import re
 import socket
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from ..errors import UserError
-from .io import CHECKPOINT_EXTENSIONS, TEMP_MARK, WRITTEN_BY, atomic_file
-from .io import checkpoint_written_here
+from .io import TEMP_MARK, WRITTEN_BY, atomic_file
+from .marks import FOLDER_FORMATS, MARK_READERS, _format_of, written_here
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,192 +45,22 @@ class ForeignFileError(PathError):
     ours): refused, naming the file and the fix."""
 
 
-# ------------------------------------------------------------------ marks of our own
-# A tool replaces or deletes only files it knows it wrote, by a mark in the file that its
-# format names by extension (what an output is written as follows its extension too):
-CONFIG_MARK = '# written by mobileone_mm'  # first line of a config we write (.py)
-ONNX_MARK = ('written_by', json.dumps(WRITTEN_BY))  # metadata entry of our ONNX graphs
-PICTURE_MARK = WRITTEN_BY  # PNG tEXt 'Software', JPEG comment
-
-
-def _config_marked(path: str) -> bool:
-    try:
-        with open(path, encoding='utf-8', errors='replace') as f:
-            return f.readline().startswith(CONFIG_MARK)
-    except OSError:  # unreadable: not known to be ours
-        return False
-
-
-def _onnx_marked(path: str) -> bool:
-    import onnx
-    try:
-        graph = onnx.load(path, load_external_data=False)
-    except Exception:  # not an ONNX file: not ours
-        return False
-    return ONNX_MARK in {(p.key, p.value) for p in graph.metadata_props}
-
-
-def _picture_marked(path: str) -> bool:
-    from PIL import Image
-    try:
-        with Image.open(path) as picture:
-            info = picture.info
-    except Exception:  # not a picture: not ours
-        return False
-    comment = info.get('comment', b'')
-    return PICTURE_MARK in (info.get('Software'),
-                            comment.decode('latin-1') if isinstance(comment, bytes) else comment)
-
-
-# The runtimes' artefacts (mobileone_mm/runtimes) carry the mark in the metadata they
-# store, ``written_by`` (METADATA_MARK), read from their own slot without the runtime:
-METADATA_MARK = ('written_by', WRITTEN_BY)
-EXECUTORCH_METADATA_METHOD = b'mobileone_mm_metadata'  # runtimes/executorch.py
-
-
-def _marked_metadata(text) -> bool:
-    """Whether ``text`` is the JSON of a dict carrying METADATA_MARK."""
-    try:
-        metadata = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(metadata, dict) and \
-        metadata.get(METADATA_MARK[0]) == METADATA_MARK[1]
-
-
-def _openvino_marked(path: str) -> bool:
-    """An OpenVINO IR's .xml: its rt_info ``mobileone_mm`` / ``metadata`` (runtimes/openvino.py)
-    carries the mark (not the ``framework`` entries an IR converted from our ONNX keeps)."""
-    import xml.etree.ElementTree as ElementTree
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (ElementTree.ParseError, OSError):
-        return False
-    slot = root.find('./rt_info/mobileone_mm/metadata')
-    return root.tag == 'net' and slot is not None and _marked_metadata(slot.get('value'))
-
-
-def _executorch_marked(path: str) -> bool:
-    """An ExecuTorch .pte: a constant method EXECUTORCH_METADATA_METHOD whose string (a
-    length-prefixed flatbuffer string in the program, read without the segments after
-    it) is our marked metadata."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(32)
-            if head[4:6] != b'ET':  # the flatbuffer's file identifier ET12
-                return False
-            # the extended header 'eh00': its length, the program's size, the segments' offset
-            size = struct.unpack('<Q', head[16:24])[0] if head[8:12] == b'eh00' else 0
-            size = min(size or os.path.getsize(path), os.path.getsize(path))
-            program = head + f.read(max(size - len(head), 0))
-    except OSError:
-        return False
-    if EXECUTORCH_METADATA_METHOD not in program:
-        return False
-    for start in (m.start() for m in re.finditer(rb'\{"', program) if m.start() >= 4):
-        length = struct.unpack('<I', program[start - 4:start])[0]
-        if start + length <= len(program) and _marked_metadata(program[start:start + length]):
-            return True
-    return False
-
-
-def _ncnn_sidecar_marked(path: str) -> bool:
-    """An ncnn artefact's sidecar ``X.ncnn.param.json`` (runtimes/ncnn.py): our metadata."""
-    try:
-        with open(path, 'rb') as f:
-            return _marked_metadata(f.read())
-    except OSError:
-        return False
-
-
-def _coreml_marked(path: str) -> bool:
-    """A Core ML .mlpackage folder: its root model specification (named by Manifest.json)
-    holds the mark as a user-defined metadata entry, JSON-encoded as in our ONNX graphs
-    (a protobuf map entry: key and value strings)."""
-    key, value = METADATA_MARK[0].encode(), json.dumps(METADATA_MARK[1]).encode()
-    entry = b'\n' + bytes([len(key)]) + key + b'\x12' + bytes([len(value)]) + value
-    try:
-        with open(os.path.join(path, 'Manifest.json'), encoding='utf-8') as f:
-            manifest = json.load(f)
-        root = manifest['itemInfoEntries'][manifest['rootModelIdentifier']]['path']
-        with open(os.path.join(path, 'Data', root), 'rb') as f:
-            return entry in f.read()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _beside(artefact_suffix: str, sibling_suffix: str):
-    """The mark reader of a file written beside an artefact (an IR's weights, an ncnn
-    model's weights): it is ours when the artefact of the same name beside it is."""
-    def marked(path: str) -> bool:
-        artefact = path[:-len(sibling_suffix)] + artefact_suffix
-        return os.path.isfile(artefact) and written_here(artefact)
-    return marked
-
-
-# by the file name's ending, the longest that matches (.ncnn.bin before .bin):
-MARK_READERS = {**{ext: checkpoint_written_here for ext in CHECKPOINT_EXTENSIONS},
-                '.py': _config_marked, '.onnx': _onnx_marked,
-                '.png': _picture_marked, '.jpg': _picture_marked, '.jpeg': _picture_marked,
-                '.xml': _openvino_marked, '.bin': _beside('.xml', '.bin'),
-                '.pte': _executorch_marked,
-                '.ncnn.param.json': _ncnn_sidecar_marked,
-                '.ncnn.param': _beside('.ncnn.param.json', '.ncnn.param'),
-                '.ncnn.bin': _beside('.ncnn.param.json', '.ncnn.bin'),
-                '.mlpackage': _coreml_marked}
-FOLDER_FORMATS = ('.mlpackage', )  # outputs that are folders
-
-
-def _format_of(path: str) -> str:
-    """The MARK_READERS ending of ``path`` (the longest that matches), else its extension."""
-    name = os.path.basename(os.path.normpath(path)).lower()
-    endings = [ending for ending in MARK_READERS if name.endswith(ending)]
-    return max(endings, key=len) if endings else os.path.splitext(name)[1]
-
-
-def written_here(path: PathLike) -> bool:
-    """Whether the existing file (or folder of a FOLDER_FORMATS format) ``path`` carries
-    the mark of our tools for its format (MARK_READERS, by its ending); files of other
-    endings never do."""
-    path = os.fspath(path)
-    reader = MARK_READERS.get(_format_of(path))
-    return reader is not None and reader(path)
-
-
-def mark_picture(data: bytes, ext: str) -> bytes:
-    """An encoded .png / .jpg picture with our mark (PICTURE_MARK) added: a PNG tEXt
-    chunk 'Software' after the header, a JPEG comment after the start marker and the
-    JFIF segment. Other
-    formats come back as they are (they carry no mark: an existing one is never
-    replaced)."""
-    ext = ext.lower()
-    if ext == '.png':
-        text = b'Software\0' + PICTURE_MARK.encode()
-        chunk = (struct.pack('>I', len(text)) + b'tEXt' + text
-                 + struct.pack('>I', zlib.crc32(b'tEXt' + text)))
-        end_of_header = 8 + 25  # signature, then IHDR: length, type, 13 bytes, CRC
-        return data[:end_of_header] + chunk + data[end_of_header:]
-    if ext in ('.jpg', '.jpeg'):
-        text = PICTURE_MARK.encode()
-        start = 2  # after SOI; after the JFIF APP0 segment when there is one
-        if data[2:4] == b'\xff\xe0':
-            start = 4 + struct.unpack('>H', data[4:6])[0]
-        return (data[:start] + b'\xff\xfe' + struct.pack('>H', len(text) + 2) + text
-                + data[start:])
-    return data
-
-
 def check_replaceable(path: str, what: str):
     """ForeignFileError unless ``path`` is new or a file our tools wrote (``written_here``)."""
     if not os.path.lexists(path):
         return
     if not written_here(path):
         ext = _format_of(path)
-        why = ('it carries no mark of our tools' if ext in MARK_READERS else
-               f'files named {ext or "without an extension"} carry no mark of our tools')
-        raise ForeignFileError(f'The {what} {path!r} already exists and was not written by '
-                               f'this tool ({why}): it is not replaced. Choose another '
-                               f'name, or move that file away first.')
+        why = (
+            'it carries no mark of our tools'
+            if ext in MARK_READERS
+            else f'files named {ext or "without an extension"} carry no mark of our tools'
+        )
+        raise ForeignFileError(
+            f'The {what} {path!r} already exists and was not written by '
+            f'this tool ({why}): it is not replaced. Choose another '
+            f'name, or move that file away first.'
+        )
 
 
 def check_input_file(path: PathLike, what: str = 'file') -> str:
@@ -247,14 +75,19 @@ def check_input_file(path: PathLike, what: str = 'file') -> str:
     if os.path.isdir(path):
         raise PathError(f'The {what} {path!r} is a folder, not a file: give the file in it.')
     if not os.path.isfile(path):
-        raise PathError(f'The {what} {path!r} is not a regular file (a device, pipe or '
-                        f'socket): give a file.')
+        raise PathError(
+            f'The {what} {path!r} is not a regular file (a device, pipe or socket): give a file.'
+        )
     if not os.access(path, os.R_OK):
-        raise PathError(f'The {what} {path!r} cannot be read (permission denied): fix its '
-                        f'permissions or copy it somewhere readable.')
+        raise PathError(
+            f'The {what} {path!r} cannot be read (permission denied): fix its '
+            f'permissions or copy it somewhere readable.'
+        )
     if os.path.getsize(path) == 0:
-        raise PathError(f'The {what} {path!r} is empty (0 bytes): an interrupted download '
-                        f'or save? Fetch or write it again.')
+        raise PathError(
+            f'The {what} {path!r} is empty (0 bytes): an interrupted download '
+            f'or save? Fetch or write it again.'
+        )
     return path
 
 
@@ -275,22 +108,30 @@ def _first_existing_folder(path: str) -> str:
 def _check_folder(path: str, what: str):
     folder = _first_existing_folder(path)
     if not os.path.isdir(folder):
-        raise PathError(f'Cannot write the {what} {path!r}: {folder!r} is a file, not a '
-                        f'folder. Choose another output path.')
+        raise PathError(
+            f'Cannot write the {what} {path!r}: {folder!r} is a file, not a '
+            f'folder. Choose another output path.'
+        )
     try:  # a real write, cleaned up at once (named like atomic_file's temp files)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}'
-                                     f'{TEMP_MARK}{socket.gethostname()}-{os.getpid()}-')
+        fd, probe = tempfile.mkstemp(
+            dir=folder,
+            prefix=f'.{os.path.basename(path)}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}-',
+        )
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
-        raise PathError(f'Cannot write the {what} {path!r}: the folder {folder!r} does not '
-                        f'take new files ({reason}). Choose another output folder.') from None
+        raise PathError(
+            f'Cannot write the {what} {path!r}: the folder {folder!r} does not '
+            f'take new files ({reason}). Choose another output folder.'
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
 
-def plan_outputs(inputs: Optional[Dict[str, Optional[PathLike]]] = None,
-                 outputs: Optional[Dict[str, Optional[PathLike]]] = None,
-                 folders: Optional[Dict[str, Optional[PathLike]]] = None) -> Dict[str, str]:
+def plan_outputs(
+    inputs: Optional[Dict[str, Optional[PathLike]]] = None,
+    outputs: Optional[Dict[str, Optional[PathLike]]] = None,
+    folders: Optional[Dict[str, Optional[PathLike]]] = None,
+) -> Dict[str, str]:
     """Check, before any work, that each output of a run can be written without harm.
 
     ``inputs``, ``outputs`` and ``folders`` (output folders: a tool writes files in them)
@@ -310,15 +151,20 @@ def plan_outputs(inputs: Optional[Dict[str, Optional[PathLike]]] = None,
     Missing folders are not created here (atomic_files / atomic_file create them when
     writing). Returns ``outputs`` with the paths as strings.
     """
-    inputs = {k: os.fspath(v) for k, v in (inputs or {}).items()
-              if v is not None and '://' not in os.fspath(v)}
+    inputs = {
+        k: os.fspath(v)
+        for k, v in (inputs or {}).items()
+        if v is not None and '://' not in os.fspath(v)
+    }
     folders = {k: os.fspath(v) for k, v in (folders or {}).items() if v is not None}
     for what, path in folders.items():
         if not path:
             raise PathError(f'The {what} path is empty: give a folder name.')
         if os.path.lexists(path) and not os.path.isdir(path):
-            raise PathError(f'The {what} {path!r} is a file, not a folder: give a folder '
-                            f'(a new name makes one).')
+            raise PathError(
+                f'The {what} {path!r} is a file, not a folder: give a folder '
+                f'(a new name makes one).'
+            )
     planned: Dict[str, str] = {}
     for what, path in (outputs or {}).items():
         if path is None:
@@ -328,21 +174,32 @@ def plan_outputs(inputs: Optional[Dict[str, Optional[PathLike]]] = None,
             raise PathError(f'The {what} path is empty: give a file name.')
         folder_format = _format_of(path) in FOLDER_FORMATS
         if path.endswith(os.sep) or (os.path.isdir(path) and not folder_format):
-            raise PathError(f'The {what} {path!r} is a folder: give a file name in it, e.g. '
-                            f'{os.path.join(path, "NAME")!r}.')
-        if os.path.lexists(path) and not os.path.isfile(path) and not (
-                folder_format and os.path.isdir(path)):
-            raise PathError(f'The {what} {path!r} exists and is not a regular file (a '
-                            f'device, pipe, socket or broken link): choose another name.')
+            raise PathError(
+                f'The {what} {path!r} is a folder: give a file name in it, e.g. '
+                f'{os.path.join(path, "NAME")!r}.'
+            )
+        if (
+            os.path.lexists(path)
+            and not os.path.isfile(path)
+            and not (folder_format and os.path.isdir(path))
+        ):
+            raise PathError(
+                f'The {what} {path!r} exists and is not a regular file (a '
+                f'device, pipe, socket or broken link): choose another name.'
+            )
         for input_what, input_path in inputs.items():
             if _same_file(path, input_path):
-                raise PathError(f'Writing the {what} to {path!r} would overwrite the '
-                                f'{input_what} {input_path!r}, an input of this run: '
-                                f'choose another output name.')
+                raise PathError(
+                    f'Writing the {what} to {path!r} would overwrite the '
+                    f'{input_what} {input_path!r}, an input of this run: '
+                    f'choose another output name.'
+                )
         for other_what, other_path in planned.items():
             if _same_file(path, other_path):
-                raise PathError(f'The {other_what} and the {what} would both be written to '
-                                f'{path!r}: choose another name for one of them.')
+                raise PathError(
+                    f'The {other_what} and the {what} would both be written to '
+                    f'{path!r}: choose another name for one of them.'
+                )
         check_replaceable(path, what)
         planned[what] = path
     for what, path in folders.items():
@@ -428,16 +285,19 @@ def _read_manifest(path: Path) -> WrittenFiles:
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
-        raise ForeignFileError(f'{str(path)!r} is where this tool lists the files it wrote, '
-                               f'but it was not written by this tool: it is not replaced. '
-                               f'Move it away, or choose another output folder.')
+        raise ForeignFileError(
+            f'{str(path)!r} is where this tool lists the files it wrote, '
+            f'but it was not written by this tool: it is not replaced. '
+            f'Move it away, or choose another output folder.'
+        )
     own.files, own.folders = list(entries['files']), list(entries['folders'])
     return own
 
 
 @contextlib.contextmanager
-def written_files(folder: PathLike, manifest: str, targets: Sequence[str],
-                  overwrite: bool = False) -> Iterator[WrittenFiles]:
+def written_files(
+    folder: PathLike, manifest: str, targets: Sequence[str], overwrite: bool = False
+) -> Iterator[WrittenFiles]:
     """A set of files a tool writes under ``folder``, as its own: ``targets`` (files and
     folders, relative to ``folder``) are what it writes. When one exists: without
     ``overwrite`` FileExistsError; with it, every file under them must be listed in the
@@ -450,14 +310,17 @@ def written_files(folder: PathLike, manifest: str, targets: Sequence[str],
     own = _read_manifest(listed)
     existing = [folder / t for t in targets if os.path.lexists(folder / t)]
     if existing and not overwrite:
-        raise DataSetExists(f'{existing[0]} already exists: choose another output folder '
-                            f'or pass overwrite=True (--overwrite) to replace it.')
+        raise DataSetExists(
+            f'{existing[0]} already exists: choose another output folder '
+            f'or pass overwrite=True (--overwrite) to replace it.'
+        )
     for path in (p for target in existing for p in _files_under(target)):
         if path.relative_to(folder).as_posix() not in own.files:
             raise ForeignFileError(
                 f'{str(path)!r} was not written by this tool (it is not in '
                 f'{str(listed)!r}, the list of what it wrote): --overwrite deletes only '
-                f'those files. Move it away, or choose another output folder.')
+                f'those files. Move it away, or choose another output folder.'
+            )
     plan_outputs(folders={'output folder': folder})
     if existing:  # the set's own files, all listed (checked above); a listed path elsewhere
         for target in existing:  # is never deleted
@@ -473,8 +336,11 @@ def written_files(folder: PathLike, manifest: str, targets: Sequence[str],
     try:
         yield written
         with atomic_file(folder / manifest, 'w') as f:
-            json.dump(dict(written_by=WRITTEN_BY, files=written.files, folders=written.folders),
-                  f, indent=0)
+            json.dump(
+                dict(written_by=WRITTEN_BY, files=written.files, folders=written.folders),
+                f,
+                indent=0,
+            )
     except BaseException:
         written.remove()
         for path in made:

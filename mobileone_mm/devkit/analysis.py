@@ -1,4 +1,5 @@
 """Model size, compute and latency, measured the same way for every model we compare."""
+
 import contextlib
 import copy
 import math
@@ -12,12 +13,18 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mobileone_mm import reparameterize_model
+
 from ..fusion.reparameterize import count_params
 
 
-def randomize_bn(model: nn.Module, seed: int = 0, mean_std: float = 0.5,
-                 var_range=(0.25, 1.75), gamma_range=(0.5, 1.5),
-                 beta_std: float = 0.2) -> nn.Module:
+def randomize_bn(
+    model: nn.Module,
+    seed: int = 0,
+    mean_std: float = 0.5,
+    var_range=(0.25, 1.75),
+    gamma_range=(0.5, 1.5),
+    beta_std: float = 0.2,
+) -> nn.Module:
     """Give every BN layer random running statistics and affine values, in place, so that
     fusion errors (wrong mean / var / eps / gamma handling) show in the outputs: means
     ~ N(0, mean_std), variances log-uniform over var_range, gammas uniform over
@@ -29,8 +36,9 @@ def randomize_bn(model: nn.Module, seed: int = 0, mean_std: float = 0.5,
             if isinstance(m, _BatchNorm) and m.running_var is not None:
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=generator) * mean_std)
-                m.running_var.copy_(torch.exp(
-                    log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator)))
+                m.running_var.copy_(
+                    torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, generator=generator))
+                )
                 if m.affine:
                     lo, hi = gamma_range
                     m.weight.copy_(lo + (hi - lo) * torch.rand(n, generator=generator))
@@ -68,8 +76,11 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
         nonlocal total
         total += output.numel() * module.in_features
 
-    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
-               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     try:
         with torch.inference_mode():
             model(example)
@@ -85,13 +96,24 @@ def latency_stats(times_ms: Sequence[float]) -> Dict[str, float]:
         deciles = [times_ms[0]] * 9
     else:
         deciles = statistics.quantiles(times_ms, n=10, method='inclusive')
-    return dict(median_ms=statistics.median(times_ms), p10_ms=deciles[0], p90_ms=deciles[-1],
-                runs=len(times_ms), threads=torch.get_num_threads())
+    return dict(
+        median_ms=statistics.median(times_ms),
+        p10_ms=deciles[0],
+        p90_ms=deciles[-1],
+        runs=len(times_ms),
+        threads=torch.get_num_threads(),
+    )
 
 
-def measure_interleaved(fns: Dict[str, Callable], example, warmup: int = 5, runs: int = 20,
-                        budget_s: Optional[float] = None, min_runs: int = 5,
-                        inference: bool = True) -> Dict[str, Dict[str, float]]:
+def measure_interleaved(
+    fns: Dict[str, Callable],
+    example,
+    warmup: int = 5,
+    runs: int = 20,
+    budget_s: Optional[float] = None,
+    min_runs: int = 5,
+    inference: bool = True,
+) -> Dict[str, Dict[str, float]]:
     """Wall time of several callables on the same input, interleaved: each round runs
     every one of them, in a new (seeded) random order, so that drifts of the machine
     (another job, clock changes) hit them all alike. Each timed call follows an untimed
@@ -125,8 +147,7 @@ def measure_interleaved(fns: Dict[str, Callable], example, warmup: int = 5, runs
     return {name: latency_stats(times[name]) for name in names}
 
 
-def measure_latency(fn, example: torch.Tensor, warmup: int = 5, runs: int = 20
-                    ) -> Dict[str, float]:
+def measure_latency(fn, example: torch.Tensor, warmup: int = 5, runs: int = 20) -> Dict[str, float]:
     """Median and spread (10th / 90th percentile) of wall time in ms, after warm-up."""
     return measure_interleaved(dict(fn=fn), example, warmup, runs)['fn']
 
@@ -138,8 +159,9 @@ def compare_forms(backbone: nn.Module, size=(224, 224), runs: int = 20) -> dict:
     fused = reparameterize_model(copy.deepcopy(backbone))
     x = torch.randn(1, 3, *size)
     with torch.inference_mode():
-        diff = max(((a - e).abs().max() / e.abs().max()).item()
-                   for a, e in zip(fused(x), train_form(x)))
+        diff = max(
+            ((a - e).abs().max() / e.abs().max()).item() for a, e in zip(fused(x), train_form(x))
+        )
     row = dict(max_rel_diff=diff)
     for name, model in (('train', train_form), ('fused', fused)):
         row[f'{name}_params'] = count_params(model)

@@ -26,6 +26,7 @@ Image ``i`` of a split depends only on ``(seed, split, i)``, so changing the num
 images does not change the others. Each writer lists the files it wrote in
 ``out_dir/tiny_<format>_files.json``; ``overwrite=True`` deletes those and no other.
 """
+
 import json
 import shutil
 from pathlib import Path
@@ -34,13 +35,18 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mobileone_mm.checkpoints.paths import written_files
 from mobileone_mm.errors import UserError
+
+from ..checkpoints.paths import written_files
 
 CLASSES = ('disk', 'square', 'triangle', 'star')
 # per class: RGB colour and texture
-CLASS_LOOKS = {'disk': ((215, 45, 40), 'noise'), 'square': ((40, 170, 60), 'stripes'),
-               'triangle': ((45, 80, 215), 'checker'), 'star': ((225, 195, 35), 'dots')}
+CLASS_LOOKS = {
+    'disk': ((215, 45, 40), 'noise'),
+    'square': ((40, 170, 60), 'stripes'),
+    'triangle': ((45, 80, 215), 'checker'),
+    'star': ((225, 195, 35), 'dots'),
+}
 # Label ids written for background regions and classes (ADE20K: 1-based ids of its 150
 # classes, i.e. the .png values; VOC: 0 = background, 1..20).
 ADE20K_IDS = {'sky': 3, 'ground': 4, 'disk': 13, 'square': 16, 'triangle': 20, 'star': 21}
@@ -63,14 +69,14 @@ FLOWERS_RADIUS_RANGE = (0.2, 0.35)
 
 
 class Instance(NamedTuple):
-    category: str              # one of CLASSES
-    polygon: np.ndarray        # (n, 2) x, y in pixels
-    mask: np.ndarray           # (h, w) bool
+    category: str  # one of CLASSES
+    polygon: np.ndarray  # (n, 2) x, y in pixels
+    mask: np.ndarray  # (h, w) bool
 
 
 class Scene(NamedTuple):
-    image: np.ndarray          # (h, w, 3) uint8 RGB
-    sky: np.ndarray            # (h, w) bool: the upper background region
+    image: np.ndarray  # (h, w, 3) uint8 RGB
+    sky: np.ndarray  # (h, w) bool: the upper background region
     instances: List[Instance]
 
     def label_map(self, ids: Dict[str, int]) -> np.ndarray:
@@ -133,15 +139,22 @@ def _background(rng, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
     sky = y < horizon
     tint = rng.uniform(0.85, 1.15, size=3)
     sky_tone = 170 + 60 * _smooth_noise(rng, height, width, 4)
-    ground_tone = 70 + 50 * _smooth_noise(rng, height, width, 8) + rng.normal(0, 18, (height, width))
+    ground_tone = (
+        70 + 50 * _smooth_noise(rng, height, width, 8) + rng.normal(0, 18, (height, width))
+    )
     image = np.where(sky, sky_tone, ground_tone)[..., None] * tint
     return image, sky
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int, max_objects: int = 4,
-                 empty_prob: float = 0.1,
-                 radius_range: Tuple[float, float] = RADIUS_RANGE,
-                 category: Optional[str] = None) -> Scene:
+def render_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    max_objects: int = 4,
+    empty_prob: float = 0.1,
+    radius_range: Tuple[float, float] = RADIUS_RANGE,
+    category: Optional[str] = None,
+) -> Scene:
     """One scene: background and up to ``max_objects`` objects of random classes that do
     not overlap, of radius ``radius_range`` x the short side; with ``category``, exactly
     one object, of that class (an image to classify)."""
@@ -156,8 +169,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int, max_objects:
             r = rng.uniform(*radius_range) * min(height, width)
             cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
             box = (cx - r - 2, cy - r - 2, cx + r + 2, cy + r + 2)
-            if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1]
-                   for b in boxes):
+            if all(box[2] < b[0] or b[2] < box[0] or box[3] < b[1] or b[3] < box[1] for b in boxes):
                 break
         else:
             continue
@@ -173,9 +185,14 @@ def render_scene(rng: np.random.Generator, height: int, width: int, max_objects:
     return Scene(image, sky, instances)
 
 
-def render_split(seed: int, split: str, index: int, image_size: Tuple[int, int],
-                 radius_range: Tuple[float, float] = RADIUS_RANGE,
-                 category: Optional[str] = None) -> Scene:
+def render_split(
+    seed: int,
+    split: str,
+    index: int,
+    image_size: Tuple[int, int],
+    radius_range: Tuple[float, float] = RADIUS_RANGE,
+    category: Optional[str] = None,
+) -> Scene:
     """Image ``index`` of ``split``; sides drawn in [0.75, 1] x ``image_size`` (h, w);
     ``category``: one object of that class (see ``render_scene``)."""
     rng = np.random.default_rng((seed, SPLIT_CODES[split], index))
@@ -190,7 +207,7 @@ def boundary(labels: np.ndarray, width: int) -> np.ndarray:
     edge = np.zeros(labels.shape, bool)
     for dy in range(2 * width + 1):
         for dx in range(2 * width + 1):
-            edge |= padded[dy:dy + height, dx:dx + w] != labels
+            edge |= padded[dy : dy + height, dx : dx + w] != labels
     return edge
 
 
@@ -202,28 +219,31 @@ class TinyDataError(UserError, ValueError):
 # Bytes a written image takes at least, per pixel of image_size: its sides are drawn in
 # [0.75, 1] of it and a quality-95 JPEG of a textured scene takes 0.6 bytes a pixel (0.25
 # here, so that the estimate stays below what is written).
-MIN_BYTES_PER_PIXEL = 0.75 ** 2 * 0.25
+MIN_BYTES_PER_PIXEL = 0.75**2 * 0.25
 
 
 def _check_args(out_dir, num_train: int, num_val: int, image_size: Sequence[int]):
     """TinyDataError for counts or sizes that cannot be written, before anything is: also
     when the images need more disk than the output's file system has free."""
     if num_train < 1 or num_val < 1:
-        raise TinyDataError(f'Need at least one train and one val image, got num_train='
-                            f'{num_train}, num_val={num_val}.')
+        raise TinyDataError(
+            f'Need at least one train and one val image, got num_train='
+            f'{num_train}, num_val={num_val}.'
+        )
     if len(image_size) != 2 or min(image_size) < 32:
-        raise TinyDataError(f'image_size must be (height, width), both >= 32, got '
-                            f'{image_size}.')
+        raise TinyDataError(f'image_size must be (height, width), both >= 32, got {image_size}.')
     folder = Path(out_dir).absolute()
     while not folder.exists():
         folder = folder.parent
     needed = (num_train + num_val) * image_size[0] * image_size[1] * MIN_BYTES_PER_PIXEL
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise TinyDataError(f'{num_train + num_val} images need at least '
-                            f'{needed / 2 ** 30:.1f} GiB of disk and {str(folder)!r} has '
-                            f'{free / 2 ** 30:.1f} GiB free: write fewer images '
-                            f'(--num-train, --num-val).')
+        raise TinyDataError(
+            f'{num_train + num_val} images need at least '
+            f'{needed / 2**30:.1f} GiB of disk and {str(folder)!r} has '
+            f'{free / 2**30:.1f} GiB free: write fewer images '
+            f'(--num-train, --num-val).'
+        )
 
 
 def _data_set_files(out_dir, name: str, targets: Sequence[str], overwrite: bool):
@@ -238,21 +258,30 @@ def _save_jpg(image: np.ndarray, path: Path):
     Image.fromarray(image).save(path, quality=95)
 
 
-def make_tiny_coco(out_dir, seed: int = 0, num_train: int = 320, num_val: int = 80,
-                   image_size: Tuple[int, int] = COCO_IMAGE_SIZE,
-                   radius_range: Tuple[float, float] = COCO_RADIUS_RANGE,
-                   overwrite: bool = False) -> Path:
+def make_tiny_coco(
+    out_dir,
+    seed: int = 0,
+    num_train: int = 320,
+    num_val: int = 80,
+    image_size: Tuple[int, int] = COCO_IMAGE_SIZE,
+    radius_range: Tuple[float, float] = COCO_RADIUS_RANGE,
+    overwrite: bool = False,
+) -> Path:
     """Write a COCO-format detection set into ``out_dir``; returns ``out_dir``.
 
     Categories are ``CLASSES`` with ids 1..4 (configs set ``metainfo=dict(classes=...)``).
     """
     _check_args(out_dir, num_train, num_val, image_size)
     splits = {'train': num_train, 'val': num_val}
-    categories = [dict(id=i + 1, name=name, supercategory='shape')
-                  for i, name in enumerate(CLASSES)]
-    with _data_set_files(out_dir, 'coco', [f'annotations/instances_{s}2017.json'
-                                           for s in splits] + [f'{s}2017' for s in splits],
-                         overwrite) as files:
+    categories = [
+        dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(CLASSES)
+    ]
+    with _data_set_files(
+        out_dir,
+        'coco',
+        [f'annotations/instances_{s}2017.json' for s in splits] + [f'{s}2017' for s in splits],
+        overwrite,
+    ) as files:
         for split, count in splits.items():
             images, annotations = [], []
             for index in range(count):
@@ -261,26 +290,43 @@ def make_tiny_coco(out_dir, seed: int = 0, num_train: int = 320, num_val: int = 
                 file_name = f'{image_id:012d}.jpg'
                 _save_jpg(scene.image, files.file(f'{split}2017/{file_name}'))
                 height, width = scene.image.shape[:2]
-                images.append(dict(id=image_id, file_name=file_name, height=height,
-                                   width=width))
+                images.append(dict(id=image_id, file_name=file_name, height=height, width=width))
                 for instance in scene.instances:
                     ys, xs = np.nonzero(instance.mask)
                     x0, y0 = float(xs.min()), float(ys.min())
-                    annotations.append(dict(
-                        id=len(annotations) + 1, image_id=image_id, iscrowd=0,
-                        category_id=CLASSES.index(instance.category) + 1,
-                        bbox=[x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
-                        area=float(instance.mask.sum()),
-                        segmentation=[np.round(instance.polygon, 2).ravel().tolist()]))
+                    annotations.append(
+                        dict(
+                            id=len(annotations) + 1,
+                            image_id=image_id,
+                            iscrowd=0,
+                            category_id=CLASSES.index(instance.category) + 1,
+                            bbox=[x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
+                            area=float(instance.mask.sum()),
+                            segmentation=[np.round(instance.polygon, 2).ravel().tolist()],
+                        )
+                    )
             with open(files.file(f'annotations/instances_{split}2017.json'), 'w') as f:
-                json.dump(dict(info=dict(description=f'tiny synthetic COCO, seed {seed}'),
-                               licenses=[], images=images, annotations=annotations,
-                               categories=categories), f)
+                json.dump(
+                    dict(
+                        info=dict(description=f'tiny synthetic COCO, seed {seed}'),
+                        licenses=[],
+                        images=images,
+                        annotations=annotations,
+                        categories=categories,
+                    ),
+                    f,
+                )
     return Path(out_dir)
 
 
-def make_tiny_ade20k(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 50,
-                     image_size: Tuple[int, int] = (256, 320), overwrite: bool = False) -> Path:
+def make_tiny_ade20k(
+    out_dir,
+    seed: int = 0,
+    num_train: int = 200,
+    num_val: int = 50,
+    image_size: Tuple[int, int] = (256, 320),
+    overwrite: bool = False,
+) -> Path:
     """Write an ADE20K-format segmentation set; returns ``out_dir/ADEChallengeData2016``.
 
     Labels: ``ADE20K_IDS`` (sky 3, floor 4, four object classes), 0 ("other") on a 1-pixel
@@ -290,16 +336,17 @@ def make_tiny_ade20k(out_dir, seed: int = 0, num_train: int = 200, num_val: int 
     root = 'ADEChallengeData2016'
     background = (ADE20K_IDS['sky'], ADE20K_IDS['ground'])
     with _data_set_files(out_dir, 'ade20k', [root], overwrite) as files:
-        for split, folder, count in (('train', 'training', num_train),
-                                     ('val', 'validation', num_val)):
+        for split, folder, count in (
+            ('train', 'training', num_train),
+            ('val', 'validation', num_val),
+        ):
             for index in range(count):
                 scene = render_split(seed, split, index, image_size)
                 labels = scene.label_map(ADE20K_IDS)
                 labels[boundary(scene.sky, 1) & np.isin(labels, background)] = 0
                 name = f'ADE_{split}_{index + 1:08d}'
                 _save_jpg(scene.image, files.file(f'{root}/images/{folder}/{name}.jpg'))
-                Image.fromarray(labels).save(
-                    files.file(f'{root}/annotations/{folder}/{name}.png'))
+                Image.fromarray(labels).save(files.file(f'{root}/annotations/{folder}/{name}.png'))
     return Path(out_dir) / root
 
 
@@ -317,9 +364,15 @@ def _voc_palette() -> List[int]:
     return palette
 
 
-def make_tiny_voc(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 50,
-                  num_aug: int = 100, image_size: Tuple[int, int] = (256, 320),
-                  overwrite: bool = False) -> Path:
+def make_tiny_voc(
+    out_dir,
+    seed: int = 0,
+    num_train: int = 200,
+    num_val: int = 50,
+    num_aug: int = 100,
+    image_size: Tuple[int, int] = (256, 320),
+    overwrite: bool = False,
+) -> Path:
     """Write a Pascal VOC 2012 (+ SBD aug) segmentation set; returns
     ``out_dir/VOC2012`` (``out_dir`` plays ``VOCdevkit``).
 
@@ -339,23 +392,28 @@ def make_tiny_voc(out_dir, seed: int = 0, num_train: int = 200, num_val: int = 5
                 scene = render_split(seed, split, index, image_size)
                 labels = scene.label_map(VOC_IDS)
                 _save_jpg(scene.image, files.file(f'{root}/JPEGImages/{name}.jpg'))
-                Image.fromarray(labels).save(
-                    files.file(f'{root}/SegmentationClassAug/{name}.png'))
+                Image.fromarray(labels).save(files.file(f'{root}/SegmentationClassAug/{name}.png'))
                 if split != 'aug':
                     labels[boundary(labels, 1)] = VOC_IGNORE  # the void outline of VOC
                     annotation = Image.frombytes('P', labels.shape[::-1], labels.tobytes())
                     annotation.putpalette(palette)
                     annotation.save(files.file(f'{root}/SegmentationClass/{name}.png'))
-        lists = {'train': names['train'], 'val': names['val'],
-                 'aug': names['train'] + names['aug']}
+        lists = {'train': names['train'], 'val': names['val'], 'aug': names['train'] + names['aug']}
         for split, split_names in lists.items():
             files.file(f'{root}/ImageSets/Segmentation/{split}.txt').write_text(
-                ''.join(f'{n}\n' for n in split_names))
+                ''.join(f'{n}\n' for n in split_names)
+            )
     return Path(out_dir) / root
 
 
-def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int = 40,
-                      image_size: Tuple[int, int] = (80, 80), overwrite: bool = False) -> Path:
+def make_tiny_flowers(
+    out_dir,
+    seed: int = 0,
+    num_train: int = 160,
+    num_val: int = 40,
+    image_size: Tuple[int, int] = (80, 80),
+    overwrite: bool = False,
+) -> Path:
     """Write a classification set in mmpretrain's ``CustomDataset`` layout with annotation
     lists, as the Flowers102 config reads it; returns ``out_dir``.
 
@@ -364,15 +422,15 @@ def make_tiny_flowers(out_dir, seed: int = 0, num_train: int = 160, num_val: int
     ``i % 4``.
     """
     _check_args(out_dir, num_train, num_val, image_size)
-    with _data_set_files(out_dir, 'flowers', ['jpg', 'train.txt', 'val.txt'],
-                         overwrite) as files:
+    with _data_set_files(out_dir, 'flowers', ['jpg', 'train.txt', 'val.txt'], overwrite) as files:
         for split, count in (('train', num_train), ('val', num_val)):
             lines = []
             for index in range(count):
                 label = index % len(CLASSES)
                 name = f'jpg/{split}_{index:05d}.jpg'
-                scene = render_split(seed, split, index, image_size, FLOWERS_RADIUS_RANGE,
-                                     category=CLASSES[label])
+                scene = render_split(
+                    seed, split, index, image_size, FLOWERS_RADIUS_RANGE, category=CLASSES[label]
+                )
                 _save_jpg(scene.image, files.file(name))
                 lines.append(f'{name} {label}\n')
             files.file(f'{split}.txt').write_text(''.join(lines))

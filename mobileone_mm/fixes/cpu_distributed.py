@@ -23,8 +23,10 @@ fail, and only when CUDA is not available: it skips ``set_device`` and uses gloo
 of nccl (1, 2), drops ``device_ids`` for a CPU module (3), and swaps each
 ``nn.SyncBatchNorm`` of a model that ``MMDistributedDataParallel`` wraps on the CPU for
 ``CPUSyncBatchNorm`` (4), the same statistics synchronised with gloo all-reduces (same
-parameters, buffers and state-dict keys). With a GPU nothing changes. Nothing in site-packages is edited.
+parameters, buffers and state-dict keys). With a GPU nothing changes. Nothing in
+site-packages is edited.
 """
+
 import functools
 import logging
 import os
@@ -40,11 +42,13 @@ _ENABLED = False
 
 def _info(message: str):
     from mmengine.logging import print_log
+
     print_log(message, logger='current', level=logging.INFO)
 
 
 def _other_accelerator() -> bool:
     from mmengine.device import is_mlu_available, is_musa_available, is_npu_available
+
     return is_mlu_available() or is_npu_available() or is_musa_available()
 
 
@@ -70,9 +74,11 @@ def enable_cpu_distributed() -> bool:
             backend = 'gloo'  # nccl needs GPUs; the config's default is nccl
         # no torch.cuda.set_device(LOCAL_RANK): there is no GPU to pick
         dist.init_process_group(backend=backend, **kwargs)
-        _info(f'mobileone_mm: CPU-only torch, process group on {backend} '
-              f'(rank {dist.get_rank()} of {dist.get_world_size()}, '
-              f'LOCAL_RANK {os.environ.get("LOCAL_RANK")})')
+        _info(
+            f'mobileone_mm: CPU-only torch, process group on {backend} '
+            f'(rank {dist.get_rank()} of {dist.get_world_size()}, '
+            f'LOCAL_RANK {os.environ.get("LOCAL_RANK")})'
+        )
 
     dist_utils._init_dist_pytorch = _init_dist_pytorch
 
@@ -87,10 +93,11 @@ def enable_cpu_distributed() -> bool:
             kwargs.pop('output_device', None)
             if any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
                 module = convert_to_cpu_sync_batchnorm(module)
-                _info('mobileone_mm: SyncBN layers synchronised over gloo on the CPU '
-                      '(CPUSyncBatchNorm)')
-        original_ddp_init(self, module, detect_anomalous_params=detect_anomalous_params,
-                          **kwargs)
+                _info(
+                    'mobileone_mm: SyncBN layers synchronised over gloo on the CPU '
+                    '(CPUSyncBatchNorm)'
+                )
+        original_ddp_init(self, module, detect_anomalous_params=detect_anomalous_params, **kwargs)
 
     MMDistributedDataParallel.__init__ = __init__
     _ENABLED = True

@@ -21,8 +21,10 @@ alone does not) runs ``enable_durable_checkpoints()``, which makes local ``put``
 write of mmengine's file backend, checkpoints and logs alike), defers the hook's
 deletions until the new checkpoint and ``last_checkpoint`` are written, and lets
 ``--resume`` fall back to the newest complete ``epoch_*.pth`` / ``iter_*.pth`` of the work
-dir when ``last_checkpoint`` is missing, empty or names a file that is gone. Nothing in site-packages is edited.
+dir when ``last_checkpoint`` is missing, empty or names a file that is gone. Nothing in
+site-packages is edited.
 """
+
 import functools
 import logging
 import os
@@ -51,6 +53,7 @@ def find_latest_checkpoint(path: str) -> Optional[str]:
     when that is missing, empty or names a file that does not exist, the newest
     checkpoint of the folder."""
     from mmengine.logging import print_log
+
     save_file = os.path.join(path, 'last_checkpoint')
     named = None
     if os.path.exists(save_file):
@@ -59,12 +62,17 @@ def find_latest_checkpoint(path: str) -> Optional[str]:
     if named is not None and (os.path.exists(named) or '://' in named):
         return named
     fallback = newest_checkpoint(path)
-    reason = (f'{save_file} names {named}, which does not exist' if named
-              else f'no usable {save_file}')
-    print_log(f'mobileone_mm: {reason}; resuming from the newest checkpoint of the work '
-              f'dir: {fallback}' if fallback else f'mobileone_mm: {reason} and no '
-              f'epoch_*.pth / iter_*.pth in {path}: nothing to resume.',
-              logger='current', level=logging.WARNING)
+    reason = (
+        f'{save_file} names {named}, which does not exist' if named else f'no usable {save_file}'
+    )
+    print_log(
+        f'mobileone_mm: {reason}; resuming from the newest checkpoint of the work dir: {fallback}'
+        if fallback
+        else f'mobileone_mm: {reason} and no '
+        f'epoch_*.pth / iter_*.pth in {path}: nothing to resume.',
+        logger='current',
+        level=logging.WARNING,
+    )
     return fallback
 
 
@@ -122,9 +130,9 @@ def enable_durable_checkpoints() -> bool:
     LocalBackend.put = _atomic_put
     LocalBackend.put_text = _atomic_put_text
     CheckpointHook._save_checkpoint_with_step = _defer_removals(
-        CheckpointHook._save_checkpoint_with_step)
-    CheckpointHook._save_best_checkpoint = _defer_removals(
-        CheckpointHook._save_best_checkpoint)
+        CheckpointHook._save_checkpoint_with_step
+    )
+    CheckpointHook._save_best_checkpoint = _defer_removals(CheckpointHook._save_best_checkpoint)
     runner_module.find_latest_checkpoint = find_latest_checkpoint
     _ENABLED = True
     return True

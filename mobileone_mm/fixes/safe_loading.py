@@ -10,6 +10,7 @@ schemes: ``weights_only=True`` with an allow-list of the few types mmengine writ
 checkpoint that asks for anything else is refused and never run. docs/stack.md has the
 details.
 """
+
 from mmengine.runner import CheckpointLoader
 
 from ..checkpoints.io import load_checkpoint
@@ -27,8 +28,9 @@ def load_from_http(url: str, map_location=None) -> dict:
 def register_safe_checkpoint_loader():
     """Route mmengine's local and http(s) checkpoint loading through the safe loader."""
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
-    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=load_from_http,
-                                     force=True)
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), loader=load_from_http, force=True
+    )
 
 
 register_safe_checkpoint_loader()

@@ -1,6 +1,7 @@
 """Any model with nested outputs (tensor / tuple / list / dict), as a flat tuple of tensors
 and back: what the output check, tracing and every runtime's export take.
 """
+
 from typing import List, Tuple
 
 import torch
@@ -12,11 +13,12 @@ def flatten(output) -> Tuple[List[torch.Tensor], pytree.TreeSpec]:
     """The tensors of a nested output (tensor / tuple / list / dict) and its structure
     (torch's pytree); ``unflatten(leaves, spec)`` rebuilds it."""
     leaves, spec = pytree.tree_flatten(output)
-    other = sorted({type(leaf).__name__ for leaf in leaves
-                    if not isinstance(leaf, torch.Tensor)})
+    other = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, torch.Tensor)})
     if other:
-        raise TypeError(f'Model outputs must be tensors, or tuples / lists / dicts of them; '
-                        f'got {", ".join(other)}.')
+        raise TypeError(
+            f'Model outputs must be tensors, or tuples / lists / dicts of them; '
+            f'got {", ".join(other)}.'
+        )
     return leaves, spec
 
 

@@ -13,6 +13,7 @@ that fails either is not written, and the run goes on with a warning in the log 
 training run is not stopped for its deploy copy). The previous best's deploy files are
 removed like the previous best.
 """
+
 import copy
 import os
 from typing import List, Optional
@@ -36,16 +37,19 @@ from .reparameterize import check_fusion, deploy_config_path, write_deploy_files
 @HOOKS.register_module()
 class SaveDeployCheckpointHook(Hook):
     """Args:
-        verify: check the deploy form's outputs before writing it (see the module).
-        num_images: val images the check runs on.
+    verify: check the deploy form's outputs before writing it (see the module).
+    num_images: val images the check runs on.
     """
+
     priority = 'LOWEST'  # after CheckpointHook ('VERY_LOW') has written the best checkpoint
 
     def __init__(self, verify: bool = True, num_images: int = 2):
         if not (isinstance(num_images, int) and num_images >= 1):
-            raise ValueError(f'SaveDeployCheckpointHook: num_images must be a whole number '
-                             f'of at least 1, got {num_images!r} (verify=False skips the '
-                             f'check).')
+            raise ValueError(
+                f'SaveDeployCheckpointHook: num_images must be a whole number '
+                f'of at least 1, got {num_images!r} (verify=False skips the '
+                f'check).'
+            )
         self.verify, self.num_images = verify, num_images
         self.best_ckpt: Optional[str] = None  # the best checkpoint last saved in deploy form
 
@@ -55,8 +59,12 @@ class SaveDeployCheckpointHook(Hook):
             return
         deploy_checkpoint = self.deploy_checkpoint(best_ckpt)
         try:  # a user's file named like one of the two is never replaced
-            plan_outputs(outputs={'deploy checkpoint': deploy_checkpoint,
-                                  'deploy config': deploy_config_path(deploy_checkpoint)})
+            plan_outputs(
+                outputs={
+                    'deploy checkpoint': deploy_checkpoint,
+                    'deploy config': deploy_config_path(deploy_checkpoint),
+                }
+            )
         except PathError as error:
             runner.logger.warning(f'The deploy form of {best_ckpt} is not saved: {error}')
             return
@@ -74,21 +82,24 @@ class SaveDeployCheckpointHook(Hook):
         if self.verify:
             check = check_fusion(model, fused, self.val_inputs(runner, model))
             if not check['passed']:
-                runner.logger.warning(f'The deploy form of {best_ckpt} is not saved: '
-                                      f'{describe(check, "it")}.')
+                runner.logger.warning(
+                    f'The deploy form of {best_ckpt} is not saved: {describe(check, "it")}.'
+                )
                 return
         # The best checkpoint's meta (dataset_meta: the class names the inferencers show).
         meta = dict(checkpoint.get('meta') or {}, source=os.path.basename(best_ckpt))
         deploy_checkpoint, config = write_deploy_files(
-            fused.state_dict(), meta, deploy_config(runner.cfg).pretty_text, deploy_checkpoint)
+            fused.state_dict(), meta, deploy_config(runner.cfg).pretty_text, deploy_checkpoint
+        )
         if self.best_ckpt is not None:
             old_checkpoint = self.deploy_checkpoint(self.best_ckpt)
             for path in (old_checkpoint, deploy_config_path(old_checkpoint)):
                 if os.path.exists(path):
                     os.remove(path)
         self.best_ckpt = best_ckpt
-        runner.logger.info(f'The deploy form of {best_ckpt} is saved to {deploy_checkpoint} '
-                           f'(config {config}).')
+        runner.logger.info(
+            f'The deploy form of {best_ckpt} is saved to {deploy_checkpoint} (config {config}).'
+        )
 
     def val_inputs(self, runner, model: nn.Module) -> List[dict]:
         """The first ``num_images`` images of the val set, one model input each, through
@@ -96,9 +107,13 @@ class SaveDeployCheckpointHook(Hook):
         with torch.no_grad():
             data = model.data_preprocessor(next(iter(runner.val_dataloader)), False)
         samples = data.get('data_samples')
-        return [dict(inputs=data['inputs'][i:i + 1],
-                     data_samples=None if samples is None else samples[i:i + 1])
-                for i in range(min(self.num_images, len(data['inputs'])))]
+        return [
+            dict(
+                inputs=data['inputs'][i : i + 1],
+                data_samples=None if samples is None else samples[i : i + 1],
+            )
+            for i in range(min(self.num_images, len(data['inputs'])))
+        ]
 
     @staticmethod
     def deploy_checkpoint(best_ckpt: str) -> str:

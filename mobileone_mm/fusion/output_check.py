@@ -31,6 +31,7 @@ scaled by 1 %, a misplaced identity tap, a dropped branch are refused by orders 
 magnitude in well- and ill-conditioned models alike (tests/test_verification.py). The
 largest differences are reported too.
 """
+
 import copy
 import math
 from typing import Any, Callable, List, Sequence
@@ -61,14 +62,19 @@ Run = Callable[[nn.Module, Any], Sequence[torch.Tensor]]
 Outputs = List[List[torch.Tensor]]  # per input, the output tensors
 
 
-def check_input(x, what: str, finite: bool = False, runner: str = 'optimize_for_inference',
-                batch: bool = False):
+def check_input(
+    x, what: str, finite: bool = False, runner: str = 'optimize_for_inference', batch: bool = False
+):
     """TypeError unless ``x`` is a float32 CPU tensor (a 4-d (N, C, H, W) batch with
     ``batch``), naming ``runner`` and the fix; with ``finite``, ValueError when it holds NaN
     or inf (the output check compares outputs on it: NaN never compares)."""
     is_tensor = isinstance(x, torch.Tensor)
-    if not (is_tensor and x.dtype == torch.float32 and x.device.type == 'cpu'
-            and (not batch or x.dim() == 4)):
+    if not (
+        is_tensor
+        and x.dtype == torch.float32
+        and x.device.type == 'cpu'
+        and (not batch or x.dim() == 4)
+    ):
         kind = '4-d float32 CPU tensors (N, C, H, W)' if batch else 'float32 CPU tensors'
         if not is_tensor:
             found = type(x).__name__
@@ -78,17 +84,20 @@ def check_input(x, what: str, finite: bool = False, runner: str = 'optimize_for_
             found = f'{x.dtype} on {x.device}'
         raise TypeError(f'{runner} runs {kind}; {what} is {found}: pass x.float().cpu().')
     if finite and not torch.isfinite(x).all():
-        raise ValueError(f'{what.capitalize()} {tuple(int(s) for s in x.shape)} holds NaN '
-                         f'or inf: the graph built for a shape is checked against the eager '
-                         f'model on it, which needs finite values. Give a real image first '
-                         f'(or verify=False).')
+        raise ValueError(
+            f'{what.capitalize()} {tuple(int(s) for s in x.shape)} holds NaN '
+            f'or inf: the graph built for a shape is checked against the eager '
+            f'model on it, which needs finite values. Give a real image first '
+            f'(or verify=False).'
+        )
     return x
 
 
 def as_float64(inputs):
     """The same (nested) inputs with every floating-point tensor in float64."""
-    return pytree.tree_map(lambda x: x.double() if isinstance(x, torch.Tensor)
-                           and x.is_floating_point() else x, inputs)
+    return pytree.tree_map(
+        lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x, inputs
+    )
 
 
 def differences(outputs: Outputs, exact: Outputs) -> dict:
@@ -145,29 +154,39 @@ class Reference:
         largest differences), ``max_abs_diff`` and ``rel_diff`` (against the float32
         train form: largest, and relative to its largest output), ``output_scale``."""
         if _shapes(outputs) != _shapes(self.exact):
-            return dict(passed=False, reason=f'output shapes differ: {_shapes(outputs)} '
-                                             f'instead of {_shapes(self.exact)}')
+            return dict(
+                passed=False,
+                reason=f'output shapes differ: {_shapes(outputs)} instead of {_shapes(self.exact)}',
+            )
         error = differences(outputs, self.exact)
         noise = max(self.float32_error['typical'], FLOAT32_STEP * self.scale)
         max_noise = max(self.float32_error['max'], FLOAT32_STEP * self.scale)
         scale32 = max(t.abs().max().item() for out in self.float32 for t in out)
         max_abs_diff = differences(outputs, self.float32)['max']
         passed = error['typical'] <= FACTOR * noise and error['max'] <= MAX_FACTOR * max_noise
-        return dict(passed=bool(passed), error=error['typical'],
-                    float32_error=self.float32_error['typical'],
-                    ratio=error['typical'] / max(noise, 1e-300), limit=FACTOR,
-                    max_error=error['max'], float32_max_error=self.float32_error['max'],
-                    max_abs_diff=max_abs_diff, rel_diff=max_abs_diff / max(scale32, 1e-300),
-                    output_scale=scale32)
+        return dict(
+            passed=bool(passed),
+            error=error['typical'],
+            float32_error=self.float32_error['typical'],
+            ratio=error['typical'] / max(noise, 1e-300),
+            limit=FACTOR,
+            max_error=error['max'],
+            float32_max_error=self.float32_error['max'],
+            max_abs_diff=max_abs_diff,
+            rel_diff=max_abs_diff / max(scale32, 1e-300),
+            output_scale=scale32,
+        )
 
 
 def describe(check: dict, what: str = 'the candidate') -> str:
     """A judge() result in one line."""
     if 'reason' in check:
         return f'{what}: {check["reason"]}'
-    return (f'{what} is {check["error"]:.3g} from the exact (float64) train form\'s outputs '
-            f'(90th percentile of |difference|), {check["ratio"]:.2g}x as far as the '
-            f'float32 train form is ({check["float32_error"]:.3g}; limit {check["limit"]:g}x); '
-            f'largest |difference| {check["max_error"]:.3g} (float32 train form '
-            f'{check["float32_max_error"]:.3g}); against the float32 train form: max '
-            f'|difference| {check["max_abs_diff"]:.3g}, relative {check["rel_diff"]:.2e}')
+    return (
+        f"{what} is {check['error']:.3g} from the exact (float64) train form's outputs "
+        f'(90th percentile of |difference|), {check["ratio"]:.2g}x as far as the '
+        f'float32 train form is ({check["float32_error"]:.3g}; limit {check["limit"]:g}x); '
+        f'largest |difference| {check["max_error"]:.3g} (float32 train form '
+        f'{check["float32_max_error"]:.3g}); against the float32 train form: max '
+        f'|difference| {check["max_abs_diff"]:.3g}, relative {check["rel_diff"]:.2e}'
+    )

@@ -7,6 +7,7 @@ real inputs that the outputs did not change.
     # -> work_dirs/deploy.pth (meta + fused state_dict) and work_dirs/deploy.py (the same
     #    config with model.backbone.deploy=True), result.rel_diff ~ 1e-7
 """
+
 import copy
 import os
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from mmengine.config import Config
 
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import CHECKPOINT_EXTENSIONS, dump_checkpoint, state_dict_of
-from ..checkpoints.paths import CONFIG_MARK, PathError, atomic_files, check_extension, plan_outputs
+from ..checkpoints.marks import CONFIG_MARK
+from ..checkpoints.paths import PathError, atomic_files, check_extension, plan_outputs
 from ..loading.checkpoint import load_model, load_strict
 from ..loading.config import DeployError, build_model, codebase_of, deploy_config
 from ..loading.data import sample_inputs
@@ -29,14 +31,14 @@ from .output_check import Reference, describe
 
 @dataclass
 class ReparamResult:
-    task: str                          # 'mmdet', 'mmseg' or 'mmpretrain'
-    already_fused: bool                # the checkpoint was fused: nothing written
-    params_train: int                  # parameters of the model in each form
+    task: str  # 'mmdet', 'mmseg' or 'mmpretrain'
+    already_fused: bool  # the checkpoint was fused: nothing written
+    params_train: int  # parameters of the model in each form
     params_deploy: int
     out_checkpoint: Optional[str] = None
     out_config: Optional[str] = None
-    inputs: str = ''                   # what the outputs were compared on
-    check: Optional[dict] = None       # the output check (verify.Reference.judge)
+    inputs: str = ''  # what the outputs were compared on
+    check: Optional[dict] = None  # the output check (verify.Reference.judge)
     max_abs_diff: Optional[float] = None  # max |deploy - train| (float32 forms)
     output_scale: Optional[float] = None  # max |output| of the train form
 
@@ -69,8 +71,9 @@ def deploy_config_path(out_checkpoint) -> str:
     return os.path.splitext(os.fspath(out_checkpoint))[0] + '.py'
 
 
-def write_deploy_files(state_dict: dict, meta: dict, config_text: str,
-                       out_checkpoint) -> Tuple[str, str]:
+def write_deploy_files(
+    state_dict: dict, meta: dict, config_text: str, out_checkpoint
+) -> Tuple[str, str]:
     """Write the deploy checkpoint (``meta`` and the fused ``state_dict``, in the format its
     extension names: io.dump_checkpoint) and the deploy config beside it, its first line
     our mark (checkpoints.paths.CONFIG_MARK), as one: both or neither
@@ -78,8 +81,10 @@ def write_deploy_files(state_dict: dict, meta: dict, config_text: str,
     out_checkpoint, out_config = os.fspath(out_checkpoint), deploy_config_path(out_checkpoint)
     with atomic_files([(out_checkpoint, 'wb'), (out_config, 'w')]) as (ckpt_file, cfg_file):
         dump_checkpoint(dict(meta=meta, state_dict=state_dict), ckpt_file, out_checkpoint)
-        cfg_file.write(f'{CONFIG_MARK} (tools/reparameterize.py): the deploy form, '
-                       f'model.backbone.deploy=True\n')
+        cfg_file.write(
+            f'{CONFIG_MARK} (tools/reparameterize.py): the deploy form, '
+            f'model.backbone.deploy=True\n'
+        )
         cfg_file.write(config_text)
     return out_checkpoint, out_config
 
@@ -90,20 +95,29 @@ def check_output_names(config, checkpoint, out_checkpoint):
     onto one path, over a file our tools did not write, into a folder that takes no file;
     or when its extension names no checkpoint format (.pth, .safetensors)."""
     if os.fspath(out_checkpoint).lower().endswith('.py'):
-        raise DeployError(f'The deploy checkpoint {os.fspath(out_checkpoint)!r} ends in .py, '
-                          f'the name its deploy config takes: name it .pth or .safetensors.')
+        raise DeployError(
+            f'The deploy checkpoint {os.fspath(out_checkpoint)!r} ends in .py, '
+            f'the name its deploy config takes: name it .pth or .safetensors.'
+        )
     try:
-        plan_outputs(inputs={'config': config if not isinstance(config, Config) else None,
-                             'checkpoint': checkpoint},
-                     outputs={'deploy checkpoint': out_checkpoint,
-                              'deploy config': deploy_config_path(out_checkpoint)})
+        plan_outputs(
+            inputs={
+                'config': config if not isinstance(config, Config) else None,
+                'checkpoint': checkpoint,
+            },
+            outputs={
+                'deploy checkpoint': out_checkpoint,
+                'deploy config': deploy_config_path(out_checkpoint),
+            },
+        )
         check_extension(out_checkpoint, CHECKPOINT_EXTENSIONS, 'deploy checkpoint')
     except PathError as error:
         raise DeployError(str(error)) from None
 
 
-def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
-                              verify: bool = True, num_images: int = 4) -> ReparamResult:
+def reparameterize_checkpoint(
+    config, checkpoint: str, out_checkpoint: str, verify: bool = True, num_images: int = 4
+) -> ReparamResult:
     """Fuse a trained model's MobileOne blocks and write the deploy checkpoint
     (``meta`` and the fused ``state_dict``; optimizer and scheduler state dropped) and the
     deploy config (``out_checkpoint`` with extension ``.py``), both atomically.
@@ -117,8 +131,10 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
     """
     check_output_names(config, checkpoint, out_checkpoint)
     if verify and not (isinstance(num_images, int) and num_images >= 1):
-        raise DeployError(f'num_images must be a whole number of at least 1 to compare the '
-                          f'outputs, got {num_images!r} (verify=False skips the check).')
+        raise DeployError(
+            f'num_images must be a whole number of at least 1 to compare the '
+            f'outputs, got {num_images!r} (verify=False skips the check).'
+        )
     model, cfg, ckpt = load_model(config, checkpoint)
     if is_fused(state_dict_of(ckpt)):
         params = count_params(model)
@@ -136,9 +152,12 @@ def reparameterize_checkpoint(config, checkpoint: str, out_checkpoint: str,
         result.max_abs_diff = result.check.get('max_abs_diff')
         result.output_scale = result.check.get('output_scale')
         if not result.check['passed']:
-            raise DeployError(f'The deploy form changes the outputs: '
-                              f'{describe(result.check, "it")}. Nothing written.')
+            raise DeployError(
+                f'The deploy form changes the outputs: '
+                f'{describe(result.check, "it")}. Nothing written.'
+            )
 
     result.out_checkpoint, result.out_config = write_deploy_files(
-        deploy_model.state_dict(), ckpt.get('meta', {}), text, out_checkpoint)
+        deploy_model.state_dict(), ckpt.get('meta', {}), text, out_checkpoint
+    )
     return result

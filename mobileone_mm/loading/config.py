@@ -4,6 +4,7 @@ mmpretrain, from ``default_scope`` or the registry that knows ``model.type``), t
 built as mmengine's Runner builds it, its task and its test input size. The codebases are
 imported only here and in the modules that run them.
 """
+
 import copy
 import importlib
 import os
@@ -30,9 +31,11 @@ class ConfigNotFound(DeployError, FileNotFoundError):
 CONFIG_EXTENSIONS = ('.py', '.json', '.yaml', '.yml')  # what mmengine's Config reads
 
 
-_OTHER_FILES = {('.pth', '.pt', '.ckpt', '.tar', '.bin', '.safetensors'): 'a checkpoint',
-                ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif'): 'an image',
-                ('.onnx', ): 'an ONNX model'}
+_OTHER_FILES = {
+    ('.pth', '.pt', '.ckpt', '.tar', '.bin', '.safetensors'): 'a checkpoint',
+    ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif'): 'an image',
+    ('.onnx',): 'an ONNX model',
+}
 
 
 def check_config_file(path, what: str = 'Config') -> str:
@@ -44,15 +47,20 @@ def check_config_file(path, what: str = 'Config') -> str:
     if not os.path.exists(path):
         raise ConfigNotFound(f'{what} {path!r} does not exist.')
     if not os.path.isfile(path):
-        raise DeployError(f'{what} {path!r} is a folder, not a config file: give the .py '
-                          f'file in it.')
+        raise DeployError(
+            f'{what} {path!r} is a folder, not a config file: give the .py file in it.'
+        )
     extension = os.path.splitext(path)[1].lower()
     if extension not in CONFIG_EXTENSIONS:
-        kind = next((kind for extensions, kind in _OTHER_FILES.items()
-                     if extension in extensions), f'a {extension or "extensionless"} file')
-        raise DeployError(f'{what} {path!r} is {kind}, not a config '
-                          f'({", ".join(CONFIG_EXTENSIONS)}): are the arguments swapped? '
-                          f'See the order in --help.')
+        kind = next(
+            (kind for extensions, kind in _OTHER_FILES.items() if extension in extensions),
+            f'a {extension or "extensionless"} file',
+        )
+        raise DeployError(
+            f'{what} {path!r} is {kind}, not a config '
+            f'({", ".join(CONFIG_EXTENSIONS)}): are the arguments swapped? '
+            f'See the order in --help.'
+        )
     return path
 
 
@@ -65,7 +73,7 @@ def read_config(path, what: str = 'Config') -> Config:
     try:
         cfg = Config.fromfile(path)
         for key in list(cfg.keys()):  # a config with imports is read lazily (mmengine's
-            cfg[key]                  # LazyObject): import them now, not at first use
+            cfg[key]  # LazyObject): import them now, not at first use
         return cfg
     except SyntaxError as error:  # mmengine names no file: is it this one or a base?
         where = f'{what} {path!r}'
@@ -75,16 +83,22 @@ def read_config(path, what: str = 'Config') -> Config:
             where = f'A config that {path!r} inherits (_base_)'
         except SyntaxError:
             pass
-        raise DeployError(f'{where} has a syntax error at line {error.lineno}: {error.msg} '
-                          f'({(error.text or "").strip()!r}). Fix the file.') from None
+        raise DeployError(
+            f'{where} has a syntax error at line {error.lineno}: {error.msg} '
+            f'({(error.text or "").strip()!r}). Fix the file.'
+        ) from None
     except ImportError as error:  # an import in the file, or custom_imports
-        raise DeployError(f'{what} {path!r} (or a config it inherits) imports '
-                          f'{_failed_import(error)}: install it, or fix the import or '
-                          f'custom_imports.') from error
+        raise DeployError(
+            f'{what} {path!r} (or a config it inherits) imports '
+            f'{_failed_import(error)}: install it, or fix the import or '
+            f'custom_imports.'
+        ) from error
     except Exception as error:  # noqa: BLE001 - a config is a program: any error is its own
-        raise DeployError(f'{what} {path!r} (or a config it inherits) failed while '
-                          f'mmengine read it ({type(error).__name__}: {error}). Fix the '
-                          f'file.') from error
+        raise DeployError(
+            f'{what} {path!r} (or a config it inherits) failed while '
+            f'mmengine read it ({type(error).__name__}: {error}). Fix the '
+            f'file.'
+        ) from error
 
 
 def _failed_import(error: ImportError) -> str:
@@ -108,9 +122,11 @@ def load_config(config) -> Config:
         return config
     cfg = read_config(config)
     if not isinstance(cfg.get('model'), dict):
-        raise DeployError(f'Config {os.fspath(config)!r} has no model (a dict): it is not a '
-                          f'model config (a dataset, schedule or deploy config?). Give the '
-                          f'config the checkpoint was trained with.')
+        raise DeployError(
+            f'Config {os.fspath(config)!r} has no model (a dict): it is not a '
+            f'model config (a dataset, schedule or deploy config?). Give the '
+            f'config the checkpoint was trained with.'
+        )
     return cfg
 
 
@@ -123,9 +139,11 @@ def codebase_of(cfg: Config) -> str:
     for codebase in CODEBASES:
         if _registry(codebase, 'MODELS').get(model_type) is not None:
             return codebase
-    raise DeployError(f'Cannot tell which codebase the config is for: default_scope is '
-                      f'{scope!r} and model type {model_type!r} is in none of '
-                      f'{", ".join(CODEBASES)}. Set default_scope in the config.')
+    raise DeployError(
+        f'Cannot tell which codebase the config is for: default_scope is '
+        f'{scope!r} and model type {model_type!r} is in none of '
+        f'{", ".join(CODEBASES)}. Set default_scope in the config.'
+    )
 
 
 def _registry(codebase: str, name: str):
@@ -145,16 +163,19 @@ def build_model(cfg: Config) -> Tuple[nn.Module, str]:
         if isinstance(error, UserError):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise DeployError(f"The config's model cannot be built: {message} Fix the model "
-                          f'settings of the config.') from error
+        raise DeployError(
+            f"The config's model cannot be built: {message} Fix the model settings of the config."
+        ) from error
     return model.eval(), codebase
 
 
 def deploy_config(cfg: Config) -> Config:
     """The same config with ``model.backbone.deploy=True``."""
     if not isinstance(cfg.model.get('backbone'), dict):
-        raise DeployError(f'The config\'s model ({cfg.model.get("type")}) has no backbone '
-                          f'to switch to deploy form.')
+        raise DeployError(
+            f"The config's model ({cfg.model.get('type')}) has no backbone "
+            f'to switch to deploy form.'
+        )
     deploy = copy.deepcopy(cfg)
     deploy.model.backbone.deploy = True
     return deploy
@@ -186,5 +207,7 @@ def task_of(model: nn.Module) -> str:
         return 'segmentation'
     if hasattr(model, 'head'):
         return 'classification'
-    raise ExportError(f'Cannot export a {type(model).__name__}: expected an mmdet detector, '
-                      f'an mmseg segmentor or an mmpretrain classifier.')
+    raise ExportError(
+        f'Cannot export a {type(model).__name__}: expected an mmdet detector, '
+        f'an mmseg segmentor or an mmpretrain classifier.'
+    )

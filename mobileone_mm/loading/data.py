@@ -2,6 +2,7 @@
 val image paths, and real model inputs through the config's own test pipeline (random
 inputs when the data is not on disk).
 """
+
 from typing import List, Tuple
 
 import torch
@@ -25,8 +26,10 @@ def dataset_of(cfg: Config, split: str):
     try:
         dataset = _registry(codebase_of(cfg), 'DATASETS').build(loader.dataset)
     except FileNotFoundError as error:
-        raise DeployError(f'The {split} set of the config is not on disk ({error}). Run from '
-                          f'the folder its data_root is relative to, or make the data.') from None
+        raise DeployError(
+            f'The {split} set of the config is not on disk ({error}). Run from '
+            f'the folder its data_root is relative to, or make the data.'
+        ) from None
     if len(dataset) == 0:
         raise DeployError(f'The {split} set of the config is empty.')
     return dataset
@@ -49,8 +52,7 @@ def val_image_paths(cfg: Config, num_images: int) -> List[str]:
     return [dataset.get_data_info(i)['img_path'] for i in range(min(num_images, len(dataset)))]
 
 
-def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
-                  ) -> Tuple[List[dict], str]:
+def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4) -> Tuple[List[dict], str]:
     """Model inputs, one image each: the first ``num_images`` of the config's val set through
     its pipeline and the model's data_preprocessor when the data is on disk, else random
     normalised images of the pipeline's size. Returns (inputs, description)."""
@@ -58,14 +60,21 @@ def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4
     if dataset is not None:
         count = min(num_images, len(dataset))
         with torch.no_grad():
-            inputs = [model.data_preprocessor(dict(inputs=[d['inputs']],
-                                                   data_samples=[d['data_samples']]), False)
-                      for d in (dataset[i] for i in range(count))]
+            inputs = [
+                model.data_preprocessor(
+                    dict(inputs=[d['inputs']], data_samples=[d['data_samples']]), False
+                )
+                for d in (dataset[i] for i in range(count))
+            ]
         return inputs, f'{count} val images'
     size = _input_size(cfg)
-    check_memory(num_images * 3 * size * size * 4, f'{num_images} random {size}x{size} check '
-                 f'images', 'use fewer images (num_images, --num-images)')
+    check_memory(
+        num_images * 3 * size * size * 4,
+        f'{num_images} random {size}x{size} check images',
+        'use fewer images (num_images, --num-images)',
+    )
     generator = torch.Generator().manual_seed(0)
-    inputs = [dict(inputs=torch.randn(1, 3, size, size, generator=generator))
-              for _ in range(num_images)]
+    inputs = [
+        dict(inputs=torch.randn(1, 3, size, size, generator=generator)) for _ in range(num_images)
+    ]
     return inputs, f'{num_images} random {size}x{size} images ({reason})'

@@ -6,6 +6,7 @@ deploy form: one conv, the fusion math in reparam.py), then the backbone (a stem
 and four stages of depthwise / pointwise block pairs). State-dict keys are those of
 mmpretrain's MobileOne in both forms, so its ImageNet checkpoints load unchanged.
 """
+
 from typing import Sequence, Union
 
 import torch
@@ -57,27 +58,32 @@ class MobileOne(BaseModule):
             ImageNet checkpoints and converts them on load (see models/pretrained.py).
     """
 
-    def __init__(self,
-                 arch: Union[str, dict] = 's0',
-                 in_channels: int = 3,
-                 out_indices: Union[int, Sequence[int]] = (3, ),
-                 strides: Sequence[int] = (2, 2, 2, 2),
-                 dilations: Sequence[int] = (1, 1, 1, 1),
-                 contract_dilation: bool = True,
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 norm_cfg: dict = dict(type='BN'),
-                 act_cfg: dict = dict(type='ReLU', inplace=True),
-                 se_cfg: dict = dict(ratio=16),
-                 deploy: bool = False,
-                 with_cp: bool = False,
-                 init_cfg=(dict(type='Kaiming', layer='Conv2d'),
-                           dict(type='Constant', val=1, layer='_BatchNorm'))):
+    def __init__(
+        self,
+        arch: Union[str, dict] = 's0',
+        in_channels: int = 3,
+        out_indices: Union[int, Sequence[int]] = (3,),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        dilations: Sequence[int] = (1, 1, 1, 1),
+        contract_dilation: bool = True,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        norm_cfg: dict = dict(type='BN'),
+        act_cfg: dict = dict(type='ReLU', inplace=True),
+        se_cfg: dict = dict(ratio=16),
+        deploy: bool = False,
+        with_cp: bool = False,
+        init_cfg=(
+            dict(type='Kaiming', layer='Conv2d'),
+            dict(type='Constant', val=1, layer='_BatchNorm'),
+        ),
+    ):
         super().__init__(init_cfg=list(init_cfg) if isinstance(init_cfg, tuple) else init_cfg)
         self.arch = resolve_arch(arch)
         self.arch_name = arch_name(self.arch)
         self.out_indices, self.strides, self.dilations = self._check_args(
-            in_channels, out_indices, strides, dilations, frozen_stages)
+            in_channels, out_indices, strides, dilations, frozen_stages
+        )
         self.in_channels = in_channels
         self.contract_dilation = contract_dilation
         self.frozen_stages = frozen_stages
@@ -90,19 +96,36 @@ class MobileOne(BaseModule):
         self.stage0 = MobileOneBlock(in_channels, channels, 3, stride=2, **block_cfg)
         for i, out_channels in enumerate(stage_channels(self.arch)):
             previous_dilation = self.dilations[i - 1] if i else 1
-            self.add_module(f'stage{i + 1}', self._make_stage(
-                channels, out_channels, num_blocks=self.arch['num_blocks'][i],
-                num_se_blocks=self.arch['num_se_blocks'][i],
-                num_conv_branches=self.arch['num_conv_branches'][i],
-                stride=self.strides[i], dilation=self.dilations[i],
-                first_dilation=previous_dilation if contract_dilation else self.dilations[i],
-                se_cfg=se_cfg, block_cfg=block_cfg))
+            self.add_module(
+                f'stage{i + 1}',
+                self._make_stage(
+                    channels,
+                    out_channels,
+                    num_blocks=self.arch['num_blocks'][i],
+                    num_se_blocks=self.arch['num_se_blocks'][i],
+                    num_conv_branches=self.arch['num_conv_branches'][i],
+                    stride=self.strides[i],
+                    dilation=self.dilations[i],
+                    first_dilation=previous_dilation if contract_dilation else self.dilations[i],
+                    se_cfg=se_cfg,
+                    block_cfg=block_cfg,
+                ),
+            )
             channels = out_channels
 
     @staticmethod
-    def _make_stage(in_channels: int, out_channels: int, num_blocks: int, num_se_blocks: int,
-                    num_conv_branches: int, stride: int, dilation: int, first_dilation: int,
-                    se_cfg: dict, block_cfg: dict) -> Sequential:
+    def _make_stage(
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int,
+        num_se_blocks: int,
+        num_conv_branches: int,
+        stride: int,
+        dilation: int,
+        first_dilation: int,
+        se_cfg: dict,
+        block_cfg: dict,
+    ) -> Sequential:
         """One stage: ``num_blocks`` pairs of a depthwise 3 x 3 and a pointwise 1 x 1
         block, SE on the last ``num_se_blocks`` pairs. The first pair is the downsampling
         one in the ImageNet model: it strides by ``stride``, has no identity branch even
@@ -111,14 +134,28 @@ class MobileOne(BaseModule):
         blocks = []
         for j in range(num_blocks):
             first = j == 0
-            common = dict(block_cfg, num_branches=num_conv_branches,
-                          se_cfg=se_cfg if j >= num_blocks - num_se_blocks else None)
-            blocks.append(MobileOneBlock(  # depthwise k x k
-                in_channels, in_channels, 3, stride=stride if first else 1,
-                dilation=first_dilation if first else dilation, groups=in_channels,
-                identity=not first, **common))
-            blocks.append(MobileOneBlock(  # pointwise 1 x 1
-                in_channels, out_channels, 1, **common))
+            common = dict(
+                block_cfg,
+                num_branches=num_conv_branches,
+                se_cfg=se_cfg if j >= num_blocks - num_se_blocks else None,
+            )
+            blocks.append(
+                MobileOneBlock(  # depthwise k x k
+                    in_channels,
+                    in_channels,
+                    3,
+                    stride=stride if first else 1,
+                    dilation=first_dilation if first else dilation,
+                    groups=in_channels,
+                    identity=not first,
+                    **common,
+                )
+            )
+            blocks.append(
+                MobileOneBlock(  # pointwise 1 x 1
+                    in_channels, out_channels, 1, **common
+                )
+            )
             in_channels = out_channels
         return Sequential(*blocks)
 
@@ -130,8 +167,9 @@ class MobileOne(BaseModule):
         strides = cls._check_per_stage('strides', strides, (1, 2))
         dilations = cls._check_per_stage('dilations', dilations, None)
         if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= NUM_STAGES):
-            raise ValueError(f'frozen_stages must be -1 (none), 0 (stem) .. {NUM_STAGES}, '
-                             f'got {frozen_stages!r}.')
+            raise ValueError(
+                f'frozen_stages must be -1 (none), 0 (stem) .. {NUM_STAGES}, got {frozen_stages!r}.'
+            )
         if not (isinstance(in_channels, int) and in_channels > 0):
             raise ValueError(f'in_channels must be a positive int, got {in_channels!r}.')
         return out_indices, strides, dilations
@@ -140,13 +178,17 @@ class MobileOne(BaseModule):
     def _check_out_indices(out_indices) -> list:
         indices = [out_indices] if isinstance(out_indices, int) else out_indices
         if not is_seq_of(indices, int) or not indices:
-            raise TypeError(f'out_indices must be an int or a non-empty sequence of ints '
-                            f'in -{NUM_STAGES}..{NUM_STAGES - 1}, got {out_indices!r}.')
+            raise TypeError(
+                f'out_indices must be an int or a non-empty sequence of ints '
+                f'in -{NUM_STAGES}..{NUM_STAGES - 1}, got {out_indices!r}.'
+            )
         bad = [i for i in indices if not -NUM_STAGES <= i < NUM_STAGES]
         if bad:
-            raise ValueError(f'out_indices {bad} out of range: 0..{NUM_STAGES - 1} select '
-                             f'stage1..stage{NUM_STAGES} (strides 4..32), negatives count '
-                             f'from the end.')
+            raise ValueError(
+                f'out_indices {bad} out of range: 0..{NUM_STAGES - 1} select '
+                f'stage1..stage{NUM_STAGES} (strides 4..32), negatives count '
+                f'from the end.'
+            )
         resolved = sorted({i % NUM_STAGES for i in indices})
         if len(resolved) != len(indices):
             raise ValueError(f'out_indices {list(indices)} name a stage twice.')
@@ -155,12 +197,13 @@ class MobileOne(BaseModule):
     @staticmethod
     def _check_per_stage(name: str, values, allowed) -> list:
         if not is_seq_of(values, int) or len(values) != NUM_STAGES:
-            raise ValueError(f'{name} must be {NUM_STAGES} ints (one per stage), got '
-                             f'{values!r}.')
+            raise ValueError(f'{name} must be {NUM_STAGES} ints (one per stage), got {values!r}.')
         bad = [v for v in values if v < 1 or (allowed is not None and v not in allowed)]
         if bad:
-            raise ValueError(f'{name} {list(values)}: values must be '
-                             f'{"in " + str(allowed) if allowed else ">= 1"}.')
+            raise ValueError(
+                f'{name} {list(values)}: values must be '
+                f'{"in " + str(allowed) if allowed else ">= 1"}.'
+            )
         return list(values)
 
     @property
@@ -183,28 +226,37 @@ class MobileOne(BaseModule):
         than cast, since casting would skip the mean / std normalisation."""
         if not isinstance(x, torch.Tensor):
             kind = f'{type(x).__module__}.{type(x).__name__}'.replace('builtins.', '')
-            raise TypeError(f'MobileOne expects a torch.Tensor (N, {self.in_channels}, H, W), '
-                            f'got a {kind}: convert it first, e.g. '
-                            f'torch.from_numpy(x).float() for a normalised numpy image.')
+            raise TypeError(
+                f'MobileOne expects a torch.Tensor (N, {self.in_channels}, H, W), '
+                f'got a {kind}: convert it first, e.g. '
+                f'torch.from_numpy(x).float() for a normalised numpy image.'
+            )
         shape = tuple(int(s) for s in x.shape)  # ints, also while tracing (no tensor(1))
         if len(shape) != 4 or shape[1] != self.in_channels:
-            hint = (f' (or build the backbone with in_channels={shape[1]})'
-                    if len(shape) == 4 else '')
-            raise ValueError(f'MobileOne expects input (N, {self.in_channels}, H, W), got '
-                             f'{shape}{hint}.')
+            hint = (
+                f' (or build the backbone with in_channels={shape[1]})' if len(shape) == 4 else ''
+            )
+            raise ValueError(
+                f'MobileOne expects input (N, {self.in_channels}, H, W), got {shape}{hint}.'
+            )
         n, _, h, w = shape
         if n < 1 or h < 1 or w < 1:
-            raise ValueError(f'MobileOne got an empty input {shape}: batch, height '
-                             f'and width must be at least 1.')
+            raise ValueError(
+                f'MobileOne got an empty input {shape}: batch, height and width must be at least 1.'
+            )
         weight = next(self.stage0.parameters())
         if not x.is_floating_point():
-            raise TypeError(f'MobileOne expects a normalised floating-point image, got '
-                            f'{x.dtype}: pass it through the model\'s data preprocessor '
-                            f'(mean / std), or use x.float() and normalise it yourself.')
+            raise TypeError(
+                f'MobileOne expects a normalised floating-point image, got '
+                f"{x.dtype}: pass it through the model's data preprocessor "
+                f'(mean / std), or use x.float() and normalise it yourself.'
+            )
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f'MobileOne\'s weights are {weight.dtype} but the input is '
-                            f'{x.dtype}: convert the input (x.to({weight.dtype})) or the '
-                            f'model (model.to({x.dtype})).')
+            raise TypeError(
+                f"MobileOne's weights are {weight.dtype} but the input is "
+                f'{x.dtype}: convert the input (x.to({weight.dtype})) or the '
+                f'model (model.to({x.dtype})).'
+            )
         if self.training and not self.deploy:
             self._check_train_size(n, h, w)
 
@@ -220,7 +272,8 @@ class MobileOne(BaseModule):
                     f'MobileOne in training mode got {n} x {h} x {w} (batch x H x W): stage'
                     f'{i} (stride {stride}) sees a 1 x 1 map, and its BatchNorm needs more than '
                     f'one value per channel. Use a batch of 2 or more, or inputs larger than '
-                    f'{stride} x {stride} (height or width > {stride}), or eval mode.')
+                    f'{stride} x {stride} (height or width > {stride}), or eval mode.'
+                )
 
     def forward(self, x):
         self._check_input(x)
@@ -234,7 +287,7 @@ class MobileOne(BaseModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for stage in self.stages[:self.frozen_stages + 1]:
+        for stage in self.stages[: self.frozen_stages + 1]:
             stage.eval()
             for param in stage.parameters():
                 param.requires_grad = False

@@ -1,17 +1,18 @@
 """ImageNet (or any MobileOne) weights into a backbone, whatever their published format:
 what ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does for MobileOne."""
+
 from typing import Optional
 
 from mmengine.logging import MMLogger, print_log
 
 from ..checkpoints.formats import backbone_state_dict, convert_state_dict, is_fused
-from ..checkpoints.io import (CheckpointError, describe_mismatch, load_checkpoint,
-                              state_dict_of)
+from ..checkpoints.io import CheckpointError, describe_mismatch, load_checkpoint, state_dict_of
 from .arch import check_arch
 
 
-def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
-                    map_location='cpu', strict: bool = True):
+def load_pretrained(
+    backbone, checkpoint: str, prefix: Optional[str] = None, map_location='cpu', strict: bool = True
+):
     """Load ImageNet (or any MobileOne) weights in any known format into ``backbone``.
 
     ``prefix`` selects a sub-model of the checkpoint (e.g. 'backbone.'); a classifier,
@@ -30,8 +31,7 @@ def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
     logger = MMLogger.get_current_instance()
     state_dict = state_dict_of(load_checkpoint(checkpoint, map_location))
     if prefix:
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
-                      if k.startswith(prefix)}
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if not state_dict:
             raise CheckpointError(f'No key of {checkpoint!r} starts with prefix {prefix!r}.')
     converted, fmt = convert_state_dict(state_dict, complete=strict)
@@ -41,7 +41,8 @@ def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
         raise CheckpointError(
             f'{checkpoint!r} holds fused (deploy-form) weights, which cannot be split back '
             f'into branches: build the backbone with deploy=True, or use the unfused '
-            f'checkpoint for training.')
+            f'checkpoint for training.'
+        )
     _check_input_channels(weights, backbone, checkpoint)
     # Train-form weights into a deploy-form backbone: each block fuses its branches on
     # load (MobileOneBlock._load_from_state_dict).
@@ -52,20 +53,30 @@ def load_pretrained(backbone, checkpoint: str, prefix: Optional[str] = None,
             f'{checkpoint!r} does not fit the MobileOne-{backbone.arch_name} backbone: '
             f'{describe_mismatch(missing, unexpected)}. Use a complete checkpoint of this '
             f'arch (or strict=False in the Pretrained init_cfg, for weights meant to cover '
-            f'part of it).')
+            f'part of it).'
+        )
     if missing:
         print_log(f'MobileOne: keys missing in {checkpoint}: {missing}', logger, 30)
     if unexpected:
         print_log(f'MobileOne: unexpected keys in {checkpoint}: {unexpected}', logger, 30)
-    print_log(f'MobileOne-{backbone.arch_name}: loaded {len(weights) - len(unexpected)} '
-              f'tensors ({fmt} format) from {checkpoint}', logger)
+    print_log(
+        f'MobileOne-{backbone.arch_name}: loaded {len(weights) - len(unexpected)} '
+        f'tensors ({fmt} format) from {checkpoint}',
+        logger,
+    )
 
 
 def _check_input_channels(weights, backbone, checkpoint: str):
     """CheckpointError with the fix when the stem's weights take other input channels
     than the backbone (ImageNet weights: 3, into in_channels=1, say)."""
-    key = next((k for k in ('stage0.branch_reparam.weight',
-                            'stage0.branch_conv_list.0.conv.weight') if k in weights), None)
+    key = next(
+        (
+            k
+            for k in ('stage0.branch_reparam.weight', 'stage0.branch_conv_list.0.conv.weight')
+            if k in weights
+        ),
+        None,
+    )
     if key is None or weights[key].shape[1] == backbone.in_channels:
         return
     raise CheckpointError(
@@ -74,4 +85,5 @@ def _check_input_channels(weights, backbone, checkpoint: str):
         f'{weights[key].shape[1]} and give it {weights[key].shape[1]}-channel images (mmcv '
         f"loads grey photos as 3 channels with LoadImageFromFile's default "
         f"color_type='color'), or adapt the stem's weights yourself (sum them over the "
-        f"input channels, as timm's adapt_input_conv does) and load that state dict.")
+        f"input channels, as timm's adapt_input_conv does) and load that state dict."
+    )

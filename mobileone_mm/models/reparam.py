@@ -17,6 +17,7 @@ one is a k x k convolution with bias, and their sum is one convolution:
 The arithmetic is done in float64 and cast back, so the fused block equals the
 multi-branch block up to the rounding of the float32 forward pass.
 """
+
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -29,27 +30,27 @@ Tensor = torch.Tensor
 def fuse_conv_bn(weight: Tensor, norm: _BatchNorm) -> Tuple[Tensor, Tensor]:
     """Fold an eval-mode BatchNorm (BN, SyncBN, ...) into the conv weight before it."""
     if norm.running_mean is None or norm.running_var is None:
-        raise ValueError(f'Cannot fuse {norm}: it keeps no running statistics '
-                         f'(track_running_stats=False), so eval mode normalises with each '
-                         f'batch\'s own statistics, which no fixed conv can reproduce. Train '
-                         f'with track_running_stats=True to re-parameterize.')
+        raise ValueError(
+            f'Cannot fuse {norm}: it keeps no running statistics '
+            f'(track_running_stats=False), so eval mode normalises with each '
+            f"batch's own statistics, which no fixed conv can reproduce. Train "
+            f'with track_running_stats=True to re-parameterize.'
+        )
     std = (norm.running_var.double() + norm.eps).sqrt()
     gamma = norm.weight.double() if norm.affine else torch.ones_like(std)
     beta = norm.bias.double() if norm.affine else torch.zeros_like(std)
     scale = gamma / std
-    return (weight.double() * scale.reshape(-1, 1, 1, 1),
-            beta - norm.running_mean.double() * scale)
+    return (weight.double() * scale.reshape(-1, 1, 1, 1), beta - norm.running_mean.double() * scale)
 
 
-def identity_kernel(channels: int, groups: int, kernel_size: int,
-                    device=None) -> Tensor:
+def identity_kernel(channels: int, groups: int, kernel_size: int, device=None) -> Tensor:
     """The k x k grouped-conv weight that maps x to itself."""
     in_per_group = channels // groups
-    weight = torch.zeros(channels, in_per_group, kernel_size, kernel_size,
-                         dtype=torch.float64, device=device)
+    weight = torch.zeros(
+        channels, in_per_group, kernel_size, kernel_size, dtype=torch.float64, device=device
+    )
     centre = kernel_size // 2
-    weight[torch.arange(channels), torch.arange(channels) % in_per_group,
-           centre, centre] = 1
+    weight[torch.arange(channels), torch.arange(channels) % in_per_group, centre, centre] = 1
     return weight
 
 
@@ -59,9 +60,14 @@ def pad_to(weight: Tensor, kernel_size: int) -> Tensor:
     return nn.functional.pad(weight, [pad] * 4)
 
 
-def fuse_branches(convs_with_norms: Iterable[Tuple[nn.Conv2d, _BatchNorm]],
-                  identity_norm: Optional[_BatchNorm], channels: int, groups: int,
-                  kernel_size: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+def fuse_branches(
+    convs_with_norms: Iterable[Tuple[nn.Conv2d, _BatchNorm]],
+    identity_norm: Optional[_BatchNorm],
+    channels: int,
+    groups: int,
+    kernel_size: int,
+    dtype: torch.dtype,
+) -> Tuple[Tensor, Tensor]:
     """Sum conv+BN branches (any odd kernel <= kernel_size) and an optional BN identity
     branch into the weight and bias of a single kernel_size x kernel_size conv."""
     weight, bias = 0, 0
@@ -69,8 +75,9 @@ def fuse_branches(convs_with_norms: Iterable[Tuple[nn.Conv2d, _BatchNorm]],
         w, b = fuse_conv_bn(conv.weight, norm)
         weight, bias = weight + pad_to(w, kernel_size), bias + b
     if identity_norm is not None:
-        ident = identity_kernel(channels, groups, kernel_size,
-                                device=identity_norm.running_mean.device)
+        ident = identity_kernel(
+            channels, groups, kernel_size, device=identity_norm.running_mean.device
+        )
         w, b = fuse_conv_bn(ident, identity_norm)
         weight, bias = weight + w, bias + b
     return weight.to(dtype), bias.to(dtype)
@@ -84,9 +91,11 @@ def reparameterize_model(model: nn.Module) -> nn.Module:
     MobileOne / RepVGG blocks, ...). Switching twice is harmless.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f'reparameterize_model expects a torch.nn.Module (a detector, '
-                        f'segmentor, classifier or backbone), got {type(model).__name__}: '
-                        f'pass the built model (e.g. MODELS.build(cfg.model)).')
+        raise TypeError(
+            f'reparameterize_model expects a torch.nn.Module (a detector, '
+            f'segmentor, classifier or backbone), got {type(model).__name__}: '
+            f'pass the built model (e.g. MODELS.build(cfg.model)).'
+        )
     for module in list(model.modules()):
         switch = getattr(module, 'switch_to_deploy', None)
         if callable(switch):

@@ -9,6 +9,7 @@ hard negative mining is written out in ``loss_by_feat_single``), but
 class channels. Validation, ``mim test`` and inference of every SSD model then fail with
 ``AttributeError: 'SSDHead' object has no attribute 'loss_cls'``. Training is unaffected.
 """
+
 from mmdet.models.dense_heads import SSDHead as MMDetSSDHead
 
 from ..registry import MODELS
@@ -21,4 +22,5 @@ class SSDHead(MMDetSSDHead):
     ``None`` says what is true: there is no loss module, hence no custom class channels,
     and scores are the softmax over ``num_classes + 1`` (background last), as trained.
     """
+
     loss_cls = None

@@ -1,6 +1,7 @@
 """SyncBN for CPU tensors: the statistics of ``nn.SyncBatchNorm`` over a gloo process
 group, for multi-process training without a GPU (torch's SyncBatchNorm runs only on GPUs;
 mobileone_mm.fixes.cpu_distributed swaps it in where mmengine wraps a CPU model in DDP)."""
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -31,10 +32,20 @@ class CPUSyncBatchNorm(_BatchNorm):
     differentiable, running statistics updated as torch does (unbiased variance).
     Outside training, or without a process group of more than one, it is plain BN."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, process_group=None, device=None, dtype=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         device=device, dtype=dtype)
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        process_group=None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
+        )
         self.process_group = process_group
 
     def _check_input_dim(self, input):
@@ -46,8 +57,14 @@ class CPUSyncBatchNorm(_BatchNorm):
         """The same layer (the very parameters and buffers) as a CPUSyncBatchNorm."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        for name in ('num_features', 'eps', 'momentum', 'affine', 'track_running_stats',
-                     'process_group'):
+        for name in (
+            'num_features',
+            'eps',
+            'momentum',
+            'affine',
+            'track_running_stats',
+            'process_group',
+        ):
             setattr(new, name, getattr(module, name))
         new.training = module.training
         for name, param in module.named_parameters(recurse=False):
@@ -61,8 +78,9 @@ class CPUSyncBatchNorm(_BatchNorm):
 
     def forward(self, input):
         self._check_input_dim(input)
-        group = self.process_group or (dist.group.WORLD if dist.is_available()
-                                       and dist.is_initialized() else None)
+        group = self.process_group or (
+            dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+        )
         if not (self.training and group is not None and dist.get_world_size(group) > 1):
             return super().forward(input)
         factor = 0.0 if self.momentum is None else self.momentum
@@ -73,14 +91,15 @@ class CPUSyncBatchNorm(_BatchNorm):
         channels = input.shape[1]
         dims = [0] + list(range(2, input.dim()))
         shape = [1, channels] + [1] * (input.dim() - 2)
-        local_count = torch.full((1, ), input.numel() // max(channels, 1),
-                                 dtype=input.dtype)
+        local_count = torch.full((1,), input.numel() // max(channels, 1), dtype=input.dtype)
         totals = _AllReduceSum.apply(torch.cat([input.sum(dims), local_count]), group)
         count = totals[-1]
         if count.item() <= 1:
-            raise ValueError(f'Expected more than 1 value per channel when training, got '
-                             f'input size {tuple(input.shape)} on each of '
-                             f'{dist.get_world_size(group)} processes.')
+            raise ValueError(
+                f'Expected more than 1 value per channel when training, got '
+                f'input size {tuple(input.shape)} on each of '
+                f'{dist.get_world_size(group)} processes.'
+            )
         mean = totals[:channels] / count
         centred = input - mean.reshape(shape)
         var = _AllReduceSum.apply((centred * centred).sum(dims), group) / count

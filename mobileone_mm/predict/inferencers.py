@@ -22,6 +22,7 @@ else the config's metainfo, else the dataset type's), as the ONNX path's do, ins
 the inferencers' own fallback (COCO names for any detector without names in its
 checkpoint).
 """
+
 import contextlib
 import importlib
 import os
@@ -44,10 +45,11 @@ from .photos import PredictError, read_photo
 from .prediction import encode_picture
 
 # codebase -> (module, inferencer class, its checkpoint argument, the value for none)
-INFERENCERS = dict(mmdet=('mmdet.apis', 'DetInferencer', 'weights', None),
-                   mmseg=('mmseg.apis', 'MMSegInferencer', 'weights', None),
-                   mmpretrain=('mmpretrain.apis', 'ImageClassificationInferencer',
-                               'pretrained', False))
+INFERENCERS = dict(
+    mmdet=('mmdet.apis', 'DetInferencer', 'weights', None),
+    mmseg=('mmseg.apis', 'MMSegInferencer', 'weights', None),
+    mmpretrain=('mmpretrain.apis', 'ImageClassificationInferencer', 'pretrained', False),
+)
 
 
 @contextlib.contextmanager
@@ -59,6 +61,7 @@ def _progress_bar_off(codebase: str):
         yield
         return
     from mmpretrain.utils import progress
+
     previous, progress.disable_progress_bar = progress.disable_progress_bar, True
     try:
         yield
@@ -82,10 +85,10 @@ def _seg_palette(count: int) -> List[List[int]]:
 @dataclass
 class PhotoResult:
     path: str
-    size: Tuple[int, int]      # the photo's width, height
-    prediction: object         # the inferencer's data sample (DetDataSample, ...)
-    picture: np.ndarray        # the visualizer's drawing, RGB uint8, the photo's size
-    lines: List[str]           # the prediction in words (what image_demo prints)
+    size: Tuple[int, int]  # the photo's width, height
+    prediction: object  # the inferencer's data sample (DetDataSample, ...)
+    picture: np.ndarray  # the visualizer's drawing, RGB uint8, the photo's size
+    lines: List[str]  # the prediction in words (what image_demo prints)
 
 
 class PhotoDemo:
@@ -93,8 +96,15 @@ class PhotoDemo:
     form), on ``device``; ``deploy`` fuses it first. ``score_thr``: detections reported
     and drawn; ``top``: classes reported (classification, segmentation)."""
 
-    def __init__(self, config, checkpoint: str, deploy: bool = False, device: str = 'cpu',
-                 score_thr: float = 0.3, top: int = 5):
+    def __init__(
+        self,
+        config,
+        checkpoint: str,
+        deploy: bool = False,
+        device: str = 'cpu',
+        score_thr: float = 0.3,
+        top: int = 5,
+    ):
         device = check_device(device)
         cfg = load_config(config)
         self.codebase = codebase_of(cfg)
@@ -152,26 +162,40 @@ class PhotoDemo:
         for path, sample in zip(paths, samples):
             bad = nonfinite_field(sample)
             if bad:
-                raise PredictError(f'The prediction for {path!r} holds NaN or inf ({bad}): '
-                                   f'the model\'s weights or the photo give values out of '
-                                   f'float range. No result is shown.')
+                raise PredictError(
+                    f'The prediction for {path!r} holds NaN or inf ({bad}): '
+                    f"the model's weights or the photo give values out of "
+                    f'float range. No result is shown.'
+                )
         pictures = self._draw(paths, samples)
-        return [PhotoResult(path, tuple(sample.metainfo['ori_shape'][1::-1]), sample,
-                            picture, self.describe(sample))
-                for path, sample, picture in zip(paths, samples, pictures)]
+        return [
+            PhotoResult(
+                path,
+                tuple(sample.metainfo['ori_shape'][1::-1]),
+                sample,
+                picture,
+                self.describe(sample),
+            )
+            for path, sample, picture in zip(paths, samples, pictures)
+        ]
 
     def _draw(self, paths: List[str], samples: list) -> List[np.ndarray]:
         if self.codebase == 'mmdet':
-            return self.inferencer.visualize(paths, samples, return_vis=True,
-                                             pred_score_thr=self.score_thr)
+            return self.inferencer.visualize(
+                paths, samples, return_vis=True, pred_score_thr=self.score_thr
+            )
         if self.codebase == 'mmseg':
             return self.inferencer.visualize(paths, samples, return_vis=True)
         import mmcv
         from mmpretrain.visualization import UniversalVisualizer
+
         visualizer = self.inferencer.visualizer or UniversalVisualizer()
-        return [visualizer.visualize_cls(mmcv.imread(path)[..., ::-1], sample,
-                                         classes=self.classes or None, draw_gt=False)
-                for path, sample in zip(paths, samples)]
+        return [
+            visualizer.visualize_cls(
+                mmcv.imread(path)[..., ::-1], sample, classes=self.classes or None, draw_gt=False
+            )
+            for path, sample in zip(paths, samples)
+        ]
 
     def describe(self, sample) -> List[str]:
         """The prediction in words: detections above ``score_thr`` (class, score, box
@@ -180,18 +204,23 @@ class PhotoDemo:
         if self.codebase == 'mmdet':
             found = sample.pred_instances
             keep = found.scores >= self.score_thr
-            return [f'{self.class_name(int(label))} {float(score):.3f} box '
-                    f'[{", ".join(f"{v:.1f}" for v in box.tolist())}]'
-                    for box, score, label in zip(found.bboxes[keep], found.scores[keep],
-                                                 found.labels[keep])]
+            return [
+                f'{self.class_name(int(label))} {float(score):.3f} box '
+                f'[{", ".join(f"{v:.1f}" for v in box.tolist())}]'
+                for box, score, label in zip(
+                    found.bboxes[keep], found.scores[keep], found.labels[keep]
+                )
+            ]
         if self.codebase == 'mmseg':
             labels = sample.pred_sem_seg.data[0].cpu().numpy()
             ids, counts = np.unique(labels, return_counts=True)
-            order = np.argsort(-counts, kind='stable')[:self.top]
-            return [f'{self.class_name(int(ids[i]))} {100 * counts[i] / labels.size:.1f}% '
-                    f'of pixels' for i in order]
+            order = np.argsort(-counts, kind='stable')[: self.top]
+            return [
+                f'{self.class_name(int(ids[i]))} {100 * counts[i] / labels.size:.1f}% of pixels'
+                for i in order
+            ]
         scores = sample.pred_score.cpu().numpy()
-        order = np.argsort(-scores, kind='stable')[:self.top]
+        order = np.argsort(-scores, kind='stable')[: self.top]
         return [f'{self.class_name(int(i))} {scores[i]:.3f}' for i in order]
 
 
@@ -199,13 +228,17 @@ def nonfinite_field(sample, prefix: str = '') -> Optional[str]:
     """The name of the first floating-point field of a data sample (nested ones too:
     ``pred_instances.scores``) that holds NaN or inf, else None."""
     from mmengine.structures import BaseDataElement
+
     for name, value in sample.items():
         if isinstance(value, BaseDataElement):
             found = nonfinite_field(value, f'{prefix}{name}.')
             if found:
                 return found
-        elif isinstance(value, torch.Tensor) and value.is_floating_point() and \
-                not torch.isfinite(value).all():
+        elif (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not torch.isfinite(value).all()
+        ):
             return prefix + name
     return None
 
@@ -214,10 +247,17 @@ def picture_paths(photos: Sequence[str], out_dir: str) -> Dict[str, str]:
     """photo -> where its picture goes: ``out_dir/<photo name>.png``, checked before any
     work (checkpoints.paths: ``out_dir`` a folder, no photo overwritten, no two pictures on
     one path, no file replaced that our tools did not write)."""
-    outputs = {f'picture of {photo}': os.path.join(
-        out_dir, os.path.splitext(os.path.basename(photo))[0] + '.png') for photo in photos}
-    plan_outputs(inputs={f'photo {photo}': photo for photo in photos}, outputs=outputs,
-                 folders={'picture folder (--out-dir)': out_dir})
+    outputs = {
+        f'picture of {photo}': os.path.join(
+            out_dir, os.path.splitext(os.path.basename(photo))[0] + '.png'
+        )
+        for photo in photos
+    }
+    plan_outputs(
+        inputs={f'photo {photo}': photo for photo in photos},
+        outputs=outputs,
+        folders={'picture folder (--out-dir)': out_dir},
+    )
     return {photo: outputs[f'picture of {photo}'] for photo in photos}
 
 
@@ -228,9 +268,15 @@ def write_picture(picture: np.ndarray, path: str):
         f.write(data)
 
 
-def run_demo(config, checkpoint: str, photos: Sequence[str], out_dir: Optional[str] = None,
-             deploy: bool = False, device: str = 'cpu', score_thr: float = 0.3
-             ) -> Tuple[List[PhotoResult], str]:
+def run_demo(
+    config,
+    checkpoint: str,
+    photos: Sequence[str],
+    out_dir: Optional[str] = None,
+    deploy: bool = False,
+    device: str = 'cpu',
+    score_thr: float = 0.3,
+) -> Tuple[List[PhotoResult], str]:
     """``PhotoDemo`` on ``photos``; with ``out_dir``, each picture written there as
     ``<photo name>.png`` (paths checked before the model is built). Returns the results
     and where the class names came from (``metadata.dataset_meta``)."""

@@ -4,6 +4,7 @@ predict_photos for the codebases' inferencers) and the config's
 test-pipeline resizing as steps tools/onnx_infer.py repeats on a photo
 (``predict.preprocess``). tools/export_onnx.py stores them in the ONNX metadata.
 """
+
 import numbers
 from typing import List, Optional, Tuple
 
@@ -14,15 +15,19 @@ from .photos import pad_size
 
 
 def num_classes_of(model: nn.Module) -> int:
-    head = {'detection': 'bbox_head', 'segmentation': 'decode_head',
-            'classification': 'head'}[task_of(model)]
+    head = {'detection': 'bbox_head', 'segmentation': 'decode_head', 'classification': 'head'}[
+        task_of(model)
+    ]
     return int(getattr(model, head).num_classes)
 
 
 def _test_dataset_cfg(cfg) -> dict:
     dataset = (cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}).get('dataset')
-    while isinstance(dataset, dict) and 'pipeline' not in dataset and \
-            isinstance(dataset.get('dataset'), dict):  # a wrapper (RepeatDataset, ...)
+    while (
+        isinstance(dataset, dict)
+        and 'pipeline' not in dataset
+        and isinstance(dataset.get('dataset'), dict)
+    ):  # a wrapper (RepeatDataset, ...)
         dataset = dataset['dataset']
     return dataset or {}
 
@@ -39,19 +44,22 @@ def dataset_meta(cfg, checkpoint: dict, model: nn.Module) -> Tuple[dict, str]:
     if not recorded.get('classes'):
         recorded = dict(classes=meta.get('CLASSES'))
     dataset = _test_dataset_cfg(cfg)
-    candidates = [(recorded, "the checkpoint's meta"),
-                  (dataset.get('metainfo') or {}, "the config's test dataset metainfo")]
+    candidates = [
+        (recorded, "the checkpoint's meta"),
+        (dataset.get('metainfo') or {}, "the config's test dataset metainfo"),
+    ]
     if dataset.get('type'):
         dataset_type = _registry(codebase_of(cfg), 'DATASETS').get(dataset['type'])
-        candidates.append((getattr(dataset_type, 'METAINFO', {}),
-                           f'{dataset["type"]}.METAINFO'))
+        candidates.append((getattr(dataset_type, 'METAINFO', {}), f'{dataset["type"]}.METAINFO'))
     count = num_classes_of(model)
     for info, source in candidates:
         names = info.get('classes')
         if names:
             if len(names) != count:
-                return {}, (f'{source} lists {len(names)} class names but the model predicts '
-                            f'{count} classes: names left out')
+                return {}, (
+                    f'{source} lists {len(names)} class names but the model predicts '
+                    f'{count} classes: names left out'
+                )
             found = dict(classes=[str(n) for n in names])
             palette = info.get('palette')
             if palette is not None and len(palette) == count:
@@ -68,13 +76,21 @@ def class_names(cfg, checkpoint: dict, model: nn.Module) -> Tuple[List[str], str
 
 
 # Test-pipeline transforms that do not change the image (loading as cv2 does, packing).
-_PASSIVE = ('LoadImageFromFile', 'InferencerLoader', 'LoadAnnotations', 'PackDetInputs',
-            'PackSegInputs', 'PackInputs', 'PackClsInputs')
+_PASSIVE = (
+    'LoadImageFromFile',
+    'InferencerLoader',
+    'LoadAnnotations',
+    'PackDetInputs',
+    'PackSegInputs',
+    'PackInputs',
+    'PackClsInputs',
+)
 
 
 def _pair(value) -> List[int]:
-    return [int(value), int(value)] if isinstance(value, numbers.Number) else \
-        [int(v) for v in value]
+    return (
+        [int(value), int(value)] if isinstance(value, numbers.Number) else [int(v) for v in value]
+    )
 
 
 def _pad_step(transform: dict) -> dict:
@@ -83,11 +99,13 @@ def _pad_step(transform: dict) -> dict:
     pad_val = transform.get('pad_val', dict(img=0))
     pad_val = pad_val.get('img', 0) if isinstance(pad_val, dict) else pad_val
     size = transform.get('size')
-    return dict(op='pad', size=None if size is None else _pair(size),
-                size_divisor=transform.get('size_divisor'),
-                pad_to_square=bool(transform.get('pad_to_square', False)),
-                pad_val=[int(v) for v in pad_val] if isinstance(pad_val, (list, tuple))
-                else int(pad_val))
+    return dict(
+        op='pad',
+        size=None if size is None else _pair(size),
+        size_divisor=transform.get('size_divisor'),
+        pad_to_square=bool(transform.get('pad_to_square', False)),
+        pad_val=[int(v) for v in pad_val] if isinstance(pad_val, (list, tuple)) else int(pad_val),
+    )
 
 
 def preprocess_steps(cfg) -> Tuple[Optional[List[dict]], str]:
@@ -100,24 +118,42 @@ def preprocess_steps(cfg) -> Tuple[Optional[List[dict]], str]:
     steps = []
     for transform in _test_dataset_cfg(cfg).get('pipeline') or []:
         name = str(transform.get('type', '')).split('.')[-1]
-        options = dict(interpolation=transform.get('interpolation', 'bilinear'),
-                       backend=transform.get('backend', 'cv2'))
+        options = dict(
+            interpolation=transform.get('interpolation', 'bilinear'),
+            backend=transform.get('backend', 'cv2'),
+        )
         if name in ('LoadImageFromFile', 'InferencerLoader') and (
-                transform.get('color_type', 'color') != 'color'
-                or transform.get('imdecode_backend', 'cv2') != 'cv2'):
+            transform.get('color_type', 'color') != 'color'
+            or transform.get('imdecode_backend', 'cv2') != 'cv2'
+        ):
             return None, f'{name} with {transform}'
         if name in _PASSIVE:
             continue
         if name == 'Resize' and transform.get('scale') is not None:
-            steps.append(dict(op='resize', size=_pair(transform['scale']),
-                              keep_ratio=bool(transform.get('keep_ratio', False)), **options))
+            steps.append(
+                dict(
+                    op='resize',
+                    size=_pair(transform['scale']),
+                    keep_ratio=bool(transform.get('keep_ratio', False)),
+                    **options,
+                )
+            )
         elif name == 'ResizeEdge':
-            steps.append(dict(op='resize_edge', scale=int(transform['scale']),
-                              edge=transform.get('edge', 'short'), **options))
+            steps.append(
+                dict(
+                    op='resize_edge',
+                    scale=int(transform['scale']),
+                    edge=transform.get('edge', 'short'),
+                    **options,
+                )
+            )
         elif name == 'CenterCrop' and not transform.get('auto_pad', False):
             steps.append(dict(op='center_crop', size=_pair(transform['crop_size'])))
-        elif name == 'Pad' and transform.get('padding_mode', 'constant') == 'constant' \
-                and codebase_of(cfg) == 'mmdet':  # boxes ignore it; label maps would not
+        elif (
+            name == 'Pad'
+            and transform.get('padding_mode', 'constant') == 'constant'
+            and codebase_of(cfg) == 'mmdet'
+        ):  # boxes ignore it; label maps would not
             steps.append(_pad_step(transform))
         else:
             return None, f"the test pipeline's {name}"
@@ -135,11 +171,10 @@ def fixed_input_shape(steps: Optional[List[dict]]) -> Optional[Tuple[int, int]]:
         if step['op'] == 'center_crop' or (step['op'] == 'resize' and not step['keep_ratio']):
             shape = bound = (step['size'][1], step['size'][0])
         elif step['op'] == 'resize' and step['keep_ratio']:
-            shape, bound = None, (max(step['size']), ) * 2  # the long side fits max(size)
+            shape, bound = None, (max(step['size']),) * 2  # the long side fits max(size)
         elif step['op'] == 'pad' and not step['pad_to_square']:
             if step['size_divisor']:
-                shape = bound = None if shape is None else \
-                    pad_size(step, shape[1], shape[0])[::-1]
+                shape = bound = None if shape is None else pad_size(step, shape[1], shape[0])[::-1]
             elif step['size'] is not None:
                 size = (step['size'][1], step['size'][0])
                 fits = bound is not None and bound[0] <= size[0] and bound[1] <= size[1]
@@ -157,7 +192,13 @@ def export_metadata(cfg, checkpoint: dict, model: nn.Module, config_path: str = 
     steps, unsupported = preprocess_steps(cfg)
     notes = [] if classes else [source]
     if steps is None:
-        notes.append(f'{unsupported} is not repeated by onnx_infer: photos are resized to '
-                     f'the graph input')
-    return dict(classes=classes, classes_source=source if classes else '',
-                preprocess=steps, config=config_path, notes=notes)
+        notes.append(
+            f'{unsupported} is not repeated by onnx_infer: photos are resized to the graph input'
+        )
+    return dict(
+        classes=classes,
+        classes_source=source if classes else '',
+        preprocess=steps,
+        config=config_path,
+        notes=notes,
+    )

@@ -13,18 +13,29 @@ asked for (``get_runtime``), with the extra that installs it.
     paths = export_to_runtime(config, checkpoint, 'model.xml', 'openvino')   # .export
     runner = load_runner('model.xml')             # the runtime picked by the file name
 """
+
 from .common import (
-                     PRECISIONS,
-                     RUNTIMES,
-                     Runtime,
-                     get_runtime,
-                     install_hint,
-                     load_runner,
-                     operator_error,
-                     runtime_of_path,
-                     write_staged,
+    PRECISIONS,
+    RUNTIMES,
+    Runtime,
+    get_runtime,
+    install_hint,
+    load_runner,
+    operator_error,
+    runtime_of_path,
+    write_staged,
 )
 from .export import export_to_runtime
 
-__all__ = ['PRECISIONS', 'RUNTIMES', 'Runtime', 'export_to_runtime', 'get_runtime',
-           'install_hint', 'load_runner', 'operator_error', 'runtime_of_path', 'write_staged']
+__all__ = [
+    'PRECISIONS',
+    'RUNTIMES',
+    'Runtime',
+    'export_to_runtime',
+    'get_runtime',
+    'install_hint',
+    'load_runner',
+    'operator_error',
+    'runtime_of_path',
+    'write_staged',
+]

@@ -2,6 +2,7 @@
 on real images against the float64 train form (``fusion.output_check``), in the form the
 artefact gives them (detections after mmdet's post-process, compared by IoU).
 """
+
 from typing import List, Sequence
 
 import numpy as np
@@ -28,8 +29,10 @@ def torch_reference(model: nn.Module, task: str, image: torch.Tensor):
         logits = model.encode_decode(x, [dict(img_shape=shape, pad_shape=shape)])
         return [logits, logits.argmax(1)]
     from mmdet.structures import DetDataSample
-    sample = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
-                                         scale_factor=(1.0, 1.0)))
+
+    sample = DetDataSample(
+        metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape, scale_factor=(1.0, 1.0))
+    )
     result = model.predict(x, [sample], rescale=False)[0].pred_instances
     return [result.bboxes, result.scores, result.labels]
 
@@ -38,15 +41,17 @@ def _float_outputs(module: nn.Module, image: torch.Tensor) -> List[torch.Tensor]
     return [t for t in pytree.tree_leaves(module(image)) if t.is_floating_point()]
 
 
-def verify_onnx(model: nn.Module, path: str, images: Sequence[np.ndarray],
-                score_thr: float = 0.3) -> dict:
+def verify_onnx(
+    model: nn.Module, path: str, images: Sequence[np.ndarray], score_thr: float = 0.3
+) -> dict:
     """Run an exported graph (a path or the serialized bytes) in onnxruntime and judge it
     as ``verify_runner`` does."""
     return verify_runner(model, SessionRunner(*load_session(path)), images, score_thr)
 
 
-def verify_runner(model: nn.Module, runner, images: Sequence[np.ndarray],
-                  score_thr: float = 0.3) -> dict:
+def verify_runner(
+    model: nn.Module, runner, images: Sequence[np.ndarray], score_thr: float = 0.3
+) -> dict:
     """Run an exported model (``runner``: a runtime's Runner, mobileone_mm.runtimes, with
     the export ``metadata``) and judge its float outputs (logits; boxes and per-anchor
     scores) by the shared criterion against ``model``, the PyTorch model it was exported
@@ -66,8 +71,9 @@ def verify_runner(model: nn.Module, runner, images: Sequence[np.ndarray],
     tensors = [torch.from_numpy(image) for image in images]
     reference = Reference(wrapper, tensors, _float_outputs)
     actual = [[np.asarray(a) for a in runner(image)] for image in images]
-    check = reference.judge([[torch.from_numpy(a) for a in out if a.dtype.kind == 'f']
-                             for out in actual])
+    check = reference.judge(
+        [[torch.from_numpy(a) for a in out if a.dtype.kind == 'f'] for out in actual]
+    )
     report = dict(task=task, images=len(images), **check)
     if task == 'detection':
         matches = []
@@ -76,14 +82,17 @@ def verify_runner(model: nn.Module, runner, images: Sequence[np.ndarray],
                 expected = [t.numpy() for t in torch_reference(model, task, image)]
             found = postprocess_detections(out[0][0], out[1][0], meta)
             matches.append(match_detections(found, expected, score_thr))
-        report.update(detections=sum(m['detections'] for m in matches),
-                      unmatched=sum(m['unmatched'] for m in matches),
-                      min_box_iou=min(m['min_box_iou'] for m in matches),
-                      max_score_diff=max(m['max_score_diff'] for m in matches))
+        report.update(
+            detections=sum(m['detections'] for m in matches),
+            unmatched=sum(m['unmatched'] for m in matches),
+            min_box_iou=min(m['min_box_iou'] for m in matches),
+            max_score_diff=max(m['max_score_diff'] for m in matches),
+        )
     else:
         report['logits_rel_diff'] = check.get('rel_diff')
     if task == 'segmentation':
         labels = [out.argmax(1) for out in (r[0] for r in reference.float32)]
-        report['label_agreement'] = min(float((a[1] == e.numpy()).mean())
-                                        for a, e in zip(actual, labels))
+        report['label_agreement'] = min(
+            float((a[1] == e.numpy()).mean()) for a, e in zip(actual, labels)
+        )
     return report

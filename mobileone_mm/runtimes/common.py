@@ -2,6 +2,7 @@
 installed, the precision one it takes), ``runtime_of_path`` / ``load_runner`` (an
 artefact by its file name), ``write_staged`` (all of an artefact's files or none),
 ``operator_error`` (an operator a runtime cannot take, with its layer)."""
+
 import importlib
 import importlib.util
 import os
@@ -14,27 +15,52 @@ from ..loading.config import ExportError
 
 
 class Runtime(NamedTuple):
-    module: str                   # the module implementing it (imported when used)
-    extra: str                    # pip install 'mobileone-mm[extra]'
-    precisions: Tuple[str, ...]   # what --precision takes
-    suffix: str                   # the artefact's file name ending
-    platform: str                 # where its artefacts run
+    module: str  # the module implementing it (imported when used)
+    extra: str  # pip install 'mobileone-mm[extra]'
+    precisions: Tuple[str, ...]  # what --precision takes
+    suffix: str  # the artefact's file name ending
+    platform: str  # where its artefacts run
     siblings: Tuple[Tuple[str, str], ...] = ()  # (ending, what) of the files beside it
 
 
 RUNTIMES = {
-    'onnxruntime': Runtime('mobileone_mm.runtimes.onnxruntime', 'onnx', ('fp32', 'int8'),
-                           '.onnx', 'x86 / ARM CPUs (Linux, Windows, macOS)'),
-    'openvino': Runtime('mobileone_mm.runtimes.openvino', 'openvino', ('fp32', 'int8'),
-                        '.xml', 'Intel / AMD x86 CPUs, Intel GPUs and NPUs',
-                        (('.bin', 'weights'), )),
-    'executorch': Runtime('mobileone_mm.runtimes.executorch', 'executorch',
-                          ('fp32', 'int8'), '.pte', 'Android / iOS (XNNPACK on ARM CPUs)'),
-    'ncnn': Runtime('mobileone_mm.runtimes.ncnn', 'ncnn', ('fp32', ),
-                    '.ncnn.param', 'Android / ARM boards (ARM CPUs, Vulkan GPUs)',
-                    (('.ncnn.bin', 'weights'), ('.ncnn.param.json', 'metadata sidecar'))),
-    'coreml': Runtime('mobileone_mm.runtimes.coreml', 'coreml', ('fp32', 'fp16'),
-                      '.mlpackage', 'iPhone / iPad / Mac (Apple Neural Engine, GPU, CPU)'),
+    'onnxruntime': Runtime(
+        'mobileone_mm.runtimes.onnxruntime',
+        'onnx',
+        ('fp32', 'int8'),
+        '.onnx',
+        'x86 / ARM CPUs (Linux, Windows, macOS)',
+    ),
+    'openvino': Runtime(
+        'mobileone_mm.runtimes.openvino',
+        'openvino',
+        ('fp32', 'int8'),
+        '.xml',
+        'Intel / AMD x86 CPUs, Intel GPUs and NPUs',
+        (('.bin', 'weights'),),
+    ),
+    'executorch': Runtime(
+        'mobileone_mm.runtimes.executorch',
+        'executorch',
+        ('fp32', 'int8'),
+        '.pte',
+        'Android / iOS (XNNPACK on ARM CPUs)',
+    ),
+    'ncnn': Runtime(
+        'mobileone_mm.runtimes.ncnn',
+        'ncnn',
+        ('fp32',),
+        '.ncnn.param',
+        'Android / ARM boards (ARM CPUs, Vulkan GPUs)',
+        (('.ncnn.bin', 'weights'), ('.ncnn.param.json', 'metadata sidecar')),
+    ),
+    'coreml': Runtime(
+        'mobileone_mm.runtimes.coreml',
+        'coreml',
+        ('fp32', 'fp16'),
+        '.mlpackage',
+        'iPhone / iPad / Mac (Apple Neural Engine, GPU, CPU)',
+    ),
 }
 PRECISIONS = ('fp32', 'fp16', 'int8')
 
@@ -51,20 +77,24 @@ def get_runtime(name: str, precision: str = 'fp32'):
         raise ExportError(f'Unknown runtime {name!r}: use one of {", ".join(RUNTIMES)}.')
     entry = RUNTIMES[name]
     if precision not in entry.precisions:
-        raise ExportError(f'The {name} runtime takes precision {" or ".join(entry.precisions)}'
-                          f', not {precision!r}.')
+        raise ExportError(
+            f'The {name} runtime takes precision {" or ".join(entry.precisions)}'
+            f', not {precision!r}.'
+        )
     try:
         module = importlib.import_module(entry.module)
     except ModuleNotFoundError as error:
         if error.name != entry.module:
             raise
-        raise ExportError(f'The {name} runtime is not part of this version of mobileone-mm '
-                          f'(no module {entry.module}): update it.') from None
-    missing = [package for package in module.PACKAGES
-               if importlib.util.find_spec(package) is None]
+        raise ExportError(
+            f'The {name} runtime is not part of this version of mobileone-mm '
+            f'(no module {entry.module}): update it.'
+        ) from None
+    missing = [package for package in module.PACKAGES if importlib.util.find_spec(package) is None]
     if missing:
-        raise ExportError(f'The {name} runtime is not installed (no {", ".join(missing)}): '
-                          f'{install_hint(name)}')
+        raise ExportError(
+            f'The {name} runtime is not installed (no {", ".join(missing)}): {install_hint(name)}'
+        )
     return module
 
 
@@ -72,9 +102,11 @@ def artefact_files(out: str, runtime: str) -> Dict[str, str]:
     """Every file of ``runtime``'s artefact ``out`` (ending in its suffix), by what it is:
     '{runtime} model' ``out``, then its siblings (an IR's weights ``X.bin``, ...)."""
     entry = RUNTIMES[runtime]
-    stem = os.fspath(out)[:-len(entry.suffix)]
-    return {f'{runtime} model': os.fspath(out),
-            **{f'{runtime} {what}': stem + ending for ending, what in entry.siblings}}
+    stem = os.fspath(out)[: -len(entry.suffix)]
+    return {
+        f'{runtime} model': os.fspath(out),
+        **{f'{runtime} {what}': stem + ending for ending, what in entry.siblings},
+    }
 
 
 def runtime_of_path(path: str) -> str:
@@ -83,9 +115,12 @@ def runtime_of_path(path: str) -> str:
     name = os.path.basename(os.path.normpath(os.fspath(path)))
     matches = [runtime for runtime, entry in RUNTIMES.items() if name.endswith(entry.suffix)]
     if not matches:
-        raise ExportError(f'{os.fspath(path)!r} is not an artefact of a runtime this project '
-                          f'exports to: the file name must end in ' +
-                          ', '.join(f'{e.suffix} ({r})' for r, e in RUNTIMES.items()) + '.')
+        raise ExportError(
+            f'{os.fspath(path)!r} is not an artefact of a runtime this project '
+            f'exports to: the file name must end in '
+            + ', '.join(f'{e.suffix} ({r})' for r, e in RUNTIMES.items())
+            + '.'
+        )
     return matches[0]
 
 
@@ -96,8 +131,10 @@ def load_runner(path: str, runtime: Optional[str] = None, threads: Optional[int]
     name = runtime or runtime_of_path(path)
     module = get_runtime(name, RUNTIMES[name].precisions[0])
     if not module.RUNS_HERE:
-        raise ExportError(f'{os.fspath(path)!r} is a {name} artefact: it runs only on '
-                          f'{RUNTIMES[name].platform}, not here.')
+        raise ExportError(
+            f'{os.fspath(path)!r} is a {name} artefact: it runs only on '
+            f'{RUNTIMES[name].platform}, not here.'
+        )
     return module.load(os.fspath(path), threads)
 
 
@@ -110,8 +147,9 @@ def write_staged(out: str, write: Callable[[str], object]) -> List[str]:
     out = os.path.abspath(os.fspath(out))
     directory = os.path.dirname(out)
     os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f'.{os.path.basename(out)}.tmp-',
-                                     dir=directory) as stage:
+    with tempfile.TemporaryDirectory(
+        prefix=f'.{os.path.basename(out)}.tmp-', dir=directory
+    ) as stage:
         write(os.path.join(stage, os.path.basename(out)))
         names = sorted(os.listdir(stage), key=lambda n: n != os.path.basename(out))
         moved = []
@@ -129,16 +167,19 @@ def write_staged(out: str, write: Callable[[str], object]) -> List[str]:
     return moved
 
 
-def operator_error(runtime: str, operator: str, wrapper=None, example=None,
-                   detail: str = '') -> ExportError:
+def operator_error(
+    runtime: str, operator: str, wrapper=None, example=None, detail: str = ''
+) -> ExportError:
     """The ExportError of an operator ``runtime`` cannot take, naming the layer of
     ``wrapper`` that runs it (found by running ``wrapper`` on ``example`` and recording
     which module calls an aten operator of that name)."""
     layer = layer_running(operator, wrapper, example) if wrapper is not None else None
     where = f' in layer {layer!r}' if layer else ''
     detail = f' ({detail})' if detail else ''
-    return ExportError(f'The {runtime} runtime cannot take the operator {operator}{where}'
-                       f'{detail}: replace that layer, or export to another runtime.')
+    return ExportError(
+        f'The {runtime} runtime cannot take the operator {operator}{where}'
+        f'{detail}: replace that layer, or export to another runtime.'
+    )
 
 
 def layer_running(operator: str, wrapper, example) -> Optional[str]:
@@ -147,6 +188,7 @@ def layer_running(operator: str, wrapper, example) -> Optional[str]:
     the namespace, case and underscores), None when none does."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+
     key = lambda name: re.sub(r'[^a-z0-9]', '', name.split('::')[-1].split('.')[-1].lower())  # noqa: E731
     wanted = key(operator)
     names = {module: name for name, module in wrapper.named_modules()}
@@ -158,8 +200,9 @@ def layer_running(operator: str, wrapper, example) -> Optional[str]:
     def leave(*_):
         stack.pop()
 
-    hooks = [m.register_forward_pre_hook(enter) for m in names] + \
-        [m.register_forward_hook(leave) for m in names]
+    hooks = [m.register_forward_pre_hook(enter) for m in names] + [
+        m.register_forward_hook(leave) for m in names
+    ]
 
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -177,4 +220,3 @@ def layer_running(operator: str, wrapper, example) -> Optional[str]:
         for hook in hooks:
             hook.remove()
     return found[0] if found else None
-

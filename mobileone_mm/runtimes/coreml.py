@@ -11,6 +11,7 @@ the class names, the convolutions against the fused model's), not by its outputs
 Differences from the ONNX graph: the segmentor's ``labels`` are int32 (Core ML has no
 int64), and the input is named ``image`` as there.
 """
+
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from .wrappers import WRAPPERS, count_conv_calls
 
 NAME = 'coreml'
 EXTRA = 'coreml'
-PACKAGES = ('coremltools', )
+PACKAGES = ('coremltools',)
 PRECISIONS = ('fp32', 'fp16')
 SUFFIX = '.mlpackage'
 RUNS_HERE = False
@@ -44,17 +45,20 @@ def _convert(program, wrapper: nn.Module, example: torch.Tensor, precision: str)
     """The coremltools MLModel of ``program`` (``wrapper`` as ``torch.export`` gives it):
     an ML Program, input ``image``, float outputs float32."""
     import coremltools as ct
+
     with torch.no_grad():
         outputs = wrapper(example)
     outputs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
     model = ct.convert(
-        program, convert_to='mlprogram',
+        program,
+        convert_to='mlprogram',
         minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
-        compute_precision=dict(fp16=ct.precision.FLOAT16,
-                               fp32=ct.precision.FLOAT32)[precision],
-        outputs=[ct.TensorType(name=name, dtype=np.float32 if out.is_floating_point()
-                               else np.int32)
-                 for name, out in zip(wrapper.output_names, outputs)])
+        compute_precision=dict(fp16=ct.precision.FLOAT16, fp32=ct.precision.FLOAT32)[precision],
+        outputs=[
+            ct.TensorType(name=name, dtype=np.float32 if out.is_floating_point() else np.int32)
+            for name, out in zip(wrapper.output_names, outputs)
+        ],
+    )
     spec = model.get_spec()
     ct.utils.rename_feature(spec, spec.description.input[0].name, INPUT_NAME)
     return ct.models.MLModel(spec, weights_dir=model.weights_dir, skip_model_load=True)
@@ -71,11 +75,11 @@ def unconvertible_message(error: Exception, program) -> str:
         for node in program.graph.nodes:
             if name in (node.name, getattr(node.target, '__name__', '').split('.')[0]):
                 stack = list(node.meta.get('nn_module_stack', {}).values())
-                where = f' (operator {name}, module {stack[-1][0]})' if stack else \
-                    f' (operator {name})'
+                where = (
+                    f' (operator {name}, module {stack[-1][0]})' if stack else f' (operator {name})'
+                )
                 break
-    return (f'coreml: coremltools could not convert the model{where}: '
-            f'{type(error).__name__}: {text}')
+    return f'coreml: coremltools could not convert the model{where}: {type(error).__name__}: {text}'
 
 
 def _replace_folder(built: str, out: str):
@@ -91,33 +95,44 @@ def _replace_folder(built: str, out: str):
         shutil.rmtree(aside)
 
 
-def export(wrapper: nn.Module, example: torch.Tensor, out: str, metadata: dict,
-           precision: str = 'fp32', calibration: Optional[List[np.ndarray]] = None
-           ) -> List[str]:
+def export(
+    wrapper: nn.Module,
+    example: torch.Tensor,
+    out: str,
+    metadata: dict,
+    precision: str = 'fp32',
+    calibration: Optional[List[np.ndarray]] = None,
+) -> List[str]:
     """Write ``out`` (an ``.mlpackage`` folder), all of it or nothing; returns [out]. See
     the runtime interface (mobileone_mm/runtimes) and this module's docstring."""
     if precision not in PRECISIONS:
-        raise ValueError(f'Core ML exports precision {" or ".join(PRECISIONS)}, not '
-                         f'{precision!r}.')
+        raise ValueError(f'Core ML exports precision {" or ".join(PRECISIONS)}, not {precision!r}.')
     out = os.path.abspath(check_extension(out, [SUFFIX], 'Core ML artefact'))
     if os.path.lexists(out) and not os.path.isdir(out):
-        raise ExportError(f'{out!r} exists and is not an .mlpackage folder: choose another '
-                          f'name.')
+        raise ExportError(f'{out!r} exists and is not an .mlpackage folder: choose another name.')
     with torch.no_grad():
-        program = torch.export.export(wrapper, (example, )).run_decompositions({})
+        program = torch.export.export(wrapper, (example,)).run_decompositions({})
     try:
         model = _convert(program, wrapper, example, precision)
     except Exception as error:  # coremltools names the op it has no conversion for
         raise ExportError(unconvertible_message(error, program)) from error
-    stored = {'input_shape': list(example.shape[2:]), **metadata, 'runtime': NAME,
-              'precision': precision, 'outputs': list(wrapper.output_names)}
+    stored = {
+        'input_shape': list(example.shape[2:]),
+        **metadata,
+        'runtime': NAME,
+        'precision': precision,
+        'outputs': list(wrapper.output_names),
+    }
     for key, value in stored.items():
         model.user_defined_metadata[key] = json.dumps(value)
-    model.input_description[INPUT_NAME] = ('float32 (1, 3, H, W) BGR 0..255 as cv2 reads '
-                                           'it, resized; normalisation is inside')
+    model.input_description[INPUT_NAME] = (
+        'float32 (1, 3, H, W) BGR 0..255 as cv2 reads it, resized; normalisation is inside'
+    )
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    work = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f'.{os.path.basename(out)}'
-                            f'{TEMP_MARK}{socket.gethostname()}-{os.getpid()}-')
+    work = tempfile.mkdtemp(
+        dir=os.path.dirname(out),
+        prefix=f'.{os.path.basename(out)}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}-',
+    )
     try:
         built = os.path.join(work, os.path.basename(out))
         model.save(built)
@@ -133,10 +148,12 @@ def read_program(path: str):
     loaded from the weights file)."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load
+
     model = ct.models.MLModel(path, skip_model_load=True)
     spec = model.get_spec()
-    program = load(spec, specification_version=spec.specificationVersion,
-                   file_weights_dir=model.weights_dir)
+    program = load(
+        spec, specification_version=spec.specificationVersion, file_weights_dir=model.weights_dir
+    )
     return spec, program
 
 
@@ -150,14 +167,18 @@ def _has_constant(program, values: np.ndarray, rtol: float) -> bool:
     for op in _operations(program):
         if op.op_type == 'const' and op.val.val is not None:
             value = np.asarray(op.val.val)
-            if value.size == values.size and value.dtype.kind == 'f' and np.allclose(
-                    value.reshape(-1).astype(np.float64), values, rtol=rtol, atol=0):
+            if (
+                value.size == values.size
+                and value.dtype.kind == 'f'
+                and np.allclose(value.reshape(-1).astype(np.float64), values, rtol=rtol, atol=0)
+            ):
                 return True
     return False
 
 
-def check_structure(path: str, fused_model: nn.Module, example: torch.Tensor,
-                    classes: Optional[List[str]] = None) -> dict:
+def check_structure(
+    path: str, fused_model: nn.Module, example: torch.Tensor, classes: Optional[List[str]] = None
+) -> dict:
     """What can be checked of a Core ML artefact without Apple's runtime, against the
     fused model it was exported from at ``example``'s shape:
 
@@ -174,6 +195,7 @@ def check_structure(path: str, fused_model: nn.Module, example: torch.Tensor,
 
     Returns ``passed`` and ``problems`` (one line each), and what was read."""
     from ..predict.metadata import num_classes_of
+
     spec, program = read_program(path)
     task = task_of(fused_model)
     wrapper = WRAPPERS[task](fused_model, tuple(example.shape[2:])).eval()
@@ -184,15 +206,17 @@ def check_structure(path: str, fused_model: nn.Module, example: torch.Tensor,
 
     inputs = [(i.name, list(i.type.multiArrayType.shape)) for i in spec.description.input]
     if inputs != [(INPUT_NAME, list(example.shape))]:
-        problems.append(f'inputs are {inputs}, expected [({INPUT_NAME!r}, '
-                        f'{list(example.shape)})]')
+        problems.append(f'inputs are {inputs}, expected [({INPUT_NAME!r}, {list(example.shape)})]')
     outputs = [(o.name, list(o.type.multiArrayType.shape)) for o in spec.description.output]
     wanted = [(name, list(t.shape)) for name, t in zip(wrapper.output_names, expected)]
     if outputs != wanted:
         problems.append(f'outputs are {outputs}, expected {wanted}')
 
-    meta = {k: json.loads(v) for k, v in spec.description.metadata.userDefined.items()
-            if not k.startswith('com.github.apple')}
+    meta = {
+        k: json.loads(v)
+        for k, v in spec.description.metadata.userDefined.items()
+        if not k.startswith('com.github.apple')
+    }
     precision = meta.get('precision')
     rtol = 1e-3 if precision == 'fp16' else 1e-6
     normalize = wrapper.normalize
@@ -208,22 +232,35 @@ def check_structure(path: str, fused_model: nn.Module, example: torch.Tensor,
     if classes is not None and stored != list(classes):
         problems.append(f'class names {stored} in the metadata, expected {list(classes)}')
     if stored and len(stored) != count:
-        problems.append(f'{len(stored)} class names in the metadata for a model of '
-                        f'{count} classes')
+        problems.append(f'{len(stored)} class names in the metadata for a model of {count} classes')
     if meta.get('task') not in (None, task):
         problems.append(f'metadata task {meta.get("task")!r}, the model is a {task} model')
 
-    weights = {str(op.weight.val.dtype) for op in _operations(program)
-               if op.op_type == 'conv' and op.weight.val is not None}
+    weights = {
+        str(op.weight.val.dtype)
+        for op in _operations(program)
+        if op.op_type == 'conv' and op.weight.val is not None
+    }
     wanted_weights = {dict(fp16='float16', fp32='float32').get(precision)}
     if weights != wanted_weights:
-        problems.append(f'convolution weights are {sorted(weights)} in a {precision!r} '
-                        f'artefact, expected {sorted(map(str, wanted_weights))}')
+        problems.append(
+            f'convolution weights are {sorted(weights)} in a {precision!r} '
+            f'artefact, expected {sorted(map(str, wanted_weights))}'
+        )
     ops = Counter(op.op_type for op in _operations(program))
     torch_convs = count_conv_calls(wrapper, example)
     if ops['conv'] != torch_convs:
-        problems.append(f'{ops["conv"]} convolutions in the program, the fused model runs '
-                        f'{torch_convs}')
-    return dict(passed=not problems, problems=problems, task=task, inputs=inputs,
-                outputs=outputs, metadata=meta, convs=ops['conv'], torch_convs=torch_convs,
-                ops=dict(ops))
+        problems.append(
+            f'{ops["conv"]} convolutions in the program, the fused model runs {torch_convs}'
+        )
+    return dict(
+        passed=not problems,
+        problems=problems,
+        task=task,
+        inputs=inputs,
+        outputs=outputs,
+        metadata=meta,
+        convs=ops['conv'],
+        torch_convs=torch_convs,
+        ops=dict(ops),
+    )

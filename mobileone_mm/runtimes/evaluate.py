@@ -9,6 +9,7 @@ the config-level int8 quantization of tools/quantize.py (``quantize_checkpoint``
   them), scored by the config's own ``val_evaluator`` (mmdet's CocoMetric, mmseg's
   IoUMetric, mmpretrain's Accuracy ...) against the val set's annotations.
 """
+
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -21,27 +22,35 @@ from ..loading.data import dataset_of
 from ..predict.metadata import export_metadata, fixed_input_shape
 from ..predict.photos import preprocess, read_photo
 from ..predict.prediction import graph_input_shape, predict
+from .int8_check import describe_int8, judge_int8
 from .onnx_graphs import build_onnx, load_session
 from .onnxruntime_int8 import QuantizeError, layer_sensitivity, output_layers, quantize_graph
-from .int8_check import describe_int8, judge_int8
 
 
-def graph_images(cfg, meta: dict, session, split: str = 'train', num_images: int = 16
-                 ) -> List[np.ndarray]:
+def graph_images(
+    cfg, meta: dict, session, split: str = 'train', num_images: int = 16
+) -> List[np.ndarray]:
     """The first ``num_images`` images of ``split`` (fewer when the set is smaller) as the
     graph behind ``session`` takes them: (1, 3, H, W) float32 BGR 0..255, the photo put
     through the test pipeline of the graph's metadata."""
-    return dataset_images(cfg, meta.get('preprocess'), graph_input_shape(session), split,
-                          num_images)
+    return dataset_images(
+        cfg, meta.get('preprocess'), graph_input_shape(session), split, num_images
+    )
 
 
-def dataset_images(cfg, steps: Optional[List[dict]], shape: Optional[Sequence[int]],
-                   split: str = 'train', num_images: int = 16) -> List[np.ndarray]:
+def dataset_images(
+    cfg,
+    steps: Optional[List[dict]],
+    shape: Optional[Sequence[int]],
+    split: str = 'train',
+    num_images: int = 16,
+) -> List[np.ndarray]:
     """``graph_images`` for any exported model: the photos through the test pipeline
     ``steps`` (metadata ``preprocess``), resized to ``shape`` (H, W) where that is fixed."""
     if not (isinstance(num_images, int) and num_images >= 1):
-        raise DeployError(f'The number of images must be a whole number of at least 1, '
-                          f'got {num_images!r}.')
+        raise DeployError(
+            f'The number of images must be a whole number of at least 1, got {num_images!r}.'
+        )
     dataset = dataset_of(cfg, split)
     images = []
     for index in range(min(num_images, len(dataset))):
@@ -55,12 +64,15 @@ def _with_prediction(sample, prediction):
     """The dataset's data sample with the prediction set as the codebase's model sets it."""
     if prediction.task == 'detection':
         from mmengine.structures import InstanceData
+
         sample.pred_instances = InstanceData(
             bboxes=torch.from_numpy(np.asarray(prediction.boxes, np.float32)),
             scores=torch.from_numpy(np.asarray(prediction.scores, np.float32)),
-            labels=torch.from_numpy(np.asarray(prediction.labels, np.int64)))
+            labels=torch.from_numpy(np.asarray(prediction.labels, np.int64)),
+        )
     elif prediction.task == 'segmentation':
         from mmengine.structures import PixelData
+
         sample.pred_sem_seg = PixelData(data=torch.from_numpy(prediction.label_map)[None])
     else:
         scores = torch.from_numpy(prediction.scores)
@@ -72,6 +84,7 @@ def evaluate_graph(cfg, session, meta: dict, num_images: Optional[int] = None) -
     """The config's ``val_evaluator`` metrics of the graph on the val set (the first
     ``num_images`` images; all by default)."""
     from mmengine.evaluator import Evaluator
+
     dataset = dataset_of(cfg, 'val')
     count = len(dataset) if num_images is None else min(num_images, len(dataset))
     _registry(codebase_of(cfg), 'METRICS')  # the codebase's scope, for its metrics
@@ -81,8 +94,10 @@ def evaluate_graph(cfg, session, meta: dict, num_images: Optional[int] = None) -
         data = dataset[index]
         sample = data['data_samples']
         prediction = predict(session, meta, read_photo(sample.img_path))
-        evaluator.process([_with_prediction(sample, prediction)],
-                          dict(inputs=[data['inputs']], data_samples=[sample]))
+        evaluator.process(
+            [_with_prediction(sample, prediction)],
+            dict(inputs=[data['inputs']], data_samples=[sample]),
+        )
     return evaluator.evaluate(count)
 
 
@@ -95,11 +110,18 @@ def one_batch(outputs: List[list]) -> List[list]:
     return [[np.concatenate(arrays) for arrays in zip(*outputs)]]
 
 
-def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
-                        calib_split: str = 'train', method: str = 'minmax',
-                        shape: Optional[Sequence[int]] = None, dynamic: bool = False,
-                        check_images: int = 8, float_layers: int = 0,
-                        evaluate: bool = False) -> Tuple[bytes, dict]:
+def quantize_checkpoint(
+    config,
+    checkpoint: str,
+    calib_images: int = 32,
+    calib_split: str = 'train',
+    method: str = 'minmax',
+    shape: Optional[Sequence[int]] = None,
+    dynamic: bool = False,
+    check_images: int = 8,
+    float_layers: int = 0,
+    evaluate: bool = False,
+) -> Tuple[bytes, dict]:
     """tools/quantize.py: a trained model's int8 ONNX graph and what was measured.
 
     The float32 graph is the one tools/export_onnx.py writes (``build_onnx`` with
@@ -131,17 +153,27 @@ def quantize_checkpoint(config, checkpoint: str, calib_images: int = 32,
         inputs, source = graph_images(cfg, meta, session, 'val', check_images), 'val'
     except DeployError:
         inputs, source = calibration[:check_images], calib_split
-    check = judge_int8(one_batch([session.run(None, {'image': x}) for x in inputs]),
-                       one_batch([session8.run(None, {'image': x}) for x in inputs]),
-                       meta['task'], meta)
-    report = dict(task=meta['task'], shape=shape, notes=metadata['notes'],
-                  classes_source=metadata['classes_source'] or 'none, class numbers shown',
-                  calibration=f'{len(calibration)} {calib_split} images, {method}',
-                  float_nodes=keep, check=check,
-                  check_images=f'{len(inputs)} {source} images')
+    check = judge_int8(
+        one_batch([session.run(None, {'image': x}) for x in inputs]),
+        one_batch([session8.run(None, {'image': x}) for x in inputs]),
+        meta['task'],
+        meta,
+    )
+    report = dict(
+        task=meta['task'],
+        shape=shape,
+        notes=metadata['notes'],
+        classes_source=metadata['classes_source'] or 'none, class numbers shown',
+        calibration=f'{len(calibration)} {calib_split} images, {method}',
+        float_nodes=keep,
+        check=check,
+        check_images=f'{len(inputs)} {source} images',
+    )
     if not check['passed']:
-        raise QuantizeError(describe_int8(check) + f' on {report["check_images"]}. Nothing '
-                            f'written. Calibrate on more images, or on the other split.')
+        raise QuantizeError(
+            describe_int8(check) + f' on {report["check_images"]}. Nothing '
+            f'written. Calibrate on more images, or on the other split.'
+        )
     if evaluate:
         report['fp32'] = evaluate_graph(cfg, session, meta)
         report['int8'] = evaluate_graph(cfg, session8, meta8)

@@ -25,6 +25,7 @@ the layer: an operator outside the Core ATen set ExecuTorch programs are made of
 verification), or one this runtime has no kernel for (checked at export against the
 runtime's operator registry, instead of failing when the program is loaded).
 """
+
 import json
 import re
 from typing import List, Optional, Sequence, Tuple
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 
 from ..checkpoints.io import atomic_file
-from ..checkpoints.paths import EXECUTORCH_METADATA_METHOD, check_input_file
+from ..checkpoints.marks import EXECUTORCH_METADATA_METHOD
+from ..checkpoints.paths import check_input_file
 from ..loading.config import ExportError
 from ..predict.photos import PredictError
 from ..predict.prediction import TASK_OUTPUTS
@@ -46,13 +48,23 @@ SUFFIX = '.pte'
 RUNS_HERE = True
 METADATA_METHOD = EXECUTORCH_METADATA_METHOD.decode()  # the mark reader finds it by name
 MAX_REQUANTIZATION = 256.0  # XNNPACK's limit for int8 convolutions / linear layers
-COMPUTE_OPS = ('aten.convolution.default', 'aten.conv2d.default', 'aten.linear.default',
-               'aten.addmm.default', 'aten.mm.default')
+COMPUTE_OPS = (
+    'aten.convolution.default',
+    'aten.conv2d.default',
+    'aten.linear.default',
+    'aten.addmm.default',
+    'aten.mm.default',
+)
 
 
-def export(wrapper: torch.nn.Module, example: torch.Tensor, out: str, metadata: dict,
-           precision: str = 'fp32', calibration: Optional[List[np.ndarray]] = None
-           ) -> List[str]:
+def export(
+    wrapper: torch.nn.Module,
+    example: torch.Tensor,
+    out: str,
+    metadata: dict,
+    precision: str = 'fp32',
+    calibration: Optional[List[np.ndarray]] = None,
+) -> List[str]:
     """The ``.pte`` program of ``wrapper`` at ``example``'s shape, written atomically to
     ``out`` (metadata inside it, module docstring); returns ``[out]``."""
     program, _ = build_program(wrapper, example, metadata, precision, calibration)
@@ -61,16 +73,21 @@ def export(wrapper: torch.nn.Module, example: torch.Tensor, out: str, metadata: 
     return [out]
 
 
-def build_program(wrapper: torch.nn.Module, example: torch.Tensor, metadata: dict,
-                  precision: str = 'fp32', calibration: Optional[List[np.ndarray]] = None
-                  ) -> Tuple[bytes, dict]:
+def build_program(
+    wrapper: torch.nn.Module,
+    example: torch.Tensor,
+    metadata: dict,
+    precision: str = 'fp32',
+    calibration: Optional[List[np.ndarray]] = None,
+) -> Tuple[bytes, dict]:
     """``export`` without writing: the serialized program and what XNNPACK runs of it
     (``delegation``)."""
     if precision not in PRECISIONS:
-        raise ExportError(f'The {NAME} runtime takes precision {" or ".join(PRECISIONS)}, '
-                          f'not {precision!r}.')
+        raise ExportError(
+            f'The {NAME} runtime takes precision {" or ".join(PRECISIONS)}, not {precision!r}.'
+        )
     with torch.no_grad():
-        exported = torch.export.export(wrapper.eval(), (example, ))
+        exported = torch.export.export(wrapper.eval(), (example,))
         if precision == 'int8':
             exported = quantize(exported, example, calibration)
     edge = lower(exported, metadata)
@@ -85,14 +102,17 @@ def quantize(exported, example: torch.Tensor, calibration: Optional[Sequence[np.
     docstring), calibrated on ``calibration`` (arrays of the example's shape). Layers
     whose int8 form XNNPACK refuses (``refused_layers``) are calibrated again in float."""
     from .onnxruntime_int8 import check_calibration
-    images = [torch.from_numpy(image)
-              for image in check_calibration(calibration or [], tuple(example.shape))]
+
+    images = [
+        torch.from_numpy(image)
+        for image in check_calibration(calibration or [], tuple(example.shape))
+    ]
     float_layers = set(output_layers(exported.graph))
     converted = _calibrated(exported, float_layers, images)
     refused = refused_layers(converted)
     if refused:
         converted = _calibrated(exported, float_layers | set(refused), images)
-    return torch.export.export(converted, (example, ))
+    return torch.export.export(converted, (example,))
 
 
 def _calibrated(exported, float_layers, images):
@@ -101,9 +121,12 @@ def _calibrated(exported, float_layers, images):
         get_symmetric_quantization_config,
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True)).set_filter_function(
-            lambda node: _in_network(node) and _layer(node) not in float_layers)
+
+    quantizer = (
+        XNNPACKQuantizer()
+        .set_global(get_symmetric_quantization_config(is_per_channel=True))
+        .set_filter_function(lambda node: _in_network(node) and _layer(node) not in float_layers)
+    )
     prepared = prepare_pt2e(exported.module(), quantizer)
     for image in images:
         prepared(image)
@@ -118,6 +141,7 @@ def refused_layers(converted) -> List[str]:
     instead). It happens when a layer's outputs are (nearly) constant on the calibration
     images, so that their int8 scale is tiny: a dead layer of a randomly initialised
     detector (the neck's first extra depthwise conv of the tiny SSDLite: 1.2e8)."""
+
     def scale(node):
         value = node.args[1]
         return getattr(converted, value.target) if isinstance(value, torch.fx.Node) else value
@@ -127,8 +151,12 @@ def refused_layers(converted) -> List[str]:
 
     found = []
     for node in converted.graph.nodes:
-        if not (node.op == 'call_function' and str(node.target) in COMPUTE_OPS
-                and is_dequantize(node.args[0]) and is_dequantize(node.args[1])):
+        if not (
+            node.op == 'call_function'
+            and str(node.target) in COMPUTE_OPS
+            and is_dequantize(node.args[0])
+            and is_dequantize(node.args[1])
+        ):
             continue
         after, output = node, None
         for _ in range(3):  # through a fused activation (ReLU, ReLU6) to the quantize
@@ -151,8 +179,9 @@ def _in_network(node) -> bool:
     """Whether ``node`` runs inside a layer of the wrapped network: not in the wrapper's
     own forward (box decoding, score softmax, output reshapes) nor in its input
     normalisation, which stay float as in the onnxruntime int8 graph."""
-    layers = [(path, kind) for path, kind in (node.meta.get('nn_module_stack') or {}).values()
-              if path]  # the wrapper itself is the entry with an empty path
+    layers = [
+        (path, kind) for path, kind in (node.meta.get('nn_module_stack') or {}).values() if path
+    ]  # the wrapper itself is the entry with an empty path
     return bool(layers) and not any(str(kind).endswith('Normalize') for _, kind in layers)
 
 
@@ -188,15 +217,20 @@ def lower(exported, metadata: dict):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     from torch._export.verifier import SpecViolationError
+
     try:
         return to_edge_transform_and_lower(
-            exported, partitioner=[XnnpackPartitioner()],
-            constant_methods={METADATA_METHOD: json.dumps(metadata)})
+            exported,
+            partitioner=[XnnpackPartitioner()],
+            constant_methods={METADATA_METHOD: json.dumps(metadata)},
+        )
     except SpecViolationError as error:
         found = re.search(r'torch\.ops\.([\w.]+)\]', str(error))
-        raise operator_error(found.group(1) if found else 'unknown', exported.graph,
-                             'not in the Core ATen operator set ExecuTorch programs are '
-                             'made of') from None
+        raise operator_error(
+            found.group(1) if found else 'unknown',
+            exported.graph,
+            'not in the Core ATen operator set ExecuTorch programs are made of',
+        ) from None
 
 
 def delegation(edge) -> dict:
@@ -204,23 +238,35 @@ def delegation(edge) -> dict:
     ``partitions``, and ``portable`` (operator -> count of those left to ExecuTorch's
     portable kernels; view / getitem bookkeeping not counted)."""
     from executorch.devtools.backend_debug import get_delegation_info
+
     info = get_delegation_info(edge.exported_program().graph_module)
-    portable = {name: int(entry.non_delegated)
-                for name, entry in sorted(info.delegation_by_operator.items())
-                if entry.non_delegated and name != 'getitem'}
-    return dict(delegated=int(info.num_delegated_nodes),
-                partitions=int(info.num_delegated_subgraphs), portable=portable)
+    portable = {
+        name: int(entry.non_delegated)
+        for name, entry in sorted(info.delegation_by_operator.items())
+        if entry.non_delegated and name != 'getitem'
+    }
+    return dict(
+        delegated=int(info.num_delegated_nodes),
+        partitions=int(info.num_delegated_subgraphs),
+        portable=portable,
+    )
 
 
 def operator_error(operator: str, graph, reason: str) -> ExportError:
     """The ExportError of an operator this runtime cannot take, naming the layer of the
     first node of ``graph`` that runs it."""
     key = operator.replace('::', '.')
-    layers = [_layer(node) for node in graph.nodes if node.op == 'call_function'
-              and (str(node.target) == key or _op_name(node.target) == operator)]
+    layers = [
+        _layer(node)
+        for node in graph.nodes
+        if node.op == 'call_function'
+        and (str(node.target) == key or _op_name(node.target) == operator)
+    ]
     where = f' in layer {layers[0]!r}' if layers and layers[0] else ''
-    return ExportError(f'The {NAME} runtime cannot take the operator {operator}{where} '
-                       f'({reason}): replace that layer, or export to another runtime.')
+    return ExportError(
+        f'The {NAME} runtime cannot take the operator {operator}{where} '
+        f'({reason}): replace that layer, or export to another runtime.'
+    )
 
 
 def _op_name(target) -> str:
@@ -234,13 +280,17 @@ def check_kernels(program):
     """ExportError for an operator left outside XNNPACK that this ExecuTorch runtime has
     no kernel for (loading the program would fail with 'Missing operator')."""
     from executorch.runtime import Runtime
+
     registered = Runtime.get().operator_registry.operator_names
     for plan in program.executorch_program.execution_plan:
         for op in plan.operators:
             name = f'{op.name}.{op.overload}' if op.overload else op.name
             if name not in registered:
-                raise operator_error(name, program.exported_program().graph,
-                                     'no kernel for it in this ExecuTorch runtime')
+                raise operator_error(
+                    name,
+                    program.exported_program().graph,
+                    'no kernel for it in this ExecuTorch runtime',
+                )
 
 
 class Runner:
@@ -253,9 +303,11 @@ class Runner:
         self.forward = program.load_method('forward')
         meta = self.forward.metadata
         if task not in TASK_OUTPUTS or meta.num_outputs() != len(TASK_OUTPUTS[task]):
-            raise PredictError(f'The ExecuTorch program {path!r} has {meta.num_outputs()} '
-                               f'outputs for task {task!r}, not ours: export it again with '
-                               f'tools/export.py --runtime executorch.')
+            raise PredictError(
+                f'The ExecuTorch program {path!r} has {meta.num_outputs()} '
+                f'outputs for task {task!r}, not ours: export it again with '
+                f'tools/export.py --runtime executorch.'
+            )
         sizes = tuple(meta.input_tensor_meta(0).sizes())
         self.input_size = sizes
         self.input_shape: Optional[Tuple[int, int]] = (int(sizes[2]), int(sizes[3]))
@@ -264,18 +316,22 @@ class Runner:
         """(1, 3, H, W) float32 BGR 0..255 at the program's shape -> the raw outputs."""
         image = np.asarray(image)
         if image.dtype != np.float32 or tuple(image.shape) != self.input_size:
-            raise PredictError(f'The ExecuTorch program {self.path!r} takes a float32 image '
-                               f'{self.input_size} (fixed at export); got {image.dtype} '
-                               f'{tuple(image.shape)}: resize the photo to it first.')
+            raise PredictError(
+                f'The ExecuTorch program {self.path!r} takes a float32 image '
+                f'{self.input_size} (fixed at export); got {image.dtype} '
+                f'{tuple(image.shape)}: resize the photo to it first.'
+            )
         outputs = self.forward.execute([torch.from_numpy(np.ascontiguousarray(image))])
         return [output.numpy() for output in outputs]
 
 
 def _metadata(program, path: str) -> dict:
     if METADATA_METHOD not in program.method_names:
-        raise PredictError(f'The ExecuTorch program {path!r} has no mobileone-mm metadata '
-                           f'(no method {METADATA_METHOD!r}): export it with '
-                           f'tools/export.py --runtime executorch.')
+        raise PredictError(
+            f'The ExecuTorch program {path!r} has no mobileone-mm metadata '
+            f'(no method {METADATA_METHOD!r}): export it with '
+            f'tools/export.py --runtime executorch.'
+        )
     return json.loads(program.load_method(METADATA_METHOD).execute([])[0])
 
 
@@ -283,13 +339,16 @@ def load(path: str, threads: Optional[int] = None) -> Runner:
     """The ``.pte`` program ready to run; a missing file or one that is not such a program
     is refused with PathError / PredictError naming it."""
     from executorch.runtime import Runtime
+
     path = check_input_file(path, 'ExecuTorch program')
     set_threads(threads)
     try:
         program = Runtime.get().load_program(path)
     except RuntimeError as error:
-        raise PredictError(f'{path!r} is not a readable ExecuTorch program ({error}): export '
-                           f'it again with tools/export.py --runtime executorch.') from None
+        raise PredictError(
+            f'{path!r} is not a readable ExecuTorch program ({error}): export '
+            f'it again with tools/export.py --runtime executorch.'
+        ) from None
     runner = Runner(program, path)
     _LOADED.append(path)
     return runner
@@ -304,11 +363,14 @@ def set_threads(threads: Optional[int]):
     it is replaced: so it is set before the first program is loaded, and a later load
     asking for another count is refused."""
     from executorch.extension.pybindings import portable_lib
+
     if not threads or threads == portable_lib._threadpool_get_thread_count():
         return
     if _LOADED:
-        raise PredictError(f'ExecuTorch runs every program of a process on one thread pool, '
-                           f'of {portable_lib._threadpool_get_thread_count()} threads since '
-                           f'{_LOADED[0]!r} was loaded; {threads} threads were asked for: '
-                           f'load every program with the same threads.')
+        raise PredictError(
+            f'ExecuTorch runs every program of a process on one thread pool, '
+            f'of {portable_lib._threadpool_get_thread_count()} threads since '
+            f'{_LOADED[0]!r} was loaded; {threads} threads were asked for: '
+            f'load every program with the same threads.'
+        )
     portable_lib._unsafe_reset_threadpool(threads)

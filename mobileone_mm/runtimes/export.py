@@ -14,6 +14,7 @@ with ``verify``, checked before anything is written:
 The artefact is written in a temp folder beside ``out`` and renamed into place only when
 the export and the check succeed: a failed export leaves nothing on disk.
 """
+
 import copy
 import os
 from typing import List, Optional, Sequence
@@ -21,7 +22,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..checkpoints.paths import METADATA_MARK, check_extension, plan_outputs
+from ..checkpoints.marks import METADATA_MARK
+from ..checkpoints.paths import check_extension, plan_outputs
 from ..fusion.output_check import describe
 from ..loading.checkpoint import load_model
 from ..loading.config import DeployError, ExportError, input_shape_of
@@ -31,16 +33,25 @@ from ..predict.photos import read_image
 from .artefact_check import verify_runner
 from .common import RUNTIMES, artefact_files, get_runtime, write_staged
 from .evaluate import dataset_images, one_batch
-from .onnxruntime_int8 import QuantizeError
 from .int8_check import describe_int8, judge_int8
+from .onnxruntime_int8 import QuantizeError
 from .wrappers import export_metadata_of, wrap_for_export
 
 
-def export_to_runtime(config, checkpoint: str, out: str, runtime: str,
-                      precision: str = 'fp32', shape: Optional[Sequence[int]] = None,
-                      verify: bool = False, num_images: int = 8, calib_images: int = 32,
-                      calib_split: str = 'train', score_thr: float = 0.3,
-                      threads: Optional[int] = None) -> dict:
+def export_to_runtime(
+    config,
+    checkpoint: str,
+    out: str,
+    runtime: str,
+    precision: str = 'fp32',
+    shape: Optional[Sequence[int]] = None,
+    verify: bool = False,
+    num_images: int = 8,
+    calib_images: int = 32,
+    calib_split: str = 'train',
+    score_thr: float = 0.3,
+    threads: Optional[int] = None,
+) -> dict:
     """Export ``checkpoint`` (train or deploy form) of ``config`` to ``out`` for
     ``runtime`` at ``precision`` (module docstring). ``shape``: (H, W), default the test
     pipeline's fixed size, else the config's test size. ``num_images``: val images the
@@ -52,8 +63,9 @@ def export_to_runtime(config, checkpoint: str, out: str, runtime: str,
     failed check), PathError, CheckpointError, DeployError, QuantizeError."""
     module = get_runtime(runtime, precision)
     check_extension(out, [module.SUFFIX], f'{runtime} output')
-    plan_outputs(inputs={'config': config, 'checkpoint': checkpoint},
-                 outputs=artefact_files(out, runtime))
+    plan_outputs(
+        inputs={'config': config, 'checkpoint': checkpoint}, outputs=artefact_files(out, runtime)
+    )
     model, cfg, ckpt = load_model(config, checkpoint)
     metadata = export_metadata(cfg, ckpt, model, os.fspath(config))
     shape = tuple(shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg))
@@ -61,17 +73,25 @@ def export_to_runtime(config, checkpoint: str, out: str, runtime: str,
     wrapper, example = wrap_for_export(model, shape)
     meta = dict(export_metadata_of(wrapper, metadata=metadata), precision=precision)
     meta[METADATA_MARK[0]] = METADATA_MARK[1]  # ours: a re-export replaces it
-    report = dict(runtime=runtime, precision=precision, task=meta['task'], shape=shape,
-                  outputs=list(wrapper.output_names), notes=list(metadata['notes']),
-                  check=None, images='', calibration='')
+    report = dict(
+        runtime=runtime,
+        precision=precision,
+        task=meta['task'],
+        shape=shape,
+        outputs=list(wrapper.output_names),
+        notes=list(metadata['notes']),
+        check=None,
+        images='',
+        calibration='',
+    )
     calibration = None
     if precision == 'int8':
-        calibration = dataset_images(cfg, meta['preprocess'], shape, calib_split,
-                                     calib_images)
+        calibration = dataset_images(cfg, meta['preprocess'], shape, calib_split, calib_images)
         report['calibration'] = f'{len(calibration)} {calib_split} images'
     if verify and not module.RUNS_HERE:
-        report['notes'].append(f'{runtime} artefacts run only on '
-                               f'{RUNTIMES[runtime].platform}: not checked here')
+        report['notes'].append(
+            f'{runtime} artefacts run only on {RUNTIMES[runtime].platform}: not checked here'
+        )
 
     def write(path: str):
         module.export(wrapper, example, path, meta, precision, calibration)
@@ -80,8 +100,7 @@ def export_to_runtime(config, checkpoint: str, out: str, runtime: str,
             if precision == 'int8':
                 report.update(_check_int8(cfg, wrapper, runner, calibration, num_images))
             else:
-                report.update(_check_fp32(cfg, train_form, runner, shape, num_images,
-                                          score_thr))
+                report.update(_check_fp32(cfg, train_form, runner, shape, num_images, score_thr))
 
     report['paths'] = write_staged(out, write)
     return report
@@ -94,8 +113,10 @@ def check_images(cfg, shape, num_images: int) -> tuple:
     if paths:
         return [read_image(p, shape) for p in paths], f'{len(paths)} val images'
     rng = np.random.RandomState(0)
-    return ([rng.randint(0, 256, (1, 3, *shape)).astype(np.float32)
-             for _ in range(num_images)], f'{num_images} random images (val set not on disk)')
+    return (
+        [rng.randint(0, 256, (1, 3, *shape)).astype(np.float32) for _ in range(num_images)],
+        f'{num_images} random images (val set not on disk)',
+    )
 
 
 def _check_fp32(cfg, train_form, runner, shape, num_images: int, score_thr: float) -> dict:
@@ -106,24 +127,25 @@ def _check_fp32(cfg, train_form, runner, shape, num_images: int, score_thr: floa
     return dict(check=check, images=source)
 
 
-def _check_int8(cfg, wrapper, runner, calibration: List[np.ndarray], num_images: int
-                ) -> dict:
+def _check_int8(cfg, wrapper, runner, calibration: List[np.ndarray], num_images: int) -> dict:
     meta = runner.metadata
     try:
-        inputs = dataset_images(cfg, meta['preprocess'], runner.input_shape, 'val',
-                                num_images)
+        inputs = dataset_images(cfg, meta['preprocess'], runner.input_shape, 'val', num_images)
         source = f'{len(inputs)} val images'
     except DeployError:
-        inputs, source = calibration[:num_images], f'{len(calibration[:num_images])} ' \
-                                                   f'calibration images (no val set)'
+        inputs, source = (
+            calibration[:num_images],
+            f'{len(calibration[:num_images])} calibration images (no val set)',
+        )
     with torch.no_grad():
         fp32 = [[t.numpy() for t in _as_list(wrapper(torch.from_numpy(x)))] for x in inputs]
-    check = judge_int8(one_batch(fp32), one_batch([runner(x) for x in inputs]),
-                       meta['task'], meta)
+    check = judge_int8(one_batch(fp32), one_batch([runner(x) for x in inputs]), meta['task'], meta)
     if not check['passed']:
-        raise QuantizeError(f'{describe_int8(check, "the int8 artefact")} on {source}. '
-                            f'Nothing written. Calibrate on more images, or on the other '
-                            f'split.')
+        raise QuantizeError(
+            f'{describe_int8(check, "the int8 artefact")} on {source}. '
+            f'Nothing written. Calibrate on more images, or on the other '
+            f'split.'
+        )
     return dict(check=check, images=source)
 
 

@@ -3,6 +3,7 @@ model's on real images, by cosine (every output) and by task agreement (the same
 class, label-map pixels, or detections matched by IoU), since int8 cannot pass the
 float32 output check by construction.
 """
+
 from typing import List, Optional
 
 import numpy as np
@@ -42,8 +43,12 @@ def detections_found(expected, found, iou: float = 0.5) -> tuple:
     return hits, len(ref_boxes)
 
 
-def agreement(task: Optional[str], fp32: List[List[np.ndarray]],
-              int8: List[List[np.ndarray]], meta: Optional[dict] = None) -> Optional[float]:
+def agreement(
+    task: Optional[str],
+    fp32: List[List[np.ndarray]],
+    int8: List[List[np.ndarray]],
+    meta: Optional[dict] = None,
+) -> Optional[float]:
     """The share of decisions int8 makes as float32 does, over all inputs; None when the
     task is unknown ('backbone') or nothing was decided (no detection above threshold).
 
@@ -59,8 +64,9 @@ def agreement(task: Optional[str], fp32: List[List[np.ndarray]],
         hits = total = 0
         for f, q in zip(fp32, int8):
             for image in range(f[0].shape[0]):
-                found = [postprocess_detections(out[0][image], out[1][image], meta)
-                         for out in (f, q)]
+                found = [
+                    postprocess_detections(out[0][image], out[1][image], meta) for out in (f, q)
+                ]
                 h, t = detections_found(*found)
                 hits, total = hits + h, total + t
         return hits / total if total else None
@@ -70,10 +76,14 @@ def agreement(task: Optional[str], fp32: List[List[np.ndarray]],
     return equal / max(sum(a.size for a, _ in pairs), 1)
 
 
-def judge_int8(fp32: List[List[np.ndarray]], int8: List[List[np.ndarray]],
-               task: Optional[str] = None, meta: Optional[dict] = None,
-               cosine_min: float = COSINE_MIN, agreement_min: float = AGREEMENT_MIN
-               ) -> dict:
+def judge_int8(
+    fp32: List[List[np.ndarray]],
+    int8: List[List[np.ndarray]],
+    task: Optional[str] = None,
+    meta: Optional[dict] = None,
+    cosine_min: float = COSINE_MIN,
+    agreement_min: float = AGREEMENT_MIN,
+) -> dict:
     """The int8 check (module docstring) of ``int8`` against ``fp32`` outputs (per input,
     a list of arrays each; an input is what one run took: an image or a batch). Returns
     ``passed``, ``cosines`` (per float output, the lowest over the inputs: every input
@@ -82,22 +92,35 @@ def judge_int8(fp32: List[List[np.ndarray]], int8: List[List[np.ndarray]],
     (see ``agreement``; None when not applicable) and the limits."""
     shapes = lambda outs: [[tuple(np.shape(t)) for t in out] for out in outs]  # noqa: E731
     if shapes(fp32) != shapes(int8):
-        return dict(passed=False, reason=f'output shapes differ: {shapes(int8)} instead of '
-                                         f'{shapes(fp32)}')
+        return dict(
+            passed=False, reason=f'output shapes differ: {shapes(int8)} instead of {shapes(fp32)}'
+        )
     floating = [i for i, t in enumerate(fp32[0]) if np.asarray(t).dtype.kind == 'f']
     cosines = [min(cosine(f[i], q[i]) for f, q in zip(fp32, int8)) for i in floating]
     agreed = agreement(task, fp32, int8, meta)
     passed = min(cosines) >= cosine_min and (agreed is None or agreed >= agreement_min)
-    return dict(passed=bool(passed), cosine=min(cosines), cosines=cosines, agreement=agreed,
-                cosine_min=cosine_min, agreement_min=agreement_min, task=task)
+    return dict(
+        passed=bool(passed),
+        cosine=min(cosines),
+        cosines=cosines,
+        agreement=agreed,
+        cosine_min=cosine_min,
+        agreement_min=agreement_min,
+        task=task,
+    )
 
 
 def describe_int8(check: dict, what: str = 'the int8 graph') -> str:
     """A ``judge_int8`` result in one line."""
     if 'reason' in check:
         return f'{what}: {check["reason"]}'
-    agreed = ('' if check['agreement'] is None else
-              f', {100 * check["agreement"]:.1f}% of the float32 {check["task"]} decisions '
-              f'kept (at least {100 * check["agreement_min"]:g}%)')
-    return (f'{what}: cosine to float32 {check["cosine"]:.5f} (at least '
-            f'{check["cosine_min"]:g}){agreed}')
+    agreed = (
+        ''
+        if check['agreement'] is None
+        else f', {100 * check["agreement"]:.1f}% of the float32 {check["task"]} decisions '
+        f'kept (at least {100 * check["agreement_min"]:g}%)'
+    )
+    return (
+        f'{what}: cosine to float32 {check["cosine"]:.5f} (at least '
+        f'{check["cosine_min"]:g}){agreed}'
+    )

@@ -19,6 +19,7 @@ mmengine's non-strict one (another model's checkpoint would leave random weights
 mmdeploy only the weights that passed. mmdeploy is imported only by
 the functions that use it (an optional extra: ``pip install mobileone-mm[mmdeploy]``).
 """
+
 import contextlib
 import copy
 import functools
@@ -32,7 +33,8 @@ import torch
 
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
-from ..checkpoints.paths import ONNX_MARK, plan_outputs
+from ..checkpoints.marks import ONNX_MARK
+from ..checkpoints.paths import plan_outputs
 from ..loading.checkpoint import load_model
 from ..loading.config import DeployError, codebase_of, deploy_config, load_config, read_config
 from ..machine import check_device
@@ -72,23 +74,36 @@ def check_configs(deploy_cfg: str, model_cfg: str):
     deploy = read_config(deploy_cfg, 'Deploy config')
     missing = [key for key in DEPLOY_KEYS if key not in deploy]
     if missing:
-        kind = ('a model config (it has a model)' if 'model' in deploy
-                else 'not an mmdeploy deploy config')
-        raise DeployError(f'Deploy config {deploy_cfg!r} is {kind}, without '
-                          f'{", ".join(missing)}: the deploy config comes first '
-                          f'(DEPLOY_CFG CONFIG CHECKPOINT OUT); use one of '
-                          f'configs/mmdeploy/*.py.')
+        kind = (
+            'a model config (it has a model)'
+            if 'model' in deploy
+            else 'not an mmdeploy deploy config'
+        )
+        raise DeployError(
+            f'Deploy config {deploy_cfg!r} is {kind}, without '
+            f'{", ".join(missing)}: the deploy config comes first '
+            f'(DEPLOY_CFG CONFIG CHECKPOINT OUT); use one of '
+            f'configs/mmdeploy/*.py.'
+        )
     codebase = codebase_of(load_config(model_cfg))
     wanted = deploy.codebase_config.get('type')
     if wanted != codebase:
-        raise DeployError(f'Deploy config {deploy_cfg!r} is for {wanted} models '
-                          f'(codebase_config.type) but {model_cfg!r} is an {codebase} '
-                          f'model: use a {TASKS[codebase]} deploy config '
-                          f'(configs/mmdeploy/{TASKS[codebase]}_*.py).')
+        raise DeployError(
+            f'Deploy config {deploy_cfg!r} is for {wanted} models '
+            f'(codebase_config.type) but {model_cfg!r} is an {codebase} '
+            f'model: use a {TASKS[codebase]} deploy config '
+            f'(configs/mmdeploy/{TASKS[codebase]}_*.py).'
+        )
 
 
-def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: str, out: str,
-                   image: Union[str, np.ndarray, None] = None, device: str = 'cpu') -> str:
+def export_end2end(
+    deploy_cfg: str,
+    model_cfg: str,
+    checkpoint: str,
+    out: str,
+    image: Union[str, np.ndarray, None] = None,
+    device: str = 'cpu',
+) -> str:
     """mmdeploy's ``torch2onnx`` for a trained checkpoint (train or deploy form; mmdeploy
     fuses it): writes ``out`` (mmdeploy's end2end.onnx, with our mark in its metadata:
     checkpoints.paths.ONNX_MARK) atomically and returns its path. ``out`` is checked first
@@ -111,8 +126,10 @@ def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: str, out: str,
     from mmdeploy.utils import get_input_shape
     from mmdeploy.utils import load_config as load_configs
 
-    plan_outputs(inputs={'deploy config': deploy_cfg, 'config': model_cfg,
-                         'checkpoint': checkpoint}, outputs={'ONNX model': out})
+    plan_outputs(
+        inputs={'deploy config': deploy_cfg, 'config': model_cfg, 'checkpoint': checkpoint},
+        outputs={'ONNX model': out},
+    )
     model, cfg, ckpt = load_model(model_cfg, checkpoint)
     if is_fused(state_dict_of(ckpt)):
         cfg = deploy_config(cfg)
@@ -131,8 +148,7 @@ def export_end2end(deploy_cfg: str, model_cfg: str, checkpoint: str, out: str,
     return out
 
 
-def build_backend_model(deploy_cfg: str, model_cfg: str, onnx_file: str,
-                        device: str = 'cpu'):
+def build_backend_model(deploy_cfg: str, model_cfg: str, onnx_file: str, device: str = 'cpu'):
     """(mmdeploy's task processor, its backend model for ``onnx_file``): the model takes
     the codebase's data batches (``test_step``) and returns its data samples."""
     from mmdeploy.apis.utils import build_task_processor
@@ -143,12 +159,19 @@ def build_backend_model(deploy_cfg: str, model_cfg: str, onnx_file: str,
     deploy, model = load_configs(deploy_cfg, model_cfg)
     processor = build_task_processor(model, deploy, device)
     backend_model = processor.build_backend_model(
-        [onnx_file], data_preprocessor_updater=processor.update_data_preprocessor)
+        [onnx_file], data_preprocessor_updater=processor.update_data_preprocessor
+    )
     return processor, backend_model
 
 
-def evaluate_backend(deploy_cfg: str, model_cfg: str, onnx_file: str, work_dir: str,
-                     batch_size: Optional[int] = 1, device: str = 'cpu'):
+def evaluate_backend(
+    deploy_cfg: str,
+    model_cfg: str,
+    onnx_file: str,
+    work_dir: str,
+    batch_size: Optional[int] = 1,
+    device: str = 'cpu',
+):
     """(backend model, its metrics on the model config's test set), computed by
     mmdeploy's test runner as mmdeploy's ``tools/test.py`` does: batches of 1 by default
     (a static graph takes one image), ``None`` for the config's batch size."""

@@ -20,6 +20,7 @@ Precision: fp32 only. ncnn quantizes to int8 with its C++ tools ``ncnn2table`` a
 ``ncnn2int8``, which the ncnn and pnnx wheels do not ship (the Python package has no
 quantizer); OpenVINO, ExecuTorch and onnxruntime cover int8.
 """
+
 import copy
 import json
 import os
@@ -38,7 +39,7 @@ from ..loading.config import ExportError
 NAME = 'ncnn'
 EXTRA = 'ncnn'
 PACKAGES = ('ncnn', 'pnnx')
-PRECISIONS = ('fp32', )
+PRECISIONS = ('fp32',)
 SUFFIX = '.ncnn.param'
 RUNS_HERE = True
 
@@ -48,7 +49,7 @@ LABELS_FROM_LOGITS = 'labels'  # an output the runner computes: argmax of the lo
 
 def weights_path(param: str) -> str:
     """``X.ncnn.param`` -> ``X.ncnn.bin``."""
-    return param[:-len('.param')] + '.bin'
+    return param[: -len('.param')] + '.bin'
 
 
 def sidecar_path(param: str) -> str:
@@ -66,7 +67,7 @@ class ChannelSlicesNormalize(nn.Module):
         self.register_buffer('std', normalize.std.clone())
 
     def forward(self, img):
-        img = torch.cat([img[:, c:c + 1] for c in self.channel_order], 1)
+        img = torch.cat([img[:, c : c + 1] for c in self.channel_order], 1)
         return (img - self.mean) / self.std
 
 
@@ -89,7 +90,7 @@ class NcnnGraph(nn.Module):
         outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
         if self.clip_boxes:  # boxes, scores
             outputs[0] = torch.min(outputs[0].clamp(min=0), self.wrapper.max_xyxy)
-        return tuple(outputs[:len(self.output_names)])
+        return tuple(outputs[: len(self.output_names)])
 
 
 def unsupported_layers(param_text: str) -> List[Tuple[str, str]]:
@@ -97,6 +98,7 @@ def unsupported_layers(param_text: str) -> List[Tuple[str, str]]:
     implementation of (pnnx leaves an op it cannot map under its own name, e.g.
     ``torch.argmax``)."""
     import ncnn
+
     found = []
     for line in param_text.splitlines()[2:]:  # magic number, then layer and blob counts
         fields = line.split()
@@ -124,60 +126,85 @@ def unsupported_message(missing: List[Tuple[str, str]], traced) -> str:
     for kind, layer in missing:
         where = _module_of(traced, kind)
         parts.append(f'{kind} (layer {layer}' + (f', module {where})' if where else ')'))
-    return (f'ncnn cannot run operator {"; ".join(parts)}: ncnn has no such layer. Replace '
-            f'it in the model, or export to another runtime (onnxruntime, openvino).')
+    return (
+        f'ncnn cannot run operator {"; ".join(parts)}: ncnn has no such layer. Replace '
+        f'it in the model, or export to another runtime (onnxruntime, openvino).'
+    )
 
 
 def _pnnx(traced_path: str, shape, work: str) -> str:
     """Run pnnx's converter on a TorchScript file (float32 weights); its output, and
     ExportError when it fails."""
     import pnnx
+
     shape_arg = '[' + ','.join(str(int(s)) for s in shape) + ']f32'
-    done = subprocess.run([pnnx.EXEC_PATH, traced_path, f'inputshape={shape_arg}',
-                           'device=cpu', 'fp16=0'], cwd=work, capture_output=True, text=True)
+    done = subprocess.run(
+        [pnnx.EXEC_PATH, traced_path, f'inputshape={shape_arg}', 'device=cpu', 'fp16=0'],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     log = done.stdout + done.stderr
     if done.returncode != 0:
         tail = ' | '.join(log.strip().splitlines()[-3:])
-        raise ExportError(f'ncnn: pnnx could not convert the model (exit status '
-                          f'{done.returncode}): {tail}')
+        raise ExportError(
+            f'ncnn: pnnx could not convert the model (exit status {done.returncode}): {tail}'
+        )
     return log
 
 
-def export(wrapper: nn.Module, example: torch.Tensor, out: str, metadata: dict,
-           precision: str = 'fp32', calibration: Optional[List[np.ndarray]] = None
-           ) -> List[str]:
+def export(
+    wrapper: nn.Module,
+    example: torch.Tensor,
+    out: str,
+    metadata: dict,
+    precision: str = 'fp32',
+    calibration: Optional[List[np.ndarray]] = None,
+) -> List[str]:
     """Write ``out`` (``X.ncnn.param``), ``X.ncnn.bin`` and the sidecar
     ``X.ncnn.param.json`` (metadata, blob names), all or none; returns their paths. See
     the runtime interface (mobileone_mm/runtimes) and this module's docstring."""
     if precision not in PRECISIONS:
-        raise ValueError(f'ncnn exports precision {", ".join(PRECISIONS)}, not {precision!r} '
-                         f'(int8 needs ncnn\'s C++ tools ncnn2table / ncnn2int8, not shipped '
-                         f'in its Python package): use --precision fp32, or another runtime '
-                         f'for int8.')
+        raise ValueError(
+            f'ncnn exports precision {", ".join(PRECISIONS)}, not {precision!r} '
+            f"(int8 needs ncnn's C++ tools ncnn2table / ncnn2int8, not shipped "
+            f'in its Python package): use --precision fp32, or another runtime '
+            f'for int8.'
+        )
     out = check_extension(out, [SUFFIX], 'ncnn artefact')
     graph = NcnnGraph(wrapper).eval()
     with tempfile.TemporaryDirectory(prefix='mobileone-ncnn-') as work:
         traced_path = os.path.join(work, 'model.pt')
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # TracerWarnings of shape checks: sizes are fixed
-            traced = torch.jit.trace(graph, (example, ))
+            traced = torch.jit.trace(graph, (example,))
             shapes = [list(t.shape) for t in graph(example)]
         traced.save(traced_path)
         log = _pnnx(traced_path, example.shape, work)
         param_file = os.path.join(work, 'model.ncnn.param')
         if not os.path.isfile(param_file):
-            raise ExportError(f'ncnn: pnnx wrote no ncnn model: '
-                              f'{" | ".join(log.strip().splitlines()[-3:])}')
+            raise ExportError(
+                f'ncnn: pnnx wrote no ncnn model: {" | ".join(log.strip().splitlines()[-3:])}'
+            )
         with open(param_file) as f:
             param = f.read()
         missing = unsupported_layers(param)
         if missing:
             raise ExportError(unsupported_message(missing, traced))
-        sidecar = {'input_shape': list(example.shape[2:]), **metadata, 'runtime': NAME,
-                   'precision': precision, 'outputs': list(wrapper.output_names),
-                   'ncnn_blobs': dict(input=INPUT_BLOB, outputs={
-                           name: dict(blob=f'out{i}', shape=shape) for i, (name, shape)
-                           in enumerate(zip(graph.output_names, shapes))})}
+        sidecar = {
+            'input_shape': list(example.shape[2:]),
+            **metadata,
+            'runtime': NAME,
+            'precision': precision,
+            'outputs': list(wrapper.output_names),
+            'ncnn_blobs': dict(
+                input=INPUT_BLOB,
+                outputs={
+                    name: dict(blob=f'out{i}', shape=shape)
+                    for i, (name, shape) in enumerate(zip(graph.output_names, shapes))
+                },
+            ),
+        }
         paths = [out, weights_path(out), sidecar_path(out)]
         with atomic_files([(paths[0], 'w'), (paths[1], 'wb'), (paths[2], 'w')]) as files:
             files[0].write(param)
@@ -192,12 +219,12 @@ class Runner:
 
     def __init__(self, path: str, threads: Optional[int] = None):
         import ncnn
+
         path = check_input_file(path, 'ncnn param file')
         with open(check_input_file(sidecar_path(path), 'ncnn metadata sidecar')) as f:
             self.metadata = json.load(f)
         shape = self.metadata.get('input_shape')
-        self.input_shape = tuple(shape) if shape and not self.metadata.get('dynamic') \
-            else None
+        self.input_shape = tuple(shape) if shape and not self.metadata.get('dynamic') else None
         self.output_names = self.metadata['outputs']
         self.blobs = self.metadata['ncnn_blobs']
         self.net = ncnn.Net()
@@ -206,13 +233,18 @@ class Runner:
         options.use_fp16_arithmetic = False
         if threads:
             options.num_threads = int(threads)
-        if self.net.load_param(path) != 0 or \
-                self.net.load_model(check_input_file(weights_path(path), 'ncnn weights')) != 0:
-            raise ExportError(f'ncnn could not load {path!r} and its .bin: written by '
-                              f'another ncnn version, or damaged? Export it again.')
+        if (
+            self.net.load_param(path) != 0
+            or self.net.load_model(check_input_file(weights_path(path), 'ncnn weights')) != 0
+        ):
+            raise ExportError(
+                f'ncnn could not load {path!r} and its .bin: written by '
+                f'another ncnn version, or damaged? Export it again.'
+            )
 
     def _run_one(self, image: np.ndarray) -> dict:
         import ncnn
+
         outputs = {}
         # ncnn.Mat(array) borrows the array's memory without holding a reference to it:
         # the contiguous copy (of a strided image: predict's HWC -> CHW transpose) must
@@ -223,8 +255,9 @@ class Runner:
             for name, blob in self.blobs['outputs'].items():
                 status, mat = extractor.extract(blob['blob'])
                 if status != 0:
-                    raise RuntimeError(f'ncnn failed to compute {name} (blob '
-                                       f'{blob["blob"]}, status {status}).')
+                    raise RuntimeError(
+                        f'ncnn failed to compute {name} (blob {blob["blob"]}, status {status}).'
+                    )
                 # ncnn keeps no batch dimension (and no other leading 1s): the shape
                 # the exported model gave
                 outputs[name] = np.array(mat).reshape(blob['shape'])
@@ -234,12 +267,18 @@ class Runner:
 
     def __call__(self, image: np.ndarray) -> List[np.ndarray]:
         image = np.asarray(image, np.float32)
-        if image.ndim != 4 or image.shape[1] != 3 or \
-                (self.input_shape and tuple(image.shape[2:]) != self.input_shape):
-            size = 'H, W' if self.input_shape is None else \
-                ', '.join(str(s) for s in self.input_shape)
-            raise ValueError(f'This ncnn model takes (N, 3, {size}) float32 BGR images; got '
-                             f'shape {image.shape}: resize the image to the input shape.')
+        if (
+            image.ndim != 4
+            or image.shape[1] != 3
+            or (self.input_shape and tuple(image.shape[2:]) != self.input_shape)
+        ):
+            size = (
+                'H, W' if self.input_shape is None else ', '.join(str(s) for s in self.input_shape)
+            )
+            raise ValueError(
+                f'This ncnn model takes (N, 3, {size}) float32 BGR images; got '
+                f'shape {image.shape}: resize the image to the input shape.'
+            )
         runs = [self._run_one(one) for one in image]
         return [np.concatenate([run[name] for run in runs]) for name in self.output_names]
 

@@ -3,6 +3,7 @@
 with its metadata checked against the graph. Below every runtime that starts from an ONNX
 graph (onnxruntime fp32 and int8, OpenVINO).
 """
+
 import io
 import json
 import os
@@ -13,14 +14,20 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints.io import atomic_file
-from ..checkpoints.paths import ONNX_MARK, check_extension, check_input_file, plan_outputs
+from ..checkpoints.marks import ONNX_MARK
+from ..checkpoints.paths import check_extension, check_input_file, plan_outputs
 from ..predict.photos import PredictError
 from ..predict.prediction import DETECTION_KEYS, TASK_OUTPUTS, _graph_dims
 from .wrappers import DenseDetectorForExport, count_conv_calls, export_metadata_of, wrap_for_export
 
 
-def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 320),
-                dynamic: bool = False, metadata: Dict[str, object] = None) -> dict:
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    input_shape: Sequence[int] = (320, 320),
+    dynamic: bool = False,
+    metadata: Dict[str, object] = None,
+) -> dict:
     """Fuse ``model`` in place (if needed) and export it to ``path`` (written atomically).
 
     ``dynamic`` makes the batch size (and, for classifiers and segmentors, the image
@@ -36,35 +43,54 @@ def export_onnx(model: nn.Module, path: str, input_shape: Sequence[int] = (320, 
     return dict(info, path=path)
 
 
-def build_onnx(model: nn.Module, input_shape: Sequence[int] = (320, 320),
-               dynamic: bool = False, metadata: Dict[str, object] = None
-               ) -> Tuple[bytes, dict]:
+def build_onnx(
+    model: nn.Module,
+    input_shape: Sequence[int] = (320, 320),
+    dynamic: bool = False,
+    metadata: Dict[str, object] = None,
+) -> Tuple[bytes, dict]:
     """``export_onnx`` without writing: (the serialized graph, what was exported), so that
     a caller can check the graph (``verify_onnx`` takes the bytes) before writing it."""
     wrapper, example = wrap_for_export(model, input_shape)
     meta = export_metadata_of(wrapper, dynamic, metadata)
     graph = onnx_graph(wrapper, example, meta, dynamic)
     return graph.SerializeToString(), dict(
-        task=meta['task'], outputs=wrapper.output_names, metadata=meta,
+        task=meta['task'],
+        outputs=wrapper.output_names,
+        metadata=meta,
         torch_convs=count_conv_calls(wrapper, example),
-        onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node))
+        onnx_convs=sum(node.op_type == 'Conv' for node in graph.graph.node),
+    )
 
 
-def onnx_graph(wrapper: nn.Module, example: torch.Tensor, meta: dict,
-               dynamic: bool = False):
+def onnx_graph(wrapper: nn.Module, example: torch.Tensor, meta: dict, dynamic: bool = False):
     """The wrapper traced on ``example`` as an ONNX ModelProto (opset 17, input ``image``,
     outputs ``wrapper.output_names``), ``meta`` in its metadata (JSON values); with
     ``dynamic`` the batch (and for classifiers and segmentors the image size) free."""
     import onnx
-    axes = {0: 'batch'} if isinstance(wrapper, DenseDetectorForExport) else \
-        {0: 'batch', 2: 'height', 3: 'width'}
-    dynamic_axes = ({'image': axes, **{name: {0: 'batch'} for name in wrapper.output_names}}
-                    if dynamic else None)
+
+    axes = (
+        {0: 'batch'}
+        if isinstance(wrapper, DenseDetectorForExport)
+        else {0: 'batch', 2: 'height', 3: 'width'}
+    )
+    dynamic_axes = (
+        {'image': axes, **{name: {0: 'batch'} for name in wrapper.output_names}}
+        if dynamic
+        else None
+    )
     buffer = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(wrapper, (example, ), buffer, dynamo=False, opset_version=17,
-                          input_names=['image'], output_names=wrapper.output_names,
-                          dynamic_axes=dynamic_axes)
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=['image'],
+            output_names=wrapper.output_names,
+            dynamic_axes=dynamic_axes,
+        )
     graph = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
         if key != ONNX_MARK[0]:  # the mark, added once below
@@ -82,10 +108,16 @@ def flat_onnx(flat: nn.Module, example: torch.Tensor, dynamic_batch: bool = Fals
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # TracerWarnings of shape checks: sizes are fixed
-        torch.onnx.export(flat, (example, ), buffer, dynamo=False, opset_version=17,
-                          input_names=['input'], output_names=names,
-                          dynamic_axes=({n: {0: 'batch'} for n in ['input'] + names}
-                                        if dynamic_batch else None))
+        torch.onnx.export(
+            flat,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=['input'],
+            output_names=names,
+            dynamic_axes=({n: {0: 'batch'} for n in ['input'] + names} if dynamic_batch else None),
+        )
     return buffer.getvalue()
 
 
@@ -94,6 +126,7 @@ def make_session(model, threads: Optional[int] = None):
     graph optimisations on; ``threads`` sets its intra-op threads (default: onnxruntime's
     choice, one per physical core)."""
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     # Idle workers sleep instead of spinning: spinning ones would steal the cores from
     # whatever runs next in the process (PyTorch, in the benchmark's interleaved runs).
@@ -115,32 +148,35 @@ def check_metadata(session, meta: dict, path: str):
     """PredictError when ``meta`` is missing or disagrees with the graph: task and output
     names, input name and shape, the detection post-process settings, number of class
     names against the graph's class dimension."""
-    fix = ('Export it with tools/export_onnx.py, which writes the metadata onnx_infer '
-           'needs.')
+    fix = 'Export it with tools/export_onnx.py, which writes the metadata onnx_infer needs.'
     task = meta.get('task')
     if task not in TASK_OUTPUTS:
         found = f'task {task!r}' if task is not None else 'no mobileone-mm metadata'
-        raise PredictError(f'The ONNX model {path!r} has {found} (task, input_shape, ...). '
-                           f'{fix}')
+        raise PredictError(f'The ONNX model {path!r} has {found} (task, input_shape, ...). {fix}')
     inputs, outputs = session.get_inputs(), session.get_outputs()
     names = [o.name for o in outputs]
     problems = []
     if [i.name for i in inputs] != ['image'] or len(inputs[0].shape) != 4:
-        problems.append(f'inputs {[(i.name, i.shape) for i in inputs]} (expected one '
-                        f'4-d input named image)')
+        problems.append(
+            f'inputs {[(i.name, i.shape) for i in inputs]} (expected one 4-d input named image)'
+        )
     if names != TASK_OUTPUTS[task]:
         problems.append(f'outputs {names} (a {task} graph has {TASK_OUTPUTS[task]})')
     shape = meta.get('input_shape')
-    if not (isinstance(shape, list) and len(shape) == 2
-            and all(isinstance(v, int) and v >= 1 for v in shape)):
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(v, int) and v >= 1 for v in shape)
+    ):
         problems.append(f'input_shape {shape!r} (expected [H, W])')
     elif not problems:
         dims = _graph_dims(inputs[0])
         if dims[1] not in (3, None):
             problems.append(f'an input of {dims[1]} channels (photos give 3)')
         if dims[2:] != [None, None] and dims[2:] != shape:
-            problems.append(f'input_shape {shape} in the metadata but the graph takes '
-                            f'{dims[2]}x{dims[3]}')
+            problems.append(
+                f'input_shape {shape} in the metadata but the graph takes {dims[2]}x{dims[3]}'
+            )
     if task == 'detection':
         missing = [k for k in DETECTION_KEYS if k not in meta]
         if missing:
@@ -148,8 +184,10 @@ def check_metadata(session, meta: dict, path: str):
         elif not problems:
             anchors = _graph_dims(outputs[1])[1]
             if anchors is not None and sum(meta['level_sizes']) != anchors:
-                problems.append(f'level_sizes adding up to {sum(meta["level_sizes"])} '
-                                f'anchors but the graph has {anchors}')
+                problems.append(
+                    f'level_sizes adding up to {sum(meta["level_sizes"])} '
+                    f'anchors but the graph has {anchors}'
+                )
     classes = meta.get('classes') or []
     if classes and not problems:
         class_dim = _graph_dims(outputs[1] if task == 'detection' else outputs[0])
@@ -157,8 +195,9 @@ def check_metadata(session, meta: dict, path: str):
         if count is not None and count != len(classes):
             problems.append(f'{len(classes)} class names for {count} classes')
     if problems:
-        raise PredictError(f'The ONNX model {path!r} does not match its metadata: '
-                           f'{"; ".join(problems)}. {fix}')
+        raise PredictError(
+            f'The ONNX model {path!r} does not match its metadata: {"; ".join(problems)}. {fix}'
+        )
 
 
 def check_external_data(path: str):
@@ -168,6 +207,7 @@ def check_external_data(path: str):
     onnxruntime's error."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
     try:
         graph = onnx.load(path, load_external_data=False)
     except Exception:  # noqa: BLE001 - not a readable model: load_onnx says so
@@ -181,7 +221,8 @@ def check_external_data(path: str):
                     f'The ONNX model {path!r} keeps its weights in external data files, and '
                     f'{ExternalDataInfo(tensor).location!r} (tensor {tensor.name!r}) is '
                     f'missing: looked for {location!r}. Copy the data file next to the '
-                    f'model, as it was when exported.')
+                    f'model, as it was when exported.'
+                )
 
 
 def load_onnx(path: str, threads: Optional[int] = None):
@@ -192,21 +233,27 @@ def load_onnx(path: str, threads: Optional[int] = None):
     with open(path, 'rb') as f:
         head = f.read(4)
     if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':
-        raise PredictError(f'{path!r} is a PyTorch checkpoint, not an ONNX model: export it '
-                           f'first with tools/export_onnx.py CONFIG {path} OUT.onnx.')
+        raise PredictError(
+            f'{path!r} is a PyTorch checkpoint, not an ONNX model: export it '
+            f'first with tools/export_onnx.py CONFIG {path} OUT.onnx.'
+        )
     check_external_data(path)
     try:
         session = make_session(path, threads)
     except Exception as error:  # noqa: BLE001 (onnxruntime's own exception types)
         detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ''
-        raise PredictError(f'{path!r} is not a readable ONNX model ({type(error).__name__}: '
-                           f'{detail}): truncated, or another kind of file. Export it '
-                           f'again with tools/export_onnx.py.') from None
+        raise PredictError(
+            f'{path!r} is not a readable ONNX model ({type(error).__name__}: '
+            f'{detail}): truncated, or another kind of file. Export it '
+            f'again with tools/export_onnx.py.'
+        ) from None
     raw = session.get_modelmeta().custom_metadata_map
     try:
         meta = {k: json.loads(v) for k, v in raw.items()}
     except json.JSONDecodeError as error:
-        raise PredictError(f'The ONNX model {path!r} has metadata that is not ours '
-                           f'({error}). Export it with tools/export_onnx.py.') from None
+        raise PredictError(
+            f'The ONNX model {path!r} has metadata that is not ours '
+            f'({error}). Export it with tools/export_onnx.py.'
+        ) from None
     check_metadata(session, meta, path)
     return session, meta

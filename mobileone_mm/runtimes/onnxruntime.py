@@ -3,6 +3,7 @@ graph), the metadata in the graph's ``metadata_props``; int8 is onnxruntime's st
 quantization of that graph (``runtimes/onnxruntime_int8.py``: per-channel int8 weights, uint8
 activations, the heads' last layers float).
 """
+
 import re
 from typing import List, Optional
 
@@ -32,21 +33,28 @@ SUFFIX = '.onnx'
 RUNS_HERE = True
 
 
-def serialized_graph(wrapper: torch.nn.Module, example: torch.Tensor, metadata: dict,
-                     precision: str = 'fp32',
-                     calibration: Optional[List[np.ndarray]] = None,
-                     runtime: str = NAME) -> bytes:
+def serialized_graph(
+    wrapper: torch.nn.Module,
+    example: torch.Tensor,
+    metadata: dict,
+    precision: str = 'fp32',
+    calibration: Optional[List[np.ndarray]] = None,
+    runtime: str = NAME,
+) -> bytes:
     """The ONNX graph ``export`` writes, as bytes (also what OpenVINO reads). An operator
     the ONNX exporter cannot take raises ExportError naming ``runtime``, the operator and
     its layer."""
     from torch.onnx.errors import UnsupportedOperatorError
+
     try:
         graph = onnx_graph(wrapper, example, metadata).SerializeToString()
     except UnsupportedOperatorError as error:
-        raise operator_error(runtime, _operator_of(error), wrapper, example,
-                             'no ONNX opset 17 form') from None
+        raise operator_error(
+            runtime, _operator_of(error), wrapper, example, 'no ONNX opset 17 form'
+        ) from None
     if precision == 'int8':
         from mobileone_mm.runtimes.onnxruntime_int8 import output_layers, quantize_graph
+
         graph = quantize_graph(graph, calibration or [], keep_float=output_layers(graph))
     return graph
 
@@ -56,9 +64,14 @@ def _operator_of(error: Exception) -> str:
     return found.group(1) if found else str(error).splitlines()[0][:80]
 
 
-def export(wrapper: torch.nn.Module, example: torch.Tensor, out: str, metadata: dict,
-           precision: str = 'fp32', calibration: Optional[List[np.ndarray]] = None
-           ) -> List[str]:
+def export(
+    wrapper: torch.nn.Module,
+    example: torch.Tensor,
+    out: str,
+    metadata: dict,
+    precision: str = 'fp32',
+    calibration: Optional[List[np.ndarray]] = None,
+) -> List[str]:
     graph = serialized_graph(wrapper, example, metadata, precision, calibration)
     with atomic_file(out) as f:
         f.write(graph)

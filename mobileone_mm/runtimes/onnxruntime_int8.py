@@ -37,6 +37,7 @@ Measured: int8 S0 / S1 backbones with random BN statistics 0.985-0.999, trained 
 models 0.985-0.998 keeping 84-95 % of their decisions; quantizations with wrong ranges
 0.0-0.42 (calibration inputs 255x too large) and 0.33-0.76 (activation scales x100).
 """
+
 import contextlib
 import json
 import logging
@@ -50,8 +51,17 @@ from ..errors import UserError
 from .int8_check import judge_int8
 from .onnx_graphs import make_session
 
-QUANTIZED_OPS = ('Conv', 'Gemm', 'MatMul', 'Relu', 'Clip', 'MaxPool', 'AveragePool',
-                 'GlobalAveragePool', 'Concat')
+QUANTIZED_OPS = (
+    'Conv',
+    'Gemm',
+    'MatMul',
+    'Relu',
+    'Clip',
+    'MaxPool',
+    'AveragePool',
+    'GlobalAveragePool',
+    'Concat',
+)
 
 
 METHODS = ('minmax', 'percentile')
@@ -70,23 +80,32 @@ def check_calibration(images: Sequence[np.ndarray], input_shape: Sequence) -> Li
     else QuantizeError naming what is wrong: none, another shape, NaN / inf, all alike."""
     images = [np.ascontiguousarray(np.asarray(image, dtype=np.float32)) for image in images]
     if not images:
-        raise QuantizeError('No calibration images: static int8 quantization needs a few '
-                            'real inputs (8-32) to measure the activation ranges.')
+        raise QuantizeError(
+            'No calibration images: static int8 quantization needs a few '
+            'real inputs (8-32) to measure the activation ranges.'
+        )
     expected = tuple(input_shape)
     for i, image in enumerate(images):
         dims = image.shape
         fits = len(dims) == len(expected) and all(
-            not isinstance(e, int) or e == d for e, d in zip(expected[1:], dims[1:]))
+            not isinstance(e, int) or e == d for e, d in zip(expected[1:], dims[1:])
+        )
         if not fits:
-            raise QuantizeError(f'Calibration image {i} has shape {dims}; the graph takes '
-                                f'{expected}: give images of the graph\'s input size.')
+            raise QuantizeError(
+                f'Calibration image {i} has shape {dims}; the graph takes '
+                f"{expected}: give images of the graph's input size."
+            )
         if not np.isfinite(image).all():
             raise QuantizeError(f'Calibration image {i} holds NaN or inf: give real images.')
-    if all(np.array_equal(images[0], image) for image in images[1:]) and \
-            float(images[0].std()) == 0.0:
-        raise QuantizeError('The calibration images are all one constant value: the '
-                            'activation ranges would be those of a blank image. Give real '
-                            'images.')
+    if (
+        all(np.array_equal(images[0], image) for image in images[1:])
+        and float(images[0].std()) == 0.0
+    ):
+        raise QuantizeError(
+            'The calibration images are all one constant value: the '
+            'activation ranges would be those of a blank image. Give real '
+            'images.'
+        )
     return images
 
 
@@ -121,13 +140,20 @@ def _quiet():
 
 def graph_input(model) -> tuple:
     """(name, shape) of the graph's only input; dims that are free are strings."""
-    inputs = [i for i in model.graph.input
-              if i.name not in {init.name for init in model.graph.initializer}]
+    inputs = [
+        i
+        for i in model.graph.input
+        if i.name not in {init.name for init in model.graph.initializer}
+    ]
     if len(inputs) != 1:
-        raise QuantizeError(f'The graph has {len(inputs)} inputs; int8 calibration here '
-                            f'feeds graphs with one image input.')
-    dims = tuple(d.dim_value if d.HasField('dim_value') else (d.dim_param or '?')
-                 for d in inputs[0].type.tensor_type.shape.dim)
+        raise QuantizeError(
+            f'The graph has {len(inputs)} inputs; int8 calibration here '
+            f'feeds graphs with one image input.'
+        )
+    dims = tuple(
+        d.dim_value if d.HasField('dim_value') else (d.dim_param or '?')
+        for d in inputs[0].type.tensor_type.shape.dim
+    )
     return inputs[0].name, dims
 
 
@@ -135,6 +161,7 @@ def quantizable_nodes(graph: bytes) -> List[str]:
     """Names of the nodes ``quantize_graph`` turns to int8 arithmetic (convolutions and
     linear layers), in graph order: the candidates for ``keep_float``."""
     import onnx
+
     model = onnx.load_from_string(graph)
     return [n.name for n in model.graph.node if n.op_type in ('Conv', 'Gemm', 'MatMul')]
 
@@ -145,6 +172,7 @@ def output_layers(graph: bytes) -> List[str]:
     predictors, segmentation logits). Kept float by default: their outputs are the
     model's answers, and int8 there costs the most accuracy per operation saved."""
     import onnx
+
     model = onnx.load_from_string(graph)
     compute = set(quantizable_nodes(graph))
     consumers = {}
@@ -169,8 +197,13 @@ def output_layers(graph: bytes) -> List[str]:
     return found
 
 
-def quantize_graph(graph: bytes, calibration: Sequence[np.ndarray], method: str = 'minmax',
-                   keep_float: Sequence[str] = (), cache: Optional[str] = None) -> bytes:
+def quantize_graph(
+    graph: bytes,
+    calibration: Sequence[np.ndarray],
+    method: str = 'minmax',
+    keep_float: Sequence[str] = (),
+    cache: Optional[str] = None,
+) -> bytes:
     """``graph`` (a serialized float32 ONNX model) statically quantized to int8 (QDQ,
     per-channel weights; module docstring), calibrated on ``calibration`` (arrays the
     graph takes, e.g. (1, 3, H, W) float32). ``keep_float``: node names left in float.
@@ -180,12 +213,15 @@ def quantize_graph(graph: bytes, calibration: Sequence[np.ndarray], method: str 
     The int8 graph keeps the inputs, outputs and metadata of ``graph`` and adds the
     metadata entry ``int8`` (JSON: how it was quantized)."""
     import onnx
+
     model = onnx.load_from_string(graph)
     images = check_calibration(calibration, graph_input(model)[1])
     unknown = sorted(set(keep_float) - {n.name for n in model.graph.node})
     if unknown:
-        raise QuantizeError(f'keep_float names nodes the graph does not have: '
-                            f'{", ".join(unknown[:3])}; see quantizable_nodes(graph).')
+        raise QuantizeError(
+            f'keep_float names nodes the graph does not have: '
+            f'{", ".join(unknown[:3])}; see quantizable_nodes(graph).'
+        )
     quantized = _quantize(model, images, method, cache, nodes_to_exclude=list(keep_float))
     used = {name for node in quantized.graph.node for name in node.input}
     unused = [init for init in quantized.graph.initializer if init.name not in used]
@@ -194,43 +230,64 @@ def quantize_graph(graph: bytes, calibration: Sequence[np.ndarray], method: str 
     del quantized.metadata_props[:]
     for prop in model.metadata_props:
         quantized.metadata_props.add(key=prop.key, value=prop.value)
-    quantized.metadata_props.add(key=METADATA_KEY, value=json.dumps(dict(
-        format='QDQ', weights='int8 symmetric per output channel',
-        activations='uint8 per tensor', calibration=method,
-        calibration_images=sum(int(i.shape[0]) for i in images),
-        float_nodes=list(keep_float))))
+    quantized.metadata_props.add(
+        key=METADATA_KEY,
+        value=json.dumps(
+            dict(
+                format='QDQ',
+                weights='int8 symmetric per output channel',
+                activations='uint8 per tensor',
+                calibration=method,
+                calibration_images=sum(int(i.shape[0]) for i in images),
+                float_nodes=list(keep_float),
+            )
+        ),
+    )
     return quantized.SerializeToString()
 
 
-def _quantize(model, images: Sequence[np.ndarray], method: str, cache: Optional[str],
-              **nodes):
+def _quantize(model, images: Sequence[np.ndarray], method: str, cache: Optional[str], **nodes):
     """onnxruntime's ``quantize_static`` with our settings on an onnx ModelProto;
     ``nodes``: its ``nodes_to_exclude`` / ``nodes_to_quantize``."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     if method not in METHODS:
         raise QuantizeError(f'Unknown calibration method {method!r}: use one of {METHODS}.')
-    calibrate_method = dict(minmax=CalibrationMethod.MinMax,
-                            percentile=CalibrationMethod.Percentile)[method]
+    calibrate_method = dict(
+        minmax=CalibrationMethod.MinMax, percentile=CalibrationMethod.Percentile
+    )[method]
     with tempfile.TemporaryDirectory(prefix='mobileone-int8-') as tmp, _quiet():
         source, target = os.path.join(tmp, 'fp32.onnx'), os.path.join(tmp, 'int8.onnx')
         onnx.save(model, source)
-        quantize_static(source, target, _Reader(graph_input(model)[0], images),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTIZED_OPS),
-                        calibrate_method=calibrate_method, calibration_cache_path=cache,
-                        **nodes)
+        quantize_static(
+            source,
+            target,
+            _Reader(graph_input(model)[0], images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            calibrate_method=calibrate_method,
+            calibration_cache_path=cache,
+            **nodes,
+        )
         return onnx.load(target)
 
 
-def layer_sensitivity(graph: bytes, calibration: Sequence[np.ndarray],
-                      inputs: Sequence[np.ndarray], method: str = 'minmax') -> List[tuple]:
+def layer_sensitivity(
+    graph: bytes,
+    calibration: Sequence[np.ndarray],
+    inputs: Sequence[np.ndarray],
+    method: str = 'minmax',
+) -> List[tuple]:
     """How much int8 in each layer alone moves the outputs: for every node of
     ``quantizable_nodes``, the graph with only that node in int8, run on ``inputs``;
     returns (node, 1 - cosine to float32 over all float outputs and inputs), worst
     first. The activation ranges are calibrated once."""
     import onnx
+
     model = onnx.load_from_string(graph)
     images = check_calibration(calibration, graph_input(model)[1])
     name = graph_input(model)[0]

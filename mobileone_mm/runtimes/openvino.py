@@ -8,6 +8,7 @@ NNCF's post-training quantization because it is one calibration and one int8 che
 both runtimes, NNCF is not a dependency, and it was the fastest int8 form measured
 (issue 22: 0.21x timm's fused fp32 at S0 320 on 2 AMD EPYC threads, against 0.28x for the
 same graph in onnxruntime)."""
+
 import io
 import json
 import re
@@ -34,27 +35,37 @@ def convert(graph: bytes):
     """An ONNX graph (bytes) as an OpenVINO model; an operator OpenVINO's ONNX front end
     cannot take raises ExportError naming it."""
     import openvino as ov
+
     try:
         return ov.convert_model(io.BytesIO(graph))
     except Exception as error:  # noqa: BLE001 (OpenVINO's conversion errors)
-            raise operator_error(NAME, _failed_operator(error),
-                             detail=str(error).strip().splitlines()[0][:200]) from None
+        raise operator_error(
+            NAME, _failed_operator(error), detail=str(error).strip().splitlines()[0][:200]
+        ) from None
 
 
 def _failed_operator(error: Exception) -> str:
-    found = re.search(r"(?:operation|op|node)[^\n]*?['\"\[]?([A-Z][A-Za-z0-9_]+)['\"\]]?",
-                      str(error))
+    found = re.search(
+        r"(?:operation|op|node)[^\n]*?['\"\[]?([A-Z][A-Za-z0-9_]+)['\"\]]?", str(error)
+    )
     return found.group(1) if found else 'unknown'
 
 
-def export(wrapper: torch.nn.Module, example: torch.Tensor, out: str, metadata: dict,
-           precision: str = 'fp32', calibration: Optional[List[np.ndarray]] = None
-           ) -> List[str]:
+def export(
+    wrapper: torch.nn.Module,
+    example: torch.Tensor,
+    out: str,
+    metadata: dict,
+    precision: str = 'fp32',
+    calibration: Optional[List[np.ndarray]] = None,
+) -> List[str]:
     import openvino as ov
 
     from .onnxruntime import serialized_graph
-    model = convert(serialized_graph(wrapper, example, metadata, precision, calibration,
-                                     runtime=NAME))
+
+    model = convert(
+        serialized_graph(wrapper, example, metadata, precision, calibration, runtime=NAME)
+    )
     model.set_rt_info(json.dumps(metadata), RT_INFO)
     return write_staged(out, lambda path: ov.save_model(model, path, compress_to_fp16=False))
 
@@ -70,7 +81,8 @@ class Runner:
         self.input_shape: Optional[Tuple[int, int]] = (
             (shape[2].get_length(), shape[3].get_length())
             if shape.rank.get_length() == 4 and shape[2].is_static and shape[3].is_static
-            else None)
+            else None
+        )
 
     def __call__(self, image: np.ndarray) -> List[np.ndarray]:
         return self.run(image)
@@ -80,13 +92,16 @@ def load(path: str, threads: Optional[int] = None) -> Runner:
     """The IR ready to run; a missing, unreadable or foreign IR is refused with
     PathError / PredictError naming the file."""
     import openvino as ov
+
     path = check_input_file(path, 'OpenVINO IR')
     try:
         model = ov.Core().read_model(path)
     except Exception as error:  # noqa: BLE001 (OpenVINO's own exception types)
-        raise PredictError(f'{path!r} is not a readable OpenVINO IR ({type(error).__name__}: '
-                           f'{str(error).strip()[:200]}): export it again with '
-                           f'tools/export.py --runtime openvino.') from None
+        raise PredictError(
+            f'{path!r} is not a readable OpenVINO IR ({type(error).__name__}: '
+            f'{str(error).strip()[:200]}): export it again with '
+            f'tools/export.py --runtime openvino.'
+        ) from None
     fix = 'Export it with tools/export.py --runtime openvino.'
     if not model.has_rt_info(RT_INFO):
         raise PredictError(f'The OpenVINO IR {path!r} has no mobileone-mm metadata. {fix}')
@@ -94,8 +109,9 @@ def load(path: str, threads: Optional[int] = None) -> Runner:
     task = metadata.get('task')
     names = [output.get_any_name() for output in model.outputs]
     if task not in TASK_OUTPUTS or names != TASK_OUTPUTS[task]:
-        raise PredictError(f'The OpenVINO IR {path!r} has outputs {names} for task {task!r}, '
-                           f'not ours. {fix}')
+        raise PredictError(
+            f'The OpenVINO IR {path!r} has outputs {names} for task {task!r}, not ours. {fix}'
+        )
     return Runner(model, metadata, threads)
 
 
@@ -105,6 +121,7 @@ def compile_openvino(model, threads: Optional[int] = None):
     runs int8 kernels), latency mode, ``threads`` inference threads (default: OpenVINO's
     choice)."""
     import openvino as ov
+
     if isinstance(model, bytes):
         model = ov.convert_model(io.BytesIO(model))
     config = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY'}
@@ -121,4 +138,5 @@ def openvino_runner(compiled) -> Callable[[np.ndarray], List[np.ndarray]]:
     def run(x):
         results = request.infer({0: np.ascontiguousarray(x, np.float32)})
         return [np.array(results[output]) for output in compiled.outputs]
+
     return run

@@ -27,6 +27,7 @@ form (``model`` as given, not fused) than its float32 run is, times ``verify.FAC
 so the check judges the fusion and the backend together, and not the model's float32
 conditioning. A backend that fails it is skipped (``auto``) or raises (named backend).
 """
+
 import copy
 import warnings
 from typing import Callable, Dict, Optional, Sequence
@@ -53,6 +54,7 @@ def _onnxruntime(flat: nn.Module, example: torch.Tensor, threads: int) -> Callab
     def run(x):
         arrays = session.run(None, {'input': x.detach().contiguous().numpy()})
         return [torch.from_numpy(a) for a in arrays]
+
     return run
 
 
@@ -82,6 +84,7 @@ def _torchscript(flat: nn.Module, example: torch.Tensor, threads: int) -> Callab
     def run(x):
         with torch.inference_mode(), _OneDNNFusion():
             return list(frozen(x))
+
     return run
 
 
@@ -91,11 +94,13 @@ def _eager(flat: nn.Module, example: torch.Tensor, threads: int) -> Callable:
     def run(x):
         with torch.inference_mode():
             return [t.contiguous() for t in flat(x.contiguous(memory_format=torch.channels_last))]
+
     return run
 
 
-BUILDERS = dict(onnxruntime=_onnxruntime, openvino=_openvino, torchscript=_torchscript,
-                eager=_eager)
+BUILDERS = dict(
+    onnxruntime=_onnxruntime, openvino=_openvino, torchscript=_torchscript, eager=_eager
+)
 
 
 class OptimizedModel:
@@ -107,8 +112,9 @@ class OptimizedModel:
     see ``verify.Reference.judge``), ``skipped`` (backend -> why it was not used).
     """
 
-    def __init__(self, flat: nn.Module, train: Optional[nn.Module], backend: str, spec,
-                 threads: int):
+    def __init__(
+        self, flat: nn.Module, train: Optional[nn.Module], backend: str, spec, threads: int
+    ):
         self.flat, self.train, self.backend, self.spec = flat, train, backend, spec
         self.threads = threads
         self.runners: Dict[tuple, Callable] = {}
@@ -155,10 +161,15 @@ def reference_on(train: nn.Module, example: torch.Tensor) -> Reference:
     return Reference(train, [example], lambda module, x: module(x))
 
 
-def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str = 'auto',
-                           threads: Optional[int] = None,
-                           verify: bool = True, precision: str = 'fp32',
-                           calibration=None) -> OptimizedModel:
+def optimize_for_inference(
+    model: nn.Module,
+    example: torch.Tensor,
+    backend: str = 'auto',
+    threads: Optional[int] = None,
+    verify: bool = True,
+    precision: str = 'fp32',
+    calibration=None,
+) -> OptimizedModel:
     """The fastest CPU callable with the same outputs as ``model(example)``.
 
     Args:
@@ -196,7 +207,7 @@ def optimize_for_inference(model: nn.Module, example: torch.Tensor, backend: str
     flat = FlatOutputs(fused).eval()
     reference = reference_on(train, example) if verify else None
     skipped = {}
-    for name in (BACKENDS if backend == 'auto' else (backend, )):
+    for name in BACKENDS if backend == 'auto' else (backend,):
         optimized = OptimizedModel(flat, train, name, spec, threads)
         try:
             optimized.check = optimized.build(example, reference)
@@ -226,13 +237,20 @@ class Int8Model:
     ``backend``, ``precision`` ('int8'), ``check`` (``judge_int8`` on the example and the
     calibration batches), ``graph`` (the int8 ONNX model, bytes), ``keep_float`` (the
     nodes left in float), ``skipped`` (backend -> why it was not used)."""
+
     precision = 'int8'
 
-    def __init__(self, graph: bytes, spec, input_shape, threads: int, keep_float,
-                 backend: str = 'onnxruntime'):
+    def __init__(
+        self,
+        graph: bytes,
+        spec,
+        input_shape,
+        threads: int,
+        keep_float,
+        backend: str = 'onnxruntime',
+    ):
         self.graph, self.spec, self.input_shape = graph, spec, tuple(input_shape)
-        self.keep_float, self.check, self.backend, self.skipped = list(keep_float), {}, \
-            backend, {}
+        self.keep_float, self.check, self.backend, self.skipped = list(keep_float), {}, backend, {}
         if backend == 'openvino':
             self.arrays = openvino_runner(compile_openvino(graph, threads))
         else:
@@ -243,9 +261,11 @@ class Int8Model:
         """The flat outputs (numpy arrays) of one input tensor."""
         x = check_input(x, 'the input', runner=INT8_RUNNER, batch=True)
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f'The int8 graph was calibrated and checked for inputs '
-                             f'{self.input_shape} (C, H, W); got {tuple(x.shape[1:])}. Call '
-                             f'optimize_for_inference again with an example of this size.')
+            raise ValueError(
+                f'The int8 graph was calibrated and checked for inputs '
+                f'{self.input_shape} (C, H, W); got {tuple(x.shape[1:])}. Call '
+                f'optimize_for_inference again with an example of this size.'
+            )
         return self.arrays(x.detach().contiguous().numpy())
 
     def __call__(self, x):
@@ -265,10 +285,17 @@ def _model_task(model) -> Optional[str]:
     return None if task == 'detection' else task
 
 
-def optimize_int8(model, example, calibration, threads: Optional[int] = None,
-                  verify: bool = True, backend: str = 'auto', precision: str = 'int8',
-                  method: str = 'minmax', keep_float: Optional[Sequence[str]] = None
-                  ) -> Int8Model:
+def optimize_int8(
+    model,
+    example,
+    calibration,
+    threads: Optional[int] = None,
+    verify: bool = True,
+    backend: str = 'auto',
+    precision: str = 'int8',
+    method: str = 'minmax',
+    keep_float: Optional[Sequence[str]] = None,
+) -> Int8Model:
     """``optimize_for_inference(..., precision='int8', calibration=batches)``: a fused
     copy of ``model`` (eval mode; ``model`` is not changed) exported to ONNX (batch
     free), statically quantized (``quantize_graph``, calibrated on ``calibration``: an
@@ -279,19 +306,27 @@ def optimize_int8(model, example, calibration, threads: Optional[int] = None,
     judged against the fused model's float32 outputs (``judge_int8``); a failed check
     raises ``QuantizeError``."""
     if precision not in ('fp32', 'int8'):
-        raise ValueError(f'Unknown precision {precision!r}: use "fp32" (the default) or '
-                         f'"int8" (with calibration=batches).')
+        raise ValueError(
+            f'Unknown precision {precision!r}: use "fp32" (the default) or '
+            f'"int8" (with calibration=batches).'
+        )
     if precision == 'fp32':
         raise ValueError('calibration= is for precision="int8"; a float32 model needs none.')
     if backend != 'auto' and backend not in INT8_BACKENDS:
-        raise ValueError(f'precision="int8" runs on {" or ".join(sorted(INT8_BACKENDS))}; got '
-                         f'backend={backend!r}: use "auto" or one of them.')
+        raise ValueError(
+            f'precision="int8" runs on {" or ".join(sorted(INT8_BACKENDS))}; got '
+            f'backend={backend!r}: use "auto" or one of them.'
+        )
     example = check_input(example, 'the example', runner=INT8_RUNNER, batch=True)
-    batches = [check_input(b, f'calibration batch {i}', runner=INT8_RUNNER, batch=True)
-               for i, b in enumerate(calibration or [])]
+    batches = [
+        check_input(b, f'calibration batch {i}', runner=INT8_RUNNER, batch=True)
+        for i, b in enumerate(calibration or [])
+    ]
     if not batches:
-        raise QuantizeError('precision="int8" needs calibration=batches: a few real input '
-                            'batches (8-32 images in all), preprocessed like the example.')
+        raise QuantizeError(
+            'precision="int8" needs calibration=batches: a few real input '
+            'batches (8-32 images in all), preprocessed like the example.'
+        )
     fused = reparameterize_model(copy.deepcopy(model).eval()).requires_grad_(False)
     flat = FlatOutputs(fused).eval()
     with torch.no_grad():
@@ -305,15 +340,18 @@ def optimize_int8(model, example, calibration, threads: Optional[int] = None,
         with torch.no_grad():
             reference = [[t.numpy() for t in flat(x)] for x in inputs]
     skipped = {}
-    for name in (INT8_BACKENDS if backend == 'auto' else (backend, )):
+    for name in INT8_BACKENDS if backend == 'auto' else (backend,):
         try:
             optimized = Int8Model(int8, spec, example.shape[1:], threads, keep, name)
             if verify:
-                optimized.check = judge_int8(reference, [optimized.run(x) for x in inputs],
-                                             _model_task(model))
+                optimized.check = judge_int8(
+                    reference, [optimized.run(x) for x in inputs], _model_task(model)
+                )
                 if not optimized.check['passed']:
-                    raise QuantizeError(describe_int8(optimized.check) + '. Calibrate on '
-                                        'real inputs preprocessed as the example is.')
+                    raise QuantizeError(
+                        describe_int8(optimized.check) + '. Calibrate on '
+                        'real inputs preprocessed as the example is.'
+                    )
         except Exception as error:  # noqa: BLE001 (any failure: try the next backend)
             if backend != 'auto' or name == INT8_BACKENDS[-1]:
                 raise

@@ -14,6 +14,7 @@ parameter groups (the distinct values, largest first: CosineAnnealingParamSchedu
 ``weight_decay`` moves them), and the validated weights from the model an EMAHook
 swapped them into.
 """
+
 from typing import List, Optional
 
 import torch
@@ -42,9 +43,12 @@ def train_pipeline(dataset):
 def describe_pipeline(pipeline) -> str:
     """'RandomResizedCrop.scale=(56, 56), RandAugment.magnitude_level=4.9': the recipe
     settings (PIPELINE_SETTINGS) of the transforms of an mmcv Compose."""
-    settings = [f'{type(t).__name__}.{name}={_short(getattr(t, name))}'
-                for t in getattr(pipeline, 'transforms', [])
-                for name in PIPELINE_SETTINGS if hasattr(t, name)]
+    settings = [
+        f'{type(t).__name__}.{name}={_short(getattr(t, name))}'
+        for t in getattr(pipeline, 'transforms', [])
+        for name in PIPELINE_SETTINGS
+        if hasattr(t, name)
+    ]
     return ', '.join(settings) or 'no crop or augmentation setting'
 
 
@@ -54,15 +58,18 @@ def _short(value) -> str:
 
 def weight_decays(optim_wrapper) -> List[float]:
     """The distinct weight decays of the optimizer's parameter groups, largest first."""
-    return sorted({group.get('weight_decay', 0.0) for group in optim_wrapper.param_groups},
-                  reverse=True)
+    return sorted(
+        {group.get('weight_decay', 0.0) for group in optim_wrapper.param_groups}, reverse=True
+    )
 
 
 def relative_distance(model: torch.nn.Module, other: torch.nn.Module) -> float:
     """||params(model) - params(other)|| / ||params(other)||."""
     with torch.no_grad():
-        diff = sum(((a.double() - b.double()) ** 2).sum()
-                   for a, b in zip(model.parameters(), other.parameters()))
+        diff = sum(
+            ((a.double() - b.double()) ** 2).sum()
+            for a, b in zip(model.parameters(), other.parameters())
+        )
         norm = sum((b.double() ** 2).sum() for b in other.parameters())
     return (diff / norm).sqrt().item() if norm > 0 else 0.0
 
@@ -72,6 +79,7 @@ class RecipeLoggerHook(Hook):
     """Log the recipe of each training epoch and what each validation runs on (module
     docstring). Runs after EMAHook (it reads the weights EMAHook swapped in) and before
     ParamSchedulerHook (it reads the weight decay the epoch used)."""
+
     priority = 'BELOW_NORMAL'
 
     def __init__(self):
@@ -91,13 +99,18 @@ class RecipeLoggerHook(Hook):
 
     def after_train_epoch(self, runner):
         sizes = ', '.join(f'{h}x{w}' for h, w in sorted(self.sizes)) or 'no'
-        decays = [self.first_decays] + [self.last_decays] * (
-            self.last_decays != self.first_decays)
-        decays = ' -> '.join(', '.join(f'{d:.3g}' for d in values) for values in decays
-                             if values is not None) or 'unknown'
+        decays = [self.first_decays] + [self.last_decays] * (self.last_decays != self.first_decays)
+        decays = (
+            ' -> '.join(
+                ', '.join(f'{d:.3g}' for d in values) for values in decays if values is not None
+            )
+            or 'unknown'
+        )
         pipeline = describe_pipeline(train_pipeline(runner.train_dataloader.dataset))
-        runner.logger.info(f'Epoch {runner.epoch + 1} recipe: trained on {sizes} images; '
-                           f'{pipeline}; weight_decay {decays}')
+        runner.logger.info(
+            f'Epoch {runner.epoch + 1} recipe: trained on {sizes} images; '
+            f'{pipeline}; weight_decay {decays}'
+        )
 
     def before_val_epoch(self, runner):
         ema = next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
@@ -110,4 +123,5 @@ class RecipeLoggerHook(Hook):
             f'Validation on the EMA weights ({type(ema).__name__}, '
             f'{int(ema.ema_model.steps)} updates): '
             f'{relative_distance(model, ema.ema_model.module):.2g} (relative) from the '
-            f'trained weights')
+            f'trained weights'
+        )

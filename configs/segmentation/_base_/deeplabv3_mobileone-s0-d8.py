@@ -19,6 +19,9 @@ deeplabv3_mobileone = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='https://download.openmmlab.com/mmclassification/v0/mobileone/'
-            'mobileone-s0_8xb32_in1k_20221110-0bc94952.pth')),
+            'mobileone-s0_8xb32_in1k_20221110-0bc94952.pth',
+        ),
+    ),
     decode_head=dict(in_channels=1024, in_index=1),
-    auxiliary_head=dict(in_channels=256, in_index=0))
+    auxiliary_head=dict(in_channels=256, in_index=0),
+)

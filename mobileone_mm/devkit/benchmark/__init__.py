@@ -18,12 +18,25 @@ timed), ``stacked`` (the training form with stacked branches), ``runtimes`` (eve
 runtime's artefacts and their table), ``measure`` (timing each section,
 ``run_benchmark``), ``targets`` (the speed targets), ``report`` (tables, plot).
 """
+
 from .machine import INT8_BF16_FLAGS, cpu_info, describe_isa, load_average, peak_gflops
 from .measure import ARCHS, PRESETS, run_benchmark
 from .report import to_markdown, write_report
 from .stacked import stacked_sum, with_stacked_branches
 from .targets import evaluate_targets
 
-__all__ = ['ARCHS', 'INT8_BF16_FLAGS', 'PRESETS', 'cpu_info', 'describe_isa',
-           'evaluate_targets', 'load_average', 'peak_gflops', 'run_benchmark', 'stacked_sum',
-           'to_markdown', 'with_stacked_branches', 'write_report']
+__all__ = [
+    'ARCHS',
+    'INT8_BF16_FLAGS',
+    'PRESETS',
+    'cpu_info',
+    'describe_isa',
+    'evaluate_targets',
+    'load_average',
+    'peak_gflops',
+    'run_benchmark',
+    'stacked_sum',
+    'to_markdown',
+    'with_stacked_branches',
+    'write_report',
+]

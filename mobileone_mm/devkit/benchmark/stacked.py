@@ -1,5 +1,6 @@
 """The training form with each block's branches stacked (issue 12's "training at the same
 math, faster"), timed by the benchmark's training step."""
+
 import copy
 import functools
 
@@ -7,8 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...models.mobileone_block import MobileOneBlock
 from mobileone_mm.models.reparam import pad_to
+
+from ...models.mobileone_block import MobileOneBlock
 
 
 # Issue 12's "training at the same math, faster": a block's conv + BN branches (the 1 x 1
@@ -32,19 +34,28 @@ def stacked_sum(block, x):
     if block.branch_scale is not None:
         branches.append(block.branch_scale)
     norms, groups = [b.norm for b in branches], block.groups
-    weight = _stack_by_group([pad_to(b.conv.weight, block.kernel_size) for b in branches],
-                             groups)
+    weight = _stack_by_group([pad_to(b.conv.weight, block.kernel_size) for b in branches], groups)
     y = F.conv2d(x, weight, None, block.stride, block.padding, block.dilation, groups)
-    mean, var = (_stack_by_group([getattr(n, k) for n in norms], groups)
-                 for k in ('running_mean', 'running_var'))
+    mean, var = (
+        _stack_by_group([getattr(n, k) for n in norms], groups)
+        for k in ('running_mean', 'running_var')
+    )
     training = norms[0].training
-    y = F.batch_norm(y, mean, var, _stack_by_group([n.weight for n in norms], groups),
-                     _stack_by_group([n.bias for n in norms], groups), training,
-                     norms[0].momentum, norms[0].eps)
+    y = F.batch_norm(
+        y,
+        mean,
+        var,
+        _stack_by_group([n.weight for n in norms], groups),
+        _stack_by_group([n.bias for n in norms], groups),
+        training,
+        norms[0].momentum,
+        norms[0].eps,
+    )
     if training:  # F.batch_norm updated the stacked copies: back to each branch's BN
         with torch.no_grad():
-            means, variances = (t.unflatten(0, (groups, len(norms), -1)).unbind(1)
-                                for t in (mean, var))
+            means, variances = (
+                t.unflatten(0, (groups, len(norms), -1)).unbind(1) for t in (mean, var)
+            )
             for norm, norm_mean, norm_var in zip(norms, means, variances):
                 norm.running_mean.view(groups, -1).copy_(norm_mean)
                 norm.running_var.view(groups, -1).copy_(norm_var)
@@ -57,7 +68,10 @@ def with_stacked_branches(model: nn.Module) -> nn.Module:
     branches sum them with ``stacked_sum``; same parameters and state dict."""
     model = copy.deepcopy(model)
     for block in model.modules():
-        if isinstance(block, MobileOneBlock) and not block.deploy and \
-                len(block.branch_conv_list) + (block.branch_scale is not None) > 1:
+        if (
+            isinstance(block, MobileOneBlock)
+            and not block.deploy
+            and len(block.branch_conv_list) + (block.branch_scale is not None) > 1
+        ):
             block.sum_branches = functools.partial(stacked_sum, block)
     return model
