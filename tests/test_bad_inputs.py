@@ -23,6 +23,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, Payload
 from PIL import Image
 
 from mobileone_mm import CheckpointError, MobileOne, convert_state_dict, optimize_for_inference
@@ -35,7 +36,6 @@ from mobileone_mm.predict.metadata import class_names, export_metadata
 from mobileone_mm.predict.photos import PredictError, preprocess, read_photo
 from mobileone_mm.runtimes.onnx_graphs import export_onnx
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 CLASSES = ['disk', 'square', 'triangle', 'star']
 
@@ -57,16 +57,6 @@ TOOLS = {
         'make_tiny_datasets',
     )
 }
-
-
-class Payload:
-    """A pickle that would run a command when loaded (never is: weights_only)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
 
 
 def save_image(path, size, mode='RGB', fmt=None):

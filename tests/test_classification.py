@@ -2,11 +2,11 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config
 from PIL import Image
 
@@ -15,7 +15,6 @@ from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS
 from mobileone_mm.devkit.tiny_data import CLASS_LOOKS, CLASSES, make_tiny_flowers
 from mobileone_mm.loading.config import build_model
 
-REPO = Path(__file__).resolve().parents[1]
 FLOWERS = REPO / 'configs/classification/mobileone-s0_1xb32-flowers102.py'
 TINY = REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py'
 

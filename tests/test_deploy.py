@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -17,7 +18,6 @@ from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
 from mobileone_mm.loading.checkpoint import load_model
 from mobileone_mm.loading.config import DeployError, build_model, codebase_of
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     'mmpretrain': REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py',
     'mmdet': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from apple_layout import to_apple  # tests/ on the path: conftest.py
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
@@ -16,7 +17,6 @@ from mobileone_mm import MobileOne, convert_state_dict
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
 from mobileone_mm.devkit.tiny_data import make_tiny_coco
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs' / 'detection'
 ARCHS = ['s0', 's1', 's2', 's3', 's4']
 TINY_CONFIG = CONFIGS / 'ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'

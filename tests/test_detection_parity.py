@@ -22,7 +22,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from detectors import small_model  # noqa: E402  (tests/ on the path: conftest.py)
+from helpers import REPO
 from mmengine.config import Config
+from photos import photo_paths  # noqa: E402
 
 from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.predict.detections import postprocess_detections
@@ -30,10 +33,6 @@ from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape, pr
 from mobileone_mm.predict.photos import preprocess, read_photo
 from mobileone_mm.predict.prediction import graph_input_shape, predict
 from mobileone_mm.runtimes.onnx_graphs import build_onnx, export_onnx, load_onnx
-
-REPO = Path(__file__).resolve().parents[1]
-from detectors import small_model  # noqa: E402  (tests/ on the path: conftest.py)
-from photos import photo_paths  # noqa: E402
 
 CONFIGS = REPO / 'configs' / 'detection'
 CLASSES = ('disk', 'square', 'triangle', 'star')

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO
 
 from mobileone_mm.models.sync_batchnorm import CPUSyncBatchNorm, convert_to_cpu_sync_batchnorm
 
-REPO = Path(__file__).resolve().parents[1]
 MIM = Path(sys.executable).parent / 'mim'
 needs_cpu_only = pytest.mark.skipif(
     torch.cuda.is_available(), reason='the CPU adaptation is off when CUDA is available'

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 250
 # What a strict build reads: the site's settings and pages, the repository files the pages
 # include or link to, and the package the API page documents.

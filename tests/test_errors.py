@@ -21,12 +21,12 @@ import sys
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Tuple
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from PIL import Image
 
 from mobileone_mm import MobileOne, reparameterize_model
@@ -34,7 +34,6 @@ from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.predict.metadata import export_metadata
 from mobileone_mm.runtimes.onnx_graphs import export_onnx
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 DET_TINY = str(REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py')
 SEG_TINY = str(

@@ -27,6 +27,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from PIL import Image
 
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
@@ -35,7 +36,6 @@ from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.predict.metadata import export_metadata
 from mobileone_mm.runtimes.onnx_graphs import export_onnx
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 DEPLOY_CFG = str(REPO / 'configs/mmdeploy/classification_onnxruntime_static.py')
 TOOL_NAMES = (

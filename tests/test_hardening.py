@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO, Payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -45,7 +46,6 @@ from mobileone_mm import (
 from mobileone_mm.checkpoints.io import TEMP_MARK, atomic_file, remove_stale_temp_files
 from mobileone_mm.devkit.analysis import randomize_bn
 
-REPO = Path(__file__).resolve().parents[1]
 # Deterministic in CI: the same examples on every run (derandomize), no example database,
 # no per-example deadline (the machine may be loaded).
 PROPERTY = dict(
@@ -388,14 +388,6 @@ def test_fused_weights_into_a_train_model_are_refused_with_the_fix(tmp_path):
     save_checkpoint({'state_dict': fused.state_dict()}, tmp_path / 'fused.pth')
     with pytest.raises(CheckpointError, match='cannot be split back into branches'):
         load_checkpoint(MobileOne('s0'), str(tmp_path / 'fused.pth'), strict=False)
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
 
 
 def getattr_chain_pickle(command: str) -> bytes:

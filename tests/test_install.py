@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from check_cuda_build import nvcc_release, plan_mmcv_build
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 NVCC_12_4 = (
     'nvcc: NVIDIA (R) Cuda compiler driver\n'
     'Cuda compilation tools, release 12.4, V12.4.131\nBuild cuda_12.4.r12.4\n'

@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.runner import Runner
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -36,7 +37,6 @@ from mobileone_mm.runtimes.mmdeploy_route import (
     torchscript_onnx_export,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / 'configs/mmdeploy'
 MODELS = {
     'detection': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config
 
 from mobileone_mm import CheckpointError, MobileOne, load_checkpoint_file, reparameterize_model
@@ -29,7 +30,6 @@ from mobileone_mm.loading.config import build_model
 from mobileone_mm.loading.data import sample_inputs
 from mobileone_mm.models.arch import ARCH_SETTINGS, resolve_arch, stage_channels
 
-REPO = Path(__file__).resolve().parents[1]
 CLS = REPO / 'configs/classification'
 IMAGENET = {
     **{f's{n}': CLS / f'mobileone-s{n}_8xb32_in1k.py' for n in range(5)},

@@ -6,13 +6,13 @@ to the codebases' own test loop."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 import torch.utils._pytree as pytree
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -34,7 +34,6 @@ from mobileone_mm.runtimes.onnxruntime_int8 import (
     quantize_graph,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
     'detection': REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
     'segmentation': REPO / 'configs/segmentation/'

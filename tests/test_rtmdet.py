@@ -13,9 +13,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from apple_layout import to_apple  # noqa: E402  (tests/ on the path: conftest.py)
+from detectors import small_model  # noqa: E402
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
+from photos import photo_paths  # noqa: E402
 
 from mobileone_mm import MobileOne, convert_state_dict
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS, backbone_state_dict
@@ -28,11 +32,6 @@ from mobileone_mm.predict.photos import preprocess, read_photo
 from mobileone_mm.predict.prediction import predict
 from mobileone_mm.runtimes.artefact_check import verify_onnx
 from mobileone_mm.runtimes.onnx_graphs import export_onnx, load_onnx
-
-REPO = Path(__file__).resolve().parents[1]
-from apple_layout import to_apple  # noqa: E402  (tests/ on the path: conftest.py)
-from detectors import small_model  # noqa: E402
-from photos import photo_paths  # noqa: E402
 
 CONFIGS = REPO / 'configs' / 'detection'
 TINY = CONFIGS / 'rtmdet_mobileone-s0_1xb8-20e_tiny-coco.py'

@@ -8,12 +8,12 @@ import importlib.util
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO
 
 from mobileone_mm.checkpoints.paths import PathError
 from mobileone_mm.devkit.analysis import randomize_bn
@@ -28,7 +28,6 @@ from mobileone_mm.runtimes import (
 )
 from mobileone_mm.runtimes.wrappers import wrap_for_export
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 CLASSES = ['disk', 'square', 'triangle', 'star']
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / 'configs' / 'segmentation'
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py'))
 ADE20K_S0 = 'deeplabv3_mobileone-s0-d8_4xb4-160k_ade20k-512x512.py'

@@ -4,10 +4,10 @@ ADE20KDataset / PascalVOCDataset read (read here by those classes themselves).""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
 
 from mobileone_mm.devkit.tiny_data import (
@@ -19,8 +19,6 @@ from mobileone_mm.devkit.tiny_data import (
     make_tiny_voc,
     render_split,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_scenes_are_seeded_and_independent_of_counts():

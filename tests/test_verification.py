@@ -4,11 +4,11 @@ correct fusion of models whose float32 outputs are far from exact (BN statistics
 blow activations up to 1e7..1e11), and refuses wrong fusions of the same models."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -24,7 +24,6 @@ from mobileone_mm.runtimes import optimize as inference
 from mobileone_mm.runtimes.artefact_check import verify_onnx
 from mobileone_mm.runtimes.onnx_graphs import build_onnx
 
-REPO = Path(__file__).resolve().parents[1]
 # The detector of issue 11: SSDLite-S0 (the COCO recipe) whose BN statistics give backbone
 # activations ~1e8. Its float32 train form is ~1e-3 (relative) from the exact outputs:
 # the fixed tolerance of 1e-4 refused its correct fusion.

@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import REPO
 from onnx import numpy_helper
 from PIL import Image
 
@@ -48,7 +49,6 @@ from mobileone_mm.predict.photos import PredictError, read_photo
 from mobileone_mm.predict.prediction import predict
 from mobileone_mm.runtimes.onnx_graphs import export_onnx, load_onnx
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py'
 ARCH = dict(
     num_blocks=[1, 1, 1, 1],

@@ -6,11 +6,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from apple_layout import to_apple  # tests/ on the path: conftest.py
+from helpers import REPO, Payload
 from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader
 
@@ -25,8 +25,6 @@ from mobileone_mm import (
 )
 from mobileone_mm.checkpoints.formats import backbone_state_dict
 from mobileone_mm.models.arch import infer_arch
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def classifier_state_dict(arch, randomize_bn, deploy=False):
@@ -174,14 +172,6 @@ def test_pretrained_names_both_archs_and_missing_keys(tmp_path, randomize_bn):
         model.stage2[3].branch_conv_list[0].norm.running_mean,
         state['backbone.stage2.3.branch_conv_list.0.norm.running_mean'],
     )
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
 
 
 def test_bad_files_get_clear_errors(tmp_path, randomize_bn):
