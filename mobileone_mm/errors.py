@@ -30,6 +30,16 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 class UserError(Exception):
     """An expected mistake in a tool's input, with the problem and the fix."""
 
+    exit_code = EXIT_USER_ERROR
+
+
+class CheckFailed(UserError):
+    """A check that ran and refused its candidate (an artefact that does not compute the
+    model's outputs): a result, not an input mistake, so a tool ends with exit code 1 (and
+    one line, as for a mistake); nothing was written."""
+
+    exit_code = 1
+
 
 def tool_parser(description: Optional[str]) -> argparse.ArgumentParser:
     """An ArgumentParser for a tool in tools/: ``description`` shown as written, and the
@@ -82,7 +92,7 @@ def run_tool(main: Callable) -> Callable:
                 traceback.print_exc()
             sys.stderr.flush()
             print(f'{name}: {one_line(error)}', file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(error.exit_code)
         except KeyboardInterrupt:
             if _debug_requested(argv):
                 traceback.print_exc()

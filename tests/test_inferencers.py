@@ -17,7 +17,7 @@ from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint
-from mobileone_mm.loading.config import _registry, build_model, input_shape_of, load_config
+from mobileone_mm.loading.config import build_model, input_shape_of, load_config, registry_of
 from mobileone_mm.runtimes.wrappers import Normalize
 
 DET_TINY = 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py'
@@ -51,7 +51,7 @@ def dataset_meta(cfg, codebase: str, num_classes: int) -> dict:
     dataset = cfg.test_dataloader.dataset
     meta = dict(dataset.get('metainfo') or {})
     if 'classes' not in meta:
-        meta = dict(getattr(_registry(codebase, 'DATASETS').get(dataset.type), 'METAINFO', {}))
+        meta = dict(getattr(registry_of(codebase, 'DATASETS').get(dataset.type), 'METAINFO', {}))
     if len(meta.get('classes') or ()) != num_classes:
         meta = dict(classes=[f'class {i}' for i in range(num_classes)])
     return meta

@@ -137,7 +137,7 @@ def codebase_of(cfg: Config) -> str:
         return scope
     model_type = cfg.get('model', {}).get('type')
     for codebase in CODEBASES:
-        if _registry(codebase, 'MODELS').get(model_type) is not None:
+        if registry_of(codebase, 'MODELS').get(model_type) is not None:
             return codebase
     raise DeployError(
         f'Cannot tell which codebase the config is for: default_scope is '
@@ -146,7 +146,9 @@ def codebase_of(cfg: Config) -> str:
     )
 
 
-def _registry(codebase: str, name: str):
+def registry_of(codebase: str, name: str):
+    """The codebase's registry ``name`` ('MODELS', 'DATASETS', 'METRICS', ...), its scope
+    made the default one first (as the Runner does), so that the types it builds resolve."""
     init_default_scope(codebase)
     return getattr(importlib.import_module(f'{codebase}.registry'), name)
 
@@ -158,7 +160,7 @@ def build_model(cfg: Config) -> Tuple[nn.Module, str]:
     if cfg.get('data_preprocessor') is not None:  # the Runner merges it the same way
         model_cfg.setdefault('data_preprocessor', copy.deepcopy(cfg.data_preprocessor))
     try:
-        model = _registry(codebase, 'MODELS').build(model_cfg)
+        model = registry_of(codebase, 'MODELS').build(model_cfg)
     except (KeyError, ValueError, TypeError) as error:  # a wrong type name or argument
         if isinstance(error, UserError):
             raise
@@ -181,7 +183,7 @@ def deploy_config(cfg: Config) -> Config:
     return deploy
 
 
-def _input_size(cfg: Config) -> int:
+def input_size_of(cfg: Config) -> int:
     """The square side of the val pipeline's last fixed size (crop or resize), or 224."""
     size = 224
     for transform in cfg.get('val_dataloader', {}).get('dataset', {}).get('pipeline', []):
@@ -192,7 +194,7 @@ def _input_size(cfg: Config) -> int:
 
 
 def input_shape_of(cfg: Config) -> Tuple[int, int]:
-    size = _input_size(cfg)
+    size = input_size_of(cfg)
     return size, size
 
 

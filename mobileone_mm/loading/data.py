@@ -10,7 +10,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from ..machine import check_memory
-from .config import DeployError, _input_size, _registry, codebase_of
+from .config import DeployError, codebase_of, input_size_of, registry_of
 
 SPLITS = ('train', 'val')
 
@@ -24,7 +24,7 @@ def dataset_of(cfg: Config, split: str):
     if not loader:
         raise DeployError(f'The config has no {split}_dataloader.')
     try:
-        dataset = _registry(codebase_of(cfg), 'DATASETS').build(loader.dataset)
+        dataset = registry_of(codebase_of(cfg), 'DATASETS').build(loader.dataset)
     except FileNotFoundError as error:
         raise DeployError(
             f'The {split} set of the config is not on disk ({error}). Run from '
@@ -67,7 +67,7 @@ def sample_inputs(cfg: Config, model: nn.Module, num_images: int = 4) -> Tuple[L
                 for d in (dataset[i] for i in range(count))
             ]
         return inputs, f'{count} val images'
-    size = _input_size(cfg)
+    size = input_size_of(cfg)
     check_memory(
         num_images * 3 * size * size * 4,
         f'{num_images} random {size}x{size} check images',

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 import torch.nn as nn
 
-from ..loading.config import _registry, codebase_of, task_of
+from ..loading.config import codebase_of, registry_of, task_of
 from .photos import pad_size
 
 
@@ -49,7 +49,7 @@ def dataset_meta(cfg, checkpoint: dict, model: nn.Module) -> Tuple[dict, str]:
         (dataset.get('metainfo') or {}, "the config's test dataset metainfo"),
     ]
     if dataset.get('type'):
-        dataset_type = _registry(codebase_of(cfg), 'DATASETS').get(dataset['type'])
+        dataset_type = registry_of(codebase_of(cfg), 'DATASETS').get(dataset['type'])
         candidates.append((getattr(dataset_type, 'METAINFO', {}), f'{dataset["type"]}.METAINFO'))
     count = num_classes_of(model)
     for info, source in candidates:

@@ -10,11 +10,17 @@ import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from ..errors import CheckFailed
 from ..fusion.output_check import Reference
+from ..loading.config import ExportError
 from ..predict.detections import match_detections, postprocess_detections
 from ..predict.prediction import SessionRunner
 from .onnx_graphs import load_session
 from .wrappers import WRAPPERS, Normalize
+
+
+class ArtefactCheckFailed(CheckFailed, ExportError):
+    """An artefact whose outputs are further from the exact ones than float32 allows."""
 
 
 def torch_reference(model: nn.Module, task: str, image: torch.Tensor):

@@ -17,14 +17,19 @@ import numpy as np
 import torch
 
 from ..loading.checkpoint import load_model
-from ..loading.config import DeployError, _registry, codebase_of, input_shape_of
+from ..loading.config import DeployError, codebase_of, input_shape_of, registry_of
 from ..loading.data import dataset_of
 from ..predict.metadata import export_metadata, fixed_input_shape
 from ..predict.photos import preprocess, read_photo
 from ..predict.prediction import graph_input_shape, predict
 from .int8_check import describe_int8, judge_int8
 from .onnx_graphs import build_onnx, load_session
-from .onnxruntime_int8 import QuantizeError, layer_sensitivity, output_layers, quantize_graph
+from .onnxruntime_int8 import (
+    Int8CheckFailed,
+    layer_sensitivity,
+    output_layers,
+    quantize_graph,
+)
 
 
 def graph_images(
@@ -87,7 +92,7 @@ def evaluate_graph(cfg, session, meta: dict, num_images: Optional[int] = None) -
 
     dataset = dataset_of(cfg, 'val')
     count = len(dataset) if num_images is None else min(num_images, len(dataset))
-    _registry(codebase_of(cfg), 'METRICS')  # the codebase's scope, for its metrics
+    registry_of(codebase_of(cfg), 'METRICS')  # the codebase's scope, for its metrics
     evaluator = Evaluator(cfg.val_evaluator)
     evaluator.dataset_meta = dataset.metainfo
     for index in range(count):
@@ -170,7 +175,7 @@ def quantize_checkpoint(
         check_images=f'{len(inputs)} {source} images',
     )
     if not check['passed']:
-        raise QuantizeError(
+        raise Int8CheckFailed(
             describe_int8(check) + f' on {report["check_images"]}. Nothing '
             f'written. Calibrate on more images, or on the other split.'
         )

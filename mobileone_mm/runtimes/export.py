@@ -26,15 +26,15 @@ from ..checkpoints.marks import METADATA_MARK
 from ..checkpoints.paths import check_extension, plan_outputs
 from ..fusion.output_check import describe
 from ..loading.checkpoint import load_model
-from ..loading.config import DeployError, ExportError, input_shape_of
+from ..loading.config import DeployError, input_shape_of
 from ..loading.data import val_image_paths
 from ..predict.metadata import export_metadata, fixed_input_shape
 from ..predict.photos import read_image
-from .artefact_check import verify_runner
+from .artefact_check import ArtefactCheckFailed, verify_runner
 from .common import RUNTIMES, artefact_files, get_runtime, write_staged
 from .evaluate import dataset_images, one_batch
 from .int8_check import describe_int8, judge_int8
-from .onnxruntime_int8 import QuantizeError
+from .onnxruntime_int8 import Int8CheckFailed
 from .wrappers import export_metadata_of, wrap_for_export
 
 
@@ -123,7 +123,9 @@ def _check_fp32(cfg, train_form, runner, shape, num_images: int, score_thr: floa
     images, source = check_images(cfg, shape, num_images)
     check = verify_runner(train_form, runner, images, score_thr=score_thr)
     if not check['passed']:
-        raise ExportError(f'{describe(check, "the artefact")} on {source}. Nothing written.')
+        raise ArtefactCheckFailed(
+            f'{describe(check, "the artefact")} on {source}. Nothing written.'
+        )
     return dict(check=check, images=source)
 
 
@@ -141,7 +143,7 @@ def _check_int8(cfg, wrapper, runner, calibration: List[np.ndarray], num_images:
         fp32 = [[t.numpy() for t in _as_list(wrapper(torch.from_numpy(x)))] for x in inputs]
     check = judge_int8(one_batch(fp32), one_batch([runner(x) for x in inputs]), meta['task'], meta)
     if not check['passed']:
-        raise QuantizeError(
+        raise Int8CheckFailed(
             f'{describe_int8(check, "the int8 artefact")} on {source}. '
             f'Nothing written. Calibrate on more images, or on the other '
             f'split.'

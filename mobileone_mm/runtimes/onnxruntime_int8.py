@@ -47,7 +47,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import CheckFailed, UserError
 from .int8_check import judge_int8
 from .onnx_graphs import make_session
 
@@ -73,6 +73,10 @@ METADATA_KEY = 'int8'
 class QuantizeError(UserError, ValueError):
     """Calibration data or a graph that cannot be quantized, or an int8 graph whose
     outputs are too far from float32, with the reason and the fix."""
+
+
+class Int8CheckFailed(CheckFailed, QuantizeError):
+    """An int8 graph whose outputs are too far from float32 (cosine, task agreement)."""
 
 
 def check_calibration(images: Sequence[np.ndarray], input_shape: Sequence) -> List[np.ndarray]:
