@@ -611,6 +611,11 @@ def test_atomic_file_error_keeps_the_old_file(tmp_path):
 
 
 # ------------------------------------------------------- training checkpoints (mmengine)
+def checkpoint_named(name: str) -> dict:
+    """A checkpoint as training writes one (weights and meta), its name in the meta."""
+    return dict(state_dict={'weight': torch.zeros(1)}, meta=dict(name=name))
+
+
 class FakeRunner:
     """What CheckpointHook._save_checkpoint_with_step uses of the Runner."""
 
@@ -623,7 +628,7 @@ class FakeRunner:
     def save_checkpoint(self, out_dir, filename, *args, **kwargs):
         if self.fail:  # the process dies while writing the new checkpoint
             raise KeyboardInterrupt('killed while saving')
-        save_checkpoint(dict(meta=dict(name=filename)), os.path.join(out_dir, filename))
+        save_checkpoint(checkpoint_named(filename), os.path.join(out_dir, filename))
 
 
 def checkpoint_hook(work_dir):
@@ -633,7 +638,7 @@ def checkpoint_hook(work_dir):
     hook = CheckpointHook(interval=1, max_keep_ckpts=1)
     hook.out_dir, hook.file_backend = str(work_dir), get_file_backend(str(work_dir))
     hook.keep_ckpt_ids = deque([1], 1)
-    save_checkpoint(dict(meta=dict(name='epoch_1.pth')), work_dir / 'epoch_1.pth')
+    save_checkpoint(checkpoint_named('epoch_1.pth'), work_dir / 'epoch_1.pth')
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
     return hook
 
