@@ -22,3 +22,11 @@ class Payload:
 
     def __reduce__(self):
         return os.system, (f'touch {self.marker}',)
+
+
+def rel_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected|, in float64."""
+    return (
+        (actual.double() - expected.double()).abs().max()
+        / expected.double().abs().max().clamp_min(1e-30)
+    ).item()
