@@ -1067,8 +1067,9 @@ def test_export_verify_failure_writes_nothing(files, tmp_path, capsys, monkeypat
     """export_onnx --verify: the graph is written only when onnxruntime and PyTorch
     agree (before, a failed check left the file). Here the graph comes from a model
     with one weight changed."""
-    tool = TOOLS['export_onnx']
-    real = tool.build_onnx
+    import mobileone_mm.runtimes.export as library
+
+    real = library.build_onnx
 
     def wrong_graph(model, *args, **kwargs):
         altered = copy.deepcopy(model)
@@ -1077,7 +1078,7 @@ def test_export_verify_failure_writes_nothing(files, tmp_path, capsys, monkeypat
         return real(altered, *args, **kwargs)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tool, 'build_onnx', wrong_graph)
+    monkeypatch.setattr(library, 'build_onnx', wrong_graph)
     code, message, _, _ = run_cli(
         'export_onnx',
         [CONFIG, files['cls_pth'], str(tmp_path / 'm.onnx'), '--verify', '--num-images', '1'],

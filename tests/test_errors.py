@@ -355,8 +355,9 @@ def test_ctrl_c_mid_write_ends_in_one_line_and_leaves_no_file(files, tmp_path, m
     """Ctrl-C while the graph is half written (issue 24, a new user's table: 40 lines of
     traceback): one line, exit code 130, neither the output nor a temporary file left;
     --debug shows the traceback."""
-    tool = TOOLS['export_onnx']
-    real_atomic_file = tool.atomic_file
+    import mobileone_mm.runtimes.export as library  # export_onnx's one library call
+
+    real_atomic_file = library.atomic_file
 
     class HalfThenCtrlC:
         def __init__(self, file):
@@ -371,7 +372,7 @@ def test_ctrl_c_mid_write_ends_in_one_line_and_leaves_no_file(files, tmp_path, m
         with real_atomic_file(path) as file:
             yield HalfThenCtrlC(file)
 
-    monkeypatch.setattr(tool, 'atomic_file', interrupted_atomic_file)
+    monkeypatch.setattr(library, 'atomic_file', interrupted_atomic_file)
     argv = [CONFIG, files['cls_pth'], tmp_path / 'm.onnx']
     try:
         code, out, err = run_tool('export_onnx', argv)

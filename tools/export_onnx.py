@@ -9,21 +9,10 @@ detector's post-process settings. With --verify, nothing is written unless onnxr
 and PyTorch agree.
 """
 
-import copy
-import sys
-
 from argtypes import positive_int, score_threshold
 
-from mobileone_mm.checkpoints.io import atomic_file
-from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
 from mobileone_mm.errors import run_tool, tool_parser
-from mobileone_mm.fusion.output_check import describe
-from mobileone_mm.loading.checkpoint import load_model
-from mobileone_mm.loading.config import input_shape_of
-from mobileone_mm.predict.metadata import export_metadata, fixed_input_shape
-from mobileone_mm.runtimes.artefact_check import verify_onnx
-from mobileone_mm.runtimes.export import check_images
-from mobileone_mm.runtimes.onnx_graphs import build_onnx
+from mobileone_mm.runtimes.export import export_onnx_graph
 
 
 @run_tool
@@ -52,52 +41,35 @@ def main(argv=None):
         '--score-thr', type=score_threshold, default=0.3, help='detections compared by --verify'
     )
     args = parser.parse_args(argv)
-    plan_outputs(
-        inputs={'config': args.config, 'checkpoint': args.checkpoint},
-        outputs={'ONNX model': args.out},
+    report = export_onnx_graph(
+        args.config,
+        args.checkpoint,
+        args.out,
+        shape=args.shape,
+        dynamic=args.dynamic,
+        verify=args.verify,
+        num_images=args.num_images,
+        score_thr=args.score_thr,
     )
-    check_extension(args.out, ['.onnx'], 'ONNX output')
-    model, cfg, ckpt = load_model(args.config, args.checkpoint)
-    metadata = export_metadata(cfg, ckpt, model, args.config)
-    shape = args.shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg)
-    train_form = copy.deepcopy(model) if args.verify else None  # build_onnx fuses
-    graph, info = build_onnx(model, shape, dynamic=args.dynamic, metadata=metadata)
+    shape, metadata = report['shape'], report['metadata']
     print(
-        f'{info["task"]}: input {shape[0]}x{shape[1]}'
-        f'{" (dynamic)" if args.dynamic else ""}, outputs {info["outputs"]}; '
-        f'convs: fused PyTorch {info["torch_convs"]}, ONNX {info["onnx_convs"]}; '
+        f'{report["task"]}: input {shape[0]}x{shape[1]}'
+        f'{" (dynamic)" if args.dynamic else ""}, outputs {report["outputs"]}; '
+        f'convs: fused PyTorch {report["torch_convs"]}, ONNX {report["onnx_convs"]}; '
         f'classes: {len(metadata["classes"]) or "numbers only"}'
         f'{" (" + metadata["classes_source"] + ")" if metadata["classes"] else ""}'
     )
     for note in metadata['notes']:
         print(f'  note: {note}')
-    # A failed check is a result, not an input mistake: exit code 1 (run_tool: 2).
-    if info['torch_convs'] != info['onnx_convs']:
-        sys.exit(
-            'export_onnx: the graph has another number of convolutions than the '
-            'fused model: some branch structure was not fused. Nothing written.'
+    if report['check'] is not None:
+        print(
+            f'verify on {report["images"]}: '
+            + ', '.join(
+                f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
+                for k, v in report['check'].items()
+            )
         )
-    if args.verify:
-        verify(args, train_form, cfg, graph, shape)
-    with atomic_file(args.out) as f:
-        f.write(graph)
     print(f'written: {args.out}')
-
-
-def verify(args, train_form, cfg, graph: bytes, shape):
-    images, source = check_images(cfg, shape, args.num_images)
-    report = verify_onnx(train_form, graph, images, score_thr=args.score_thr)
-    print(
-        f'verify on {source}: '
-        + ', '.join(
-            f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in report.items()
-        )
-    )
-    if not report['passed']:
-        sys.exit(
-            f'export_onnx: onnxruntime and PyTorch disagree: '
-            f'{describe(report, "the graph")}. Nothing written.'
-        )
 
 
 if __name__ == '__main__':

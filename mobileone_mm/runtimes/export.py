@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..checkpoints.io import atomic_file
 from ..checkpoints.marks import METADATA_MARK
 from ..checkpoints.paths import check_extension, plan_outputs
 from ..fusion.output_check import describe
@@ -30,10 +31,11 @@ from ..loading.config import DeployError, input_shape_of
 from ..loading.data import val_image_paths
 from ..predict.metadata import export_metadata, fixed_input_shape
 from ..predict.photos import read_image
-from .artefact_check import ArtefactCheckFailed, verify_runner
+from .artefact_check import ArtefactCheckFailed, verify_onnx, verify_runner
 from .common import RUNTIMES, artefact_files, get_runtime, write_staged
 from .evaluate import dataset_images, one_batch
 from .int8_check import describe_int8, judge_int8
+from .onnx_graphs import build_onnx
 from .onnxruntime_int8 import Int8CheckFailed
 from .wrappers import export_metadata_of, wrap_for_export
 
@@ -153,3 +155,45 @@ def _check_int8(cfg, wrapper, runner, calibration: List[np.ndarray], num_images:
 
 def _as_list(outputs) -> list:
     return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+
+
+def export_onnx_graph(
+    config,
+    checkpoint: str,
+    out: str,
+    shape: Optional[Sequence[int]] = None,
+    dynamic: bool = False,
+    verify: bool = False,
+    num_images: int = 8,
+    score_thr: float = 0.3,
+) -> dict:
+    """tools/export_onnx.py: the ONNX route, dynamic shapes included. ``out`` is planned
+    first; the graph is written only when it has the fused model's convolutions and, with
+    ``verify``, when onnxruntime passes the output check against the float64 train form on
+    val images (ArtefactCheckFailed otherwise: nothing written). Returns what was exported
+    (``build_onnx``'s report, the shape, the metadata, the check and its images)."""
+    plan_outputs(inputs={'config': config, 'checkpoint': checkpoint}, outputs={'ONNX model': out})
+    check_extension(out, ['.onnx'], 'ONNX output')
+    model, cfg, ckpt = load_model(config, checkpoint)
+    metadata = export_metadata(cfg, ckpt, model, os.fspath(config))
+    shape = shape or fixed_input_shape(metadata['preprocess']) or input_shape_of(cfg)
+    train_form = copy.deepcopy(model) if verify else None  # build_onnx fuses
+    graph, info = build_onnx(model, shape, dynamic=dynamic, metadata=metadata)
+    report = dict(info, shape=tuple(shape), metadata=metadata, check=None, images=None)
+    if info['torch_convs'] != info['onnx_convs']:
+        raise ArtefactCheckFailed(
+            f'the graph has {info["onnx_convs"]} convolutions and the fused model '
+            f'{info["torch_convs"]}: some branch structure was not fused. Nothing written.'
+        )
+    if verify:
+        images, source = check_images(cfg, shape, num_images)
+        check = verify_onnx(train_form, graph, images, score_thr=score_thr)
+        report.update(check=check, images=source)
+        if not check['passed']:
+            raise ArtefactCheckFailed(
+                f'onnxruntime and PyTorch disagree on {source}: '
+                f'{describe(check, "the graph")}. Nothing written.'
+            )
+    with atomic_file(out) as f:
+        f.write(graph)
+    return report
