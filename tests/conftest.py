@@ -6,14 +6,11 @@ import torch
 
 # The command-line tools (argtypes) for tests that load a tool by its path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
-# Test helpers (photos.py); pytest's importlib mode does not put tests/ on the path.
+# Test helpers (helpers.py, photos.py); pytest's importlib mode does not put tests/ on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import helpers  # noqa: E402
+
 from mobileone_mm.devkit import analysis  # noqa: E402
-
-
-def _rel_error(actual, expected) -> float:
-    """max |a - e| / max |e|."""
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 @pytest.fixture
@@ -24,7 +21,8 @@ def randomize_bn():
 
 @pytest.fixture
 def rel_error():
-    return _rel_error
+    """helpers.rel_error: max |a - e| / max |e|, in float64."""
+    return helpers.rel_error
 
 
 @pytest.fixture(autouse=True)
