@@ -88,7 +88,7 @@ def test_writer_killed_midway_leaves_old_or_new_file(kind, tmp_path):
         current = checkpoint['version']
     if kind == 'chunked':
         assert 'old+temp' in outcomes, outcomes  # the kills did land mid-write
-    save_checkpoint(dict(version=99, state_dict={}), target)  # the next write cleans up
+    save_checkpoint(dict(version=99, state_dict={'w0': torch.ones(1)}), target)  # cleans up
     assert sorted(p.name for p in folder.iterdir()) == ['model.pth']
     assert load_checkpoint_file(target)['version'] == 99
 
