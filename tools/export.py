@@ -14,9 +14,10 @@ val images; int8 is calibrated on the config's train images (--calib-split val f
 val set). Core ML artefacts run only on Apple systems: not checked here.
 """
 
-from argtypes import positive_int, score_threshold
+from argtypes import add_export_arguments, positive_int
 
 from mobileone_mm.errors import run_tool, tool_parser
+from mobileone_mm.fusion.output_check import describe_values
 from mobileone_mm.loading.data import SPLITS
 from mobileone_mm.runtimes import PRECISIONS, RUNTIMES, export_to_runtime
 
@@ -35,28 +36,13 @@ def main(argv=None):
         help='fp32 (default), int8 (onnxruntime, openvino, executorch), fp16 (coreml)',
     )
     parser.add_argument(
-        '--shape',
-        type=positive_int,
-        nargs=2,
-        metavar=('H', 'W'),
-        help="input size (default: the config's test size)",
-    )
-    parser.add_argument(
         '--verify', action='store_true', help='check the artefact on val images before writing it'
     )
-    parser.add_argument(
-        '--num-images',
-        type=positive_int,
-        default=8,
-        help='val images --verify checks on (default 8)',
-    )
+    add_export_arguments(parser, dynamic=False, verify=True)
     parser.add_argument(
         '--calib-images', type=positive_int, default=32, help='int8 calibration images (default 32)'
     )
     parser.add_argument('--calib-split', choices=SPLITS, default='train')
-    parser.add_argument(
-        '--score-thr', type=score_threshold, default=0.3, help='detections compared by --verify'
-    )
     args = parser.parse_args(argv)
     report = export_to_runtime(
         args.config,
@@ -79,16 +65,8 @@ def main(argv=None):
     )
     for note in report['notes']:
         print(f'  note: {note}')
-    check = report['check']
-    if check is not None:
-        print(
-            f'verify on {report["images"]}: '
-            + ', '.join(
-                f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
-                for k, v in check.items()
-                if not isinstance(v, list)
-            )
-        )
+    if report['check'] is not None:
+        print(f'verify on {report["images"]}: {describe_values(report["check"])}')
     print(f'written: {", ".join(report["paths"])}')
 
 

@@ -9,9 +9,10 @@ detector's post-process settings. With --verify, nothing is written unless onnxr
 and PyTorch agree.
 """
 
-from argtypes import positive_int, score_threshold
+from argtypes import add_export_arguments
 
 from mobileone_mm.errors import run_tool, tool_parser
+from mobileone_mm.fusion.output_check import describe_values
 from mobileone_mm.runtimes.export import export_onnx_graph
 
 
@@ -21,24 +22,9 @@ def main(argv=None):
     parser.add_argument('config')
     parser.add_argument('checkpoint', help='training (train-form) or deploy checkpoint')
     parser.add_argument('out', help='.onnx file (written atomically)')
-    parser.add_argument(
-        '--shape',
-        type=positive_int,
-        nargs=2,
-        metavar=('H', 'W'),
-        help="input size (default: the config's test size)",
-    )
-    parser.add_argument(
-        '--dynamic',
-        action='store_true',
-        help='free batch size (and image size for classifiers/segmentors)',
-    )
+    add_export_arguments(parser, dynamic=True, verify=True)
     parser.add_argument(
         '--verify', action='store_true', help='compare onnxruntime with PyTorch on val images'
-    )
-    parser.add_argument('--num-images', type=positive_int, default=8)
-    parser.add_argument(
-        '--score-thr', type=score_threshold, default=0.3, help='detections compared by --verify'
     )
     args = parser.parse_args(argv)
     report = export_onnx_graph(
@@ -62,13 +48,7 @@ def main(argv=None):
     for note in metadata['notes']:
         print(f'  note: {note}')
     if report['check'] is not None:
-        print(
-            f'verify on {report["images"]}: '
-            + ', '.join(
-                f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
-                for k, v in report['check'].items()
-            )
-        )
+        print(f'verify on {report["images"]}: {describe_values(report["check"])}')
     print(f'written: {args.out}')
 
 

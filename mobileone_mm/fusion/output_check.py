@@ -190,3 +190,15 @@ def describe(check: dict, what: str = 'the candidate') -> str:
         f'{check["float32_max_error"]:.3g}); against the float32 train form: max '
         f'|difference| {check["max_abs_diff"]:.3g}, relative {check["rel_diff"]:.2e}'
     )
+
+
+def describe_values(check: dict) -> str:
+    """Every number of a check report on one line, ``'key value, ...'``: floats to three
+    significant digits, per-output lists left out. What the export tools print after
+    --verify, for an fp32 check (``runtimes.artefact_check.verify_runner``) and an int8
+    one (``runtimes.int8_check.judge_int8``) alike."""
+    return ', '.join(
+        f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}'
+        for k, v in check.items()
+        if not isinstance(v, list)
+    )
