@@ -14,13 +14,11 @@ whole val set with the config's own metric (mmdet's COCO mAP, mmseg's mIoU, mmpr
 accuracy) and prints both.
 """
 
-from argtypes import non_negative_int, positive_int
+from argtypes import add_export_arguments, non_negative_int, positive_int
 
-from mobileone_mm.checkpoints.io import atomic_file
-from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.loading.data import SPLITS
-from mobileone_mm.runtimes.evaluate import quantize_checkpoint
+from mobileone_mm.runtimes.evaluate import quantize_to_file
 from mobileone_mm.runtimes.int8_check import describe_int8
 from mobileone_mm.runtimes.onnxruntime_int8 import METHODS
 
@@ -38,18 +36,7 @@ def main(argv=None):
     parser.add_argument(
         '--method', choices=METHODS, default='minmax', help='how activation ranges are calibrated'
     )
-    parser.add_argument(
-        '--shape',
-        type=positive_int,
-        nargs=2,
-        metavar=('H', 'W'),
-        help="input size (default: the config's test size)",
-    )
-    parser.add_argument(
-        '--dynamic',
-        action='store_true',
-        help='free batch size (and image size for classifiers/segmentors)',
-    )
+    add_export_arguments(parser, dynamic=True, verify=False)
     parser.add_argument(
         '--float-layers',
         type=non_negative_int,
@@ -70,14 +57,10 @@ def main(argv=None):
         help="score float32 and int8 on the val set with the config's metric",
     )
     args = parser.parse_args(argv)
-    check_extension(args.out, ['.onnx'], 'ONNX output')
-    plan_outputs(
-        inputs={'config': args.config, 'checkpoint': args.checkpoint},
-        outputs={'ONNX model': args.out},
-    )
-    graph, report = quantize_checkpoint(
+    report = quantize_to_file(
         args.config,
         args.checkpoint,
+        args.out,
         calib_images=args.calib_images,
         calib_split=args.calib_split,
         method=args.method,
@@ -104,8 +87,6 @@ def main(argv=None):
                 f'{key}: float32 {value:.4f}, int8 {report["int8"][key]:.4f}, '
                 f'difference {report["int8"][key] - value:+.4f}'
             )
-    with atomic_file(args.out) as f:
-        f.write(graph)
     print(f'written: {args.out}')
 
 

@@ -1,5 +1,6 @@
 """Exported graphs (float32 or int8) on a config's data sets, as they run deployed, and
-the config-level int8 quantization of tools/quantize.py (``quantize_checkpoint``):
+the config-level int8 quantization of tools/quantize.py (``quantize_checkpoint``; planned,
+checked and written in one call by ``quantize_to_file``):
 
 * ``graph_images``: images of the config's train or val set as the graph takes them,
   the photo read and put through the config's test pipeline as tools/onnx_infer.py does
@@ -16,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..checkpoints.io import atomic_file
+from ..checkpoints.paths import check_extension, plan_outputs
 from ..loading.checkpoint import load_model
 from ..loading.config import DeployError, codebase_of, input_shape_of, registry_of
 from ..loading.data import dataset_of
@@ -183,3 +186,18 @@ def quantize_checkpoint(
         report['fp32'] = evaluate_graph(cfg, session, meta)
         report['int8'] = evaluate_graph(cfg, session8, meta8)
     return int8, report
+
+
+def quantize_to_file(config, checkpoint: str, out: str, **options) -> dict:
+    """tools/quantize.py: ``quantize_checkpoint`` (``options`` are its keyword arguments)
+    written to ``out``. ``out`` is checked before any work (an .onnx file, planned by
+    ``checkpoints.paths.plan_outputs``: never over an input or a file our tools did not
+    write); the int8 graph is written atomically, and only when it passed the int8
+    check (Int8CheckFailed otherwise: nothing written). Returns ``quantize_checkpoint``'s
+    report."""
+    check_extension(out, ['.onnx'], 'ONNX output')
+    plan_outputs(inputs={'config': config, 'checkpoint': checkpoint}, outputs={'ONNX model': out})
+    graph, report = quantize_checkpoint(config, checkpoint, **options)
+    with atomic_file(out) as f:
+        f.write(graph)
+    return report
