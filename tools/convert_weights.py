@@ -4,12 +4,9 @@ mmpretrain's classifier layout, which our backbone, mmpretrain and the configs l
     python tools/convert_weights.py mobileone_s0_unfused.pth.tar mobileone-s0.pth --arch s0
 """
 
-from mobileone_mm import ARCH_SETTINGS, convert_state_dict, load_checkpoint_file, save_checkpoint
-from mobileone_mm.checkpoints.formats import backbone_state_dict
-from mobileone_mm.checkpoints.io import CHECKPOINT_EXTENSIONS, state_dict_of
-from mobileone_mm.checkpoints.paths import check_extension, plan_outputs
+from mobileone_mm import ARCH_SETTINGS
 from mobileone_mm.errors import run_tool, tool_parser
-from mobileone_mm.models.arch import check_arch, describe_arch, infer_arch, resolve_arch
+from mobileone_mm.models.pretrained import convert_checkpoint
 
 
 @run_tool
@@ -25,20 +22,11 @@ def main(argv=None):
         '--arch', choices=sorted(ARCH_SETTINGS), help='refuse weights of another arch'
     )
     args = parser.parse_args(argv)
-    plan_outputs(
-        inputs={'checkpoint to convert': args.src}, outputs={'converted checkpoint': args.dst}
+    done = convert_checkpoint(args.src, args.dst, arch=args.arch)
+    print(
+        f'{args.src}: {done["format"]} format, {done["arch"]}, {done["tensors"]} tensors '
+        f'-> {args.dst}'
     )
-    check_extension(args.dst, CHECKPOINT_EXTENSIONS, 'converted checkpoint')
-    state_dict, fmt = convert_state_dict(state_dict_of(load_checkpoint_file(args.src)))
-    backbone = backbone_state_dict(state_dict)
-    if args.arch:
-        check_arch(backbone, resolve_arch(args.arch))
-    arch = describe_arch(infer_arch(backbone))
-    save_checkpoint(
-        dict(state_dict=state_dict, meta=dict(source_format=fmt, arch=arch, source=args.src)),
-        args.dst,
-    )
-    print(f'{args.src}: {fmt} format, {arch}, {len(state_dict)} tensors -> {args.dst}')
 
 
 if __name__ == '__main__':

@@ -1,13 +1,49 @@
 """ImageNet (or any MobileOne) weights into a backbone, whatever their published format:
-what ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does for MobileOne."""
+what ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does for MobileOne; and such a
+checkpoint converted to mmpretrain's layout on disk (``convert_checkpoint``,
+tools/convert_weights.py)."""
 
 from typing import Optional
 
 from mmengine.logging import MMLogger, print_log
 
 from ..checkpoints.formats import backbone_state_dict, convert_state_dict, is_fused
-from ..checkpoints.io import CheckpointError, describe_mismatch, load_checkpoint, state_dict_of
-from .arch import check_arch
+from ..checkpoints.io import (
+    CHECKPOINT_EXTENSIONS,
+    CheckpointError,
+    describe_mismatch,
+    load_checkpoint,
+    load_checkpoint_file,
+    save_checkpoint,
+    state_dict_of,
+)
+from ..checkpoints.paths import check_extension, plan_outputs
+from .arch import check_arch, describe_arch, infer_arch, resolve_arch
+
+
+def convert_checkpoint(src: str, dst: str, arch: Optional[str] = None) -> dict:
+    """tools/convert_weights.py: the MobileOne checkpoint ``src`` in any published format
+    (mmpretrain, Apple fused / unfused, timm; ``convert_state_dict``) written to ``dst``
+    in mmpretrain's classifier layout, which the backbone, mmpretrain and the configs
+    load. ``dst`` is planned before anything is read (``checkpoints.paths.plan_outputs``:
+    never over ``src`` or a file our tools did not write) and its extension names the
+    format (.pth or .safetensors); it is written atomically, with the source format, the
+    arch and ``src`` in its meta. ``arch`` ('s0'..'s4'): CheckpointError when the weights
+    are of another arch.
+
+    Returns what was converted: format (the source's), arch (``describe_arch``), tensors
+    (how many were written)."""
+    plan_outputs(inputs={'checkpoint to convert': src}, outputs={'converted checkpoint': dst})
+    check_extension(dst, CHECKPOINT_EXTENSIONS, 'converted checkpoint')
+    state_dict, fmt = convert_state_dict(state_dict_of(load_checkpoint_file(src)))
+    backbone = backbone_state_dict(state_dict)
+    if arch:
+        check_arch(backbone, resolve_arch(arch))
+    found = describe_arch(infer_arch(backbone))
+    save_checkpoint(
+        dict(state_dict=state_dict, meta=dict(source_format=fmt, arch=found, source=src)), dst
+    )
+    return dict(format=fmt, arch=found, tensors=len(state_dict))
 
 
 def load_pretrained(
