@@ -10,7 +10,9 @@ The checkpoints are random (BN affine values too), with BN statistics measured o
 images, as training would leave them: O(1) activations, spread scores."""
 
 import copy
+import importlib.util
 import inspect
+import json
 import math
 import os
 import subprocess
@@ -305,6 +307,28 @@ def test_mmdeploy_onnxruntime_evaluates_like_pytorch(
             run += outputs
         fp64 += raw_outputs(model64, task, inputs.double(), samples, monkeypatch)
     compare(task, graph, fp32s, fp64)
+
+
+@pytest.mark.slow
+def test_mmdeploy_export_tool_tests_the_graph_it_wrote(data_dir, tmp_path, capsys):
+    """tools/mmdeploy_export.py --test (one library call: export_and_test): the graph is
+    written, then scored on the test set, and the metrics it prints as JSON are those of
+    mmengine's test loop on the same checkpoint (the metric within 0.5 % absolute)."""
+    config = MODELS['classification']
+    checkpoint = random_checkpoint(config, tmp_path / 'model.pth')
+    out = tmp_path / 'end2end.onnx'
+    spec = importlib.util.spec_from_file_location('tool', REPO / 'tools/mmdeploy_export.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    deploy_cfg = str(DEPLOY / 'classification_onnxruntime_static.py')
+    argv = [deploy_cfg, str(config), str(checkpoint), str(out), '--test']
+    tool.main(argv + ['--work-dir', str(tmp_path / 'ort')])
+    printed = capsys.readouterr().out.split(f'wrote {out}\n')
+    assert len(printed) == 2 and out.is_file(), printed
+    metrics = json.loads(printed[1])
+    key, tolerance = METRIC['classification']
+    torch_metrics = pytorch_test(config, checkpoint, tmp_path / 'pytorch', 1).metrics
+    assert abs(metrics[key] - torch_metrics[key]) <= tolerance, (metrics, torch_metrics)
 
 
 @pytest.mark.slow

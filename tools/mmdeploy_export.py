@@ -12,9 +12,8 @@ mobileone_mm.runtimes.mmdeploy_route makes torch.onnx.export use the TorchScript
 
 import json
 
-from mobileone_mm.checkpoints.paths import check_extension, check_input_file, plan_outputs
 from mobileone_mm.errors import run_tool, tool_parser
-from mobileone_mm.runtimes.mmdeploy_route import evaluate_backend, export_end2end
+from mobileone_mm.runtimes.mmdeploy_route import export_and_test
 
 
 @run_tool
@@ -31,26 +30,17 @@ def main(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/mmdeploy_test', help='logs of --test')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
-    for what in ('deploy_cfg', 'config', 'checkpoint', 'image'):
-        if getattr(args, what) is not None:
-            check_input_file(getattr(args, what), what.replace('_cfg', ' config'))
-    plan_outputs(
-        inputs={
-            'deploy config': args.deploy_cfg,
-            'config': args.config,
-            'checkpoint': args.checkpoint,
-            'image': args.image,
-        },
-        outputs={'ONNX model': args.out},
-        folders={'work dir (--work-dir)': args.work_dir if args.test else None},
+    metrics = export_and_test(
+        args.deploy_cfg,
+        args.config,
+        args.checkpoint,
+        args.out,
+        image=args.image,
+        test_work_dir=args.work_dir if args.test else None,
+        device=args.device,
     )
-    check_extension(args.out, ['.onnx'], 'ONNX output')
-    export_end2end(args.deploy_cfg, args.config, args.checkpoint, args.out, args.image, args.device)
     print(f'wrote {args.out}')
-    if args.test:
-        _, metrics = evaluate_backend(
-            args.deploy_cfg, args.config, args.out, args.work_dir, device=args.device
-        )
+    if metrics is not None:
         print(json.dumps(metrics, indent=1))
 
 

@@ -10,6 +10,8 @@ would trace another graph). ``torchscript_onnx_export()`` makes ``dynamo=False``
 default while it is entered and restores ``torch.onnx.export`` on exit; nothing is changed
 on import. It patches this process only: mmdeploy's ``tools/deploy.py`` runs torch2onnx
 in a child process, which the patch does not reach; ``export_end2end`` runs it here.
+``export_and_test`` is tools/mmdeploy_export.py: the export and, when asked, the test
+set's metrics of the ONNX model (``evaluate_backend``), in one call.
 
 mmdeploy fuses the backbone (its ``build_pytorch_model`` calls
 ``backbone.switch_to_deploy()``) and its ``BaseDenseHead.predict_by_feat`` rewriter
@@ -34,7 +36,7 @@ import torch
 from ..checkpoints.formats import is_fused
 from ..checkpoints.io import atomic_file, state_dict_of
 from ..checkpoints.marks import ONNX_MARK
-from ..checkpoints.paths import plan_outputs
+from ..checkpoints.paths import check_extension, check_input_file, plan_outputs
 from ..loading.checkpoint import load_model
 from ..loading.config import DeployError, codebase_of, deploy_config, load_config, read_config
 from ..machine import check_device
@@ -181,3 +183,38 @@ def evaluate_backend(
         dataloader.batch_size = batch_size
     runner = processor.build_test_runner(backend_model, work_dir, dataloader=dataloader)
     return backend_model, runner.test()
+
+
+def export_and_test(
+    deploy_cfg: str,
+    model_cfg: str,
+    checkpoint: str,
+    out: str,
+    image: Optional[str] = None,
+    test_work_dir: Optional[str] = None,
+    device: str = 'cpu',
+) -> Optional[dict]:
+    """tools/mmdeploy_export.py: ``export_end2end`` and, with ``test_work_dir``, the ONNX
+    model's metrics on the model config's test set (``evaluate_backend``, its logs in
+    ``test_work_dir``), which it returns (None without). Every input file (PathError
+    naming it), the output (an .onnx file, planned by ``checkpoints.paths.plan_outputs``)
+    and the work folder are checked before any work."""
+    inputs = {
+        'deploy config': deploy_cfg,
+        'config': model_cfg,
+        'checkpoint': checkpoint,
+        'image': image,
+    }
+    for what, path in inputs.items():
+        if path is not None:
+            check_input_file(path, what)
+    plan_outputs(
+        inputs=inputs,
+        outputs={'ONNX model': out},
+        folders={'work dir (--work-dir)': test_work_dir},
+    )
+    check_extension(out, ['.onnx'], 'ONNX output')
+    export_end2end(deploy_cfg, model_cfg, checkpoint, out, image, device)
+    if test_work_dir is None:
+        return None
+    return evaluate_backend(deploy_cfg, model_cfg, out, test_work_dir, device=device)[1]
