@@ -329,8 +329,9 @@ def test_a_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError('a bug in predict')
 
-    # onnx_infer is tools/infer.py's run with the onnxruntime runtime
-    monkeypatch.setattr(TOOLS['onnx_infer'].infer, 'predict', broken)
+    import mobileone_mm.runtimes.common as library  # onnx_infer's one library call
+
+    monkeypatch.setattr(library, 'predict', broken)
     with pytest.raises(RuntimeError, match='a bug in predict'):
         run_tool('onnx_infer', [files['cls_onnx'], files['photo_jpg']])
     script = (

@@ -10,12 +10,8 @@ from typing import Optional
 
 from argtypes import score_threshold
 
-from mobileone_mm.checkpoints.io import atomic_file
-from mobileone_mm.checkpoints.paths import plan_outputs
 from mobileone_mm.errors import run_tool, tool_parser
-from mobileone_mm.predict.photos import read_photo
-from mobileone_mm.predict.prediction import draw, encode_picture, picture_extension, predict
-from mobileone_mm.runtimes import load_runner
+from mobileone_mm.runtimes import run_on_photo
 
 
 def run(argv=None, runtime: Optional[str] = None, what: str = 'model', doc: str = __doc__):
@@ -28,37 +24,19 @@ def run(argv=None, runtime: Optional[str] = None, what: str = 'model', doc: str 
         '--score-thr', type=score_threshold, default=0.3, help='detections shown (0..1)'
     )
     args = parser.parse_args(argv)
-    plan_outputs(inputs={what: args.model, 'photo': args.image}, outputs={'picture': args.out})
-    if args.out:
-        picture_extension(args.out)
-    runner = load_runner(args.model, runtime)
-    meta = runner.metadata
-    photo = read_photo(args.image)
-    prediction = predict(runner, meta, photo)
-    picture, lines = draw(photo, prediction, meta.get('classes') or [], score_thr=args.score_thr)
-    frame = prediction.frame
-    print(
-        'class names: '
-        + (
-            meta.get('classes_source')
-            or (
-                'the graph metadata (source not recorded)'
-                if meta.get('classes')
-                else 'none, class numbers shown'
-            )
-        )
+    found = run_on_photo(
+        args.model, args.image, args.out, runtime=runtime, score_thr=args.score_thr, what=what
     )
+    (photo_w, photo_h), (input_w, input_h) = found['photo_size'], found['input_size']
+    print(f'class names: {found["classes_source"]}')
     print(
-        f'{meta["task"]} on {args.image} ({frame.photo_size[0]}x{frame.photo_size[1]}, '
-        f'network input {frame.input_size[0]}x{frame.input_size[1]}; results in the '
-        f"photo's pixels):"
+        f'{found["task"]} on {args.image} ({photo_w}x{photo_h}, network input '
+        f"{input_w}x{input_h}; results in the photo's pixels):"
     )
-    for note in list(meta.get('notes') or []) + frame.notes:
+    for note in found['notes']:
         print(f'  note: {note}')
-    print('\n'.join(f'  {line}' for line in lines) or '  nothing above the threshold')
+    print('\n'.join(f'  {line}' for line in found['lines']) or '  nothing above the threshold')
     if args.out:
-        with atomic_file(args.out) as f:
-            f.write(encode_picture(picture, args.out))
         print(f'picture: {args.out}')
 
 

@@ -12,6 +12,7 @@ asked for (``get_runtime``), with the extra that installs it.
     runtime = get_runtime('openvino', 'int8')     # the module, checked
     paths = export_to_runtime(config, checkpoint, 'model.xml', 'openvino')   # .export
     runner = load_runner('model.xml')             # the runtime picked by the file name
+    found = run_on_photo('model.xml', 'photo.jpg', out='vis.png')   # predicted and drawn
 """
 
 from .common import (
@@ -22,6 +23,7 @@ from .common import (
     install_hint,
     load_runner,
     operator_error,
+    run_on_photo,
     runtime_of_path,
     write_staged,
 )
@@ -36,6 +38,7 @@ __all__ = [
     'install_hint',
     'load_runner',
     'operator_error',
+    'run_on_photo',
     'runtime_of_path',
     'write_staged',
 ]

@@ -1,6 +1,7 @@
 """The runtimes' table and what their modules share: ``get_runtime`` (checked: known,
 installed, the precision one it takes), ``runtime_of_path`` / ``load_runner`` (an
-artefact by its file name), ``write_staged`` (all of an artefact's files or none),
+artefact by its file name), ``run_on_photo`` (an artefact on a photo, drawn:
+tools/infer.py), ``write_staged`` (all of an artefact's files or none),
 ``operator_error`` (an operator a runtime cannot take, with its layer)."""
 
 import importlib
@@ -11,7 +12,11 @@ import shutil
 import tempfile
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from ..checkpoints.io import atomic_file
+from ..checkpoints.paths import plan_outputs
 from ..loading.config import ExportError
+from ..predict.photos import read_photo
+from ..predict.prediction import draw, encode_picture, picture_extension, predict
 
 
 class Runtime(NamedTuple):
@@ -136,6 +141,51 @@ def load_runner(path: str, runtime: Optional[str] = None, threads: Optional[int]
             f'{RUNTIMES[name].platform}, not here.'
         )
     return module.load(os.fspath(path), threads)
+
+
+def run_on_photo(
+    model: str,
+    photo: str,
+    out: Optional[str] = None,
+    runtime: Optional[str] = None,
+    score_thr: float = 0.3,
+    what: str = 'model',
+) -> dict:
+    """tools/infer.py: the exported ``model`` (``load_runner``; ``what`` names it in
+    messages) on the ``photo`` as the codebase's inferencer would run it
+    (``predict.predict``), and the result drawn on the photo (``predict.draw``:
+    detections above ``score_thr``); with ``out``, the picture is written there
+    atomically, in the format its extension names, planned before any work (never over
+    an input or a file our tools did not write).
+
+    Returns task, classes_source (where the class names came from), photo_size and
+    input_size (W, H: the photo's and the network's), notes (the artefact's and the
+    frame's), lines (the result in words, in the photo's pixels)."""
+    plan_outputs(inputs={what: model, 'photo': photo}, outputs={'picture': out})
+    if out:
+        picture_extension(out)
+    runner = load_runner(model, runtime)
+    meta = runner.metadata
+    image = read_photo(photo)
+    prediction = predict(runner, meta, image)
+    picture, lines = draw(image, prediction, meta.get('classes') or [], score_thr=score_thr)
+    if out:
+        with atomic_file(out) as f:
+            f.write(encode_picture(picture, out))
+    frame = prediction.frame
+    return dict(
+        task=meta['task'],
+        classes_source=meta.get('classes_source')
+        or (
+            'the graph metadata (source not recorded)'
+            if meta.get('classes')
+            else 'none, class numbers shown'
+        ),
+        photo_size=frame.photo_size,
+        input_size=frame.input_size,
+        notes=list(meta.get('notes') or []) + frame.notes,
+        lines=lines,
+    )
 
 
 def write_staged(out: str, write: Callable[[str], object]) -> List[str]:
