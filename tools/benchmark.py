@@ -16,7 +16,7 @@ import os
 
 from argtypes import positive_int
 
-from mobileone_mm.devkit.benchmark import ARCHS, PRESETS, load_average, run_benchmark, write_report
+from mobileone_mm.devkit.benchmark import ARCHS, run_and_report
 from mobileone_mm.errors import run_tool, tool_parser
 
 
@@ -40,20 +40,14 @@ def main(argv=None):
     parser.add_argument('--sizes', nargs='+', type=positive_int, help='override the preset')
     parser.add_argument('--runs', type=positive_int, help='most timed rounds per group')
     args = parser.parse_args(argv)
-    overrides = {
-        k: v for k, v in dict(archs=args.archs, sizes=args.sizes, runs=args.runs).items() if v
-    }
-    if args.sizes and PRESETS['quick' if args.quick else 'full']['dilated_size'] not in args.sizes:
-        overrides['dilated_size'] = None
-    load = load_average()
-    if load is not None and load > 0.5:
-        print(
-            f'warning: load average {load:.2f}: other jobs share the CPU and the '
-            f"timings will be noisy and slow (with --threads equal to the cores, PyTorch's "
-            f'OpenMP pool slows down far more than onnxruntime; --threads 1 suffers less).'
-        )
-    result = run_benchmark('quick' if args.quick else 'full', threads=args.threads, **overrides)
-    paths = write_report(result, args.out)
+    result, paths = run_and_report(
+        args.out,
+        'quick' if args.quick else 'full',
+        threads=args.threads,
+        archs=args.archs,
+        sizes=args.sizes,
+        runs=args.runs,
+    )
     with open(paths['md']) as f:
         print('\n' + f.read())
     print('written: ' + ', '.join(paths.values()))

@@ -9,26 +9,14 @@ mmdet / mmseg / mmpretrain read, for the tiny-data configs, the tests and the de
 
 from argtypes import non_negative_int
 
-from mobileone_mm.devkit.tiny_data import (
-    make_tiny_ade20k,
-    make_tiny_coco,
-    make_tiny_flowers,
-    make_tiny_voc,
-)
+from mobileone_mm.devkit.tiny_data import TINY_DATASETS, make_tiny_dataset
 from mobileone_mm.errors import run_tool, tool_parser
-
-WRITERS = {
-    'coco': make_tiny_coco,
-    'ade20k': make_tiny_ade20k,
-    'voc': make_tiny_voc,
-    'flowers': make_tiny_flowers,
-}
 
 
 @run_tool
 def main(argv=None):
     parser = tool_parser(__doc__)
-    parser.add_argument('format', choices=sorted(WRITERS))
+    parser.add_argument('format', choices=sorted(TINY_DATASETS))
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument(
         '--seed',
@@ -42,10 +30,14 @@ def main(argv=None):
         '--overwrite', action='store_true', help='replace a data set already written there'
     )
     args = parser.parse_args(argv)
-    counts = {
-        k: v for k, v in (('num_train', args.num_train), ('num_val', args.num_val)) if v is not None
-    }
-    root = WRITERS[args.format](args.out, seed=args.seed, overwrite=args.overwrite, **counts)
+    root = make_tiny_dataset(
+        args.format,
+        args.out,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        overwrite=args.overwrite,
+    )
     print(f'tiny {args.format} data set (seed {args.seed}) written to {root}')
 
 

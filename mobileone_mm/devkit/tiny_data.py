@@ -22,6 +22,8 @@ only encode a scene in each format:
   large object per image whose class is the label, as mmpretrain's ``CustomDataset`` reads
   the Flowers102 config's data.
 
+``make_tiny_dataset`` writes any of them by name (tools/make_tiny_datasets.py).
+
 Image ``i`` of a split depends only on ``(seed, split, i)``, so changing the number of
 images does not change the others. Each writer lists the files it wrote in
 ``out_dir/tiny_<format>_files.json``; ``overwrite=True`` deletes those and no other.
@@ -435,3 +437,23 @@ def make_tiny_flowers(
                 lines.append(f'{name} {label}\n')
             files.file(f'{split}.txt').write_text(''.join(lines))
     return Path(out_dir)
+
+
+TINY_DATASETS = dict(
+    coco=make_tiny_coco, ade20k=make_tiny_ade20k, voc=make_tiny_voc, flowers=make_tiny_flowers
+)
+
+
+def make_tiny_dataset(
+    name: str,
+    out_dir,
+    seed: int = 0,
+    num_train: Optional[int] = None,
+    num_val: Optional[int] = None,
+    overwrite: bool = False,
+) -> Path:
+    """tools/make_tiny_datasets.py: the data set ``name`` (a key of ``TINY_DATASETS``)
+    written by its writer; ``num_train`` / ``num_val`` None: the writer's default. Returns
+    where it is (the writer's return value)."""
+    counts = {k: v for k, v in dict(num_train=num_train, num_val=num_val).items() if v is not None}
+    return TINY_DATASETS[name](out_dir, seed=seed, overwrite=overwrite, **counts)

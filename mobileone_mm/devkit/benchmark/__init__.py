@@ -9,8 +9,8 @@ the median of the rounds after warm-up, with the 10th / 90th percentiles; comput
 shown against the measured fp32 peak (``peak_gflops``: the best of large GEMMs and
 convolutions of MKL, oneDNN and onnxruntime). The CPU model and its int8 / bf16
 instruction sets head the report. ``run_benchmark`` returns a JSON-able dict;
-``write_report`` writes it as JSON, a markdown table and a PNG plot.
-Used by tools/benchmark.py. Weights are random (nothing is downloaded): latency does not
+``write_report`` writes it as JSON, a markdown table and a PNG plot; ``run_and_report``
+does both, for tools/benchmark.py. Weights are random (nothing is downloaded): latency does not
 depend on them; the output checks use realistic BN statistics.
 
 One module per job: ``machine`` (CPU, versions, load, fp32 peak), ``models`` (what is
@@ -20,7 +20,7 @@ runtime's artefacts and their table), ``measure`` (timing each section,
 """
 
 from .machine import INT8_BF16_FLAGS, cpu_info, describe_isa, load_average, peak_gflops
-from .measure import ARCHS, PRESETS, run_benchmark
+from .measure import ARCHS, PRESETS, run_and_report, run_benchmark
 from .report import to_markdown, write_report
 from .stacked import stacked_sum, with_stacked_branches
 from .targets import evaluate_targets
@@ -34,6 +34,7 @@ __all__ = [
     'evaluate_targets',
     'load_average',
     'peak_gflops',
+    'run_and_report',
     'run_benchmark',
     'stacked_sum',
     'to_markdown',

@@ -1,9 +1,9 @@
-"""Measuring: each section's models timed interleaved, their rows, and ``run_benchmark``
-over a preset."""
+"""Measuring: each section's models timed interleaved, their rows, ``run_benchmark``
+over a preset, and ``run_and_report`` (tools/benchmark.py: the run and its report)."""
 
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -20,6 +20,7 @@ from .models import (
     synthetic_photo,
     train_step,
 )
+from .report import write_report
 from .runtimes import MODEL_ARCHS, build_runtime_models, runtime_plan
 from .stacked import with_stacked_branches
 from .targets import evaluate_targets
@@ -332,3 +333,34 @@ def _measure_train_steps(settings: dict, peak: float, log) -> List[dict]:
             row['peak_pct'] *= 3
             rows.append(row)
     return rows
+
+
+LOAD_WARNING = 0.5  # load average above which the timings are said to be noisy
+
+
+def run_and_report(
+    out_dir: str,
+    preset: str = 'full',
+    threads: Optional[int] = None,
+    archs: Optional[Sequence[str]] = None,
+    sizes: Optional[Sequence[int]] = None,
+    runs: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> Tuple[dict, Dict[str, str]]:
+    """tools/benchmark.py: ``run_benchmark`` of ``preset``, with ``archs``, ``sizes`` and
+    ``runs`` overriding its settings where given (``sizes`` without the preset's dilated
+    size leave the dilated model out), and its report written to ``out_dir``
+    (``write_report``). A machine already loaded (load average above LOAD_WARNING) is
+    logged as a warning first. Returns (the result, the report's paths by extension)."""
+    overrides = {k: v for k, v in dict(archs=archs, sizes=sizes, runs=runs).items() if v}
+    if sizes and PRESETS[preset]['dilated_size'] not in sizes:
+        overrides['dilated_size'] = None
+    load = load_average()
+    if load is not None and load > LOAD_WARNING:
+        log(
+            f'warning: load average {load:.2f}: other jobs share the CPU and the '
+            f"timings will be noisy and slow (with --threads equal to the cores, PyTorch's "
+            f'OpenMP pool slows down far more than onnxruntime; --threads 1 suffers less).'
+        )
+    result = run_benchmark(preset, threads=threads, log=log, **overrides)
+    return result, write_report(result, out_dir)
