@@ -22,7 +22,7 @@ import torch
 from argtypes import positive_int
 
 from mobileone_mm import ARCH_SETTINGS, MobileOne
-from mobileone_mm.devkit.analysis import compare_forms
+from mobileone_mm.devkit.analysis import compare_forms, graph_latency
 from mobileone_mm.errors import run_tool, tool_parser
 from mobileone_mm.models.pretrained import load_pretrained
 
@@ -154,8 +154,8 @@ def task(name: str, settings: dict, quick: bool = False) -> dict:
     deploy_metric = metric(str(work / 'deploy.py'), deploy)
     step(f'{name}: ONNX export with --verify, and onnx_infer.py on a val image')
     onnx_file = str(work / f'{name}.onnx')
-    output = run(python, 'tools/export_onnx.py', config, checkpoint, onnx_file, '--verify')
-    times = dict(re.findall(r'(torch_ms|onnx_ms) ([\d.]+)', output))
+    run(python, 'tools/export_onnx.py', config, checkpoint, onnx_file, '--verify')
+    times = graph_latency(str(work / 'deploy.py'), deploy, onnx_file)
     image = str(sorted((REPO / settings['image']).glob('*.jpg'))[0])
     picture = str(work / 'vis.png')
     run(python, 'tools/onnx_infer.py', onnx_file, image, '--out', picture)
@@ -164,8 +164,7 @@ def task(name: str, settings: dict, quick: bool = False) -> dict:
         metric=settings['metric_name'],
         train=train_metric,
         deploy=deploy_metric,
-        torch_ms=float(times['torch_ms']),
-        onnx_ms=float(times['onnx_ms']),
+        **times,
         minutes=train_minutes,
         files=[checkpoint, deploy, str(work / 'deploy.py'), onnx_file, picture],
     )

@@ -15,6 +15,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mobileone_mm import reparameterize_model
 
 from ..fusion.reparameterize import count_params
+from ..loading.checkpoint import load_model
+from ..predict.prediction import graph_input_shape
+from ..runtimes.artefact_check import torch_reference
+from ..runtimes.export import check_images
+from ..runtimes.onnx_graphs import load_session
 
 
 def randomize_bn(
@@ -168,3 +173,24 @@ def compare_forms(backbone: nn.Module, size=(224, 224), runs: int = 20) -> dict:
         row[f'{name}_gmacs'] = count_macs(model, x) / 1e9
         row[f'{name}_ms'] = measure_latency(model, x, runs=runs)['median_ms']
     return row
+
+
+def graph_latency(config, checkpoint: str, onnx_file: str, runs: int = 10) -> Dict[str, float]:
+    """Per-image latency (median ms) of a trained model, fused, in PyTorch (its own
+    inference path, ``runtimes.artefact_check.torch_reference``) and of its exported ONNX
+    graph in onnxruntime, on the first val image at the graph's input size (a random
+    image when the val set is not on disk): the PyTorch / onnxruntime columns of
+    tools/demo.py's summary."""
+    model, cfg, _ = load_model(config, checkpoint)
+    model = reparameterize_model(model)
+    session, meta = load_session(onnx_file)
+    shape = graph_input_shape(session) or tuple(meta['input_shape'])
+    example = torch.from_numpy(check_images(cfg, shape, 1)[0][0])
+    return dict(
+        torch_ms=measure_latency(
+            lambda x: torch_reference(model, meta['task'], x), example, warmup=2, runs=runs
+        )['median_ms'],
+        onnx_ms=measure_latency(
+            lambda x: session.run(None, {'image': x.numpy()}), example, warmup=2, runs=runs
+        )['median_ms'],
+    )
