@@ -12,7 +12,8 @@ from PIL import Image
 
 from mobileone_mm import MobileOne
 from mobileone_mm.checkpoints.formats import MMPRETRAIN_URLS
-from mobileone_mm.devkit.tiny_data import CLASS_LOOKS, CLASSES, make_tiny_flowers
+from mobileone_mm.devkit.scenes import CLASS_LOOKS, CLASSES
+from mobileone_mm.devkit.tiny_data import make_tiny_flowers
 from mobileone_mm.loading.config import build_model
 
 FLOWERS = REPO / 'configs/classification/mobileone-s0_1xb32-flowers102.py'

@@ -240,6 +240,23 @@ def test_the_checks_see_a_planted_import(room, planted, expected):
     assert any(expected in v for v in layer_violations(graph))
 
 
+MAX_MODULE_LINES = 450  # issue 23: a module a newcomer can read in one sitting
+
+
+def long_modules(root: Path = PACKAGE) -> dict:
+    """{module path: lines} of the package's modules longer than MAX_MODULE_LINES."""
+    counts = {
+        p.relative_to(root).as_posix(): len(p.read_text().splitlines()) for p in root.rglob('*.py')
+    }
+    return {path: n for path, n in counts.items() if n > MAX_MODULE_LINES}
+
+
+def test_no_module_above_450_lines(tmp_path):
+    assert long_modules() == {}
+    (tmp_path / 'long.py').write_text('x = 1\n' * (MAX_MODULE_LINES + 1))  # the check sees one
+    assert long_modules(tmp_path) == {'long.py': MAX_MODULE_LINES + 1}
+
+
 # ------------------------------------------------------------- installed, not editable
 @pytest.mark.slow
 def test_non_editable_install_builds_every_shipped_config(tmp_path):

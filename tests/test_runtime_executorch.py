@@ -217,7 +217,7 @@ def images(tmp_path_factory):
     split, each read from a JPEG and resized as tools/onnx_infer.py does."""
     from PIL import Image
 
-    from mobileone_mm.devkit.tiny_data import render_split
+    from mobileone_mm.devkit.scenes import render_split
 
     folder = tmp_path_factory.mktemp('images')
     found = dict(photos=[read_image(p, SHAPE) for p in photo_paths(folder).values()])

@@ -10,14 +10,13 @@ import pytest
 from helpers import REPO
 from PIL import Image
 
+from mobileone_mm.devkit.scenes import CLASSES, render_split
 from mobileone_mm.devkit.tiny_data import (
     ADE20K_IDS,
-    CLASSES,
     VOC_IDS,
     make_tiny_ade20k,
     make_tiny_coco,
     make_tiny_voc,
-    render_split,
 )
 
 
