@@ -537,6 +537,10 @@ def converted_as_safetensors(out, classifier):
     assert all(torch.equal(loaded['state_dict'][k], v) for k, v in reference.items())
 
 
+def converted_as_pytorch(out, classifier):
+    assert torch.load(out / 'c.pth', weights_only=True)['meta']['written_by'] == 'mobileone_mm'
+
+
 def deploy_form_as_safetensors(out, classifier):
     is_safetensors(out / 'd.safetensors')
     model, _, ckpt = load_model(str(out / 'd.py'), str(out / 'd.safetensors'))  # strict
@@ -580,9 +584,7 @@ EXTENSION_IS_FORMAT = {
         ('{cls_pth}', '{out}/c.pth'),
         ok=r'-> .*c.pth',
         writes=('c.pth',),
-        check=lambda out, classifier: (
-            torch.load(out / 'c.pth', weights_only=True)['meta']['written_by'] == 'mobileone_mm'
-        ),
+        check=converted_as_pytorch,
     ),
     'exp-graph-named-pth': Row(
         'export_onnx', (*REPARAM, '{out}/m.pth'), error=r"has extension '.pth': use .onnx"
