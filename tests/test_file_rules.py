@@ -30,6 +30,8 @@ from PIL import Image
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
 from mobileone_mm.loading.checkpoint import load_model
 from mobileone_mm.loading.config import build_model, load_config
+from mobileone_mm.runtimes import RUNTIMES
+from mobileone_mm.runtimes.common import artefact_files
 
 DEPLOY_CFG = str(REPO / 'configs/mmdeploy/classification_onnxruntime_static.py')
 
@@ -77,7 +79,7 @@ class Row:
     args: Tuple[str, ...]
     error: Optional[str] = None  # pattern of the one-line refusal, or
     ok: Optional[str] = None  # pattern of the output of a success
-    writes: Tuple[str, ...] = ()  # files a success writes or replaces in {out}
+    writes: Tuple[str, ...] = ()  # what a success writes or replaces in {out} (a folder: its files)
     deletes: Tuple[str, ...] = ()  # files a success deletes (its own earlier ones)
     data: bool = False  # the config's tiny data set in {out}/data
     first: Optional[Tuple[str, Tuple[str, ...]]] = None  # (tool, args) run before the row
@@ -85,6 +87,11 @@ class Row:
     check: Optional[Callable] = field(default=None, repr=False)  # check(out, classifier)
     slow: bool = False
     runtime: Optional[str] = None  # the runtime the row exports to (installed or skip)
+
+
+def files_at(path: Path) -> list:
+    """``path``, or every file in it when it is a folder."""
+    return [p for p in path.rglob('*') if p.is_file()] if path.is_dir() else [path]
 
 
 def run_row(row, classifier, out, capsys, monkeypatch):
@@ -123,7 +130,7 @@ def run_row(row, classifier, out, capsys, monkeypatch):
         assert code == 0, message
         assert re.search(row.ok, stdout), stdout
         changed = sorted(p for p in after if Path(p).is_file() and after[p] != before.get(p))
-        assert changed == sorted(str(out / w) for w in row.writes)
+        assert changed == sorted(str(p) for w in row.writes for p in files_at(out / w))
         assert sorted(p for p in before if p not in after) == sorted(
             str(out / d) for d in row.deletes
         )
@@ -174,62 +181,93 @@ def export_to(name: str, runtime: str) -> Tuple[str, ...]:
     return (*REPARAM, '{out}/' + name, '--runtime', runtime, '--shape', '64', '64')
 
 
-def again(name: str, runtime: str, writes: Tuple[str, ...], slow: bool = False) -> Row:
-    """A runtime's export run again onto its own artefact: every file of it replaced."""
-    return Row(
-        'export',
-        export_to(name, runtime),
-        first=('export', export_to(name, runtime)),
-        ok=r'written: .*' + re.escape(name),
-        writes=writes,
-        slow=slow,
-        runtime=runtime,
-    )
+# What a user may keep where a file of a runtime's artefact goes, by what artefact_files
+# calls the file: a file of the user's own bytes, or where one can come close to ours,
+# that one. Each writes it at ``path``.
+def users_file(path: Path, classifier):
+    path.write_bytes(b'mine\n')
 
 
-def users_file(name: str, content: bytes = b'mine\n') -> Callable:
-    return lambda out, classifier: (out / name).write_bytes(content)
+def users_json(path: Path, classifier):
+    """JSON that names a writer, not us."""
+    path.write_bytes(b'{"written_by": "me"}')
 
 
-def users_ir_of_our_graph(out, classifier):
+def users_ir_of_our_graph(path: Path, classifier):
     """An IR the user converted from our ONNX graph: OpenVINO keeps the graph's metadata
     (our mark among it) in rt_info 'framework', not in our slot."""
     import openvino as ov
 
-    ov.save_model(ov.convert_model(classifier['cls_onnx']), str(out / 'm.xml'))
+    ov.save_model(ov.convert_model(classifier['cls_onnx']), str(path))
 
 
-def users_program(out, classifier):
+def users_program(path: Path, classifier):
     """An ExecuTorch program of the user's (a ReLU, no metadata of ours)."""
     from executorch.exir import to_edge
 
     program = to_edge(torch.export.export(torch.nn.ReLU(), (torch.ones(2),))).to_executorch()
-    (out / 'm.pte').write_bytes(program.buffer)
+    path.write_bytes(program.buffer)
 
 
-def users_mlpackage(out, classifier):
-    """A Core ML package of the user's: ours (the row's first run) without our mark."""
+def users_mlpackage(path: Path, classifier):
+    """A Core ML package of the user's: ours (the row's first run wrote it at ``path``)
+    without our mark."""
     import coremltools
 
-    spec = coremltools.utils.load_spec(str(out / 'm.mlpackage'))
+    spec = coremltools.utils.load_spec(str(path))
     del spec.description.metadata.userDefined['written_by']
+    theirs = path.with_name('theirs.mlpackage')
     coremltools.utils.save_spec(
-        spec,
-        str(out / 'theirs.mlpackage'),
-        weights_dir=str(out / 'm.mlpackage' / 'Data' / 'com.apple.CoreML' / 'weights'),
+        spec, str(theirs), weights_dir=str(path / 'Data' / 'com.apple.CoreML' / 'weights')
     )
-    shutil.rmtree(out / 'm.mlpackage')
-    (out / 'theirs.mlpackage').rename(out / 'm.mlpackage')
+    shutil.rmtree(path)
+    theirs.rename(path)
 
 
-MLPACKAGE = tuple(
-    f'm.mlpackage/{name}'
-    for name in (
-        'Manifest.json',
-        'Data/com.apple.CoreML/model.mlmodel',
-        'Data/com.apple.CoreML/weights/weight.bin',
-    )
-)
+USERS_FILES = {  # the others: users_file
+    'onnxruntime model': users_graph,
+    'openvino model': users_ir_of_our_graph,
+    'ncnn metadata sidecar': users_json,
+    'executorch model': users_program,
+    'coreml model': users_mlpackage,
+}
+MADE_FROM_OURS = ('coreml model',)  # the row exports first, the user's file is made of it
+SLOW_EXPORTS = ('executorch',)  # exported twice: a slow row
+
+
+def runtime_rows() -> dict:
+    """The rows of every runtime in the table (runtimes.RUNTIMES), over every file of its
+    artefact (artefact_files: the model and the files beside it, planned with it and
+    judged by its mark): a file of the user's there is refused, named; the export run
+    again onto its own artefact replaces every one of those files and writes no other
+    (what is planned is what is written)."""
+    rows = {}
+    for runtime, entry in RUNTIMES.items():
+        name = 'm' + entry.suffix
+        export = export_to(name, runtime)
+        files = artefact_files(name, runtime)
+        for what, path in files.items():
+            make = USERS_FILES.get(what, users_file)
+            row_id = re.sub('[ _]', '-', f'export-{what}-over-the-{make.__name__}')
+            rows[row_id] = Row(
+                'export',
+                export,
+                first=('export', export) if what in MADE_FROM_OURS else None,
+                prepare=lambda out, classifier, path=path, make=make: make(out / path, classifier),
+                error=f"{what} '.*{re.escape(path)}' " + NOT_OURS,
+                runtime=runtime,
+            )
+        rows[f'export-{runtime}-again-onto-its-own-output'] = Row(
+            'export',
+            export,
+            first=('export', export),
+            ok=r'written: .*' + re.escape(name),
+            writes=tuple(files.values()),
+            slow=runtime in SLOW_EXPORTS,
+            runtime=runtime,
+        )
+    return rows
+
 
 NEVER_REPLACE = {
     # bad case 1: the deploy config (.py beside the .pth) over a config of the user's
@@ -449,58 +487,8 @@ NEVER_REPLACE = {
         writes=('q.onnx',),
         slow=True,
     ),
-    # the runtimes' artefacts: the files beside them are planned with them, judged by them
-    'export-openvino-weights-over-the-users-bin': Row(
-        'export',
-        export_to('m.xml', 'openvino'),
-        prepare=users_file('m.bin'),
-        error=r"openvino weights '.*m.bin' " + NOT_OURS,
-        runtime='openvino',
-    ),
-    'export-openvino-over-the-users-ir-of-our-graph': Row(
-        'export',
-        export_to('m.xml', 'openvino'),
-        prepare=users_ir_of_our_graph,
-        error=r"openvino model '.*m.xml' " + NOT_OURS,
-        runtime='openvino',
-    ),
-    'export-ncnn-sidecar-over-the-users-json': Row(
-        'export',
-        export_to('m.ncnn.param', 'ncnn'),
-        prepare=users_file('m.ncnn.param.json', b'{"written_by": "me"}'),
-        error=r"ncnn metadata sidecar '.*m.ncnn.param.json' " + NOT_OURS,
-        runtime='ncnn',
-    ),
-    'export-ncnn-weights-over-the-users-bin': Row(
-        'export',
-        export_to('m.ncnn.param', 'ncnn'),
-        prepare=users_file('m.ncnn.bin'),
-        error=r"ncnn weights '.*m.ncnn.bin' " + NOT_OURS,
-        runtime='ncnn',
-    ),
-    'export-coreml-over-the-users-folder': Row(
-        'export',
-        export_to('m.mlpackage', 'coreml'),
-        prepare=users_mlpackage,
-        first=('export', export_to('m.mlpackage', 'coreml')),
-        error=r"coreml model '.*m.mlpackage' " + NOT_OURS,
-        runtime='coreml',
-    ),
-    'export-executorch-over-the-users-pte': Row(
-        'export',
-        export_to('m.pte', 'executorch'),
-        prepare=users_program,
-        error=r"executorch model '.*m.pte' " + NOT_OURS,
-        runtime='executorch',
-    ),
-    'export-openvino-again-onto-its-own-output': again('m.xml', 'openvino', ('m.bin', 'm.xml')),
-    'export-ncnn-again-onto-its-own-output': again(
-        'm.ncnn.param', 'ncnn', ('m.ncnn.bin', 'm.ncnn.param', 'm.ncnn.param.json')
-    ),
-    'export-coreml-again-onto-its-own-output': again('m.mlpackage', 'coreml', MLPACKAGE),
-    'export-executorch-again-onto-its-own-output': again(
-        'm.pte', 'executorch', ('m.pte',), slow=True
-    ),
+    # the runtimes' artefacts
+    **runtime_rows(),
 }
 
 
