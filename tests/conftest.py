@@ -25,6 +25,14 @@ def rel_error():
     return helpers.rel_error
 
 
+@pytest.fixture(scope='session')
+def tiny_classifier(tmp_path_factory):
+    """helpers.make_tiny_classifier, built once: name -> path of the tiny classifier's
+    config, checkpoint, ONNX graph and a photo. Read-only: tests write elsewhere (and
+    those that check their inputs stay unchanged snapshot its 'dir')."""
+    return helpers.make_tiny_classifier(tmp_path_factory.mktemp('tiny_classifier'))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -4,18 +4,16 @@ the entry point and what must happen: a one-line error matching a pattern (no tr
 an unexpected exception fails the row), or success with a given output. Every row also
 checks that nothing was written and no input changed, unless it is meant to write.
 
-Add a row to cover a new case. The inputs are built once per module: a random tiny
-Flowers classifier (its config, checkpoint and 64x64 ONNX graph), broken copies of them,
-and a few small photos.
+Add a row to cover a new case. The inputs: the tiny Flowers classifier of conftest.py
+(its config, checkpoint and 64x64 ONNX graph, a photo; built once), and broken copies of
+them and a few odd photos, built once in this module.
 """
 
 import copy
 import functools
-import importlib.util
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -23,7 +21,8 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, Payload
+from helpers import CLASSES, Payload, run_main, snapshot
+from helpers import CLASSIFIER_CONFIG as CONFIG
 from PIL import Image
 
 from mobileone_mm import CheckpointError, MobileOne, convert_state_dict, optimize_for_inference
@@ -32,31 +31,9 @@ from mobileone_mm.checkpoints.paths import PathError, atomic_files, check_input_
 from mobileone_mm.fusion.reparameterize import reparameterize_checkpoint, write_deploy_files
 from mobileone_mm.loading.config import DeployError, ExportError, build_model, load_config
 from mobileone_mm.models.arch import resolve_arch
-from mobileone_mm.predict.metadata import class_names, export_metadata
+from mobileone_mm.predict.metadata import class_names
 from mobileone_mm.predict.photos import PredictError, preprocess, read_photo
 from mobileone_mm.runtimes.onnx_graphs import export_onnx
-
-CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
-CLASSES = ['disk', 'square', 'triangle', 'star']
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOLS = {
-    name: load_tool(name)
-    for name in (
-        'reparameterize',
-        'export_onnx',
-        'onnx_infer',
-        'convert_weights',
-        'make_tiny_datasets',
-    )
-}
 
 
 def save_image(path, size, mode='RGB', fmt=None):
@@ -80,27 +57,12 @@ def with_metadata(source, target, **changes):
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
-    """name -> path of every input the rows use (see the module docstring)."""
+def files(tiny_classifier, tmp_path_factory):
+    """name -> path of every input the rows use (see the module docstring); 'dir' is
+    this module's folder."""
     d = tmp_path_factory.mktemp('inputs')
-    f = {'config': CONFIG, 'dir': str(d)}
-    cfg = load_config(CONFIG)
-    torch.manual_seed(0)
-    model, _ = build_model(cfg)
-    checkpoint = dict(
-        meta=dict(dataset_meta=dict(classes=CLASSES)),
-        state_dict=model.state_dict(),
-        optimizer=dict(state={}),
-    )
-    torch.save(checkpoint, d / 'cls.pth')
-    export_onnx(
-        model,
-        str(d / 'cls.onnx'),
-        (64, 64),
-        metadata=export_metadata(cfg, checkpoint, model, CONFIG),
-    )
-    state = checkpoint['state_dict']
-    data = (d / 'cls.pth').read_bytes()
+    state = torch.load(tiny_classifier['cls_pth'], weights_only=True)['state_dict']
+    data = Path(tiny_classifier['cls_pth']).read_bytes()
     (d / 'empty.pth').write_bytes(b'')
     (d / 'truncated.pth').write_bytes(data[: len(data) // 3])
     (d / 'notes.txt').write_text('not a checkpoint\n')
@@ -126,7 +88,6 @@ def files(tmp_path_factory):
         "             head=dict(type='LinearClsHead', num_classes=4, in_channels=512))\n"
     )
     # photos
-    save_image(d / 'photo.jpg', (40, 30))
     save_image(d / 'photo.png', (40, 30))
     save_image(d / 'gray.png', (33, 21), 'L')
     save_image(d / 'rgba.png', (25, 40), 'RGBA')
@@ -139,7 +100,7 @@ def files(tmp_path_factory):
     (d / 'text.jpg').write_text('not an image\n')
     (d / 'empty.jpg').write_bytes(b'')
     # ONNX files
-    onnx_data = (d / 'cls.onnx').read_bytes()
+    onnx_data = Path(tiny_classifier['cls_onnx']).read_bytes()
     (d / 'garbage.onnx').write_bytes(b'\x12\x34' * 50)
     (d / 'truncated.onnx').write_bytes(onnx_data[: len(onnx_data) // 2])
     with torch.no_grad():
@@ -150,16 +111,18 @@ def files(tmp_path_factory):
             dynamo=False,
             input_names=['image'],
         )
-    with_metadata(d / 'cls.onnx', d / 'badtask.onnx', task='"painting"')
-    with_metadata(d / 'cls.onnx', d / 'badshape.onnx', input_shape='[32, 48]')
-    with_metadata(d / 'cls.onnx', d / 'badclasses.onnx', classes='["a", "b", "c"]')
-    with_metadata(d / 'cls.onnx', d / 'dettask.onnx', task='"detection"')
-    with_metadata(d / 'cls.onnx', d / 'notjson.onnx', classes='[not json')
-    with_metadata(d / 'cls.onnx', d / 'noshape.onnx', input_shape=None)
-    with_metadata(d / 'cls.onnx', d / 'nopreprocess.onnx', preprocess=None)
-    for name in os.listdir(d):
-        f[name.replace('.', '_')] = str(d / name)
-    return f
+    with_metadata(tiny_classifier['cls_onnx'], d / 'badtask.onnx', task='"painting"')
+    with_metadata(tiny_classifier['cls_onnx'], d / 'badshape.onnx', input_shape='[32, 48]')
+    with_metadata(tiny_classifier['cls_onnx'], d / 'badclasses.onnx', classes='["a", "b", "c"]')
+    with_metadata(tiny_classifier['cls_onnx'], d / 'dettask.onnx', task='"detection"')
+    with_metadata(tiny_classifier['cls_onnx'], d / 'notjson.onnx', classes='[not json')
+    with_metadata(tiny_classifier['cls_onnx'], d / 'noshape.onnx', input_shape=None)
+    with_metadata(tiny_classifier['cls_onnx'], d / 'nopreprocess.onnx', preprocess=None)
+    return dict(
+        tiny_classifier,
+        dir=str(d),
+        **{name.replace('.', '_'): str(d / name) for name in os.listdir(d)},
+    )
 
 
 # What every row's own output folder holds before it runs: outputs may be aimed at them.
@@ -169,14 +132,6 @@ def prepare_output_folder(out: Path, files):
     (out / 'deploy.py').mkdir()  # where the deploy config of deploy.pth would go
     (out / 'link.png').symlink_to(files['photo_png'])
     shutil.copy(files['photo_png'], out / 'photo.png')
-
-
-def snapshot(folder) -> dict:
-    return {
-        str(p): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
-        for p in Path(folder).rglob('*')
-        if not p.is_symlink()
-    }
 
 
 # ---------------------------------------------------------------------------- CLIs
@@ -672,22 +627,6 @@ CLI_CASES = {
 }
 
 
-def run_cli(tool, argv, capsys, monkeypatch):
-    """(exit code, the error line or '', stdout, stderr) of a tool's main() in this
-    process (sys.argv set as on the command line)."""
-    monkeypatch.setattr(sys, 'argv', [f'{tool}.py', *argv])
-    code = 0
-    try:
-        TOOLS[tool].main()
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    if isinstance(code, str):  # sys.exit('tool: message'): a failed check, exit code 1
-        return 1, code, captured.out, captured.err
-    lines = captured.err.strip().splitlines()
-    return code or 0, (lines[-1] if code else ''), captured.out, captured.err
-
-
 @pytest.mark.parametrize(
     'case',
     [
@@ -695,14 +634,15 @@ def run_cli(tool, argv, capsys, monkeypatch):
         for name, case in CLI_CASES.items()
     ],
 )
-def test_cli(case, files, tmp_path, capsys, monkeypatch):
+def test_cli(case, files, tiny_classifier, tmp_path, capsys, monkeypatch):
     prepare_output_folder(tmp_path, files)
     (tmp_path / 'dangling.png').symlink_to(tmp_path / 'gone.png')
     monkeypatch.chdir(tmp_path)  # no data folder here: checks use random inputs
     argv = [a.format(out=tmp_path, **files) for a in case.args]
-    inputs, outputs = snapshot(files['dir']), snapshot(tmp_path)
-    code, message, out, err = run_cli(case.tool, argv, capsys, monkeypatch)
-    assert snapshot(files['dir']) == inputs, 'an input changed'
+    inputs = snapshot(files['dir'], tiny_classifier['dir'])
+    outputs = snapshot(tmp_path)
+    code, message, out, err = run_main(case.tool, argv, capsys, monkeypatch)
+    assert snapshot(files['dir'], tiny_classifier['dir']) == inputs, 'an input changed'
     assert not (Path(files['dir']) / 'pwned').exists()
     if case.error:
         # a mistake: exit code 2 and one line, from argparse (after its usage) or from
@@ -1079,7 +1019,7 @@ def test_export_verify_failure_writes_nothing(files, tmp_path, capsys, monkeypat
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(library, 'build_onnx', wrong_graph)
-    code, message, _, _ = run_cli(
+    code, message, _, _ = run_main(
         'export_onnx',
         [CONFIG, files['cls_pth'], str(tmp_path / 'm.onnx'), '--verify', '--num-images', '1'],
         capsys,

@@ -12,7 +12,6 @@
 """
 
 import contextlib
-import importlib.util
 import io
 import os
 import re
@@ -26,28 +25,18 @@ from typing import Callable, Tuple
 import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import CLASSES, REPO, load_tool
+from helpers import CLASSIFIER_CONFIG as CONFIG
 from PIL import Image
 
 from mobileone_mm import MobileOne, reparameterize_model
 from mobileone_mm.loading.config import build_model, load_config
-from mobileone_mm.predict.metadata import export_metadata
-from mobileone_mm.runtimes.onnx_graphs import export_onnx
 
-CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 DET_TINY = str(REPO / 'configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py')
 SEG_TINY = str(
     REPO / 'configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py'
 )
 DETECTION_DEPLOY = str(REPO / 'configs/mmdeploy/detection_onnxruntime_static-320x320.py')
-CLASSES = ['disk', 'square', 'triangle', 'star']  # what the tiny configs name
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TOOLS = {
@@ -83,20 +72,10 @@ def run_tool(tool: str, argv) -> Tuple[int, str, str]:
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
-    """name -> path of the inputs the rows use: a random tiny Flowers classifier
-    (config, checkpoint, ONNX graph), broken configs, odd photos and ONNX files."""
+def files(tiny_classifier, tmp_path_factory):
+    """name -> path of the inputs the rows use: the tiny classifier (conftest.py: config,
+    checkpoint, ONNX graph, photo), broken configs, an odd photo and ONNX file."""
     d = tmp_path_factory.mktemp('inputs')
-    cfg = load_config(CONFIG)
-    model, _ = build_model(cfg)
-    checkpoint = dict(meta=dict(dataset_meta=dict(classes=CLASSES)), state_dict=model.state_dict())
-    torch.save(checkpoint, d / 'cls.pth')
-    export_onnx(
-        model,
-        str(d / 'cls.onnx'),
-        (64, 64),
-        metadata=export_metadata(cfg, checkpoint, model, CONFIG),
-    )
     (d / 'raises.py').write_text(f"_base_ = '{CONFIG}'\nscale = 1 / 0\n")
     (d / 'imports.py').write_text("import no_such_module_xyz\nmodel = dict(type='X')\n")
     (d / 'custom_imports.py').write_text(
@@ -105,13 +84,12 @@ def files(tmp_path_factory):
     )
     (d / 'nomodel.py').write_text('train_cfg = dict(max_epochs=1)\n')
     (d / 'badarch.py').write_text(f"_base_ = '{CONFIG}'\nmodel = dict(backbone=dict(arch='s9'))\n")
-    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(d / 'photo.jpg')
     Image.fromarray(np.linspace(0, 1, 30 * 40, dtype=np.float32).reshape(30, 40), 'F').save(
         d / 'float32.tif'
     )
     import onnx
 
-    graph = onnx.load(str(d / 'cls.onnx'))
+    graph = onnx.load(tiny_classifier['cls_onnx'])
     onnx.save(
         graph,
         str(d / 'external.onnx'),
@@ -121,7 +99,9 @@ def files(tmp_path_factory):
         size_threshold=0,
     )
     os.remove(d / 'external.onnx.data')
-    return {name.replace('.', '_'): str(d / name) for name in os.listdir(d)}
+    return dict(
+        tiny_classifier, **{name.replace('.', '_'): str(d / name) for name in os.listdir(d)}
+    )
 
 
 def unavailable_cuda() -> str:

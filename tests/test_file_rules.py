@@ -13,139 +13,64 @@ Every row checks rule 3 too: what its folder held is unchanged (same inode, size
 time) unless the row is meant to write, and a success writes exactly ``writes``.
 """
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import struct
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-import numpy as np
 import pytest
 import torch
-from helpers import REPO
+from helpers import CLASSES, REPO, run_main, snapshot
 from PIL import Image
 
 from mobileone_mm.checkpoints.io import TEMP_MARK, load_checkpoint_file
 from mobileone_mm.loading.checkpoint import load_model
 from mobileone_mm.loading.config import build_model, load_config
-from mobileone_mm.predict.metadata import export_metadata
-from mobileone_mm.runtimes.onnx_graphs import export_onnx
+from mobileone_mm.runtimes import RUNTIMES
+from mobileone_mm.runtimes.common import artefact_files
 
-CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
 DEPLOY_CFG = str(REPO / 'configs/mmdeploy/classification_onnxruntime_static.py')
-TOOL_NAMES = (
-    'reparameterize',
-    'convert_weights',
-    'export_onnx',
-    'onnx_infer',
-    'quantize',
-    'mmdeploy_export',
-    'image_demo',
-    'make_tiny_datasets',
-    'export',
-)
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'rules_tool_{name}', REPO / 'tools' / f'{name}.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOLS = {name: load_tool(name) for name in TOOL_NAMES}
-
-
-def run_tool(tool, argv, capsys, monkeypatch):
-    """(exit code, the error line or '', stdout) of a tool's main() in this process."""
-    monkeypatch.setattr(sys, 'argv', [f'{tool}.py', *map(str, argv)])
-    code = 0
-    try:
-        TOOLS[tool].main()
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    if isinstance(code, str):  # sys.exit('tool: message')
-        return 1, code, captured.out
-    lines = captured.err.strip().splitlines()
-    return code or 0, (lines[-1] if code else ''), captured.out
-
-
-@pytest.fixture(scope='module')
-def made(tmp_path_factory):
-    """The inputs of the rows: a random tiny Flowers classifier (config, a user's
-    checkpoint of it, our ONNX graph of it), a photo."""
-    d = tmp_path_factory.mktemp('inputs')
-    cfg = load_config(CONFIG)
-    torch.manual_seed(0)
-    model, _ = build_model(cfg)
-    checkpoint = dict(
-        meta=dict(dataset_meta=dict(classes=['disk', 'square', 'triangle', 'star'])),
-        state_dict=model.state_dict(),
-    )
-    torch.save(checkpoint, d / 'cls.pth')
-    export_onnx(
-        model,
-        str(d / 'cls.onnx'),
-        (64, 64),
-        metadata=export_metadata(cfg, checkpoint, model, CONFIG),
-    )
-    Image.fromarray(np.random.RandomState(0).randint(0, 256, (30, 40, 3), np.uint8)).save(
-        d / 'photo.jpg'
-    )
-    return {
-        'config': CONFIG,
-        'cls_pth': str(d / 'cls.pth'),
-        'cls_onnx': str(d / 'cls.onnx'),
-        'photo': str(d / 'photo.jpg'),
-        'dir': str(d),
-    }
 
 
 # ------------------------------------------------ the files of a user, beside the outputs
-def users_files(out: Path, made):
+def users_files(out: Path, classifier):
     """What a user keeps where outputs may be aimed (none of it written by our tools)."""
+    config = classifier['config']
     (out / 'cf').mkdir()
-    (out / 'cf' / 'parent.py').write_text(f"_base_ = '{CONFIG}'\n")
+    (out / 'cf' / 'parent.py').write_text(f"_base_ = '{config}'\n")
     (out / 'cf' / 'child.py').write_text("_base_ = './parent.py'\n")
     (out / 'proj').mkdir()
-    (out / 'proj' / 'train.py').write_text(f"_base_ = '{CONFIG}'\n# my experiment\n")
+    (out / 'proj' / 'train.py').write_text(f"_base_ = '{config}'\n# my experiment\n")
     (out / 'work_dirs' / 'exp').mkdir(parents=True)  # mmengine dumps the config there
-    (out / 'work_dirs' / 'exp' / 'exp.py').write_text(load_config(CONFIG).pretty_text)
+    (out / 'work_dirs' / 'exp' / 'exp.py').write_text(load_config(config).pretty_text)
     torch.save(dict(state_dict={'w': torch.ones(2)}, meta=dict(note='mine')), out / 'mine.pth')
     from safetensors.torch import save_file
 
     save_file({'w': torch.ones(2)}, str(out / 'mine.safetensors'))
-    import onnx  # a graph of the user's: our metadata without our mark
-
-    graph = onnx.load(made['cls_onnx'])
-    kept = [(p.key, p.value) for p in graph.metadata_props if p.key != 'written_by']
-    del graph.metadata_props[:]
-    for key, value in kept:
-        graph.metadata_props.add(key=key, value=value)
-    onnx.save(graph, str(out / 'mine.onnx'))
-    shutil.copy(made['photo'], out / 'holiday.jpg')
-    Image.open(made['photo']).save(out / 'holiday.png')
+    users_graph(out / 'mine.onnx', classifier)
+    shutil.copy(classifier['photo_jpg'], out / 'holiday.jpg')
+    Image.open(classifier['photo_jpg']).save(out / 'holiday.png')
     (out / 'pictures').mkdir()
-    Image.open(made['photo']).save(out / 'pictures' / 'photo.png')  # photo.jpg's picture
+    Image.open(classifier['photo_jpg']).save(out / 'pictures' / 'photo.png')  # the photo's
     (out / 'notes.txt').write_text('a file where a folder goes\n')
     (out / 'data').mkdir()
     (out / 'data' / 'train.txt').write_text('my own list\n')
 
 
-def snapshot(folder) -> dict:
-    return {
-        str(p): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
-        for p in Path(folder).rglob('*')
-        if not p.is_symlink()
-    }
+def users_graph(path: Path, classifier):
+    """A graph of the user's: our tiny classifier's, its metadata without our mark."""
+    import onnx
+
+    graph = onnx.load(classifier['cls_onnx'])
+    kept = [(p.key, p.value) for p in graph.metadata_props if p.key != 'written_by']
+    del graph.metadata_props[:]
+    for key, value in kept:
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
 
 
 @dataclass
@@ -154,17 +79,22 @@ class Row:
     args: Tuple[str, ...]
     error: Optional[str] = None  # pattern of the one-line refusal, or
     ok: Optional[str] = None  # pattern of the output of a success
-    writes: Tuple[str, ...] = ()  # files a success writes or replaces in {out}
+    writes: Tuple[str, ...] = ()  # what a success writes or replaces in {out} (a folder: its files)
     deletes: Tuple[str, ...] = ()  # files a success deletes (its own earlier ones)
     data: bool = False  # the config's tiny data set in {out}/data
     first: Optional[Tuple[str, Tuple[str, ...]]] = None  # (tool, args) run before the row
-    prepare: Optional[Callable] = field(default=None, repr=False)  # prepare(out, made)
-    check: Optional[Callable] = field(default=None, repr=False)  # check(out, made)
+    prepare: Optional[Callable] = field(default=None, repr=False)  # prepare(out, classifier)
+    check: Optional[Callable] = field(default=None, repr=False)  # check(out, classifier)
     slow: bool = False
     runtime: Optional[str] = None  # the runtime the row exports to (installed or skip)
 
 
-def run_row(row, made, out, capsys, monkeypatch):
+def files_at(path: Path) -> list:
+    """``path``, or every file in it when it is a folder."""
+    return [p for p in path.rglob('*') if p.is_file()] if path.is_dir() else [path]
+
+
+def run_row(row, classifier, out, capsys, monkeypatch):
     if row.runtime:
         from mobileone_mm.errors import UserError
         from mobileone_mm.runtimes import get_runtime
@@ -173,24 +103,24 @@ def run_row(row, made, out, capsys, monkeypatch):
             get_runtime(row.runtime)
         except UserError as error:  # not installed: names the extra to install
             pytest.skip(str(error))
-    users_files(out, made)
+    users_files(out, classifier)
     monkeypatch.chdir(out)  # no data folder here: checks use random inputs
-    fill = dict(out=out, **made)
+    fill = dict(out=out, **classifier)
     if row.data:
         from mobileone_mm.devkit.tiny_data import make_tiny_flowers
 
         make_tiny_flowers(out / 'data' / 'tiny_flowers', num_train=2, num_val=2)
     if row.first:
         tool, args = row.first
-        code, message, _ = run_tool(tool, [a.format(**fill) for a in args], capsys, monkeypatch)
+        code, message, _, _ = run_main(tool, [a.format(**fill) for a in args], capsys, monkeypatch)
         assert code == 0, message
     if row.prepare:
-        row.prepare(out, made)
-    before, inputs = snapshot(out), snapshot(made['dir'])
-    code, message, stdout = run_tool(
+        row.prepare(out, classifier)
+    before, inputs = snapshot(out), snapshot(classifier['dir'])
+    code, message, stdout, _ = run_main(
         row.tool, [a.format(**fill) for a in row.args], capsys, monkeypatch
     )
-    assert snapshot(made['dir']) == inputs, 'an input changed'
+    assert snapshot(classifier['dir']) == inputs, 'an input changed'
     after = snapshot(out)
     if row.error:
         assert code != 0 and '\n' not in message, (code, message)
@@ -200,12 +130,12 @@ def run_row(row, made, out, capsys, monkeypatch):
         assert code == 0, message
         assert re.search(row.ok, stdout), stdout
         changed = sorted(p for p in after if Path(p).is_file() and after[p] != before.get(p))
-        assert changed == sorted(str(out / w) for w in row.writes)
+        assert changed == sorted(str(p) for w in row.writes for p in files_at(out / w))
         assert sorted(p for p in before if p not in after) == sorted(
             str(out / d) for d in row.deletes
         )
         if row.check:
-            row.check(out, made)
+            row.check(out, classifier)
     assert not [p for p in out.rglob('*') if TEMP_MARK in p.name]
 
 
@@ -215,12 +145,12 @@ NOT_A_FOLDER = r"'[^']*notes.txt' is a file, not a folder: give a folder"
 REPARAM = ('{config}', '{cls_pth}')
 
 
-def user_file_in_our_data_set(out, made):
+def user_file_in_our_data_set(out, classifier):
     (out / 'set' / 'jpg' / 'my_photo.jpg').write_bytes(b'my photo')
 
 
 def our_data_set_has_these_files(names):
-    def check(out, made):
+    def check(out, classifier):
         listed = json.loads((out / 'set' / 'tiny_flowers_files.json').read_text())['files']
         assert sorted(listed) == sorted(names)
         assert sorted(
@@ -230,7 +160,7 @@ def our_data_set_has_these_files(names):
     return check
 
 
-def manifest_lists_a_file_outside_the_set(out, made):
+def manifest_lists_a_file_outside_the_set(out, classifier):
     listed = out / 'set' / 'tiny_flowers_files.json'
     entries = json.loads(listed.read_text())
     listed.write_text(json.dumps(dict(entries, files=entries['files'] + ['../mine.pth'])))
@@ -251,62 +181,93 @@ def export_to(name: str, runtime: str) -> Tuple[str, ...]:
     return (*REPARAM, '{out}/' + name, '--runtime', runtime, '--shape', '64', '64')
 
 
-def again(name: str, runtime: str, writes: Tuple[str, ...], slow: bool = False) -> Row:
-    """A runtime's export run again onto its own artefact: every file of it replaced."""
-    return Row(
-        'export',
-        export_to(name, runtime),
-        first=('export', export_to(name, runtime)),
-        ok=r'written: .*' + re.escape(name),
-        writes=writes,
-        slow=slow,
-        runtime=runtime,
-    )
+# What a user may keep where a file of a runtime's artefact goes, by what artefact_files
+# calls the file: a file of the user's own bytes, or where one can come close to ours,
+# that one. Each writes it at ``path``.
+def users_file(path: Path, classifier):
+    path.write_bytes(b'mine\n')
 
 
-def users_file(name: str, content: bytes = b'mine\n') -> Callable:
-    return lambda out, made: (out / name).write_bytes(content)
+def users_json(path: Path, classifier):
+    """JSON that names a writer, not us."""
+    path.write_bytes(b'{"written_by": "me"}')
 
 
-def users_ir_of_our_graph(out, made):
+def users_ir_of_our_graph(path: Path, classifier):
     """An IR the user converted from our ONNX graph: OpenVINO keeps the graph's metadata
     (our mark among it) in rt_info 'framework', not in our slot."""
     import openvino as ov
 
-    ov.save_model(ov.convert_model(made['cls_onnx']), str(out / 'm.xml'))
+    ov.save_model(ov.convert_model(classifier['cls_onnx']), str(path))
 
 
-def users_program(out, made):
+def users_program(path: Path, classifier):
     """An ExecuTorch program of the user's (a ReLU, no metadata of ours)."""
     from executorch.exir import to_edge
 
     program = to_edge(torch.export.export(torch.nn.ReLU(), (torch.ones(2),))).to_executorch()
-    (out / 'm.pte').write_bytes(program.buffer)
+    path.write_bytes(program.buffer)
 
 
-def users_mlpackage(out, made):
-    """A Core ML package of the user's: ours (the row's first run) without our mark."""
+def users_mlpackage(path: Path, classifier):
+    """A Core ML package of the user's: ours (the row's first run wrote it at ``path``)
+    without our mark."""
     import coremltools
 
-    spec = coremltools.utils.load_spec(str(out / 'm.mlpackage'))
+    spec = coremltools.utils.load_spec(str(path))
     del spec.description.metadata.userDefined['written_by']
+    theirs = path.with_name('theirs.mlpackage')
     coremltools.utils.save_spec(
-        spec,
-        str(out / 'theirs.mlpackage'),
-        weights_dir=str(out / 'm.mlpackage' / 'Data' / 'com.apple.CoreML' / 'weights'),
+        spec, str(theirs), weights_dir=str(path / 'Data' / 'com.apple.CoreML' / 'weights')
     )
-    shutil.rmtree(out / 'm.mlpackage')
-    (out / 'theirs.mlpackage').rename(out / 'm.mlpackage')
+    shutil.rmtree(path)
+    theirs.rename(path)
 
 
-MLPACKAGE = tuple(
-    f'm.mlpackage/{name}'
-    for name in (
-        'Manifest.json',
-        'Data/com.apple.CoreML/model.mlmodel',
-        'Data/com.apple.CoreML/weights/weight.bin',
-    )
-)
+USERS_FILES = {  # the others: users_file
+    'onnxruntime model': users_graph,
+    'openvino model': users_ir_of_our_graph,
+    'ncnn metadata sidecar': users_json,
+    'executorch model': users_program,
+    'coreml model': users_mlpackage,
+}
+MADE_FROM_OURS = ('coreml model',)  # the row exports first, the user's file is made of it
+SLOW_EXPORTS = ('executorch',)  # exported twice: a slow row
+
+
+def runtime_rows() -> dict:
+    """The rows of every runtime in the table (runtimes.RUNTIMES), over every file of its
+    artefact (artefact_files: the model and the files beside it, planned with it and
+    judged by its mark): a file of the user's there is refused, named; the export run
+    again onto its own artefact replaces every one of those files and writes no other
+    (what is planned is what is written)."""
+    rows = {}
+    for runtime, entry in RUNTIMES.items():
+        name = 'm' + entry.suffix
+        export = export_to(name, runtime)
+        files = artefact_files(name, runtime)
+        for what, path in files.items():
+            make = USERS_FILES.get(what, users_file)
+            row_id = re.sub('[ _]', '-', f'export-{what}-over-the-{make.__name__}')
+            rows[row_id] = Row(
+                'export',
+                export,
+                first=('export', export) if what in MADE_FROM_OURS else None,
+                prepare=lambda out, classifier, path=path, make=make: make(out / path, classifier),
+                error=f"{what} '.*{re.escape(path)}' " + NOT_OURS,
+                runtime=runtime,
+            )
+        rows[f'export-{runtime}-again-onto-its-own-output'] = Row(
+            'export',
+            export,
+            first=('export', export),
+            ok=r'written: .*' + re.escape(name),
+            writes=tuple(files.values()),
+            slow=runtime in SLOW_EXPORTS,
+            runtime=runtime,
+        )
+    return rows
+
 
 NEVER_REPLACE = {
     # bad case 1: the deploy config (.py beside the .pth) over a config of the user's
@@ -358,28 +319,28 @@ NEVER_REPLACE = {
     ),
     'inf-picture-over-the-users-png': Row(
         'onnx_infer',
-        ('{cls_onnx}', '{photo}', '--out', '{out}/holiday.png'),
+        ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/holiday.png'),
         error=r"picture '.*holiday.png' " + NOT_OURS,
     ),
     'inf-picture-over-the-users-jpg': Row(
         'onnx_infer',
-        ('{cls_onnx}', '{photo}', '--out', '{out}/holiday.jpg'),
+        ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/holiday.jpg'),
         error=r"picture '.*holiday.jpg' " + NOT_OURS,
     ),
     'inf-picture-over-a-user-file-of-a-format-without-mark': Row(
         'onnx_infer',
-        ('{cls_onnx}', '{photo}', '--out', '{out}/notes.txt'),
+        ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/notes.txt'),
         error=r"'.*notes.txt' .*files named .txt carry no mark of our tools",
     ),
     'demo-picture-over-the-users-picture': Row(
         'image_demo',
-        (*REPARAM, '{photo}', '--out-dir', '{out}/pictures'),
+        (*REPARAM, '{photo_jpg}', '--out-dir', '{out}/pictures'),
         error=r"picture of .*photo.jpg '.*pictures/photo.png' " + NOT_OURS,
     ),
     # --out where a folder goes (argparse takes --out for --out-dir)
     'demo-out-dir-is-a-file': Row(
         'image_demo',
-        (*REPARAM, '{photo}', '--out', '{out}/notes.txt'),
+        (*REPARAM, '{photo_jpg}', '--out', '{out}/notes.txt'),
         error=r'picture folder \(--out-dir\) ' + NOT_A_FOLDER,
     ),
     'tiny-out-is-a-file': Row(
@@ -404,7 +365,7 @@ NEVER_REPLACE = {
     'tiny-manifest-of-the-user': Row(
         'make_tiny_datasets',
         (*TINY, '--overwrite'),
-        prepare=lambda out, made: (
+        prepare=lambda out, classifier: (
             (out / 'set').mkdir()
             or (out / 'set' / 'tiny_flowers_files.json').write_text('{"files": ["../mine.pth"]}')
         ),
@@ -452,15 +413,15 @@ NEVER_REPLACE = {
     ),
     'inf-again-onto-its-own-png': Row(
         'onnx_infer',
-        ('{cls_onnx}', '{photo}', '--out', '{out}/vis.png'),
-        first=('onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/vis.png')),
+        ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/vis.png'),
+        first=('onnx_infer', ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/vis.png')),
         ok=r'picture: .*vis.png',
         writes=('vis.png',),
     ),
     'inf-again-onto-its-own-jpg': Row(
         'onnx_infer',
-        ('{cls_onnx}', '{photo}', '--out', '{out}/vis.jpg'),
-        first=('onnx_infer', ('{cls_onnx}', '{photo}', '--out', '{out}/vis.jpg')),
+        ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/vis.jpg'),
+        first=('onnx_infer', ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/vis.jpg')),
         ok=r'picture: .*vis.jpg',
         writes=('vis.jpg',),
     ),
@@ -488,8 +449,8 @@ NEVER_REPLACE = {
     ),
     'demo-again-onto-its-own-pictures': Row(
         'image_demo',
-        (*REPARAM, '{photo}', '--out-dir', '{out}/vis'),
-        first=('image_demo', (*REPARAM, '{photo}', '--out-dir', '{out}/vis')),
+        (*REPARAM, '{photo_jpg}', '--out-dir', '{out}/vis'),
+        first=('image_demo', (*REPARAM, '{photo_jpg}', '--out-dir', '{out}/vis')),
         ok=r'pictures: .*vis',
         writes=('vis/photo.png',),
         slow=True,
@@ -526,58 +487,8 @@ NEVER_REPLACE = {
         writes=('q.onnx',),
         slow=True,
     ),
-    # the runtimes' artefacts: the files beside them are planned with them, judged by them
-    'export-openvino-weights-over-the-users-bin': Row(
-        'export',
-        export_to('m.xml', 'openvino'),
-        prepare=users_file('m.bin'),
-        error=r"openvino weights '.*m.bin' " + NOT_OURS,
-        runtime='openvino',
-    ),
-    'export-openvino-over-the-users-ir-of-our-graph': Row(
-        'export',
-        export_to('m.xml', 'openvino'),
-        prepare=users_ir_of_our_graph,
-        error=r"openvino model '.*m.xml' " + NOT_OURS,
-        runtime='openvino',
-    ),
-    'export-ncnn-sidecar-over-the-users-json': Row(
-        'export',
-        export_to('m.ncnn.param', 'ncnn'),
-        prepare=users_file('m.ncnn.param.json', b'{"written_by": "me"}'),
-        error=r"ncnn metadata sidecar '.*m.ncnn.param.json' " + NOT_OURS,
-        runtime='ncnn',
-    ),
-    'export-ncnn-weights-over-the-users-bin': Row(
-        'export',
-        export_to('m.ncnn.param', 'ncnn'),
-        prepare=users_file('m.ncnn.bin'),
-        error=r"ncnn weights '.*m.ncnn.bin' " + NOT_OURS,
-        runtime='ncnn',
-    ),
-    'export-coreml-over-the-users-folder': Row(
-        'export',
-        export_to('m.mlpackage', 'coreml'),
-        prepare=users_mlpackage,
-        first=('export', export_to('m.mlpackage', 'coreml')),
-        error=r"coreml model '.*m.mlpackage' " + NOT_OURS,
-        runtime='coreml',
-    ),
-    'export-executorch-over-the-users-pte': Row(
-        'export',
-        export_to('m.pte', 'executorch'),
-        prepare=users_program,
-        error=r"executorch model '.*m.pte' " + NOT_OURS,
-        runtime='executorch',
-    ),
-    'export-openvino-again-onto-its-own-output': again('m.xml', 'openvino', ('m.bin', 'm.xml')),
-    'export-ncnn-again-onto-its-own-output': again(
-        'm.ncnn.param', 'ncnn', ('m.ncnn.bin', 'm.ncnn.param', 'm.ncnn.param.json')
-    ),
-    'export-coreml-again-onto-its-own-output': again('m.mlpackage', 'coreml', MLPACKAGE),
-    'export-executorch-again-onto-its-own-output': again(
-        'm.pte', 'executorch', ('m.pte',), slow=True
-    ),
+    # the runtimes' artefacts
+    **runtime_rows(),
 }
 
 
@@ -588,8 +499,8 @@ NEVER_REPLACE = {
         for name, row in NEVER_REPLACE.items()
     ],
 )
-def test_never_replace_a_file_not_written_here(row, made, tmp_path, capsys, monkeypatch):
-    run_row(row, made, tmp_path, capsys, monkeypatch)
+def test_never_replace_a_file_not_written_here(row, tiny_classifier, tmp_path, capsys, monkeypatch):
+    run_row(row, tiny_classifier, tmp_path, capsys, monkeypatch)
 
 
 # ---------------------------------------------------- rule 2: the extension is the format
@@ -604,21 +515,25 @@ def is_safetensors(path: Path) -> dict:
     return json.loads(data[8 : 8 + length])
 
 
-def converted_as_safetensors(out, made):
+def converted_as_safetensors(out, classifier):
     header = is_safetensors(out / 'c.safetensors')
     assert json.loads(header['__metadata__']['meta'])['source_format'] == 'mmpretrain'
-    reference = load_checkpoint_file(made['cls_pth'])['state_dict']
+    reference = load_checkpoint_file(classifier['cls_pth'])['state_dict']
     loaded = load_checkpoint_file(out / 'c.safetensors')
     assert loaded['meta']['arch'] == 'MobileOne-s0'
     assert loaded['state_dict'].keys() == reference.keys()
     assert all(torch.equal(loaded['state_dict'][k], v) for k, v in reference.items())
 
 
-def deploy_form_as_safetensors(out, made):
+def converted_as_pytorch(out, classifier):
+    assert torch.load(out / 'c.pth', weights_only=True)['meta']['written_by'] == 'mobileone_mm'
+
+
+def deploy_form_as_safetensors(out, classifier):
     is_safetensors(out / 'd.safetensors')
     model, _, ckpt = load_model(str(out / 'd.py'), str(out / 'd.safetensors'))  # strict
     assert model.backbone.deploy
-    assert ckpt['meta']['dataset_meta']['classes'] == ['disk', 'square', 'triangle', 'star']
+    assert ckpt['meta']['dataset_meta']['classes'] == CLASSES
     from mobileone_mm.checkpoints.marks import written_here
 
     assert written_here(out / 'd.safetensors') and written_here(out / 'd.py')
@@ -657,16 +572,14 @@ EXTENSION_IS_FORMAT = {
         ('{cls_pth}', '{out}/c.pth'),
         ok=r'-> .*c.pth',
         writes=('c.pth',),
-        check=lambda out, made: (
-            torch.load(out / 'c.pth', weights_only=True)['meta']['written_by'] == 'mobileone_mm'
-        ),
+        check=converted_as_pytorch,
     ),
     'exp-graph-named-pth': Row(
         'export_onnx', (*REPARAM, '{out}/m.pth'), error=r"has extension '.pth': use .onnx"
     ),
     'inf-picture-named-onnx': Row(
         'onnx_infer',
-        ('{cls_onnx}', '{photo}', '--out', '{out}/v.onnx'),
+        ('{cls_onnx}', '{photo_jpg}', '--out', '{out}/v.onnx'),
         error=r"unknown format '.onnx'; use .png or .jpg",
     ),
 }
@@ -679,8 +592,8 @@ EXTENSION_IS_FORMAT = {
         for name, row in EXTENSION_IS_FORMAT.items()
     ],
 )
-def test_an_outputs_extension_is_its_format(row, made, tmp_path, capsys, monkeypatch):
-    run_row(row, made, tmp_path, capsys, monkeypatch)
+def test_an_outputs_extension_is_its_format(row, tiny_classifier, tmp_path, capsys, monkeypatch):
+    run_row(row, tiny_classifier, tmp_path, capsys, monkeypatch)
 
 
 # ------------------------------------------------------- rule 3: a failed run leaves nothing
@@ -716,7 +629,7 @@ def test_a_failed_data_set_leaves_nothing(tmp_path, monkeypatch, capsys):
     ]
 
 
-def test_deploy_hook_leaves_a_users_file_alone(made, tmp_path):
+def test_deploy_hook_leaves_a_users_file_alone(tiny_classifier, tmp_path):
     """SaveDeployCheckpointHook (a training run's deploy copy of its best checkpoint) does
     not write over a file of the user's named like its deploy config: it warns, the run
     goes on; with the name free it writes both files."""
@@ -726,13 +639,13 @@ def test_deploy_hook_leaves_a_users_file_alone(made, tmp_path):
     from mobileone_mm.fusion.hooks import SaveDeployCheckpointHook
 
     class Runner:  # what the hook reads of mmengine's Runner
-        cfg = Config.fromfile(CONFIG)
+        cfg = Config.fromfile(tiny_classifier['config'])
         model, _ = build_model(cfg)
         logger = MMLogger.get_instance('file_rules_hook', log_level='WARNING')
         message_hub = MessageHub.get_instance('file_rules_hook')
 
     best = tmp_path / 'best_accuracy_epoch_1.pth'
-    shutil.copy(made['cls_pth'], best)
+    shutil.copy(tiny_classifier['cls_pth'], best)
     Runner.message_hub.update_info('best_ckpt', str(best))
     users = tmp_path / 'best_accuracy_epoch_1_deploy.py'
     users.write_text('# my notes\n')

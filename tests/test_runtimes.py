@@ -13,7 +13,8 @@ from typing import Callable, NamedTuple
 import pytest
 import torch
 import torch.nn as nn
-from helpers import REPO
+from helpers import CLASSES, REPO, run_main
+from helpers import CLASSIFIER_CONFIG as CONFIG
 
 from mobileone_mm.checkpoints.paths import PathError
 from mobileone_mm.devkit.analysis import randomize_bn
@@ -27,16 +28,6 @@ from mobileone_mm.runtimes import (
     runtime_of_path,
 )
 from mobileone_mm.runtimes.wrappers import wrap_for_export
-
-CONFIG = str(REPO / 'configs/classification/mobileone-s0_1xb16-10e_tiny-flowers.py')
-CLASSES = ['disk', 'square', 'triangle', 'star']
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -213,20 +204,6 @@ def test_operator_error_names_the_layer_running_an_aten_operator():
 
 
 # ------------------------------------------------------------- checked exports
-def run_tool(name, argv, capsys, monkeypatch):
-    """(exit code, the error line or '', stdout) of a tool's main() in this process."""
-    monkeypatch.setattr(sys, 'argv', [f'{name}.py', *map(str, argv)])
-    code = 0
-    try:
-        load_tool(name).main()
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    if isinstance(code, str):
-        return 1, code, captured.out
-    return code or 0, (captured.err.strip().splitlines() or [''])[-1], captured.out
-
-
 @pytest.mark.parametrize(
     'runtime, files', [('onnxruntime', ['m.onnx']), ('openvino', ['m.bin', 'm.xml'])]
 )
@@ -235,7 +212,7 @@ def test_export_tool_writes_a_checked_artefact_that_infer_runs(
 ):
     monkeypatch.chdir(tmp_path)  # no data here: the check runs on random images
     out = tmp_path / 'out' / files[-1]
-    code, error, stdout = run_tool(
+    code, error, stdout, _ = run_main(
         'export',
         [*classifier, out, '--runtime', runtime, '--shape', 48, 64, '--verify'],
         capsys,
@@ -253,7 +230,7 @@ def test_export_tool_writes_a_checked_artefact_that_infer_runs(
     from photos import photo_paths
 
     photo = photo_paths(tmp_path / 'photos')['small_jpeg']
-    code, error, stdout = run_tool('infer', [out, photo], capsys, monkeypatch)
+    code, error, stdout, _ = run_main('infer', [out, photo], capsys, monkeypatch)
     assert code == 0, error
     assert 'classification on' in stdout and '(97x75, network input 64x48' in stdout
     assert (
@@ -288,7 +265,7 @@ def test_export_tool_lists_the_valid_runtimes_and_precisions(
     argv, message, classifier, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / 'm.ncnn.param'
-    code, error, _ = run_tool('export', [*classifier, out, *argv], capsys, monkeypatch)
+    code, error, _, _ = run_main('export', [*classifier, out, *argv], capsys, monkeypatch)
     assert code != 0 and re.search(message, error), error
     assert os.listdir(tmp_path) == []
 

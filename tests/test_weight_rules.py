@@ -23,7 +23,6 @@ rule) is refused by onnx_infer and ``predict``, and a NaN prediction by image_de
 """
 
 import copy
-import importlib.util
 import io
 import logging
 import re
@@ -35,7 +34,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import REPO
+from helpers import REPO, load_tool
 from onnx import numpy_helper
 from PIL import Image
 
@@ -58,13 +57,6 @@ ARCH = dict(
 )
 NAN_KEY = 'backbone.stage1.0.branch_conv_list.0.conv.weight'
 VAR_KEY = 'backbone.stage2.0.branch_conv_list.0.norm.running_var'
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
