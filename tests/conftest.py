@@ -36,23 +36,3 @@ def tiny_classifier(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-# Tests that run whole benchmarks or load the native runtimes (ncnn, OpenVINO, ExecuTorch,
-# Core ML) run after every other test. In one process, the quick benchmark run (or the
-# benchmark's runtime section) followed by an mmengine training run with DataLoader workers
-# crashed pytest with SIGSEGV on this session's Xeon (not yet explained: docs/stack.md).
-# Ordered so, no training runs after them.
-RUN_LAST = ('test_benchmark_writes_json', 'test_runtime_section')
-
-
-def _runs_last(item) -> bool:
-    return (
-        item.path.name.startswith('test_runtime')
-        or item.path.name == 'test_file_rules.py'
-        or item.name.startswith(RUN_LAST)
-    )
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=_runs_last)  # stable: the order within each group is kept

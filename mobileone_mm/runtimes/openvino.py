@@ -9,6 +9,7 @@ both runtimes, NNCF is not a dependency, and it was the fastest int8 form measur
 (issue 22: 0.21x timm's fused fp32 at S0 320 on 2 AMD EPYC threads, against 0.28x for the
 same graph in onnxruntime)."""
 
+import functools
 import io
 import json
 import re
@@ -91,11 +92,10 @@ class Runner:
 def load(path: str, threads: Optional[int] = None) -> Runner:
     """The IR ready to run; a missing, unreadable or foreign IR is refused with
     PathError / PredictError naming the file."""
-    import openvino as ov
 
     path = check_input_file(path, 'OpenVINO IR')
     try:
-        model = ov.Core().read_model(path)
+        model = openvino_core().read_model(path)
     except Exception as error:  # noqa: BLE001 (OpenVINO's own exception types)
         raise PredictError(
             f'{path!r} is not a readable OpenVINO IR ({type(error).__name__}: '
@@ -115,6 +115,23 @@ def load(path: str, threads: Optional[int] = None) -> Runner:
     return Runner(model, metadata, threads)
 
 
+@functools.cache
+def openvino_core():
+    """The process's one ``openvino.Core``: made on first use, kept to the end.
+
+    OpenVINO's CPU plugin (since 2022.2, for AMX's larger signal frames; seen in 2026.4.1 on
+    AMD CPUs too) gives the thread that first compiles a model a new alternate signal stack,
+    and when freed unmaps it, putting back the one it replaced only if its own is still the
+    thread's. Each ``Core`` has its own plugin, so two Cores freed in the order they were made
+    leave the thread's alternate signal stack on unmapped memory: the next signal handled on
+    it (SIGCHLD when a subprocess or a DataLoader worker ends: Python's handlers run on the
+    alternate stack) kills the process with SIGSEGV, or writes its frame over whatever was
+    mapped there since. One Core that is never freed makes one plugin, whose stack stays."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def compile_openvino(model, threads: Optional[int] = None):
     """An OpenVINO model (``openvino.Model``) or ONNX graph (bytes) compiled for this CPU:
     float32 inference precision (not the bf16 some CPUs default to; a QDQ int8 graph still
@@ -127,7 +144,7 @@ def compile_openvino(model, threads: Optional[int] = None):
     config = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY'}
     if threads:
         config['INFERENCE_NUM_THREADS'] = int(threads)
-    return ov.Core().compile_model(model, 'CPU', config)
+    return openvino_core().compile_model(model, 'CPU', config)
 
 
 def openvino_runner(compiled) -> Callable[[np.ndarray], List[np.ndarray]]:
