@@ -35,6 +35,9 @@ TASKS = {
         config='configs/detection/ssdlite_mobileone-s0_1xb8-16e_tiny-coco.py',
         metric=r'coco/bbox_mAP: ([\d.]+)',
         metric_name='bbox mAP',
+        # --quick: one epoch of one iteration (4 train images, repeated twice per epoch,
+        # in batches of 8) on a set of 4 train and 2 val images
+        quick_data=['--num-train', '4', '--num-val', '2'],
         quick=['train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
         image='data/tiny_coco/val2017',
     ),
@@ -44,10 +47,11 @@ TASKS = {
         config='configs/segmentation/deeplabv3_mobileone-s0-d8_1xb8-400iter_tiny-ade20k-128x128.py',
         metric=r'mIoU: ([\d.]+)',
         metric_name='mIoU',
+        quick_data=['--num-train', '4', '--num-val', '2'],
         quick=[
-            'train_cfg.max_iters=10',
-            'train_cfg.val_interval=10',
-            'default_hooks.checkpoint.interval=10',
+            'train_cfg.max_iters=1',
+            'train_cfg.val_interval=1',
+            'default_hooks.checkpoint.interval=1',
         ],
         image='data/ade/ADEChallengeData2016/images/validation',
     ),
@@ -59,12 +63,11 @@ def step(text: str):
 
 
 def run(*command: str) -> str:
-    """Run a command from the repository root, echo its output as it comes, return it."""
+    """Run a command in the current folder, echo its output as it comes, return it."""
     print('$ ' + ' '.join(command), flush=True)
     lines = []
     with subprocess.Popen(
         command,
-        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -108,15 +111,45 @@ def backbones(archs, runs: int):
             )
 
 
-def task(name: str, settings: dict, quick: bool = False) -> dict:
-    """Train, test, fuse, test, export and draw one task; returns its summary row.
-    ``quick`` trains a few iterations only: a smoke test of the whole path."""
+def in_repo(path: str) -> str:
+    """A file of the repository as the commands name it: as in the README when they run
+    at the repository root, else by its full path."""
+    return path if Path.cwd() == REPO else str(REPO / path)
+
+
+def mim_test(settings: dict, config: str, checkpoint: str, work_dir: str) -> float:
+    """`mim test` a task's checkpoint; returns the metric it prints."""
+    output = run(
+        str(BIN / 'mim'),
+        'test',
+        settings['codebase'],
+        config,
+        '--checkpoint',
+        checkpoint,
+        '--work-dir',
+        work_dir,
+    )
+    return float(re.findall(settings['metric'], output)[-1])
+
+
+def task(name: str, settings: dict, runs: int, quick: bool = False) -> dict:
+    """Make the data, train, test, fuse, test, export and draw one task, in the current
+    folder (data/ and work_dirs/ there); returns its summary row. ``quick``: a few images
+    and one iteration, a smoke test of the whole path."""
     python, mim = str(BIN / 'python'), str(BIN / 'mim')
-    work = REPO / 'work_dirs' / f'demo_{name}'
-    config, codebase = settings['config'], settings['codebase']
+    work = Path.cwd() / 'work_dirs' / f'demo_{name}'
+    config, codebase = in_repo(settings['config']), settings['codebase']
     kind, data_dir = settings['data']
     step(f'{name}: synthetic data set')
-    run(python, 'tools/make_tiny_datasets.py', kind, '--out', data_dir, '--overwrite')
+    run(
+        python,
+        in_repo('tools/make_tiny_datasets.py'),
+        kind,
+        '--out',
+        data_dir,
+        '--overwrite',
+        *(settings['quick_data'] if quick else []),
+    )
     step(f'{name}: mim train {codebase} (minutes on a 2-core CPU)')
     start = time.time()
     run(
@@ -133,32 +166,19 @@ def task(name: str, settings: dict, quick: bool = False) -> dict:
     best = sorted(work.glob('best_*.pth'))
     checkpoint = str(best[-1]) if best else checkpoint
 
-    def metric(config_path, weights):
-        output = run(
-            mim,
-            'test',
-            codebase,
-            config_path,
-            '--checkpoint',
-            weights,
-            '--work-dir',
-            str(work / 'test'),
-        )
-        return float(re.findall(settings['metric'], output)[-1])
-
     step(f'{name}: mim test, train form')
-    train_metric = metric(config, checkpoint)
+    train_metric = mim_test(settings, config, checkpoint, str(work / 'test'))
     step(f'{name}: re-parameterize (tools/reparameterize.py), then mim test, deploy form')
     deploy = str(work / 'deploy.pth')
-    run(python, 'tools/reparameterize.py', config, checkpoint, deploy)
-    deploy_metric = metric(str(work / 'deploy.py'), deploy)
+    run(python, in_repo('tools/reparameterize.py'), config, checkpoint, deploy)
+    deploy_metric = mim_test(settings, str(work / 'deploy.py'), deploy, str(work / 'test'))
     step(f'{name}: ONNX export with --verify, and onnx_infer.py on a val image')
     onnx_file = str(work / f'{name}.onnx')
-    run(python, 'tools/export_onnx.py', config, checkpoint, onnx_file, '--verify')
-    times = graph_latency(str(work / 'deploy.py'), deploy, onnx_file)
-    image = str(sorted((REPO / settings['image']).glob('*.jpg'))[0])
+    run(python, in_repo('tools/export_onnx.py'), config, checkpoint, onnx_file, '--verify')
+    times = graph_latency(str(work / 'deploy.py'), deploy, onnx_file, runs=runs)
+    image = str(sorted((Path.cwd() / settings['image']).glob('*.jpg'))[0])
     picture = str(work / 'vis.png')
-    run(python, 'tools/onnx_infer.py', onnx_file, image, '--out', picture)
+    run(python, in_repo('tools/onnx_infer.py'), onnx_file, image, '--out', picture)
     return dict(
         task=name,
         metric=settings['metric_name'],
@@ -187,13 +207,23 @@ def main(argv=None):
     parser.add_argument(
         '--quick',
         action='store_true',
-        help='train a few iterations only (checks the path, not the metric)',
+        help='a few images and one training iteration (checks the path, not the metric)',
+    )
+    parser.add_argument(
+        '--root',
+        type=Path,
+        default=REPO,
+        help='folder to run the commands in, which gets data/ and work_dirs/ '
+        '(default: the repository, as in the README)',
     )
     args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        parser.error(f'--root {args.root}: no such folder')
+    os.chdir(args.root)
     start = time.time()
     step('backbones: load, fuse, compare')
     backbones(args.archs, args.runs)
-    rows = [task(name, TASKS[name], args.quick) for name in args.tasks]
+    rows = [task(name, TASKS[name], args.runs, args.quick) for name in args.tasks]
     if rows:
         step(f'summary ({(time.time() - start) / 60:.0f} minutes in all)')
         print(
