@@ -7,8 +7,10 @@ PYTEST_ARGS ?=
 install:
 	@bash tools/install.sh
 
+# The whole suite on both cores: two pytest workers (pytest-xdist) of one thread each, a
+# test file on one worker (its module fixtures built once).
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The fast set (no `slow` tests) on both cores: two pytest workers of one thread each.
 test-fast: install
