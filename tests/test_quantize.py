@@ -18,6 +18,7 @@ from mmengine.runner import Runner
 
 from mobileone_mm import MobileOne, optimize_for_inference
 from mobileone_mm.devkit.analysis import spread_class_logits
+from mobileone_mm.devkit.benchmark.models import realistic_bn
 from mobileone_mm.devkit.tiny_data import ADE20K_IDS, make_tiny_ade20k, make_tiny_flowers
 from mobileone_mm.loading.config import build_model, load_config
 from mobileone_mm.predict.metadata import export_metadata
@@ -109,11 +110,14 @@ def test_cosine_limit_passes_int8_and_refuses_broken_quantization(arch, backend,
 @pytest.mark.slow
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 @pytest.mark.parametrize('task', list(CONFIGS))
-def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, backend, randomize_bn):
+def test_int8_models_of_each_codebase_keep_outputs_and_decisions(task, backend):
     """optimize_for_inference(precision='int8') of a detector / segmentor / classifier in
     tensor mode: the outputs of model(x) in the same nesting, near float32, the heads'
-    last layers left float."""
-    model = random_model(task, randomize_bn)
+    last layers left float. BN statistics of a trained model's size (``realistic_bn``):
+    with the fusion tests' wide ones (``randomize_bn``: activations grow through every
+    block) the random SSDLite's int8 score maps sat at the check's edge on both runtimes
+    (cosine 0.945-0.953 by CPU, calibration and size), passing or not by chance."""
+    model = random_model(task, realistic_bn)
     example = torch.randn(1, 3, 64, 64)
     int8 = optimize_for_inference(
         model, example, precision='int8', calibration=batches(3, 64, 1), backend=backend
