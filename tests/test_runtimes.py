@@ -432,3 +432,27 @@ def test_int8_export_calibrates_on_the_config_images_and_is_checked(
         # and the biases stay float)
         assert sizes[runtime, 'int8'] < 0.4 * sizes[runtime, 'fp32'], sizes
     assert scores['openvino', 'fp32'] == scores['onnxruntime', 'fp32']
+
+
+@pytest.mark.slow
+def test_int8_accuracy_scores_each_runtime_and_precision(classifier, tmp_path, monkeypatch):
+    """devkit.int8_accuracy (docs/int8.md's accuracy table): every runtime x precision
+    exported and scored by the config's metric; the float32 artefacts of the two
+    runtimes score alike, and each score is the artefact's own (evaluate_artefact)."""
+    from mobileone_mm.devkit.int8_accuracy import int8_accuracy
+    from mobileone_mm.devkit.tiny_data import make_tiny_flowers
+    from mobileone_mm.runtimes.evaluate import evaluate_artefact
+
+    monkeypatch.chdir(tmp_path)
+    make_tiny_flowers('data/tiny_flowers', num_train=8, num_val=8)
+    table = int8_accuracy(*classifier, str(tmp_path / 'out'), calib_images=8)
+    assert list(table) == [
+        ('onnxruntime', 'fp32'),
+        ('onnxruntime', 'int8'),
+        ('openvino', 'fp32'),
+        ('openvino', 'int8'),
+    ]
+    assert table['openvino', 'fp32'] == table['onnxruntime', 'fp32']
+    int8_ir = str(tmp_path / 'out/openvino_int8.xml')
+    assert load_runner(int8_ir).metadata['precision'] == 'int8'
+    assert table['openvino', 'int8'] == evaluate_artefact(CONFIG, int8_ir, threads=1)

@@ -5,10 +5,12 @@ checked and written in one call by ``quantize_to_file``):
 * ``graph_images``: images of the config's train or val set as the graph takes them,
   the photo read and put through the config's test pipeline as tools/onnx_infer.py does
   (``predict.preprocess``, the steps in the graph's metadata): calibration data for int8;
-* ``evaluate_graph``: the graph on every val image through the same path
-  (``predict.predict``: results in the photo's frame, as the codebases' inferencers give
-  them), scored by the config's own ``val_evaluator`` (mmdet's CocoMetric, mmseg's
-  IoUMetric, mmpretrain's Accuracy ...) against the val set's annotations.
+* ``evaluate_graph``: the graph (an onnxruntime session, or any runtime's Runner) on
+  every val image through the same path (``predict.predict``: results in the photo's
+  frame, as the codebases' inferencers give them), scored by the config's own
+  ``val_evaluator`` (mmdet's CocoMetric, mmseg's IoUMetric, mmpretrain's Accuracy ...)
+  against the val set's annotations; ``evaluate_artefact``: the same for an artefact
+  file of tools/export.py.
 """
 
 import os
@@ -20,11 +22,12 @@ import torch
 from ..checkpoints.io import atomic_file
 from ..checkpoints.paths import check_extension, plan_outputs
 from ..loading.checkpoint import load_model
-from ..loading.config import DeployError, codebase_of, input_shape_of, registry_of
+from ..loading.config import DeployError, codebase_of, input_shape_of, load_config, registry_of
 from ..loading.data import dataset_of
 from ..predict.metadata import export_metadata, fixed_input_shape
 from ..predict.photos import preprocess, read_photo
 from ..predict.prediction import graph_input_shape, predict
+from .common import load_runner
 from .int8_check import describe_int8, judge_int8
 from .onnx_graphs import build_onnx, load_session
 from .onnxruntime_int8 import (
@@ -88,11 +91,16 @@ def _with_prediction(sample, prediction):
     return sample
 
 
-def evaluate_graph(cfg, session, meta: dict, num_images: Optional[int] = None) -> dict:
-    """The config's ``val_evaluator`` metrics of the graph on the val set (the first
-    ``num_images`` images; all by default)."""
+def evaluate_graph(
+    cfg, runner, meta: Optional[dict] = None, num_images: Optional[int] = None
+) -> dict:
+    """The config's ``val_evaluator`` metrics of an exported model on the val set (the
+    first ``num_images`` images; all by default). ``runner``: an onnxruntime session of
+    a graph, with its export metadata ``meta``, or any runtime's Runner (``runtimes.
+    load_runner``: OpenVINO, ExecuTorch, ncnn ...), whose own metadata is the default."""
     from mmengine.evaluator import Evaluator
 
+    meta = runner.metadata if meta is None else meta
     dataset = dataset_of(cfg, 'val')
     count = len(dataset) if num_images is None else min(num_images, len(dataset))
     registry_of(codebase_of(cfg), 'METRICS')  # the codebase's scope, for its metrics
@@ -101,12 +109,21 @@ def evaluate_graph(cfg, session, meta: dict, num_images: Optional[int] = None) -
     for index in range(count):
         data = dataset[index]
         sample = data['data_samples']
-        prediction = predict(session, meta, read_photo(sample.img_path))
+        prediction = predict(runner, meta, read_photo(sample.img_path))
         evaluator.process(
             [_with_prediction(sample, prediction)],
             dict(inputs=[data['inputs']], data_samples=[sample]),
         )
     return evaluator.evaluate(count)
+
+
+def evaluate_artefact(
+    config, path: str, num_images: Optional[int] = None, threads: Optional[int] = None
+) -> dict:
+    """``evaluate_graph`` of the artefact ``path`` of any runtime that runs here
+    (tools/export.py's .onnx, .xml, .pte, .ncnn.param; the runtime picked by the file
+    name), run with ``threads`` threads, on the val set of ``config`` (a file or Config)."""
+    return evaluate_graph(load_config(config), load_runner(path, threads=threads), None, num_images)
 
 
 def one_batch(outputs: List[list]) -> List[list]:
